@@ -1,0 +1,98 @@
+"""Forward+backward time of the `dense` and `blocksparse` attention backends.
+
+For each variant, T and K: the fraction of non-empty tiles of the static
+pattern, both backends' times, blocksparse's speed-up over dense, and its
+time relative to vanilla (K = 1, blocksparse) at the same T, all from one run.
+
+    python benchmarks/attention.py                  # T in {512, 1024}, K in {1, 2, 4}
+    python benchmarks/attention.py --seq 256 --repeat 1 2
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+
+from benchmarks.common import markdown_table, time_fn  # noqa: E402
+from phd_jax.attention import blocksparse_attention, dense_attention  # noqa: E402
+from phd_jax.config import ModelConfig  # noqa: E402
+from phd_jax.masks import Layout  # noqa: E402
+
+VARIANTS = {  # name -> (variant, window, chunk), PHD-SWA/CSWA as in the paper's tables
+    "vanilla": ("vanilla", 0, None),
+    "naive": ("naive", 0, None),
+    "phd": ("phd", 0, None),
+    "phd_swa": ("phd_swa", 16, None),
+    "phd_cswa": ("phd_cswa", 16, 32),
+}
+
+
+def loss_and_grad(attn):
+    def loss(q, k, v, ct):
+        return jnp.vdot(attn(q, k, v).astype(jnp.float32), ct)
+    return jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))
+
+
+def run(seqs, repeats, heads, kv_heads, head_dim, block, reps):
+    rows, vanilla_time = [], {}
+    for t in seqs:
+        for name, (variant, window, chunk) in VARIANTS.items():
+            for k in repeats:
+                if (variant == "vanilla") != (k == 1):
+                    continue
+                cfg = ModelConfig(variant=variant, repeat=k, window=window, chunk=chunk,
+                                  num_heads=heads, num_kv_heads=kv_heads, head_dim=head_dim,
+                                  block_q=block, block_kv=block, max_seq_len=t)
+                n = t * k
+                keys = jax.random.split(jax.random.key(0), 4)
+                q = jax.random.normal(keys[0], (1, n, heads, head_dim))
+                kk = jax.random.normal(keys[1], (1, n, kv_heads, head_dim))
+                v = jax.random.normal(keys[2], (1, n, kv_heads, head_dim))
+                ct = jax.random.normal(keys[3], (1, n, heads, head_dim))
+                paper = Layout.for_config(cfg, t, "paper")
+                kernel = Layout.for_config(cfg, t, "kernel")
+                pattern = kernel.pattern(block, block)
+                t_dense = time_fn(loss_and_grad(lambda q, k, v: dense_attention(q, k, v, paper.mask)),
+                                  q, kk, v, ct, repeats=reps)
+                t_sparse = time_fn(loss_and_grad(lambda q, k, v: blocksparse_attention(q, k, v, pattern)),
+                                   q, kk, v, ct, repeats=reps)
+                if variant == "vanilla":
+                    vanilla_time[t] = t_sparse
+                rows.append([cfg.name, t, k, n, f"{pattern.nonempty_fraction:.3f}",
+                             f"{t_dense * 1e3:.1f}", f"{t_sparse * 1e3:.1f}",
+                             f"{t_dense / t_sparse:.2f}x", f"{t_sparse / vanilla_time[t]:.2f}x"])
+                print(markdown_table(HEADERS, rows[-1:]).splitlines()[-1], flush=True)
+    return rows
+
+
+HEADERS = ["model", "T", "K", "tokens", "non-empty tiles", "dense ms", "blocksparse ms",
+           "dense / blocksparse", "blocksparse / vanilla"]
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--seq", type=int, nargs="+", default=[512, 1024])
+    p.add_argument("--repeat", type=int, nargs="+", default=[1, 2, 4])
+    p.add_argument("--heads", type=int, default=8)
+    p.add_argument("--kv-heads", type=int, default=2)
+    p.add_argument("--head-dim", type=int, default=64)
+    p.add_argument("--block", type=int, default=128)
+    p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--out", default=None, help="also write the markdown table to this file")
+    a = p.parse_args(argv)
+    print(f"# attention fwd+bwd, batch 1, {a.heads} heads / {a.kv_heads} kv heads, head_dim "
+          f"{a.head_dim}, tiles {a.block}x{a.block}, {jax.devices()[0].device_kind}, median of {a.reps}")
+    print(markdown_table(HEADERS, []))
+    rows = run(a.seq, a.repeat, a.heads, a.kv_heads, a.head_dim, a.block, a.reps)
+    if a.out:
+        with open(a.out, "w") as f:
+            f.write(markdown_table(HEADERS, rows) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,269 @@
+"""Inference state, prefill and one decode step (spec sections 4 and 5).
+
+PHD's inference promise: the persistent KV cache is a vanilla transformer's
+(copy 0 of each position only) plus, for PHD-SWA/CSWA, a ring buffer of the
+W most recent hidden decoding tokens. Hidden tokens of the current position
+are computed, used and dropped within one step.
+
+Prefill rests on one fact of the mask: original tokens never attend to hidden
+ones, so the original-token stream *is* a vanilla transformer. Prefill
+therefore runs (1) a plain causal forward over the prompt's originals, which
+fills the cache at exactly vanilla cost, then (2) the hidden copies of only
+the last few positions (`ModelConfig.prefill_tail`) against that cache.
+Decode steps are case (2) for the K copies of one new token.
+"""
+from __future__ import annotations
+
+import functools
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from phd_jax.attention import layout_kind
+from phd_jax.config import ModelConfig
+from phd_jax.masks import Layout, allowed
+from phd_jax.model import Transformer, check_tokens, rope_positions
+
+
+@flax.struct.dataclass
+class DecodeState:
+    """Everything decoding carries between steps; a pytree of fixed-size arrays.
+
+    k, v: `[L, B, max_len * cached_copies, KVH, D]`, the original-token cache
+      (cached_copies is 1, or K for the `naive` baseline which keeps every copy).
+    window_k, window_v: `[L, B, W, KVH, D]`, ring buffer of the W most recent
+      hidden decoding tokens of earlier positions (W = 0 outside PHD-SWA/CSWA).
+    window_hidx: `[B, W]` hidden-order index `h(n, s)` of each slot, -1 = empty;
+      position, copy and chunk follow from it.
+    pos: `[B]` the next position of each sequence (= positions consumed).
+    """
+
+    k: jax.Array
+    v: jax.Array
+    window_k: jax.Array
+    window_v: jax.Array
+    window_hidx: jax.Array
+    pos: jax.Array
+    max_len: int = flax.struct.field(pytree_node=False)
+
+    @property
+    def cache_bytes(self) -> int:
+        """Bytes of the persistent cache arrays (keys and values, originals and window)."""
+        return sum(int(x.nbytes) for x in (self.k, self.v, self.window_k, self.window_v))
+
+
+def kv_cache_bytes(config: ModelConfig, batch: int, max_len: int) -> int:
+    """Persistent KV cache bytes (spec section 4): vanilla = phd = 2*max_len*KVH*D per
+    layer and sequence, + 2*W*KVH*D for PHD-SWA/CSWA, x K for naive."""
+    per_layer = 2 * (max_len * config.cached_copies + config.effective_window)
+    return (config.num_layers * batch * per_layer * config.num_kv_heads * config.head_dim
+            * config.compute_dtype.itemsize)
+
+
+def init_state(config: ModelConfig, batch: int, max_len: int) -> DecodeState:
+    """An empty state (no positions consumed) for `batch` sequences of up to `max_len` positions."""
+    cache = (config.num_layers, batch, max_len * config.cached_copies, config.num_kv_heads,
+             config.head_dim)
+    window = (config.num_layers, batch, config.effective_window, config.num_kv_heads,
+              config.head_dim)
+    dt = config.compute_dtype
+    return DecodeState(k=jnp.zeros(cache, dt), v=jnp.zeros(cache, dt),
+                       window_k=jnp.zeros(window, dt), window_v=jnp.zeros(window, dt),
+                       window_hidx=jnp.full((batch, config.effective_window), -1, jnp.int32),
+                       pos=jnp.zeros((batch,), jnp.int32), max_len=max_len)
+
+
+# ---------------------------------------------------------------------------
+# Extend: run a few new tokens against the cache
+# ---------------------------------------------------------------------------
+
+
+def _extend_mask(config: ModelConfig, state: DecodeState, pos, copy, valid):
+    """`[B, Q, S + W + Q]` mask of new tokens over [cache | window | new tokens], by `allowed`."""
+    k, cc = config.repeat, config.cached_copies
+    slot = jnp.arange(state.k.shape[2])
+    b = pos.shape[0]
+    key_pos = [jnp.broadcast_to(slot // cc, (b, slot.size))]
+    key_copy = [jnp.broadcast_to(slot % cc, (b, slot.size))]
+    key_valid = [slot[None, :] < (state.pos * cc)[:, None]]     # written before this step
+    if config.effective_window:
+        h = state.window_hidx
+        key_pos.append(h // (k - 1))
+        key_copy.append(h % (k - 1) + 1)
+        key_valid.append(h >= 0)
+    key_pos.append(pos)
+    key_copy.append(jnp.broadcast_to(copy, pos.shape))
+    key_valid.append(valid)
+    key_pos, key_copy, key_valid = (jnp.concatenate(a, axis=1) for a in (key_pos, key_copy, key_valid))
+    ok = allowed(config.variant, pos[:, :, None], jnp.broadcast_to(copy, pos.shape)[:, :, None],
+                 key_pos[:, None, :], key_copy[:, None, :], k, config.effective_window,
+                 config.effective_chunk)
+    return ok & key_valid[:, None, :]
+
+
+def _extend(params, config: ModelConfig, state: DecodeState, ids, pos, copy: np.ndarray, valid,
+            out_rows):
+    """Run new tokens `(pos [B, Q], copy [Q] static)` through all layers against `state`.
+
+    Returns logits at `out_rows` and the new tokens' keys/values `[L, B, Q, KVH, D]`.
+    """
+    mask = _extend_mask(config, state, pos, copy, valid)
+    cache = (state.k, state.v, state.window_k, state.window_v)
+    logits, (new_k, new_v) = Transformer(config).apply(
+        {"params": params}, ids, rope_positions(config, pos, copy), out_rows, mask, cache)
+    return logits, new_k, new_v
+
+
+def _write(config: ModelConfig, state: DecodeState, new_k, new_v, pos, copy: np.ndarray, valid):
+    """Store the new tokens: cached copies into the cache, the newest hidden ones into the window."""
+    cc, w = config.cached_copies, config.effective_window
+    rows = jnp.arange(pos.shape[0])[:, None]
+    cached = np.nonzero(copy < cc)[0]
+    k, v = state.k, state.v
+    if cached.size:
+        slots = jnp.where(valid[:, cached], pos[:, cached] * cc + copy[cached], k.shape[2])
+        k = k.at[:, rows, slots].set(new_k[:, :, cached], mode="drop")
+        v = v.at[:, rows, slots].set(new_v[:, :, cached], mode="drop")
+    wk, wv, whidx = state.window_k, state.window_v, state.window_hidx
+    hidden = np.nonzero(copy >= cc)[0][-w:] if w else np.zeros(0, int)
+    if hidden.size:  # new tokens come in hidden order, so these are the newest <= W
+        hidx = pos[:, hidden] * (config.repeat - 1) + (copy[hidden] - 1)
+        slots = hidx % w
+        wk = wk.at[:, rows, slots].set(new_k[:, :, hidden])
+        wv = wv.at[:, rows, slots].set(new_v[:, :, hidden])
+        whidx = whidx.at[rows, slots].set(jnp.where(valid[:, hidden], hidx, -1))
+    return state.replace(k=k, v=v, window_k=wk, window_v=wv, window_hidx=whidx)
+
+
+# ---------------------------------------------------------------------------
+# Prefill
+# ---------------------------------------------------------------------------
+
+
+def prefill_token_counts(config: ModelConfig, prompt_len: int, ragged: bool = False) -> dict:
+    """How many tokens prefill runs through the layers: `cached` (originals, or all
+    copies for naive) and `hidden` (the tail's hidden decoding tokens)."""
+    cached = prompt_len * config.cached_copies
+    return {"cached": cached, "hidden": config.prefill_tail(prompt_len, ragged) * (config.repeat - 1)}
+
+
+@functools.partial(jax.jit, static_argnames=("config", "max_len", "ragged"))
+def _prefill(params, config: ModelConfig, tokens, lengths, max_len: int, ragged: bool):
+    b, t = tokens.shape
+    state = init_state(config, b, max_len)
+    # (1) The cached stream, with a static causal block pattern: originals only
+    #     (naive: every copy, in paper order, slot = index).
+    kind = "originals" if config.variant != "naive" else layout_kind(config)
+    layout = Layout.for_config(config, t, kind)
+    lpos, lcopy = layout.tokens
+    assert np.array_equal(lpos * config.cached_copies + lcopy, np.arange(layout.size))
+    last = (lengths - 1) * config.cached_copies + config.cached_copies - 1
+    out_rows = np.zeros((b, 0), np.int32) if config.is_phd else last[:, None]
+    logits, (k, v) = Transformer(config, layout, collect_kv=True).apply(
+        {"params": params}, tokens[:, lpos], rope_positions(config, lpos, lcopy), out_rows)
+    state = state.replace(k=jax.lax.dynamic_update_slice_in_dim(state.k, k, 0, axis=2),
+                          v=jax.lax.dynamic_update_slice_in_dim(state.v, v, 0, axis=2),
+                          pos=lengths.astype(jnp.int32))
+    if not config.is_phd:
+        return logits[:, 0], state
+    # (2) Hidden copies of the last `tail` positions of each prompt, in hidden order.
+    tail = config.prefill_tail(t, ragged)
+    copy = np.tile(np.arange(1, config.repeat), tail)
+    rel = np.repeat(np.arange(tail) - tail, config.repeat - 1)
+    pos = lengths[:, None].astype(jnp.int32) + rel[None, :]
+    valid = pos >= 0
+    ids = jnp.take_along_axis(tokens, jnp.maximum(pos, 0), axis=1)
+    logits, new_k, new_v = _extend(params, config, state, ids, pos, copy, valid,
+                                   np.array([copy.size - 1]))
+    return logits[:, 0], _write(config, state, new_k, new_v, pos, copy, valid)
+
+
+def _check_state_fits(config, max_len, needed, what):
+    if not isinstance(max_len, int) or max_len < 1:
+        raise ValueError(f"max_len={max_len!r} is invalid: must be an integer >= 1")
+    if max_len > config.max_seq_len:
+        raise ValueError(f"max_len={max_len} exceeds ModelConfig.max_seq_len={config.max_seq_len}")
+    if needed > max_len:
+        raise ValueError(f"{what} needs {needed} positions but the cache holds max_len={max_len}")
+
+
+def prefill(params, config: ModelConfig, tokens, max_len: int | None = None, lengths=None):
+    """Run a prompt; return (logits of its last position `[B, vocab]`, DecodeState).
+
+    tokens `[B, T]`. Prompts of different lengths: pass `lengths [B]` and pad
+    on the right (padding after `lengths[b]` is ignored). `max_len` (default
+    `config.max_seq_len`) fixes the cache size for the whole generation.
+    """
+    tokens = jnp.asarray(tokens)
+    check_tokens(config, tokens)
+    b, t = tokens.shape
+    max_len = config.max_seq_len if max_len is None else max_len
+    _check_state_fits(config, max_len, t, f"a prompt of length {t}")
+    ragged = lengths is not None
+    if ragged:
+        lengths = jnp.asarray(lengths)
+        if lengths.shape != (b,) or not jnp.issubdtype(lengths.dtype, jnp.integer):
+            raise ValueError(f"lengths must be integers of shape ({b},), got {lengths.dtype}{lengths.shape}")
+        if not isinstance(lengths, jax.core.Tracer) and (lengths.min() < 1 or lengths.max() > t):
+            raise ValueError(f"lengths must be in [1, {t}] (the padded prompt length), got "
+                             f"{np.asarray(lengths).tolist()}")
+    else:
+        lengths = jnp.full((b,), t, jnp.int32)
+    return _prefill(params, config, tokens, lengths, max_len, ragged)
+
+
+# ---------------------------------------------------------------------------
+# Decode
+# ---------------------------------------------------------------------------
+
+
+def _decode_step(params, config: ModelConfig, state: DecodeState, tokens):
+    """One new token per sequence: its K copies in parallel through every layer."""
+    k = config.repeat
+    copy = np.arange(k)
+    pos = jnp.broadcast_to(state.pos[:, None], (tokens.shape[0], k))
+    valid = jnp.ones(pos.shape, bool)
+    ids = jnp.broadcast_to(tokens[:, None], pos.shape)
+    logits, new_k, new_v = _extend(params, config, state, ids, pos, copy, valid, np.array([k - 1]))
+    state = _write(config, state, new_k, new_v, pos, copy, valid)
+    return logits[:, 0], state.replace(pos=state.pos + 1)
+
+
+_decode_step_jit = jax.jit(_decode_step, static_argnums=1, donate_argnums=2)
+
+
+def decode_step(params, config: ModelConfig, state: DecodeState, tokens):
+    """Feed one token per sequence (`tokens [B]`); return (logits `[B, vocab]`, new state).
+
+    The input state's buffers are donated (updated in place): use the returned state.
+    """
+    tokens = jnp.asarray(tokens)
+    check_tokens(config, tokens[:, None] if tokens.ndim == 1 else tokens)
+    if tokens.shape != state.pos.shape:
+        raise ValueError(f"tokens must have shape {tuple(state.pos.shape)} (one per sequence), "
+                         f"got {tuple(tokens.shape)}")
+    if not isinstance(state.pos, jax.core.Tracer) and int(state.pos.max()) >= state.max_len:
+        raise ValueError(f"the cache is full: position {int(state.pos.max())} does not fit "
+                         f"max_len={state.max_len}")
+    return _decode_step_jit(params, config, state, tokens)
+
+
+def state_for_comparison(config: ModelConfig, state: DecodeState):
+    """The parts of a state that can still influence future tokens (for tests and debugging).
+
+    Cache slots at or beyond `pos` and window entries from another chunk than the
+    next position's (phd_cswa) are never attended again, so they are zeroed.
+    """
+    cc = config.cached_copies
+    live = jnp.arange(state.k.shape[2])[None, :] < (state.pos * cc)[:, None]   # [B, S]
+    zero_dead = lambda x, m: jnp.where(m[None, :, :, None, None], x, 0)  # noqa: E731
+    h = state.window_hidx
+    wlive = h >= 0
+    if config.effective_chunk is not None and h.size:
+        wlive &= (h // (config.repeat - 1)) // config.chunk == (state.pos // config.chunk)[:, None]
+    return state.replace(
+        k=zero_dead(state.k, live), v=zero_dead(state.v, live),
+        window_k=zero_dead(state.window_k, wlive), window_v=zero_dead(state.window_v, wlive),
+        window_hidx=jnp.where(wlive, h, -1))

@@ -1,0 +1,237 @@
+"""The PHD transformer, a Llama/OLMo2-style decoder (Flax Linen), top to bottom.
+
+PHD adds no parameters: it changes only which tokens run through the layers
+(each input token repeated K times, all copies with the same embedding) and
+the attention mask (`phd_jax.masks`). Only the last copy of each position
+reaches the unembedding.
+
+The same modules run in two modes, chosen by the arguments of `Transformer`:
+- full (training / `forward`, prefill of the cached stream): a static token
+  `layout` whose mask is a static block-sparse pattern;
+- extend (prefill tail, decode steps): a few new tokens attend to a KV cache
+  with a run-time mask (`mask` and `cache` given).
+Both return the new tokens' keys/values per layer when asked, so the caller
+(`phd_jax.decode`) owns every cache write.
+"""
+from __future__ import annotations
+
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from phd_jax.attention import attend, cached_attention, layout_kind
+from phd_jax.config import ModelConfig
+from phd_jax.masks import Layout
+
+Initializer = nn.initializers.Initializer
+
+
+def _init(config: ModelConfig, names: tuple[str, ...]):
+    """Normal init carrying logical axis names, so training can shard parameters."""
+    return nn.with_logical_partitioning(nn.initializers.normal(config.init_std), names)
+
+
+def _norm(config: ModelConfig, axis_name: str, name: str):
+    return nn.RMSNorm(epsilon=config.norm_eps, dtype=config.compute_dtype,
+                      param_dtype=config.weight_dtype, name=name,
+                      scale_init=nn.with_logical_partitioning(nn.initializers.ones, (axis_name,)))
+
+
+def rope_positions(config: ModelConfig, pos, copy):
+    """Rotary position id of copy `copy` of position `pos` (spec section 2)."""
+    return pos * config.repeat + copy if config.position_mode == "flat" else pos + 0 * copy
+
+
+def apply_rope(x, positions, theta: float):
+    """Rotate-half RoPE. x `[B, N, H, D]`; positions `[N]` or `[B, N]`."""
+    d = x.shape[-1]
+    inv_freq = theta ** (-jnp.arange(0, d, 2, dtype=jnp.float32) / d)
+    angles = jnp.asarray(positions, jnp.float32)[..., None] * inv_freq  # [(B,) N, D/2]
+    angles = jnp.broadcast_to(angles, x.shape[:2] + angles.shape[-1:])[:, :, None, :]
+    sin, cos = jnp.sin(angles), jnp.cos(angles)
+    x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+    return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)
+
+
+class Attention(nn.Module):
+    config: ModelConfig
+    layout: Layout | None = None
+
+    @nn.compact
+    def __call__(self, x, positions, mask=None, cache=None):
+        cfg = self.config
+        dense = functools.partial(nn.DenseGeneral, use_bias=False, dtype=cfg.compute_dtype,
+                                  param_dtype=cfg.weight_dtype)
+        q = dense((cfg.num_heads, cfg.head_dim), name="query",
+                  kernel_init=_init(cfg, ("embed", "heads", "head_dim")))(x)
+        k = dense((cfg.num_kv_heads, cfg.head_dim), name="key",
+                  kernel_init=_init(cfg, ("embed", "kv_heads", "head_dim")))(x)
+        v = dense((cfg.num_kv_heads, cfg.head_dim), name="value",
+                  kernel_init=_init(cfg, ("embed", "kv_heads", "head_dim")))(x)
+        if cfg.qk_norm:  # OLMo2-style normalisation of queries and keys
+            q = _norm(cfg, "head_dim", "query_norm")(q)
+            k = _norm(cfg, "head_dim", "key_norm")(k)
+        q = apply_rope(q, positions, cfg.rope_theta)
+        k = apply_rope(k, positions, cfg.rope_theta)
+        if cache is None:
+            o = attend(q, k, v, self.layout, cfg)
+        else:
+            o = cached_attention(q, k, v, *cache, mask)
+        out = dense(cfg.d_model, axis=(-2, -1), name="out",
+                    kernel_init=_init(cfg, ("heads", "head_dim", "embed")))(o)
+        return out, (k, v)
+
+
+class Mlp(nn.Module):
+    """SwiGLU feed-forward."""
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, x):
+        cfg = self.config
+        dense = functools.partial(nn.DenseGeneral, use_bias=False, dtype=cfg.compute_dtype,
+                                  param_dtype=cfg.weight_dtype)
+        gate = dense(cfg.mlp_dim, name="gate", kernel_init=_init(cfg, ("embed", "mlp")))(x)
+        up = dense(cfg.mlp_dim, name="up", kernel_init=_init(cfg, ("embed", "mlp")))(x)
+        return dense(cfg.d_model, name="down", kernel_init=_init(cfg, ("mlp", "embed")))(
+            nn.silu(gate) * up)
+
+
+class DecoderLayer(nn.Module):
+    """Pre-norm block: x + attn(norm(x)), then x + mlp(norm(x))."""
+    config: ModelConfig
+    layout: Layout | None = None
+    collect_kv: bool = False
+
+    @nn.compact
+    def __call__(self, x, positions, mask=None, cache=None):
+        cfg = self.config
+        h, kv = Attention(cfg, self.layout, name="attention")(
+            _norm(cfg, "embed", "attention_norm")(x), positions, mask, cache)
+        x = x + h
+        x = x + Mlp(cfg, name="mlp")(_norm(cfg, "embed", "mlp_norm")(x))
+        return x, (kv if self.collect_kv or cache is not None else None)
+
+
+_REMAT_POLICIES = {
+    "full": None,  # save nothing, recompute the whole layer
+    "dots": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+}
+
+
+class Transformer(nn.Module):
+    """Embedding, L decoder layers (optionally `nn.scan`-ned and rematerialised), unembedding."""
+    config: ModelConfig
+    layout: Layout | None = None
+    collect_kv: bool = False
+
+    @nn.compact
+    def __call__(self, tokens, positions, out_rows, mask=None, cache=None):
+        """tokens `[B, N]` (already repeated), positions `[N]` or `[B, N]`,
+        out_rows `[R]` or `[B, R]`: the rows that get logits.
+
+        Returns logits `[B, R, vocab]` (float32) and, when collected, the
+        per-layer keys/values `[L, B, N, KVH, D]` of all N tokens.
+        """
+        cfg = self.config
+        embed = nn.Embed(cfg.vocab_size, cfg.d_model, dtype=cfg.compute_dtype,
+                         param_dtype=cfg.weight_dtype, name="embed",
+                         embedding_init=_init(cfg, ("vocab", "embed")))
+        x = embed(tokens)
+
+        layer = DecoderLayer
+        if cfg.remat != "none":
+            layer = nn.remat(layer, policy=_REMAT_POLICIES[cfg.remat], prevent_cse=not cfg.scan_layers)
+        if cfg.scan_layers:
+            stack = nn.scan(layer, variable_axes={"params": 0}, split_rngs={"params": True},
+                            in_axes=(nn.broadcast, nn.broadcast, 0), length=cfg.num_layers,
+                            metadata_params={nn.PARTITION_NAME: "layers"})
+            x, kv = stack(cfg, self.layout, self.collect_kv, name="layers")(x, positions, mask, cache)
+        else:
+            kvs = []
+            for i in range(cfg.num_layers):
+                layer_cache = None if cache is None else jax.tree.map(lambda c: c[i], cache)
+                x, kv_i = layer(cfg, self.layout, self.collect_kv, name=f"layers_{i}")(
+                    x, positions, mask, layer_cache)
+                kvs.append(kv_i)
+            kv = None if kvs[0] is None else jax.tree.map(lambda *a: jnp.stack(a), *kvs)
+
+        out_rows = jnp.asarray(out_rows)
+        if out_rows.ndim == 1:
+            x = jnp.take(x, out_rows, axis=1)
+        else:
+            x = jnp.take_along_axis(x, out_rows[..., None], axis=1)
+        x = _norm(cfg, "embed", "final_norm")(x)
+        if cfg.tie_embeddings:
+            logits = embed.attend(x)
+        else:
+            logits = nn.DenseGeneral(cfg.vocab_size, use_bias=False, dtype=cfg.compute_dtype,
+                                     param_dtype=cfg.weight_dtype, name="unembed",
+                                     kernel_init=_init(cfg, ("embed", "vocab")))(x)
+        return logits.astype(jnp.float32), kv
+
+
+def _dummy_inputs(config: ModelConfig):
+    return (jnp.zeros((1, 1), jnp.int32), jnp.zeros((1,), jnp.int32), np.zeros((1,), np.int32))
+
+
+def _init_boxed(config: ModelConfig, rng):
+    layout = Layout.for_config(config, 1, "originals")
+    return Transformer(config, layout).init(rng, *_dummy_inputs(config))["params"]
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _init_jit(config, rng):
+    return nn.unbox(_init_boxed(config, rng))
+
+
+def init_params(config: ModelConfig, rng) -> dict:
+    """Random parameters (a plain pytree of arrays). `rng`: a PRNG key or an int seed."""
+    if isinstance(rng, int):
+        rng = jax.random.key(rng)
+    return _init_jit(config, rng)
+
+
+def param_logical_axes(config: ModelConfig):
+    """PartitionSpecs of logical axis names (`embed`, `mlp`, `heads`, `kv_heads`,
+    `head_dim`, `vocab`, `layers`), one per parameter, to map onto a mesh."""
+    boxed = jax.eval_shape(lambda: _init_boxed(config, jax.random.key(0)))
+    return nn.get_partition_spec(boxed)
+
+
+def num_params(params) -> int:
+    return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
+
+
+def check_tokens(config: ModelConfig, tokens, name: str = "tokens"):
+    """Shape / dtype / range checks on concrete token arrays (skipped under tracing)."""
+    if tokens.ndim != 2:
+        raise ValueError(f"{name} must have shape [batch, length], got shape {tuple(tokens.shape)}")
+    if not jnp.issubdtype(tokens.dtype, jnp.integer):
+        raise ValueError(f"{name} must be integer token ids, got dtype {tokens.dtype}")
+    if isinstance(tokens, jax.core.Tracer) or tokens.size == 0:
+        return
+    lo, hi = int(np.min(tokens)), int(np.max(tokens))
+    if lo < 0 or hi >= config.vocab_size:
+        bad = lo if lo < 0 else hi
+        raise ValueError(f"{name} contains id {bad}, outside the allowed range "
+                         f"[0, vocab_size={config.vocab_size})")
+
+
+def forward(params, config: ModelConfig, tokens):
+    """Logits `[B, T, vocab]`: the last copy of position n predicts token n+1.
+
+    Pure; jit it with `jax.jit(forward, static_argnums=1)`.
+    """
+    check_tokens(config, tokens)
+    t = tokens.shape[1]
+    if t > config.max_seq_len:
+        raise ValueError(f"sequence length {t} exceeds ModelConfig.max_seq_len={config.max_seq_len}")
+    layout = Layout.for_config(config, t, layout_kind(config))
+    pos, copy = layout.tokens
+    logits, _ = Transformer(config, layout).apply(
+        {"params": params}, tokens[:, pos], rope_positions(config, pos, copy), layout.logit_rows)
+    return logits
