@@ -188,17 +188,27 @@ def _init_jit(config, rng):
     return nn.unbox(_init_boxed(config, rng))
 
 
+def _param_config(config: ModelConfig) -> ModelConfig:
+    """Only these fields shape the parameters (PHD adds none): one compiled init serves all variants."""
+    return ModelConfig(**{f: getattr(config, f) for f in (
+        "vocab_size", "num_layers", "d_model", "num_heads", "num_kv_heads", "head_dim", "mlp_dim",
+        "tie_embeddings", "qk_norm", "dtype", "param_dtype", "scan_layers", "init_std")})
+
+
 def init_params(config: ModelConfig, rng) -> dict:
-    """Random parameters (a plain pytree of arrays). `rng`: a PRNG key or an int seed."""
+    """Random parameters (a plain pytree of arrays). `rng`: a PRNG key or an int seed.
+
+    The same for every variant, K, W and C: PHD changes no parameter.
+    """
     if isinstance(rng, int):
         rng = jax.random.key(rng)
-    return _init_jit(config, rng)
+    return _init_jit(_param_config(config), rng)
 
 
 def param_logical_axes(config: ModelConfig):
     """PartitionSpecs of logical axis names (`embed`, `mlp`, `heads`, `kv_heads`,
     `head_dim`, `vocab`, `layers`), one per parameter, to map onto a mesh."""
-    boxed = jax.eval_shape(lambda: _init_boxed(config, jax.random.key(0)))
+    boxed = jax.eval_shape(lambda: _init_boxed(_param_config(config), jax.random.key(0)))
     return nn.get_partition_spec(boxed)
 
 
@@ -214,7 +224,8 @@ def check_tokens(config: ModelConfig, tokens, name: str = "tokens"):
         raise ValueError(f"{name} must be integer token ids, got dtype {tokens.dtype}")
     if isinstance(tokens, jax.core.Tracer) or tokens.size == 0:
         return
-    lo, hi = int(np.min(tokens)), int(np.max(tokens))
+    values = np.asarray(tokens)   # concrete; np.min on a jax array inside a trace would stage
+    lo, hi = int(values.min()), int(values.max())
     if lo < 0 or hi >= config.vocab_size:
         bad = lo if lo < 0 else hi
         raise ValueError(f"{name} contains id {bad}, outside the allowed range "

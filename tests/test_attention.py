@@ -28,8 +28,10 @@ def _inputs(n, seed=0):
 
 
 def _value_and_grads(attn, q, k, v, ct):
-    f = jax.jit(jax.value_and_grad(lambda q, k, v: jnp.vdot(attn(q, k, v), ct), argnums=(0, 1, 2)))
-    (val, grads), out = f(q, k, v), jax.jit(attn)(q, k, v)
+    def loss(q, k, v):
+        out = attn(q, k, v)
+        return jnp.vdot(out, ct), out
+    (_, out), grads = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True))(q, k, v)
     return out, grads
 
 

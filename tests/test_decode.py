@@ -1,0 +1,208 @@
+"""Prefill + decode against the full forward pass, the cache contract, and prefill cost."""
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import phd_jax
+from phd_jax.decode import _prefill, state_for_comparison
+from phd_jax.masks import Layout
+from phd_jax.model import Transformer, rope_positions
+from helpers import max_diff, random_tokens, tiny_config
+
+fwd = jax.jit(phd_jax.forward, static_argnums=1)
+
+
+def _grid():
+    """Every variant with K in {1,2,3}, W in {0,1,4}, C in {2,3} (where the variant has them)."""
+    yield dict(variant="vanilla", repeat=1)
+    for k in (1, 2, 3):
+        yield dict(variant="naive", repeat=k)
+        yield dict(variant="phd", repeat=k)
+        for w in (0, 1, 4):
+            yield dict(variant="phd_swa", repeat=k, window=w)
+            for c in (2, 3):
+                yield dict(variant="phd_cswa", repeat=k, window=w, chunk=c)
+
+
+GRID = list(_grid())
+
+
+@pytest.mark.parametrize("kw", GRID, ids=[tiny_config(**kw).name for kw in GRID])
+def test_prefill_then_decode_equals_forward(kw):
+    """Prompt of 5 positions (crosses chunks of 2 and 3), then 7 decode steps: with W=4 and
+    K-1 = 2 hidden tokens per step the window ring buffer wraps around several times."""
+    cfg = tiny_config(**kw)
+    params = phd_jax.init_params(cfg, 0)
+    tokens = random_tokens(cfg, 2, 12, seed=1)
+    full = fwd(params, cfg, tokens)
+    logits, state = phd_jax.prefill(params, cfg, tokens[:, :5], max_len=16)
+    diffs = [max_diff(logits, full[:, 4])]
+    for n in range(5, 12):
+        logits, state = phd_jax.decode_step(params, cfg, state, tokens[:, n])
+        diffs.append(max_diff(logits, full[:, n]))
+    assert max(diffs) <= 1e-4, diffs
+    assert np.asarray(state.pos).tolist() == [12, 12]
+
+
+def _expected_state(params, cfg, tokens, max_len):
+    """The decode state read off the full parallel forward pass (dense, paper layout)."""
+    t, k, cc, w = tokens.shape[1], cfg.repeat, cfg.cached_copies, cfg.effective_window
+    lay = Layout.for_config(cfg.replace(attention="dense"), t, "paper")
+    pos, copy = lay.tokens
+    _, (keys, values) = Transformer(cfg.replace(attention="dense"), lay, collect_kv=True).apply(
+        {"params": params}, tokens[:, pos], rope_positions(cfg, pos, copy), lay.logit_rows)
+    state = phd_jax.init_state(cfg, tokens.shape[0], max_len)
+    cached = np.nonzero(copy < cc)[0]
+    state = state.replace(k=state.k.at[:, :, :t * cc].set(keys[:, :, cached]),
+                          v=state.v.at[:, :, :t * cc].set(values[:, :, cached]),
+                          pos=jnp.full_like(state.pos, t))
+    if w and t * (k - 1) > 0:
+        hidx = pos * (k - 1) + copy - 1
+        last = [i for i in np.nonzero(copy > 0)[0] if hidx[i] > t * (k - 1) - 1 - w]
+        slots = hidx[last] % w
+        state = state.replace(window_k=state.window_k.at[:, :, slots].set(keys[:, :, last]),
+                              window_v=state.window_v.at[:, :, slots].set(values[:, :, last]),
+                              window_hidx=state.window_hidx.at[:, slots].set(hidx[last]))
+    return state
+
+
+@pytest.mark.parametrize("name", ["vanilla", "naive-3", "PHD-3", "PHD-SWA-3-4-inf", "PHD-SWA-2-5-inf",
+                                  "PHD-CSWA-3-4-3", "PHD-CSWA-2-4-4"])
+def test_prefill_state_equals_forward_and_single_steps(name):
+    cfg = phd_jax.ModelConfig.from_name(name, **{
+        k: getattr(tiny_config(), k) for k in ("vocab_size", "num_layers", "d_model", "num_heads",
+                                               "num_kv_heads", "head_dim", "mlp_dim", "max_seq_len",
+                                               "block_q", "block_kv")})
+    params = phd_jax.init_params(cfg, 0)
+    tokens = random_tokens(cfg, 2, 11, seed=2)
+    expected = state_for_comparison(cfg, _expected_state(params, cfg, tokens, 16))
+    _, prefilled = phd_jax.prefill(params, cfg, tokens, max_len=16)
+    stepped = phd_jax.init_state(cfg, 2, 16)
+    for n in range(11):
+        _, stepped = phd_jax.decode_step(params, cfg, stepped, tokens[:, n])
+    for got in (prefilled, stepped):
+        got = state_for_comparison(cfg, got)
+        assert jax.tree.structure(got) == jax.tree.structure(expected)
+        assert max_diff(got, expected) <= 1e-5
+    if cfg.effective_window:   # the window really holds data here
+        assert int((prefilled.window_hidx >= 0).sum()) > 0
+
+
+@pytest.mark.parametrize("name", ["vanilla", "naive-2", "PHD-3", "PHD-SWA-3-4-inf", "PHD-CSWA-3-4-3"])
+def test_ragged_prompts_with_lengths(name):
+    cfg = phd_jax.ModelConfig.from_name(name, **{k: getattr(tiny_config(), k) for k in (
+        "vocab_size", "num_layers", "d_model", "num_heads", "num_kv_heads", "head_dim", "mlp_dim",
+        "max_seq_len", "block_q", "block_kv")})
+    params = phd_jax.init_params(cfg, 0)
+    tokens = random_tokens(cfg, 3, 12, seed=4)
+    lengths = jnp.array([7, 2, 9])
+    padded = jnp.where(jnp.arange(9)[None] < lengths[:, None], tokens[:, :9], 0)
+    logits, state = phd_jax.prefill(params, cfg, padded, max_len=16, lengths=lengths)
+    outs = [logits]
+    for step in range(3):
+        nxt = tokens[jnp.arange(3), lengths + step]
+        logit, state = phd_jax.decode_step(params, cfg, state, nxt)
+        outs.append(logit)
+    for b in range(3):
+        ref = fwd(params, cfg, tokens[b:b + 1, :int(lengths[b]) + 3])[0, int(lengths[b]) - 1:]
+        got = jnp.stack([o[b] for o in outs])
+        assert max_diff(got, ref) <= 1e-4, (name, b)
+
+
+@pytest.mark.parametrize("name", ["vanilla", "naive-3", "PHD-2", "PHD-5", "PHD-SWA-3-16-inf", "PHD-CSWA-4-16-32"])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_cache_size_is_the_spec_formula(name, dtype):
+    cfg = phd_jax.ModelConfig.from_name(name, num_layers=3, d_model=64, num_heads=4, num_kv_heads=2,
+                                        head_dim=16, mlp_dim=64, vocab_size=50, max_seq_len=64, dtype=dtype)
+    batch, max_len = 2, 40
+    item = jnp.dtype(dtype).itemsize
+    vanilla = 2 * max_len * cfg.num_kv_heads * cfg.head_dim
+    per_layer = {"vanilla": vanilla, "phd": vanilla, "naive": cfg.repeat * vanilla,
+                 "phd_swa": vanilla + 2 * cfg.window * cfg.num_kv_heads * cfg.head_dim,
+                 "phd_cswa": vanilla + 2 * cfg.window * cfg.num_kv_heads * cfg.head_dim}[cfg.variant]
+    want = per_layer * cfg.num_layers * batch * item
+    assert phd_jax.kv_cache_bytes(cfg, batch, max_len) == want
+    params = phd_jax.init_params(cfg, 0)
+    _, state = phd_jax.prefill(params, cfg, random_tokens(cfg, batch, 10), max_len=max_len)
+    assert state.cache_bytes == want
+    assert state.k.shape == (cfg.num_layers, batch, max_len * cfg.cached_copies, 2, 16)
+    if cfg.variant == "phd":   # whatever K is, exactly a vanilla transformer's cache
+        assert want == phd_jax.kv_cache_bytes(phd_jax.ModelConfig(**{**cfg.__dict__, "variant": "vanilla", "repeat": 1}), batch, max_len)
+
+
+@pytest.mark.parametrize("name", ["PHD-3", "PHD-SWA-3-4-inf", "PHD-CSWA-2-4-2"])
+def test_cached_originals_equal_a_vanilla_model(name):
+    cfg = phd_jax.ModelConfig.from_name(name, **{k: getattr(tiny_config(), k) for k in (
+        "vocab_size", "num_layers", "d_model", "num_heads", "num_kv_heads", "head_dim", "mlp_dim",
+        "max_seq_len", "block_q", "block_kv")})
+    vanilla = cfg.replace(variant="vanilla", repeat=1, window=0, chunk=None)
+    params = phd_jax.init_params(cfg, 0)
+    tokens = random_tokens(cfg, 2, 9)
+    _, s = phd_jax.prefill(params, cfg, tokens[:, :6], max_len=12)
+    _, s0 = phd_jax.prefill(params, vanilla, tokens[:, :6], max_len=12)
+    for n in range(6, 9):   # also after decode steps, which run K copies at once
+        _, s = phd_jax.decode_step(params, cfg, s, tokens[:, n])
+        _, s0 = phd_jax.decode_step(params, vanilla, s0, tokens[:, n])
+    assert max_diff(s.k[:, :, :9], s0.k[:, :, :9]) <= 1e-5
+    assert max_diff(s.v[:, :, :9], s0.v[:, :, :9]) <= 1e-5
+
+
+def _prefill_flops(cfg, t, max_len=64):
+    params = phd_jax.init_params(cfg, 0)
+    tokens = random_tokens(cfg, 1, t)
+    cost = _prefill.lower(params, cfg, tokens, jnp.full((1,), t, jnp.int32), max_len, False).compile().cost_analysis()
+    return float((cost[0] if isinstance(cost, (list, tuple)) else cost)["flops"])
+
+
+def test_prefill_work_is_vanilla_plus_a_bounded_tail():
+    """XLA's FLOP count: PHD prefill = vanilla prefill + the spec's tail, independent of T."""
+    base = tiny_config("vanilla", 1)
+    van = {t: _prefill_flops(base, t) for t in (24, 48)}
+    per_token = (van[48] - van[24]) / 24   # one more original token through the model
+    extra = lambda kw, t: _prefill_flops(tiny_config(**kw), t) - van[t]  # noqa: E731
+    # phd: only the last position's K-1 hidden copies, whatever the prompt length.
+    for k in (2, 4):
+        e24, e48 = extra(dict(variant="phd", repeat=k), 24), extra(dict(variant="phd", repeat=k), 48)
+        assert e24 == e48 and 0 < e24 <= 1.5 * (k - 1) * per_token
+    # phd_cswa: never more than one chunk (C=8 here; L*w+1 = 2*2+1 = 5 < C).
+    cswa = dict(variant="phd_cswa", repeat=4, window=6, chunk=8)
+    assert extra(cswa, 24) == extra(cswa, 48) <= 1.5 * 8 * 3 * per_token
+    # phd_swa: L*w + 1 positions, not the whole prompt.
+    swa = dict(variant="phd_swa", repeat=4, window=6)
+    assert extra(swa, 24) == extra(swa, 48) <= 1.5 * 5 * 3 * per_token
+    # ... whereas the full parallel forward pays K times the work.
+    assert _prefill_flops(tiny_config("naive", 4), 24) > 3 * van[24]
+
+
+@pytest.mark.parametrize("call,message", [
+    (lambda p, c: phd_jax.prefill(p, c, jnp.zeros((1, 20), jnp.int32), max_len=16),
+     r"a prompt of length 20 needs 20 positions but the cache holds max_len=16"),
+    (lambda p, c: phd_jax.prefill(p, c, jnp.zeros((1, 4), jnp.int32), max_len=100),
+     r"max_len=100 exceeds ModelConfig.max_seq_len=64"),
+    (lambda p, c: phd_jax.prefill(p, c, jnp.full((1, 4), 99, jnp.int32), max_len=8),
+     r"contains id 99, outside the allowed range \[0, vocab_size=61\)"),
+    (lambda p, c: phd_jax.prefill(p, c, jnp.zeros((2, 4), jnp.int32), max_len=8, lengths=[0, 4]),
+     r"lengths must be in \[1, 4\]"),
+    (lambda p, c: phd_jax.prefill(p, c, jnp.zeros((2, 4), jnp.int32), max_len=8, lengths=[3]),
+     r"lengths must be integers of shape \(2,\)"),
+])
+def test_prefill_errors(call, message):
+    cfg = tiny_config()
+    with pytest.raises(ValueError, match=message):
+        call(phd_jax.init_params(cfg, 0), cfg)
+
+
+def test_decode_errors_when_cache_is_full_or_token_bad():
+    cfg = tiny_config()
+    params = phd_jax.init_params(cfg, 0)
+    _, state = phd_jax.prefill(params, cfg, jnp.zeros((2, 4), jnp.int32), max_len=5)
+    with pytest.raises(ValueError, match=r"contains id 61"):
+        phd_jax.decode_step(params, cfg, state, jnp.array([1, 61]))
+    with pytest.raises(ValueError, match=r"tokens must have shape \(2,\)"):
+        phd_jax.decode_step(params, cfg, state, jnp.array([1, 2, 3]))
+    _, state = phd_jax.decode_step(params, cfg, state, jnp.array([1, 2]))
+    with pytest.raises(ValueError, match=r"the cache is full: position 5 does not fit max_len=5"):
+        phd_jax.decode_step(params, cfg, state, jnp.array([1, 2]))
