@@ -108,8 +108,9 @@ def dense_attention(q, k, v, mask: np.ndarray):
 
 
 def _band_partial(qg, kt, vt, pattern: BlockPattern):
-    """All band rows at once: query blocks of c rows, each over its own and the
-    previous block of keys (one batched dot instead of a thin run per block)."""
+    """`(m, l, o)` of the band rows (from `band_start` on) at once: query blocks of
+    c rows, each over its own and the previous block of keys (one batched dot
+    instead of a thin run per query block)."""
     c, band = pattern.band_blocks
     start, n = pattern.band_start, qg.shape[3]
     nb = band.shape[0]
@@ -128,11 +129,8 @@ def _band_partial(qg, kt, vt, pattern: BlockPattern):
     p = jnp.exp(s - m)
     o = jnp.einsum("bkgncs,bknsd->bkgncd", _dot_ready(p.astype(vt.dtype)), _dot_ready(windows(vt)),
                    preferred_element_type=jnp.float32)
-    # Back to one row per query; rows before the band get an empty partial.
-    rows = lambda x, fill: jnp.pad(  # noqa: E731
-        x.reshape(x.shape[:3] + (nb * c, x.shape[-1]))[:, :, :, :n - start],
-        ((0, 0),) * 3 + ((start, 0), (0, 0)), constant_values=fill)
-    return rows(m, MASK_VALUE), rows(p.sum(axis=-1, keepdims=True), 0.0), rows(o, 0.0)
+    rows = lambda x: x.reshape(x.shape[:3] + (nb * c, x.shape[-1]))[:, :, :, :n - start]  # noqa: E731
+    return rows(m), rows(p.sum(axis=-1, keepdims=True)), rows(o)
 
 
 def blocksparse_attention(q, k, v, pattern: BlockPattern):
@@ -160,10 +158,12 @@ def blocksparse_attention(q, k, v, pattern: BlockPattern):
                    jnp.asarray(pattern.mask[q0:q1, r.start:r.stop]) if r.partial else None)
                   for r in runs]
         parts.append(partial_attention(qg[:, :, :, q0:q1], groups))
-    partials = [tuple(jnp.concatenate(x, axis=3) for x in zip(*parts))]
-    if pattern.band_start is not None:
-        partials.append(_band_partial(qg, kt, vt, pattern))
-    return _ungrouped(combine(*partials), q.dtype)
+    m, l, o = (jnp.concatenate(x, axis=3) for x in zip(*parts))
+    if pattern.band_start is None:
+        return _ungrouped(o / l, q.dtype)
+    s = pattern.band_start   # only band rows merge two partials
+    band = combine((m[:, :, :, s:], l[:, :, :, s:], o[:, :, :, s:]), _band_partial(qg, kt, vt, pattern))
+    return _ungrouped(jnp.concatenate([o[:, :, :, :s] / l[:, :, :, :s], band], axis=3), q.dtype)
 
 
 def _splash_sizes(pattern: BlockPattern):

@@ -5,12 +5,14 @@ PHD's inference promise: the persistent KV cache is a vanilla transformer's
 W most recent hidden decoding tokens. Hidden tokens of the current position
 are computed, used and dropped within one step.
 
-Prefill rests on one fact of the mask: original tokens never attend to hidden
-ones, so the original-token stream *is* a vanilla transformer. Prefill
-therefore runs (1) a plain causal forward over the prompt's originals, which
-fills the cache at exactly vanilla cost, then (2) the hidden copies of only
-the last few positions (`ModelConfig.prefill_tail`) against that cache.
-Decode steps are case (2) for the K copies of one new token.
+Prefill runs one forward pass over the prompt's original tokens plus the
+hidden copies of only its last few positions (`ModelConfig.prefill_tail`,
+spec section 5), with the static block-sparse pattern of that token set: the
+original stream costs exactly a vanilla prefill. Decode steps run the K copies
+of one new token against the cache with a run-time mask from `masks.allowed`.
+Prompts of different lengths use the fact that originals never attend to
+hidden tokens: a vanilla pass fills the cache, then each prompt's tail runs
+against it like a decode step.
 """
 from __future__ import annotations
 
@@ -153,12 +155,32 @@ def prefill_token_counts(config: ModelConfig, prompt_len: int, ragged: bool = Fa
 def _prefill(params, config: ModelConfig, tokens, lengths, max_len: int, ragged: bool):
     b, t = tokens.shape
     state = init_state(config, b, max_len)
-    # (1) The cached stream, with a static causal block pattern: originals only
-    #     (naive: every copy, in paper order, slot = index).
-    kind = "originals" if config.variant != "naive" else layout_kind(config)
+    if ragged:
+        return _prefill_ragged(params, config, state, tokens, lengths)
+    # One pass over a static token set: the cached stream (originals; naive: every
+    # copy) plus the hidden copies of the last `tail` positions, with the static
+    # block-sparse pattern of that set (spec section 5).
+    if config.variant == "naive":
+        layout = Layout.for_config(config, t, "paper")
+    else:
+        layout = Layout.for_config(config, t, "kernel", hidden_from=t - config.prefill_tail(t))
+    pos, copy = layout.tokens
+    logits, (k, v) = Transformer(config, layout, collect_kv=True).apply(
+        {"params": params}, tokens[:, pos], rope_positions(config, pos, copy), np.array([layout.size - 1]))
+    pos_b = jnp.broadcast_to(pos, (b, pos.size))
+    state = _write(config, state, k, v, pos_b, copy, jnp.ones(pos_b.shape, bool))
+    return logits[:, 0], state.replace(pos=lengths.astype(jnp.int32))
+
+
+def _prefill_ragged(params, config: ModelConfig, state, tokens, lengths):
+    """Prompts of different lengths (right-padded): the tail is per sequence, so run
+    (1) the original-token stream, a vanilla model, with the static causal pattern
+    (padding after a prompt is never attended), then (2) each prompt's tail of
+    hidden copies against that cache, like a decode step."""
+    b, t = tokens.shape
+    kind = "originals" if config.variant != "naive" else "paper"
     layout = Layout.for_config(config, t, kind)
     lpos, lcopy = layout.tokens
-    assert np.array_equal(lpos * config.cached_copies + lcopy, np.arange(layout.size))
     last = (lengths - 1) * config.cached_copies + config.cached_copies - 1
     out_rows = np.zeros((b, 0), np.int32) if config.is_phd else last[:, None]
     logits, (k, v) = Transformer(config, layout, collect_kv=True).apply(
@@ -168,8 +190,7 @@ def _prefill(params, config: ModelConfig, tokens, lengths, max_len: int, ragged:
                           pos=lengths.astype(jnp.int32))
     if not config.is_phd:
         return logits[:, 0], state
-    # (2) Hidden copies of the last `tail` positions of each prompt, in hidden order.
-    tail = config.prefill_tail(t, ragged)
+    tail = config.prefill_tail(t, ragged=True)
     copy = np.tile(np.arange(1, config.repeat), tail)
     rel = np.repeat(np.arange(tail) - tail, config.repeat - 1)
     pos = lengths[:, None].astype(jnp.int32) + rel[None, :]

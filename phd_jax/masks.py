@@ -88,8 +88,10 @@ class Layout:
       mask and hidden rows see a staircase of originals plus a thin band,
       which is what makes the block pattern sparse. Equal to `paper` for
       vanilla and naive, where nothing is gained by regrouping.
-    - `originals`: copy 0 of every position only, i.e. the vanilla stream that
-      fills the KV cache at prefill.
+    - `originals`: copy 0 of every position only, i.e. the vanilla stream.
+
+    `hidden_from` (kernel layout only) drops the hidden tokens of positions
+    before it, "treating them as absent": prefill's token set (spec section 5).
     """
 
     kind: str
@@ -98,13 +100,14 @@ class Layout:
     repeat: int
     window: int = 0
     chunk: int | None = None
+    hidden_from: int = 0
 
     @classmethod
-    def for_config(cls, config: ModelConfig, seq_len: int, kind: str) -> "Layout":
+    def for_config(cls, config: ModelConfig, seq_len: int, kind: str, hidden_from: int = 0) -> "Layout":
         if kind not in LAYOUT_KINDS:
             raise ValueError(f"layout kind={kind!r} is invalid: allowed: {', '.join(LAYOUT_KINDS)}")
         return _layout(kind, config.variant, seq_len, config.repeat,
-                       config.effective_window, config.effective_chunk)
+                       config.effective_window, config.effective_chunk, hidden_from)
 
     @functools.cached_property
     def tokens(self) -> tuple[np.ndarray, np.ndarray]:
@@ -115,7 +118,8 @@ class Layout:
         i = np.arange(T * K, dtype=np.int32)
         pos, copy = i // K, i % K
         if self.kind == "kernel" and self.variant != "naive" and K > 1:
-            order = np.concatenate([i[copy == 0], i[copy != 0]])  # hidden stay in hidden order
+            hidden = (copy != 0) & (pos >= self.hidden_from)
+            order = np.concatenate([i[copy == 0], i[hidden]])  # hidden stay in hidden order
             pos, copy = pos[order], copy[order]
         return pos, copy
 
@@ -125,13 +129,14 @@ class Layout:
 
     @functools.cached_property
     def permutation(self) -> np.ndarray:
-        """Index into the paper layout of each token of this layout."""
+        """Index into the paper layout of each token of this layout (a permutation when
+        the layout holds every token)."""
         pos, copy = self.tokens
         return pos * self.repeat + copy
 
     @functools.cached_property
     def logit_rows(self) -> np.ndarray:
-        """Rows that produce logits: the last copy of each position, by position."""
+        """Rows that produce logits: the last copy of each position (that has one), by position."""
         pos, copy = self.tokens
         last = self.repeat - 1 if self.kind != "originals" else 0
         rows = np.nonzero(copy == last)[0]
@@ -156,9 +161,9 @@ class Layout:
 
 
 @functools.lru_cache(maxsize=256)
-def _layout(kind, variant, seq_len, repeat, window, chunk) -> Layout:
+def _layout(kind, variant, seq_len, repeat, window, chunk, hidden_from) -> Layout:
     # Cached so that equal layouts share their cached tokens, masks and patterns.
-    return Layout(kind, variant, seq_len, repeat, window, chunk)
+    return Layout(kind, variant, seq_len, repeat, window, chunk, hidden_from)
 
 
 # ---------------------------------------------------------------------------
