@@ -16,7 +16,7 @@ def get_config() -> ml_collections.ConfigDict:
     m.repeat = 2
     m.window = 16
     m.chunk = 32
-    m.position_mode = "shared"
+    m.position_mode = "shared"    # "flat" gives copy s of position n the rotary id n*K + s
     m.vocab_size = 256           # bytes
     m.num_layers = 4
     m.d_model = 128

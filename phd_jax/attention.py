@@ -176,7 +176,7 @@ def _splash_sizes(pattern: BlockPattern):
     return bq, bk, -(-n // step) * step
 
 
-@functools.lru_cache(maxsize=64)
+@functools.lru_cache(maxsize=8)
 def _splash_mask(pattern: BlockPattern) -> np.ndarray:
     _, _, n_pad = _splash_sizes(pattern)
     n = pattern.mask.shape[0]

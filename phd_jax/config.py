@@ -30,7 +30,8 @@ class ModelConfig:
     PHD fields (spec section 1): `variant`, `repeat` (K), `window` (W, counted
     in hidden decoding tokens), `chunk` (C, counted in original positions,
     `phd_cswa` only), `position_mode` ("shared": every copy of position n has
-    rotary position n; "flat": copy s has n*K + s).
+    rotary position n; "flat": copy s has n*K + s; default: flat for `naive`,
+    whose definition is the literal repeated sequence, shared otherwise).
     """
 
     vocab_size: int = 256
@@ -45,7 +46,7 @@ class ModelConfig:
     repeat: int = 1
     window: int = 0
     chunk: int | None = None
-    position_mode: str = "shared"
+    position_mode: str | None = None   # None: "flat" for naive (the literal repeated sequence), else "shared"
     rope_theta: float = 10000.0
     norm_eps: float = 1e-6
     tie_embeddings: bool = True
@@ -61,6 +62,8 @@ class ModelConfig:
     init_std: float = 0.02
 
     def __post_init__(self):
+        if self.position_mode is None:
+            object.__setattr__(self, "position_mode", "flat" if self.variant == "naive" else "shared")
         for f in ("vocab_size", "num_layers", "d_model", "num_heads", "num_kv_heads",
                   "head_dim", "mlp_dim", "max_seq_len", "block_q", "block_kv"):
             v = getattr(self, f)
@@ -121,7 +124,7 @@ class ModelConfig:
         """Inverse of `name`: `ModelConfig.from_name("PHD-CSWA-3-16-32", d_model=...)`."""
         patterns = [
             (r"vanilla", lambda m: dict(variant="vanilla")),
-            (r"naive-(\d+)", lambda m: dict(variant="naive", repeat=int(m[1]), position_mode="flat")),
+            (r"naive-(\d+)", lambda m: dict(variant="naive", repeat=int(m[1]))),
             (r"phd-(\d+)", lambda m: dict(variant="phd", repeat=int(m[1]))),
             (r"phd-swa-(\d+)-(\d+)-inf", lambda m: dict(variant="phd_swa", repeat=int(m[1]), window=int(m[2]))),
             (r"phd-cswa-(\d+)-(\d+)-(\d+)",

@@ -226,7 +226,8 @@ def prefill(params, config: ModelConfig, tokens, max_len: int | None = None, len
     if ragged:
         lengths = jnp.asarray(lengths)
         if lengths.shape != (b,) or not jnp.issubdtype(lengths.dtype, jnp.integer):
-            raise ValueError(f"lengths must be integers of shape ({b},), got {lengths.dtype}{lengths.shape}")
+            raise ValueError(f"lengths must be integers of shape ({b},), got dtype {lengths.dtype}, "
+                             f"shape {tuple(lengths.shape)}")
         if not isinstance(lengths, jax.core.Tracer) and (lengths.min() < 1 or lengths.max() > t):
             raise ValueError(f"lengths must be in [1, {t}] (the padded prompt length), got "
                              f"{np.asarray(lengths).tolist()}")
@@ -252,13 +253,18 @@ def _decode_step(params, config: ModelConfig, state: DecodeState, tokens):
     return logits[:, 0], state.replace(pos=state.pos + 1)
 
 
-_decode_step_jit = jax.jit(_decode_step, static_argnums=1, donate_argnums=2)
+_decode_step_donating = jax.jit(_decode_step, static_argnums=1, donate_argnums=2)
+_decode_step_copying = jax.jit(_decode_step, static_argnums=1)
 
 
-def decode_step(params, config: ModelConfig, state: DecodeState, tokens):
+def decode_step(params, config: ModelConfig, state: DecodeState, tokens, *, donate: bool = True):
     """Feed one token per sequence (`tokens [B]`); return (logits `[B, vocab]`, new state).
 
-    The input state's buffers are donated (updated in place): use the returned state.
+    By default the input state's buffers are donated, so the cache is updated in
+    place rather than copied every step: use the returned state. Pass
+    `donate=False` to keep the input state (e.g. to branch several continuations
+    from one prompt). Inside your own `jit`/`scan`, call it freely: donation
+    only applies to this eager entry point.
     """
     tokens = jnp.asarray(tokens)
     check_tokens(config, tokens[:, None] if tokens.ndim == 1 else tokens)
@@ -268,7 +274,7 @@ def decode_step(params, config: ModelConfig, state: DecodeState, tokens):
     if not isinstance(state.pos, jax.core.Tracer) and int(state.pos.max()) >= state.max_len:
         raise ValueError(f"the cache is full: position {int(state.pos.max())} does not fit "
                          f"max_len={state.max_len}")
-    return _decode_step_jit(params, config, state, tokens)
+    return (_decode_step_donating if donate else _decode_step_copying)(params, config, state, tokens)
 
 
 def state_for_comparison(config: ModelConfig, state: DecodeState):

@@ -160,7 +160,8 @@ class Layout:
         return None
 
 
-@functools.lru_cache(maxsize=256)
+# Bounded: a layout caches its dense [N, N] mask (N = T*K) on the host.
+@functools.lru_cache(maxsize=32)
 def _layout(kind, variant, seq_len, repeat, window, chunk, hidden_from) -> Layout:
     # Cached so that equal layouts share their cached tokens, masks and patterns.
     return Layout(kind, variant, seq_len, repeat, window, chunk, hidden_from)
@@ -300,6 +301,6 @@ def _band_width(mask: np.ndarray, start: int) -> int:
 RUN_ALIGN = 16
 
 
-@functools.lru_cache(maxsize=256)
+@functools.lru_cache(maxsize=32)
 def _pattern(layout: Layout, block_q: int, block_kv: int) -> BlockPattern:
     return BlockPattern.from_mask(layout.mask, block_q, block_kv, layout.band_start)

@@ -218,11 +218,12 @@ def num_params(params) -> int:
 
 def check_tokens(config: ModelConfig, tokens, name: str = "tokens"):
     """Shape / dtype / range checks on concrete token arrays (skipped under tracing)."""
-    if tokens.ndim != 2:
-        raise ValueError(f"{name} must have shape [batch, length], got shape {tuple(tokens.shape)}")
+    if tokens.ndim != 2 or 0 in tokens.shape:
+        raise ValueError(f"{name} must have shape [batch, length] with both >= 1, "
+                         f"got shape {tuple(tokens.shape)}")
     if not jnp.issubdtype(tokens.dtype, jnp.integer):
         raise ValueError(f"{name} must be integer token ids, got dtype {tokens.dtype}")
-    if isinstance(tokens, jax.core.Tracer) or tokens.size == 0:
+    if isinstance(tokens, jax.core.Tracer):
         return
     values = np.asarray(tokens)   # concrete; np.min on a jax array inside a trace would stage
     lo, hi = int(values.min()), int(values.max())
@@ -237,6 +238,7 @@ def forward(params, config: ModelConfig, tokens):
 
     Pure; jit it with `jax.jit(forward, static_argnums=1)`.
     """
+    tokens = jnp.asarray(tokens)
     check_tokens(config, tokens)
     t = tokens.shape[1]
     if t > config.max_seq_len:

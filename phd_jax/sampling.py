@@ -19,13 +19,14 @@ def top_k_filter(logits, k: int):
     """Keep the k largest logits per row (k = 0: keep all)."""
     if k <= 0 or k >= logits.shape[-1]:
         return logits
-    kth = jax.lax.top_k(logits, k)[0][..., -1:]
-    return jnp.where(logits < kth, -jnp.inf, logits)
+    _, idx = jax.lax.top_k(logits, k)   # exactly k, even with ties
+    keep = jnp.zeros(logits.shape, bool).at[jnp.arange(logits.shape[0])[:, None], idx].set(True)
+    return jnp.where(keep, logits, -jnp.inf)
 
 
-def top_p_filter(logits, p: float):
-    """Nucleus filter: keep the smallest set of tokens whose probability reaches p."""
-    if p >= 1.0:
+def top_p_filter(logits, p):
+    """Nucleus filter: keep the smallest set of tokens whose probability reaches p (may be traced)."""
+    if isinstance(p, (int, float)) and p >= 1.0:
         return logits
     order = jnp.argsort(-logits, axis=-1)
     sorted_logits = jnp.take_along_axis(logits, order, axis=-1)
@@ -36,22 +37,26 @@ def top_p_filter(logits, p: float):
     return jnp.take_along_axis(sorted_logits, inverse, axis=-1)
 
 
-def sample_token(logits, rng, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0):
-    """`[B, vocab]` logits -> `[B]` token ids. temperature 0 (or top_k 1) is greedy."""
-    if temperature == 0.0 or top_k == 1:
+def sample_token(logits, rng, temperature=0.0, top_k: int = 0, top_p=1.0):
+    """`[B, vocab]` logits -> `[B]` token ids. temperature 0 (or top_k 1) is greedy.
+
+    `temperature` and `top_p` may be traced values (no recompilation when they change).
+    """
+    if top_k == 1 or (isinstance(temperature, (int, float)) and temperature == 0.0):
         return jnp.argmax(logits, axis=-1).astype(jnp.int32)
     logits = top_p_filter(top_k_filter(logits / temperature, top_k), top_p)
     return jax.random.categorical(rng, logits, axis=-1).astype(jnp.int32)
 
 
-@functools.partial(jax.jit, static_argnames=("config", "max_new_tokens", "temperature", "top_k",
-                                             "top_p", "eos_id", "pad_id"))
-def _generate_loop(params, config, logits, state, rng, max_new_tokens, temperature, top_k, top_p,
-                   eos_id, pad_id):
-    sample = functools.partial(sample_token, temperature=temperature, top_k=top_k, top_p=top_p)
-
+@functools.partial(jax.jit, static_argnames=("config", "max_new_tokens", "greedy", "top_k",
+                                             "use_top_p", "eos_id", "pad_id"))
+def _generate_loop(params, config, logits, state, rng, temperature, top_p, *, max_new_tokens, greedy,
+                   top_k, use_top_p, eos_id, pad_id):
     def emit(logits, rng, done):
-        tok = sample(logits, rng)
+        if greedy:
+            tok = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+        else:
+            tok = sample_token(logits, rng, temperature, top_k, top_p if use_top_p else 1.0)
         if eos_id is None:
             return tok, done
         tok = jnp.where(done, pad_id, tok)
@@ -77,7 +82,7 @@ def generate(params, config: ModelConfig, prompt, max_new_tokens: int, *, rng=No
     """Continue `prompt [B, T]` by `max_new_tokens` tokens; returns `[B, max_new_tokens]` int32.
 
     Greedy by default; `temperature > 0` samples (after `top_k` / `top_p`
-    filtering) from `rng`. With `eos_id`, a sequence stops at its first EOS
+    filtering) from `rng` (a PRNG key or an int seed). With `eos_id`, a sequence stops at its first EOS
     and the remaining tokens are `pad_id`. The cache holds `max_len`
     positions (default `config.max_seq_len`): prompt + new tokens must fit.
     `lengths [B]` gives true prompt lengths of a right-padded batch.
@@ -101,6 +106,8 @@ def generate(params, config: ModelConfig, prompt, max_new_tokens: int, *, rng=No
     _check_state_fits(config, max_len, t + max_new_tokens,
                       f"a prompt of length {t} plus max_new_tokens={max_new_tokens}")
     logits, state = prefill(params, config, prompt, max_len, lengths)
-    rng = jax.random.key(0) if rng is None else rng
-    return _generate_loop(params, config, logits, state, rng, max_new_tokens, float(temperature),
-                          top_k, float(top_p), eos_id, pad_id)
+    rng = jax.random.key(0 if rng is None else rng) if isinstance(rng, (int, type(None))) else rng
+    return _generate_loop(params, config, logits, state, rng, jnp.float32(temperature),
+                          jnp.float32(top_p), max_new_tokens=max_new_tokens,
+                          greedy=temperature == 0 or top_k == 1, top_k=top_k, use_top_p=top_p < 1.0,
+                          eos_id=eos_id, pad_id=pad_id)

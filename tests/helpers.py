@@ -11,8 +11,6 @@ def tiny_config(variant="phd", repeat=3, window=0, chunk=None, **kw) -> ModelCon
     base = dict(vocab_size=61, num_layers=2, d_model=32, num_heads=4, num_kv_heads=2, head_dim=8,
                 mlp_dim=64, max_seq_len=64, block_q=16, block_kv=16, attention="blocksparse")
     base.update(kw)
-    if variant == "naive":
-        base.setdefault("position_mode", "flat")
     return ModelConfig(variant=variant, repeat=repeat, window=window, chunk=chunk, **base)
 
 

@@ -37,7 +37,7 @@ def test_invalid_values_raise_with_field_and_range(kwargs, message):
 
 @pytest.mark.parametrize("name,kwargs", [
     ("vanilla", dict(variant="vanilla")),
-    ("naive-3", dict(variant="naive", repeat=3, position_mode="flat")),
+    ("naive-3", dict(variant="naive", repeat=3)),
     ("PHD-3", dict(variant="phd", repeat=3)),
     ("PHD-SWA-3-16-inf", dict(variant="phd_swa", repeat=3, window=16)),
     ("PHD-CSWA-3-16-32", dict(variant="phd_cswa", repeat=3, window=16, chunk=32)),
@@ -47,6 +47,12 @@ def test_paper_names_round_trip(name, kwargs):
     assert cfg.name == name
     assert ModelConfig.from_name(name) == cfg
     assert ModelConfig.from_name(name.lower(), d_model=64).d_model == 64
+
+
+def test_position_mode_defaults():
+    assert ModelConfig(variant="naive", repeat=3).position_mode == "flat"
+    assert ModelConfig(variant="naive", repeat=3, position_mode="shared").position_mode == "shared"
+    assert ModelConfig(variant="phd_cswa", repeat=3, window=4, chunk=8).position_mode == "shared"
 
 
 def test_from_name_rejects_unknown_names():

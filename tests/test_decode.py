@@ -32,19 +32,21 @@ GRID = list(_grid())
 
 @pytest.mark.parametrize("kw", GRID, ids=[tiny_config(**kw).name for kw in GRID])
 def test_prefill_then_decode_equals_forward(kw):
-    """Prompt of 5 positions (crosses chunks of 2 and 3), then 7 decode steps: with W=4 and
+    """Prompt of 10 positions (longer than every prefill tail here, so the tail is really cut;
+    ends inside a chunk of 3), then 6 decode steps across chunk boundaries: with W = 4 and
     K-1 = 2 hidden tokens per step the window ring buffer wraps around several times."""
     cfg = tiny_config(**kw)
+    assert cfg.prefill_tail(10) < 10 or not cfg.is_phd
     params = phd_jax.init_params(cfg, 0)
-    tokens = random_tokens(cfg, 2, 12, seed=1)
+    tokens = random_tokens(cfg, 2, 16, seed=1)
     full = fwd(params, cfg, tokens)
-    logits, state = phd_jax.prefill(params, cfg, tokens[:, :5], max_len=16)
-    diffs = [max_diff(logits, full[:, 4])]
-    for n in range(5, 12):
+    logits, state = phd_jax.prefill(params, cfg, tokens[:, :10], max_len=20)
+    diffs = [max_diff(logits, full[:, 9])]
+    for n in range(10, 16):
         logits, state = phd_jax.decode_step(params, cfg, state, tokens[:, n])
         diffs.append(max_diff(logits, full[:, n]))
     assert max(diffs) <= 1e-4, diffs
-    assert np.asarray(state.pos).tolist() == [12, 12]
+    assert np.asarray(state.pos).tolist() == [16, 16]
 
 
 def _expected_state(params, cfg, tokens, max_len):
@@ -77,18 +79,20 @@ def test_prefill_state_equals_forward_and_single_steps(name):
                                                "num_kv_heads", "head_dim", "mlp_dim", "max_seq_len",
                                                "block_q", "block_kv")})
     params = phd_jax.init_params(cfg, 0)
-    tokens = random_tokens(cfg, 2, 11, seed=2)
-    expected = state_for_comparison(cfg, _expected_state(params, cfg, tokens, 16))
-    _, prefilled = phd_jax.prefill(params, cfg, tokens, max_len=16)
-    stepped = phd_jax.init_state(cfg, 2, 16)
-    for n in range(11):
+    t = 14   # longer than every prefill tail here
+    assert cfg.prefill_tail(t) < t or not cfg.is_phd
+    tokens = random_tokens(cfg, 2, t, seed=2)
+    expected = state_for_comparison(cfg, _expected_state(params, cfg, tokens, 20))
+    _, prefilled = phd_jax.prefill(params, cfg, tokens, max_len=20)
+    stepped = phd_jax.init_state(cfg, 2, 20)
+    for n in range(t):
         _, stepped = phd_jax.decode_step(params, cfg, stepped, tokens[:, n])
     for got in (prefilled, stepped):
         got = state_for_comparison(cfg, got)
         assert jax.tree.structure(got) == jax.tree.structure(expected)
         assert max_diff(got, expected) <= 1e-5
-    if cfg.effective_window:   # the window really holds data here
-        assert int((prefilled.window_hidx >= 0).sum()) > 0
+    if cfg.effective_window:   # the compared window really holds live entries
+        assert int((state_for_comparison(cfg, prefilled).window_hidx >= 0).sum()) > 0
 
 
 @pytest.mark.parametrize("name", ["vanilla", "naive-2", "PHD-3", "PHD-SWA-3-4-inf", "PHD-CSWA-3-4-3"])
@@ -107,9 +111,70 @@ def test_ragged_prompts_with_lengths(name):
         logit, state = phd_jax.decode_step(params, cfg, state, nxt)
         outs.append(logit)
     for b in range(3):
-        ref = fwd(params, cfg, tokens[b:b + 1, :int(lengths[b]) + 3])[0, int(lengths[b]) - 1:]
+        n = int(lengths[b])
+        ref = fwd(params, cfg, tokens[b:b + 1, :n + 3])[0, n - 1:]
         got = jnp.stack([o[b] for o in outs])
         assert max_diff(got, ref) <= 1e-4, (name, b)
+    # The state of each row equals that of its own, unpadded prompt.
+    _, ragged = phd_jax.prefill(params, cfg, padded, max_len=16, lengths=lengths)
+    ragged = state_for_comparison(cfg, ragged)
+    for b in range(3):
+        _, alone = phd_jax.prefill(params, cfg, tokens[b:b + 1, :int(lengths[b])], max_len=16)
+        alone = state_for_comparison(cfg, alone)
+        row = jax.tree.map(lambda x: x[:, b:b + 1] if x.ndim == 5 else x[b:b + 1], ragged)
+        assert max_diff(row, alone) <= 1e-5, (name, b)
+
+
+@pytest.mark.parametrize("repeat,window", [(2, 3), (3, 4)])
+def test_one_position_less_of_prefill_tail_is_not_exact(monkeypatch, repeat, window):
+    """Spec section 5: L*w + 1 positions are needed; with one fewer the result changes."""
+    cfg = tiny_config("phd_swa", repeat, window, init_std=0.2, vocab_size=59)   # tail 7 or 5 < 12
+    params = phd_jax.init_params(cfg, 0)
+    tokens = random_tokens(cfg, 2, 12, seed=6)
+    ref_logits = fwd(params, cfg, tokens)[:, -1]
+    expected = state_for_comparison(cfg, _expected_state(params, cfg, tokens, 16))
+    logits, state = phd_jax.prefill(params, cfg, tokens, max_len=16)
+    assert max_diff(logits, ref_logits) <= 1e-4
+    assert max_diff(state_for_comparison(cfg, state), expected) <= 1e-5
+    exact = phd_jax.ModelConfig.prefill_tail
+    monkeypatch.setattr(phd_jax.ModelConfig, "prefill_tail", lambda self, *a, **k: exact(self, *a, **k) - 1)
+    short = cfg.replace(init_std=0.20001)   # a new static config: compiled with the short tail
+    logits, state = phd_jax.prefill(params, short, tokens, max_len=16)
+    assert max(max_diff(logits, ref_logits), max_diff(state_for_comparison(cfg, state), expected)) > 1e-3
+
+
+@pytest.mark.parametrize("option", [dict(position_mode="flat"), dict(scan_layers=False),
+                                    dict(remat="full"), dict(attention="dense"),
+                                    dict(attention="splash", block_q=128, block_kv=128)])
+def test_prefill_and_decode_with_model_options(option):
+    cfg = tiny_config("phd_cswa", 3, 4, 3, **option)
+    params = phd_jax.init_params(cfg, 0)
+    tokens = random_tokens(cfg, 2, 12, seed=7)
+    full = fwd(params, cfg, tokens)
+    logits, state = phd_jax.prefill(params, cfg, tokens[:, :8], max_len=16)
+    diffs = [max_diff(logits, full[:, 7])]
+    for n in range(8, 12):
+        logits, state = phd_jax.decode_step(params, cfg, state, tokens[:, n])
+        diffs.append(max_diff(logits, full[:, n]))
+    assert max(diffs) <= 1e-4, diffs
+
+
+def test_bfloat16_prefill_and_decode():
+    """Spec: in bfloat16 compare argmax and a loose bound."""
+    cfg = tiny_config("phd_swa", 3, 4, init_std=0.2)
+    params = phd_jax.init_params(cfg, 0)
+    tokens = random_tokens(cfg, 2, 12, seed=8)
+    ref = fwd(params, cfg, tokens)   # float32
+    bf = cfg.replace(dtype="bfloat16")
+    logits, state = phd_jax.prefill(params, bf, tokens[:, :8], max_len=16)
+    outs = [logits]
+    for n in range(8, 12):
+        logits, state = phd_jax.decode_step(params, bf, state, tokens[:, n])
+        outs.append(logits)
+    got = jnp.stack(outs, axis=1)
+    assert state.k.dtype == jnp.bfloat16
+    assert max_diff(got, ref[:, 7:]) < 0.1
+    assert float(jnp.mean(jnp.argmax(got, -1) == jnp.argmax(ref[:, 7:], -1))) >= 0.8
 
 
 @pytest.mark.parametrize("name", ["vanilla", "naive-3", "PHD-2", "PHD-5", "PHD-SWA-3-16-inf", "PHD-CSWA-4-16-32"])
@@ -204,7 +269,7 @@ def test_prefill_is_far_cheaper_than_the_parallel_forward():
     (lambda p, c: phd_jax.prefill(p, c, jnp.zeros((2, 4), jnp.int32), max_len=8, lengths=[0, 4]),
      r"lengths must be in \[1, 4\]"),
     (lambda p, c: phd_jax.prefill(p, c, jnp.zeros((2, 4), jnp.int32), max_len=8, lengths=[3]),
-     r"lengths must be integers of shape \(2,\)"),
+     r"lengths must be integers of shape \(2,\), got dtype int32, shape \(1,\)"),
 ])
 def test_prefill_errors(call, message):
     cfg = tiny_config()

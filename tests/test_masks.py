@@ -107,6 +107,16 @@ def test_layouts_are_permutations_of_the_paper_mask(variant, K, W, C):
         np.testing.assert_array_equal(hidx, np.arange(T * (K - 1)))
     orig = Layout.for_config(cfg, T, "originals")
     np.testing.assert_array_equal(orig.mask, np.tril(np.ones((T, T), bool)))
+    # Prefill's token sets: the kernel layout without the hidden tokens of early positions.
+    for start in (1, 5, T - 1):
+        lay = Layout.for_config(cfg, T, "kernel", hidden_from=start)
+        pos, copy = lay.tokens
+        if variant == "naive":   # every copy is an input of its cache: nothing is dropped
+            assert lay.size == T * K
+        else:
+            assert ((copy == 0) | (pos >= start)).all()
+            assert lay.size == T + (T - start) * (K - 1)
+        np.testing.assert_array_equal(lay.mask, paper[np.ix_(lay.permutation, lay.permutation)])
 
 
 def _check_pattern(mask, pattern: BlockPattern):
@@ -141,8 +151,8 @@ def _check_pattern(mask, pattern: BlockPattern):
 @pytest.mark.parametrize("T,bq,bk", [(37, 16, 16), (64, 32, 16), (9, 128, 128)])
 def test_block_pattern_is_exact(variant, K, W, C, T, bq, bk):
     cfg = ModelConfig(variant=variant, repeat=K, window=W, chunk=C)
-    for kind in ("paper", "kernel", "originals"):
-        lay = Layout.for_config(cfg, T, kind)
+    for kind, start in (("paper", 0), ("kernel", 0), ("originals", 0), ("kernel", T - 3)):
+        lay = Layout.for_config(cfg, T, kind, hidden_from=start)
         _check_pattern(lay.mask, lay.pattern(bq, bk))
 
 

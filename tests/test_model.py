@@ -192,6 +192,7 @@ def test_logical_axis_names():
     (np.array([[1, 2, 61]]), r"contains id 61, outside the allowed range \[0, vocab_size=61\)"),
     (np.array([[1, -1]]), r"contains id -1"),
     (np.array([1, 2, 3]), r"must have shape \[batch, length\]"),
+    (np.zeros((1, 0), np.int32), r"with both >= 1, got shape \(1, 0\)"),
     (np.array([[1.0, 2.0]]), r"must be integer token ids"),
     (np.zeros((1, 65), np.int32), r"sequence length 65 exceeds ModelConfig.max_seq_len=64"),
 ])

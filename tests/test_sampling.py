@@ -64,6 +64,8 @@ def test_top_k_one_is_greedy_and_sampling_is_reproducible():
 def test_filters_and_sampler_distribution():
     logits = jnp.log(jnp.array([[0.5, 0.3, 0.15, 0.05]]))
     np.testing.assert_array_equal(np.isfinite(top_k_filter(logits, 2)), [[True, True, False, False]])
+    ties = jnp.array([[1.0, 2.0, 2.0, 2.0, 0.0]])
+    assert int(np.isfinite(top_k_filter(ties, 2)).sum()) == 2   # exactly k, even with ties
     np.testing.assert_array_equal(np.isfinite(top_p_filter(logits, 0.7)), [[True, True, False, False]])
     np.testing.assert_array_equal(np.isfinite(top_p_filter(logits, 0.85)), [[True, True, True, False]])
     np.testing.assert_array_equal(np.isfinite(top_p_filter(logits, 0.01)), [[True, False, False, False]])
@@ -87,6 +89,28 @@ def test_generate_errors(kwargs, message):
     params = phd_jax.init_params(cfg, 0)
     with pytest.raises(ValueError, match=message):
         phd_jax.generate(params, cfg, random_tokens(cfg, 1, 5), max_len=16, **kwargs)
+
+
+def test_ragged_generate_equals_one_prompt_at_a_time():
+    cfg = tiny_config("phd_cswa", 3, 4, 3, init_std=0.2)
+    params = phd_jax.init_params(cfg, 0)
+    tokens = random_tokens(cfg, 2, 7, seed=9)
+    lengths = jnp.array([7, 4])
+    out = phd_jax.generate(params, cfg, tokens, 5, max_len=16, lengths=lengths)
+    for b in range(2):
+        alone = phd_jax.generate(params, cfg, tokens[b:b + 1, :int(lengths[b])], 5, max_len=16)
+        np.testing.assert_array_equal(out[b], alone[0])
+
+
+def test_changing_temperature_or_top_p_does_not_recompile():
+    from phd_jax.sampling import _generate_loop
+    cfg = tiny_config("phd", 2)
+    params = phd_jax.init_params(cfg, 0)
+    prompt = random_tokens(cfg, 1, 4)
+    phd_jax.generate(params, cfg, prompt, 3, max_len=8, rng=1, temperature=0.7, top_p=0.9)
+    before = _generate_loop._cache_size()
+    phd_jax.generate(params, cfg, prompt, 3, max_len=8, rng=2, temperature=1.3, top_p=0.5)
+    assert _generate_loop._cache_size() == before
 
 
 def test_generate_rejects_out_of_range_prompt():
