@@ -85,13 +85,14 @@ def main(argv=None):
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--out", default=None, help="also write the markdown table to this file")
     a = p.parse_args(argv)
-    print(f"# attention fwd+bwd, batch 1, {a.heads} heads / {a.kv_heads} kv heads, head_dim "
-          f"{a.head_dim}, tiles {a.block}x{a.block}, {jax.devices()[0].device_kind}, median of {a.reps}")
+    title = (f"# attention fwd+bwd, batch 1, {a.heads} heads / {a.kv_heads} kv heads, head_dim "
+             f"{a.head_dim}, tiles {a.block}x{a.block}, {jax.devices()[0].device_kind}, median of {a.reps}")
+    print(title)
     print(markdown_table(HEADERS, []))
     rows = run(a.seq, a.repeat, a.heads, a.kv_heads, a.head_dim, a.block, a.reps)
     if a.out:
         with open(a.out, "w") as f:
-            f.write(markdown_table(HEADERS, rows) + "\n")
+            f.write(title + "\n\n" + markdown_table(HEADERS, rows) + "\n")
 
 
 if __name__ == "__main__":

@@ -93,7 +93,8 @@ def main(argv=None):
               f"({MODEL['num_layers']} layers, d_model {MODEL['d_model']}, {MODEL['num_heads']} query / "
               f"{MODEL['num_kv_heads']} KV heads, head_dim {MODEL['head_dim']}), float32, batch 1, "
               f"`{jax.devices()[0].device_kind}` ({os.cpu_count()} cores). PHD-SWA: W = 16; "
-              f"PHD-CSWA: W = 16, C = 32. Median of {a.reps} runs after a warm-up.\n\n"
+              f"PHD-CSWA: W = 16, C = 32. Median of {a.reps} runs (decode: {max(a.reps, 5)}) after a "
+              f"warm-up; vanilla re-timed next to every row.\n\n"
               f"Command: `python benchmarks/inference.py{' --quick' if a.quick else ''}`\n"]
     started = time.time()
 

@@ -4,7 +4,6 @@ Runs on a laptop CPU in about two minutes. Override anything from the command li
     python train.py --config=configs/default.py --config.model.repeat=3 --config.num_steps=1000
 """
 import ml_collections
-from ml_collections import config_dict
 
 
 def get_config() -> ml_collections.ConfigDict:

@@ -158,12 +158,12 @@ def blocksparse_attention(q, k, v, pattern: BlockPattern):
                    jnp.asarray(pattern.mask[q0:q1, r.start:r.stop]) if r.partial else None)
                   for r in runs]
         parts.append(partial_attention(qg[:, :, :, q0:q1], groups))
-    m, l, o = (jnp.concatenate(x, axis=3) for x in zip(*parts))
+    m, denom, o = (jnp.concatenate(x, axis=3) for x in zip(*parts))
     if pattern.band_start is None:
-        return _ungrouped(o / l, q.dtype)
+        return _ungrouped(o / denom, q.dtype)
     s = pattern.band_start   # only band rows merge two partials
-    band = combine((m[:, :, :, s:], l[:, :, :, s:], o[:, :, :, s:]), _band_partial(qg, kt, vt, pattern))
-    return _ungrouped(jnp.concatenate([o[:, :, :, :s] / l[:, :, :, :s], band], axis=3), q.dtype)
+    band = combine((m[:, :, :, s:], denom[:, :, :, s:], o[:, :, :, s:]), _band_partial(qg, kt, vt, pattern))
+    return _ungrouped(jnp.concatenate([o[:, :, :, :s] / denom[:, :, :, :s], band], axis=3), q.dtype)
 
 
 def _splash_sizes(pattern: BlockPattern):

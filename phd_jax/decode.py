@@ -23,7 +23,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from phd_jax.attention import layout_kind
 from phd_jax.config import ModelConfig
 from phd_jax.masks import Layout, allowed
 from phd_jax.model import Transformer, check_tokens, rope_positions

@@ -94,9 +94,9 @@ def train_and_evaluate(config, workdir: str, progress: bool = True) -> dict:
         params, opt_state, out = train_step(params, opt_state, jax.device_put(batch, sharded))
         seen += batch.shape[0] * config.seq_len
         if step % config.log_every == 0 or step == config.num_steps:
-            dt = time.perf_counter() - t0
+            out = jax.device_get(out)   # waits for the steps dispatched so far (dispatch is async)
             metrics = {"step": step, "loss": float(out["loss"]), "grad_norm": float(out["grad_norm"]),
-                       "tokens_per_s": seen / dt}
+                       "tokens_per_s": seen / (time.perf_counter() - t0)}
             if step % config.eval_every == 0 or step == config.num_steps:
                 metrics["val_loss"] = evaluate(params)
                 metrics["val_bits_per_byte"] = metrics["val_loss"] / math.log(2)

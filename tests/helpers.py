@@ -14,6 +14,14 @@ def tiny_config(variant="phd", repeat=3, window=0, chunk=None, **kw) -> ModelCon
     return ModelConfig(variant=variant, repeat=repeat, window=window, chunk=chunk, **base)
 
 
+def named_config(name: str, **kw) -> ModelConfig:
+    """A paper-named variant (`PHD-CSWA-3-4-3`) with the tiny model's dimensions."""
+    dims = ("vocab_size", "num_layers", "d_model", "num_heads", "num_kv_heads", "head_dim", "mlp_dim",
+            "max_seq_len", "block_q", "block_kv", "attention")
+    base = tiny_config()
+    return ModelConfig.from_name(name, **{**{k: getattr(base, k) for k in dims}, **kw})
+
+
 def random_tokens(config, batch, length, seed=0):
     return jax.random.randint(jax.random.key(seed), (batch, length), 0, config.vocab_size,
                               dtype=jnp.int32)

@@ -1,5 +1,4 @@
 """Prefill + decode against the full forward pass, the cache contract, and prefill cost."""
-import itertools
 
 import jax
 import jax.numpy as jnp
@@ -10,9 +9,20 @@ import phd_jax
 from phd_jax.decode import _prefill, state_for_comparison
 from phd_jax.masks import Layout
 from phd_jax.model import Transformer, rope_positions
-from helpers import max_diff, random_tokens, tiny_config
+from helpers import max_diff, named_config, random_tokens, tiny_config
 
 fwd = jax.jit(phd_jax.forward, static_argnums=1)
+
+
+def _stepwise_diffs(params, cfg, tokens, prompt_len, max_len):
+    """Max |logit diff| to `forward` after prefill of `prompt_len` tokens, then after each decode step."""
+    full = fwd(params, cfg, tokens)
+    logits, state = phd_jax.prefill(params, cfg, tokens[:, :prompt_len], max_len=max_len)
+    diffs = [max_diff(logits, full[:, prompt_len - 1])]
+    for n in range(prompt_len, tokens.shape[1]):
+        logits, state = phd_jax.decode_step(params, cfg, state, tokens[:, n])
+        diffs.append(max_diff(logits, full[:, n]))
+    return diffs, state
 
 
 def _grid():
@@ -38,13 +48,7 @@ def test_prefill_then_decode_equals_forward(kw):
     cfg = tiny_config(**kw)
     assert cfg.prefill_tail(10) < 10 or not cfg.is_phd
     params = phd_jax.init_params(cfg, 0)
-    tokens = random_tokens(cfg, 2, 16, seed=1)
-    full = fwd(params, cfg, tokens)
-    logits, state = phd_jax.prefill(params, cfg, tokens[:, :10], max_len=20)
-    diffs = [max_diff(logits, full[:, 9])]
-    for n in range(10, 16):
-        logits, state = phd_jax.decode_step(params, cfg, state, tokens[:, n])
-        diffs.append(max_diff(logits, full[:, n]))
+    diffs, state = _stepwise_diffs(params, cfg, random_tokens(cfg, 2, 16, seed=1), 10, 20)
     assert max(diffs) <= 1e-4, diffs
     assert np.asarray(state.pos).tolist() == [16, 16]
 
@@ -74,10 +78,7 @@ def _expected_state(params, cfg, tokens, max_len):
 @pytest.mark.parametrize("name", ["vanilla", "naive-3", "PHD-3", "PHD-SWA-3-4-inf", "PHD-SWA-2-5-inf",
                                   "PHD-CSWA-3-4-3", "PHD-CSWA-2-4-4"])
 def test_prefill_state_equals_forward_and_single_steps(name):
-    cfg = phd_jax.ModelConfig.from_name(name, **{
-        k: getattr(tiny_config(), k) for k in ("vocab_size", "num_layers", "d_model", "num_heads",
-                                               "num_kv_heads", "head_dim", "mlp_dim", "max_seq_len",
-                                               "block_q", "block_kv")})
+    cfg = named_config(name)
     params = phd_jax.init_params(cfg, 0)
     t = 14   # longer than every prefill tail here
     assert cfg.prefill_tail(t) < t or not cfg.is_phd
@@ -97,9 +98,7 @@ def test_prefill_state_equals_forward_and_single_steps(name):
 
 @pytest.mark.parametrize("name", ["vanilla", "naive-2", "PHD-3", "PHD-SWA-3-4-inf", "PHD-CSWA-3-4-3"])
 def test_ragged_prompts_with_lengths(name):
-    cfg = phd_jax.ModelConfig.from_name(name, **{k: getattr(tiny_config(), k) for k in (
-        "vocab_size", "num_layers", "d_model", "num_heads", "num_kv_heads", "head_dim", "mlp_dim",
-        "max_seq_len", "block_q", "block_kv")})
+    cfg = named_config(name)
     params = phd_jax.init_params(cfg, 0)
     tokens = random_tokens(cfg, 3, 12, seed=4)
     lengths = jnp.array([7, 2, 9])
@@ -149,13 +148,7 @@ def test_one_position_less_of_prefill_tail_is_not_exact(monkeypatch, repeat, win
 def test_prefill_and_decode_with_model_options(option):
     cfg = tiny_config("phd_cswa", 3, 4, 3, **option)
     params = phd_jax.init_params(cfg, 0)
-    tokens = random_tokens(cfg, 2, 12, seed=7)
-    full = fwd(params, cfg, tokens)
-    logits, state = phd_jax.prefill(params, cfg, tokens[:, :8], max_len=16)
-    diffs = [max_diff(logits, full[:, 7])]
-    for n in range(8, 12):
-        logits, state = phd_jax.decode_step(params, cfg, state, tokens[:, n])
-        diffs.append(max_diff(logits, full[:, n]))
+    diffs, _ = _stepwise_diffs(params, cfg, random_tokens(cfg, 2, 12, seed=7), 8, 16)
     assert max(diffs) <= 1e-4, diffs
 
 
@@ -195,14 +188,12 @@ def test_cache_size_is_the_spec_formula(name, dtype):
     assert state.cache_bytes == want
     assert state.k.shape == (cfg.num_layers, batch, max_len * cfg.cached_copies, 2, 16)
     if cfg.variant == "phd":   # whatever K is, exactly a vanilla transformer's cache
-        assert want == phd_jax.kv_cache_bytes(phd_jax.ModelConfig(**{**cfg.__dict__, "variant": "vanilla", "repeat": 1}), batch, max_len)
+        assert want == phd_jax.kv_cache_bytes(cfg.replace(variant="vanilla", repeat=1), batch, max_len)
 
 
 @pytest.mark.parametrize("name", ["PHD-3", "PHD-SWA-3-4-inf", "PHD-CSWA-2-4-2"])
 def test_cached_originals_equal_a_vanilla_model(name):
-    cfg = phd_jax.ModelConfig.from_name(name, **{k: getattr(tiny_config(), k) for k in (
-        "vocab_size", "num_layers", "d_model", "num_heads", "num_kv_heads", "head_dim", "mlp_dim",
-        "max_seq_len", "block_q", "block_kv")})
+    cfg = named_config(name)
     vanilla = cfg.replace(variant="vanilla", repeat=1, window=0, chunk=None)
     params = phd_jax.init_params(cfg, 0)
     tokens = random_tokens(cfg, 2, 9)

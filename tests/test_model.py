@@ -125,7 +125,8 @@ def test_unembedding_runs_for_the_last_copy_only():
     params = phd_jax.init_params(cfg, 0)
     tokens = random_tokens(cfg, 2, 10)
     jaxpr = str(jax.make_jaxpr(lambda p, t: phd_jax.forward(p, cfg, t))(params, tokens))
-    vocab_outputs = [line for line in jaxpr.splitlines() if "dot_general" in line and f",{cfg.vocab_size}]" in line.split("=")[0]]
+    vocab_outputs = [line for line in jaxpr.splitlines()
+                     if "dot_general" in line and f",{cfg.vocab_size}]" in line.split("=")[0]]
     assert vocab_outputs and all("[2,10,61]" in line for line in vocab_outputs), vocab_outputs
 
 

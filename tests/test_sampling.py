@@ -76,7 +76,8 @@ def test_filters_and_sampler_distribution():
 
 
 @pytest.mark.parametrize("kwargs,message", [
-    (dict(max_new_tokens=20), r"a prompt of length 5 plus max_new_tokens=20 needs 25 positions but the cache holds max_len=16"),
+    (dict(max_new_tokens=20),
+     r"a prompt of length 5 plus max_new_tokens=20 needs 25 positions but the cache holds max_len=16"),
     (dict(max_new_tokens=0), r"max_new_tokens=0 is invalid"),
     (dict(max_new_tokens=2, temperature=-1.0), r"temperature=-1.0 is invalid"),
     (dict(max_new_tokens=2, top_p=0.0), r"top_p=0.0 is invalid"),
