@@ -110,27 +110,26 @@ def dense_attention(q, k, v, mask: np.ndarray):
 def _band_partial(qg, kt, vt, pattern: BlockPattern):
     """`(m, l, o)` of the band rows (from `band_start` on) at once: query blocks of
     c rows, each over its own and the previous block of keys (one batched dot
-    instead of a thin run per query block)."""
+    instead of a thin run per query block). The blocks fold into the batch axis."""
     c, band = pattern.band_blocks
     start, n = pattern.band_start, qg.shape[3]
+    b, kvh, g, _, d = qg.shape
     nb = band.shape[0]
-    pad_q = ((0, 0),) * 3 + ((0, nb * c - (n - start)), (0, 0))
-    pad_k = ((0, 0),) * 2 + ((c, nb * c - (n - start)), (0, 0))
-    qb = jnp.pad(qg[:, :, :, start:], pad_q).reshape(qg.shape[:3] + (nb, c, qg.shape[-1]))
+    pad = nb * c - (n - start)
+    qb = jnp.pad(qg[:, :, :, start:], ((0, 0),) * 3 + ((0, pad), (0, 0)))
+    qb = qb.reshape(b, kvh, g, nb, c, d).transpose(0, 3, 1, 2, 4, 5).reshape(b * nb, kvh, g, c, d)
 
-    def windows(x):  # [B, KVH, S, D] -> [B, KVH, nb, 2c, D]
-        blocks = jnp.pad(x[:, :, start:], pad_k).reshape(x.shape[:2] + (nb + 1, c, x.shape[-1]))
-        return jnp.concatenate([blocks[:, :, :-1], blocks[:, :, 1:]], axis=3)
+    def windows(x):  # [B, KVH, S, D] -> [B*nb, KVH, 2c, D]: block j and the one before it
+        blocks = jnp.pad(x[:, :, start:], ((0, 0),) * 2 + ((c, pad), (0, 0)))
+        blocks = blocks.reshape(b, kvh, nb + 1, c, d)
+        pairs = jnp.concatenate([blocks[:, :, :-1], blocks[:, :, 1:]], axis=3)
+        return pairs.transpose(0, 2, 1, 3, 4).reshape(b * nb, kvh, 2 * c, d)
 
-    s = jnp.einsum("bkgncd,bknsd->bkgncs", _dot_ready(qb), _dot_ready(windows(kt)),
-                   preferred_element_type=jnp.float32)
-    s = jnp.where(jnp.asarray(band), s, MASK_VALUE)
-    m = jax.lax.stop_gradient(s.max(axis=-1, keepdims=True))
-    p = jnp.exp(s - m)
-    o = jnp.einsum("bkgncs,bknsd->bkgncd", _dot_ready(p.astype(vt.dtype)), _dot_ready(windows(vt)),
-                   preferred_element_type=jnp.float32)
-    rows = lambda x: x.reshape(x.shape[:3] + (nb * c, x.shape[-1]))[:, :, :, :n - start]  # noqa: E731
-    return rows(m), rows(p.sum(axis=-1, keepdims=True)), rows(o)
+    mask = jnp.asarray(np.tile(band, (b, 1, 1))[:, None, None])   # [B*nb, 1, 1, c, 2c]
+    parts = partial_attention(qb, [(windows(kt), windows(vt), mask)])
+    rows = lambda x: (x.reshape(b, nb, kvh, g, c, -1).transpose(0, 2, 3, 1, 4, 5)  # noqa: E731
+                      .reshape(b, kvh, g, nb * c, -1)[:, :, :, :n - start])
+    return tuple(rows(x) for x in parts)
 
 
 def blocksparse_attention(q, k, v, pattern: BlockPattern):

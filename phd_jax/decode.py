@@ -143,11 +143,21 @@ def _write(config: ModelConfig, state: DecodeState, new_k, new_v, pos, copy: np.
 # ---------------------------------------------------------------------------
 
 
-def prefill_token_counts(config: ModelConfig, prompt_len: int, ragged: bool = False) -> dict:
-    """How many tokens prefill runs through the layers: `cached` (originals, or all
-    copies for naive) and `hidden` (the tail's hidden decoding tokens)."""
-    cached = prompt_len * config.cached_copies
-    return {"cached": cached, "hidden": config.prefill_tail(prompt_len, ragged) * (config.repeat - 1)}
+def _prefill_layout(config: ModelConfig, prompt_len: int) -> Layout:
+    """The static token set of prefill: the cached stream (originals; naive: every copy)
+    plus the hidden copies of the last `prefill_tail` positions (spec section 5)."""
+    if config.variant == "naive":
+        return Layout.for_config(config, prompt_len, "paper")
+    return Layout.for_config(config, prompt_len, "kernel",
+                             hidden_from=prompt_len - config.prefill_tail(prompt_len))
+
+
+def prefill_token_counts(config: ModelConfig, prompt_len: int) -> dict:
+    """Tokens an (equal-length) prefill runs through the layers: `cached` (originals, or
+    every copy for naive) and `hidden` (the tail's hidden decoding tokens)."""
+    _, copy = _prefill_layout(config, prompt_len).tokens
+    return {"cached": int((copy < config.cached_copies).sum()),
+            "hidden": int((copy >= config.cached_copies).sum())}
 
 
 @functools.partial(jax.jit, static_argnames=("config", "max_len", "ragged"))
@@ -156,13 +166,8 @@ def _prefill(params, config: ModelConfig, tokens, lengths, max_len: int, ragged:
     state = init_state(config, b, max_len)
     if ragged:
         return _prefill_ragged(params, config, state, tokens, lengths)
-    # One pass over a static token set: the cached stream (originals; naive: every
-    # copy) plus the hidden copies of the last `tail` positions, with the static
-    # block-sparse pattern of that set (spec section 5).
-    if config.variant == "naive":
-        layout = Layout.for_config(config, t, "paper")
-    else:
-        layout = Layout.for_config(config, t, "kernel", hidden_from=t - config.prefill_tail(t))
+    # One pass over a static token set, with its static block-sparse pattern.
+    layout = _prefill_layout(config, t)
     pos, copy = layout.tokens
     logits, (k, v) = Transformer(config, layout, collect_kv=True).apply(
         {"params": params}, tokens[:, pos], rope_positions(config, pos, copy), np.array([layout.size - 1]))
@@ -272,7 +277,7 @@ def decode_step(params, config: ModelConfig, state: DecodeState, tokens, *, dona
                          f"got {tuple(tokens.shape)}")
     if not isinstance(state.pos, jax.core.Tracer) and int(state.pos.max()) >= state.max_len:
         raise ValueError(f"the cache is full: position {int(state.pos.max())} does not fit "
-                         f"max_len={state.max_len}")
+                         f"max_len={state.max_len}")   # (this check waits for the previous step)
     return (_decode_step_donating if donate else _decode_step_copying)(params, config, state, tokens)
 
 

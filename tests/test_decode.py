@@ -239,6 +239,13 @@ def test_prefill_work_is_vanilla_plus_the_spec_tail(kw, T, tail):
     assert hidden * mlp_per_token <= extra <= 2 * hidden * per_token, (extra, hidden, per_token)
 
 
+@pytest.mark.parametrize("name,T,hidden", [("vanilla", 20, 0), ("naive-3", 20, 0), ("PHD-3", 20, 2),
+                                           ("PHD-SWA-3-4-inf", 20, 10), ("PHD-CSWA-3-4-3", 20, 4)])
+def test_prefill_token_counts(name, T, hidden):
+    cfg = named_config(name)
+    assert phd_jax.prefill_token_counts(cfg, T) == {"cached": T * cfg.cached_copies, "hidden": hidden}
+
+
 def test_prefill_is_far_cheaper_than_the_parallel_forward():
     vanilla = _prefill_flops(tiny_config("vanilla", 1), 32)
     assert _prefill_flops(tiny_config("naive", 4), 32) > 3 * vanilla     # every copy is cached
