@@ -156,11 +156,6 @@ class ModelConfig:
         return self.chunk if self.variant == "phd_cswa" else None
 
     @property
-    def tokens_per_position(self) -> int:
-        """How many copies each position runs through the model (K; 1 for vanilla)."""
-        return self.repeat
-
-    @property
     def cached_copies(self) -> int:
         """Copies per position kept in the persistent KV cache: K for naive, else 1."""
         return self.repeat if self.variant == "naive" else 1

@@ -25,7 +25,7 @@ import numpy as np
 
 from phd_jax.config import ModelConfig
 from phd_jax.masks import Layout, allowed
-from phd_jax.model import Transformer, check_tokens, rope_positions
+from phd_jax.model import Transformer, check_tokens, rope_positions, run_layout
 
 
 @flax.struct.dataclass
@@ -169,8 +169,7 @@ def _prefill(params, config: ModelConfig, tokens, lengths, max_len: int, ragged:
     # One pass over a static token set, with its static block-sparse pattern.
     layout = _prefill_layout(config, t)
     pos, copy = layout.tokens
-    logits, (k, v) = Transformer(config, layout, collect_kv=True).apply(
-        {"params": params}, tokens[:, pos], rope_positions(config, pos, copy), np.array([layout.size - 1]))
+    logits, (k, v) = run_layout(params, config, layout, tokens, np.array([layout.size - 1]), True)
     pos_b = jnp.broadcast_to(pos, (b, pos.size))
     state = _write(config, state, k, v, pos_b, copy, jnp.ones(pos_b.shape, bool))
     return logits[:, 0], state.replace(pos=lengths.astype(jnp.int32))
@@ -184,11 +183,9 @@ def _prefill_ragged(params, config: ModelConfig, state, tokens, lengths):
     b, t = tokens.shape
     kind = "originals" if config.variant != "naive" else "paper"
     layout = Layout.for_config(config, t, kind)
-    lpos, lcopy = layout.tokens
     last = (lengths - 1) * config.cached_copies + config.cached_copies - 1
     out_rows = np.zeros((b, 0), np.int32) if config.is_phd else last[:, None]
-    logits, (k, v) = Transformer(config, layout, collect_kv=True).apply(
-        {"params": params}, tokens[:, lpos], rope_positions(config, lpos, lcopy), out_rows)
+    logits, (k, v) = run_layout(params, config, layout, tokens, out_rows, True)
     state = state.replace(k=jax.lax.dynamic_update_slice_in_dim(state.k, k, 0, axis=2),
                           v=jax.lax.dynamic_update_slice_in_dim(state.v, v, 0, axis=2),
                           pos=lengths.astype(jnp.int32))

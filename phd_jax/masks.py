@@ -228,10 +228,6 @@ class BlockPattern:
         return int((self.block_mask != EMPTY).sum())
 
     @property
-    def num_partial(self) -> int:
-        return int((self.block_mask == PARTIAL).sum())
-
-    @property
     def nonempty_fraction(self) -> float:
         """Fraction of tiles computed: the attention cost relative to dense."""
         return self.num_nonempty / self.num_blocks

@@ -26,12 +26,16 @@ from phd_jax.attention import attend, cached_attention, layout_kind
 from phd_jax.config import ModelConfig
 from phd_jax.masks import Layout
 
-Initializer = nn.initializers.Initializer
-
-
 def _init(config: ModelConfig, names: tuple[str, ...]):
     """Normal init carrying logical axis names, so training can shard parameters."""
     return nn.with_logical_partitioning(nn.initializers.normal(config.init_std), names)
+
+
+def _dense(config: ModelConfig, features, names: tuple[str, ...], name: str, axis=-1):
+    """Bias-free projection whose kernel carries the logical axis `names`."""
+    return nn.DenseGeneral(features, axis=axis, use_bias=False, dtype=config.compute_dtype,
+                           param_dtype=config.weight_dtype, name=name,
+                           kernel_init=_init(config, names))
 
 
 def _norm(config: ModelConfig, axis_name: str, name: str):
@@ -63,14 +67,9 @@ class Attention(nn.Module):
     @nn.compact
     def __call__(self, x, positions, mask=None, cache=None):
         cfg = self.config
-        dense = functools.partial(nn.DenseGeneral, use_bias=False, dtype=cfg.compute_dtype,
-                                  param_dtype=cfg.weight_dtype)
-        q = dense((cfg.num_heads, cfg.head_dim), name="query",
-                  kernel_init=_init(cfg, ("embed", "heads", "head_dim")))(x)
-        k = dense((cfg.num_kv_heads, cfg.head_dim), name="key",
-                  kernel_init=_init(cfg, ("embed", "kv_heads", "head_dim")))(x)
-        v = dense((cfg.num_kv_heads, cfg.head_dim), name="value",
-                  kernel_init=_init(cfg, ("embed", "kv_heads", "head_dim")))(x)
+        q = _dense(cfg, (cfg.num_heads, cfg.head_dim), ("embed", "heads", "head_dim"), "query")(x)
+        k = _dense(cfg, (cfg.num_kv_heads, cfg.head_dim), ("embed", "kv_heads", "head_dim"), "key")(x)
+        v = _dense(cfg, (cfg.num_kv_heads, cfg.head_dim), ("embed", "kv_heads", "head_dim"), "value")(x)
         if cfg.qk_norm:  # OLMo2-style normalisation of queries and keys
             q = _norm(cfg, "head_dim", "query_norm")(q)
             k = _norm(cfg, "head_dim", "key_norm")(k)
@@ -80,8 +79,7 @@ class Attention(nn.Module):
             o = attend(q, k, v, self.layout, cfg)
         else:
             o = cached_attention(q, k, v, *cache, mask)
-        out = dense(cfg.d_model, axis=(-2, -1), name="out",
-                    kernel_init=_init(cfg, ("heads", "head_dim", "embed")))(o)
+        out = _dense(cfg, cfg.d_model, ("heads", "head_dim", "embed"), "out", axis=(-2, -1))(o)
         return out, (k, v)
 
 
@@ -92,12 +90,9 @@ class Mlp(nn.Module):
     @nn.compact
     def __call__(self, x):
         cfg = self.config
-        dense = functools.partial(nn.DenseGeneral, use_bias=False, dtype=cfg.compute_dtype,
-                                  param_dtype=cfg.weight_dtype)
-        gate = dense(cfg.mlp_dim, name="gate", kernel_init=_init(cfg, ("embed", "mlp")))(x)
-        up = dense(cfg.mlp_dim, name="up", kernel_init=_init(cfg, ("embed", "mlp")))(x)
-        return dense(cfg.d_model, name="down", kernel_init=_init(cfg, ("mlp", "embed")))(
-            nn.silu(gate) * up)
+        gate = _dense(cfg, cfg.mlp_dim, ("embed", "mlp"), "gate")(x)
+        up = _dense(cfg, cfg.mlp_dim, ("embed", "mlp"), "up")(x)
+        return _dense(cfg, cfg.d_model, ("mlp", "embed"), "down")(nn.silu(gate) * up)
 
 
 class DecoderLayer(nn.Module):
@@ -168,19 +163,14 @@ class Transformer(nn.Module):
         if cfg.tie_embeddings:
             logits = embed.attend(x)
         else:
-            logits = nn.DenseGeneral(cfg.vocab_size, use_bias=False, dtype=cfg.compute_dtype,
-                                     param_dtype=cfg.weight_dtype, name="unembed",
-                                     kernel_init=_init(cfg, ("embed", "vocab")))(x)
+            logits = _dense(cfg, cfg.vocab_size, ("embed", "vocab"), "unembed")(x)
         return logits.astype(jnp.float32), kv
-
-
-def _dummy_inputs(config: ModelConfig):
-    return (jnp.zeros((1, 1), jnp.int32), jnp.zeros((1,), jnp.int32), np.zeros((1,), np.int32))
 
 
 def _init_boxed(config: ModelConfig, rng):
     layout = Layout.for_config(config, 1, "originals")
-    return Transformer(config, layout).init(rng, *_dummy_inputs(config))["params"]
+    return Transformer(config, layout).init(
+        rng, jnp.zeros((1, 1), jnp.int32), jnp.zeros((1,), jnp.int32), np.zeros((1,), np.int32))["params"]
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -233,6 +223,14 @@ def check_tokens(config: ModelConfig, tokens, name: str = "tokens"):
                          f"[0, vocab_size={config.vocab_size})")
 
 
+def run_layout(params, config: ModelConfig, layout: Layout, tokens, out_rows, collect_kv: bool = False):
+    """Run the static token set `layout` built from `tokens [B, T]`: (logits at `out_rows`,
+    per-layer keys/values `[L, B, N, KVH, D]` if `collect_kv`)."""
+    pos, copy = layout.tokens
+    return Transformer(config, layout, collect_kv).apply(
+        {"params": params}, tokens[:, pos], rope_positions(config, pos, copy), out_rows)
+
+
 def forward(params, config: ModelConfig, tokens):
     """Logits `[B, T, vocab]`: the last copy of position n predicts token n+1.
 
@@ -244,7 +242,4 @@ def forward(params, config: ModelConfig, tokens):
     if t > config.max_seq_len:
         raise ValueError(f"sequence length {t} exceeds ModelConfig.max_seq_len={config.max_seq_len}")
     layout = Layout.for_config(config, t, layout_kind(config))
-    pos, copy = layout.tokens
-    logits, _ = Transformer(config, layout).apply(
-        {"params": params}, tokens[:, pos], rope_positions(config, pos, copy), layout.logit_rows)
-    return logits
+    return run_layout(params, config, layout, tokens, layout.logit_rows)[0]

@@ -8,7 +8,7 @@ import pytest
 import phd_jax
 from phd_jax.decode import _prefill, state_for_comparison
 from phd_jax.masks import Layout
-from phd_jax.model import Transformer, rope_positions
+from phd_jax.model import run_layout
 from helpers import max_diff, named_config, random_tokens, tiny_config
 
 fwd = jax.jit(phd_jax.forward, static_argnums=1)
@@ -58,8 +58,8 @@ def _expected_state(params, cfg, tokens, max_len):
     t, k, cc, w = tokens.shape[1], cfg.repeat, cfg.cached_copies, cfg.effective_window
     lay = Layout.for_config(cfg.replace(attention="dense"), t, "paper")
     pos, copy = lay.tokens
-    _, (keys, values) = Transformer(cfg.replace(attention="dense"), lay, collect_kv=True).apply(
-        {"params": params}, tokens[:, pos], rope_positions(cfg, pos, copy), lay.logit_rows)
+    _, (keys, values) = run_layout(params, cfg.replace(attention="dense"), lay, tokens, lay.logit_rows,
+                                   collect_kv=True)
     state = phd_jax.init_state(cfg, tokens.shape[0], max_len)
     cached = np.nonzero(copy < cc)[0]
     state = state.replace(k=state.k.at[:, :, :t * cc].set(keys[:, :, cached]),

@@ -6,7 +6,7 @@ import pytest
 
 import phd_jax
 from phd_jax.masks import Layout
-from phd_jax.model import Transformer, rope_positions
+from phd_jax.model import run_layout
 from helpers import VARIANT_GRID, max_diff, random_tokens, tiny_config
 
 fwd = jax.jit(phd_jax.forward, static_argnums=1)
@@ -45,10 +45,8 @@ def test_splash_model_equals_dense_model(name):
 
 def _stream_kv(params, cfg, tokens, kind):
     lay = Layout.for_config(cfg, tokens.shape[1], kind)
-    pos, copy = lay.tokens
-    _, (k, v) = Transformer(cfg, lay, collect_kv=True).apply(
-        {"params": params}, tokens[:, pos], rope_positions(cfg, pos, copy), lay.logit_rows)
-    return k, v, copy
+    _, (k, v) = run_layout(params, cfg, lay, tokens, lay.logit_rows, collect_kv=True)
+    return k, v, lay.tokens[1]
 
 
 @pytest.mark.parametrize("name", ["PHD-3", "PHD-SWA-3-4-inf", "PHD-CSWA-3-4-3", "PHD-CSWA-2-4-2"])
