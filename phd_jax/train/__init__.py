@@ -1,0 +1,1 @@
+"""Training: the trainer, optimizer, sharding, checkpoints, configs and metrics."""
