@@ -26,9 +26,18 @@ from phd_jax.attention import attend, cached_attention, layout_kind
 from phd_jax.config import ModelConfig
 from phd_jax.masks import Layout
 
+class _Partitioned(nn.LogicallyPartitioned):
+    """Logical axis names on a parameter. DenseGeneral unboxes its flattened kernel at init
+    (also inside `apply`, to check shapes): no sharding constraint on that flat array."""
+
+    def unbox(self, apply_constraint=True):
+        return super().unbox(apply_constraint and self.value.ndim == len(self.names))
+
+
 def _init(config: ModelConfig, names: tuple[str, ...]):
     """Normal init carrying logical axis names, so training can shard parameters."""
-    return nn.with_logical_partitioning(nn.initializers.normal(config.init_std), names)
+    init = nn.initializers.normal(config.init_std)
+    return lambda *args, **kwargs: _Partitioned(init(*args, **kwargs), names)
 
 
 def _dense(config: ModelConfig, features, names: tuple[str, ...], name: str, axis=-1):
