@@ -178,13 +178,19 @@ def _splash_sizes(pattern: BlockPattern):
 
 class _UniformTile(np.ndarray):
     """A whole empty or full tile: `any()` / `all()` answer without scanning it
-    (splash asks both for each of the (N / block)^2 tiles, several times)."""
+    (splash asks both for each of the (N / block)^2 tiles, several times). Arrays
+    derived from one (views, ufunc results) are scanned as usual."""
+
+    value = None
+
+    def __array_finalize__(self, obj):
+        self.value = None
 
     def any(self, *args, **kwargs):
-        return self.value if not (args or kwargs) else super().any(*args, **kwargs)
+        return self.value if self.value is not None and not (args or kwargs) else super().any(*args, **kwargs)
 
     def all(self, *args, **kwargs):
-        return self.value if not (args or kwargs) else super().all(*args, **kwargs)
+        return self.value if self.value is not None and not (args or kwargs) else super().all(*args, **kwargs)
 
 
 class SplashPatternMask(splash_mask_lib._ComputableMask):
