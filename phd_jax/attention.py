@@ -240,14 +240,10 @@ class SplashPatternMask(splash_mask_lib._ComputableMask):
 
 @functools.lru_cache(maxsize=8)
 def _splash_mask(pattern: BlockPattern):
-    _, _, n_pad = _splash_sizes(pattern)
-    if pattern.layout is not None:
-        return SplashPatternMask(pattern, n_pad)
-    n = pattern.shape[0]   # a pattern of an explicit dense mask (tests): splash's NumpyMask
-    mask = np.zeros((n_pad, n_pad), bool)
-    mask[:n, :n] = pattern.mask
-    mask[np.arange(n, n_pad), np.arange(n, n_pad)] = True  # padded rows see only themselves
-    return splash_mask_lib.NumpyMask(mask)
+    if pattern.layout is None:
+        raise ValueError("splash attention needs a pattern built from a Layout (Layout.pattern), "
+                         "whose mask it can compute inside the kernel")
+    return SplashPatternMask(pattern, _splash_sizes(pattern)[2])
 
 
 def _splash_kernel(pattern: BlockPattern, num_heads: int, interpret: bool):

@@ -199,3 +199,11 @@ def test_uniform_tiles_answer_only_for_themselves():
     mixed = empty.copy()
     mixed[0, 0] = True
     assert mixed.any() and not mixed.all()
+
+
+def test_splash_needs_a_layout_pattern():
+    from phd_jax.attention import splash_attention
+    pattern = BlockPattern.from_mask(np.tril(np.ones((128, 128), bool)), 128, 128)
+    x = jnp.zeros((1, 128, 2, 8))
+    with pytest.raises(ValueError, match="pattern built from a Layout"):
+        splash_attention(x, x, x, pattern, interpret=True)
