@@ -80,7 +80,7 @@ def splash_preprocessing(name: str, t: int) -> tuple[float, float]:
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--seq", type=int, nargs="+", default=[1024, 4096, 8192, 16384, 32768, 65536])
+    p.add_argument("--seq", type=int, nargs="+", default=[1024, 2048, 4096, 8192, 16384, 32768, 65536])
     p.add_argument("--dense-seq", type=int, nargs="+", default=[1024, 2048],
                    help="T at which to also time the old dense-mask path")
     p.add_argument("--splash-seq", type=int, nargs="+", default=[4096, 8192, 16384, 32768])
@@ -115,9 +115,11 @@ def main():
         ["model", "T", "N", "tiles", "fwd + dQ s", "dKV s", "total s"], splash_rows)
 
     cmd = "python benchmarks/patterns.py " + " ".join(sys.argv[1:])
+    load = " / ".join(f"{x:.1f}" for x in os.getloadavg())
     text = f"""# Static block patterns without N x N memory
 
-`{cmd.strip()}` on {platform.machine()}, {os.cpu_count()} CPU cores (shared), K = 4,
+`{cmd.strip()}` on {platform.machine()}, {os.cpu_count()} CPU cores (shared: load average
+{load} at the end of the run, so times are upper bounds), K = 4,
 tiles {BLOCK} x {BLOCK}, kernel layout. Build = `BlockPattern.from_layout` on a fresh layout
 (what `Layout.for_config(config, T, "kernel").pattern(128, 128)` caches) plus `kv_indices`
 and `band_blocks`; median of {args.reps} builds; peak = tracemalloc peak of one more build.
@@ -128,7 +130,7 @@ and `band_blocks`; median of {args.reps} builds; peak = tracemalloc peak of one 
 ## Splash mask preprocessing
 
 Splash's own host-side preprocessing of the computable `SplashPatternMask` (its Python loop
-over every tile, three passes per call), cold cache, 8 heads sharing one mask. The kernel
+over every tile: each tile read twice per call), cold cache, 8 heads sharing one mask. The kernel
 evaluates the mask from `allowed` on partial tiles, so no partial mask blocks are stored.
 
 {splash_table}
