@@ -222,8 +222,8 @@ class SplashPatternMask(splash_mask_lib._ComputableMask):
             q, k = idx
             i, r = divmod(q.start, self._bq)
             j, c = divmod(k.start, self._bk)
-            if (r or c or q.start < 0 or k.start < 0 or q.stop - q.start != self._bq or k.stop - k.start != self._bk
-                    or q.step not in (None, 1) or k.step not in (None, 1)):
+            if (r or c or q.start < 0 or k.start < 0 or q.step not in (None, 1) or k.step not in (None, 1)
+                    or q.stop - q.start != self._bq or k.stop - k.start != self._bk):
                 raise ValueError
             tile = self._tiles.get(self._rows[i][j])
         except (TypeError, ValueError, IndexError, AttributeError):

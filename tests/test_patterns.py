@@ -156,11 +156,12 @@ def _padded_dense(lay: Layout, n_pad: int) -> np.ndarray:
     return want
 
 
-@pytest.mark.parametrize("name,T", [("PHD-CSWA-3-4-8", 150), ("PHD-SWA-2-3-inf", 128), ("naive-2", 70),
-                                    ("vanilla", 300)])
-def test_splash_mask_is_computed_from_allowed(name, T):
+@pytest.mark.parametrize("name,T,hidden_from", [("PHD-CSWA-3-4-8", 150, 0), ("PHD-SWA-2-3-inf", 128, 0),
+                                                ("PHD-SWA-3-5-inf", 100, 93), ("naive-2", 70, 0),
+                                                ("vanilla", 300, 0)])
+def test_splash_mask_is_computed_from_allowed(name, T, hidden_from):
     cfg = ModelConfig.from_name(name)
-    lay = Layout.for_config(cfg, T, "kernel")
+    lay = Layout.for_config(cfg, T, "kernel", hidden_from=hidden_from)   # prefill's token sets too
     pattern = lay.pattern(128, 128)
     _, _, n_pad = _splash_sizes(pattern)
     mask = SplashPatternMask(pattern, n_pad)
@@ -172,7 +173,7 @@ def test_splash_mask_is_computed_from_allowed(name, T):
         np.testing.assert_array_equal(tile, want[i * 128:(i + 1) * 128, j * 128:(j + 1) * 128])
         assert tile.any() == want[i * 128:(i + 1) * 128, j * 128:(j + 1) * 128].any()
         assert tile.all() == want[i * 128:(i + 1) * 128, j * 128:(j + 1) * 128].all()
-    for q0, q1, k0, k1 in [(0, n_pad, 0, n_pad), (5, 77, 3, 200), (n_pad - 9, n_pad, 0, n_pad)]:
+    for q0, q1, k0, k1 in [(0, n_pad, 0, n_pad), (5, 77, 3, min(200, n_pad)), (n_pad - 9, n_pad, 0, n_pad)]:
         np.testing.assert_array_equal(mask[q0:q1, k0:k1], want[q0:q1, k0:k1])
     # In the kernel the same function runs on jax arrays.
     q, k = np.arange(n_pad)[:, None], np.arange(n_pad)[None, :]
@@ -180,6 +181,7 @@ def test_splash_mask_is_computed_from_allowed(name, T):
     # Equal masks hash equal (splash caches its preprocessing by mask).
     assert mask == SplashPatternMask(lay.pattern(128, 128), n_pad)
     assert hash(mask) == hash(SplashPatternMask(lay.pattern(128, 128), n_pad))
+    assert mask != SplashPatternMask(Layout.for_config(cfg, T + 1, "kernel").pattern(128, 128), n_pad)
     # Splash's preprocessing sees the same tiles as the pattern (no mask data: computed in-kernel).
     info, fn = splash_info.process_mask(splash_mask_lib.MultiHeadMask([mask]), (128, 128),
                                         shrink_grid=False)
