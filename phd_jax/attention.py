@@ -17,9 +17,10 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as splash_mask_lib
 
 from phd_jax.config import ModelConfig
-from phd_jax.masks import BlockPattern, Layout
+from phd_jax.masks import EMPTY, FULL, BlockPattern, Layout
 
 # Finite, so that a fully masked row gives a uniform (never NaN) softmax.
 MASK_VALUE = -0.7 * float(np.finfo(np.float32).max)
@@ -154,7 +155,7 @@ def blocksparse_attention(q, k, v, pattern: BlockPattern):
                           jnp.zeros(shape[:-1] + qg.shape[-1:])))
             continue
         groups = [(kt[:, :, r.start:r.stop], vt[:, :, r.start:r.stop],
-                   jnp.asarray(pattern.mask[q0:q1, r.start:r.stop]) if r.partial else None)
+                   jnp.asarray(pattern.tile_mask(q0, q1, r.start, r.stop)) if r.partial else None)
                   for r in runs]
         parts.append(partial_attention(qg[:, :, :, q0:q1], groups))
     m, denom, o = (jnp.concatenate(x, axis=3) for x in zip(*parts))
@@ -170,19 +171,79 @@ def _splash_sizes(pattern: BlockPattern):
     if bq % 128 or bk % 128:
         raise ValueError(f"splash attention needs block_q and block_kv that are multiples of 128, "
                          f"got block_q={bq}, block_kv={bk}")
-    n = pattern.mask.shape[0]
+    n = pattern.shape[0]
     step = int(np.lcm(bq, bk))
     return bq, bk, -(-n // step) * step
 
 
+class _UniformTile(np.ndarray):
+    """A whole empty or full tile: `any()` / `all()` answer without scanning it
+    (splash asks both for each of the (N / block)^2 tiles, several times). Arrays
+    derived from one (views, ufunc results) are scanned as usual."""
+
+    value = None
+
+    def __array_finalize__(self, obj):
+        self.value = None
+
+    def any(self, *args, **kwargs):
+        return self.value if self.value is not None and not (args or kwargs) else super().any(*args, **kwargs)
+
+    def all(self, *args, **kwargs):
+        return self.value if self.value is not None and not (args or kwargs) else super().all(*args, **kwargs)
+
+
+class SplashPatternMask(splash_mask_lib._ComputableMask):
+    """A pattern's mask for splash, padded to `n_pad` (padded rows see only themselves),
+    computed from `allowed` instead of stored: splash evaluates `mask_function` inside
+    its kernel on partial tiles; on the host it reads tiles through `__getitem__`, which
+    takes whole tiles' classes from the pattern (no `[N, N]` array anywhere)."""
+
+    def __init__(self, pattern: BlockPattern, n_pad: int):
+        self.pattern, n, layout = pattern, pattern.shape[0], pattern.layout
+
+        def mask_function(q, k):   # numpy on the host, jax in the kernel: operators only
+            inside = (q < n) & (k < n)
+            return (inside & layout.allowed_at(q, k)) | (~inside & (q == k))
+
+        super().__init__((n_pad, n_pad), mask_function)
+        self._bq, self._bk = pattern.block_q, pattern.block_kv
+        # Tile classes of whole tiles inside the pattern (row-major bytes: fast lookups).
+        whole = pattern.block_mask[:n // self._bq, :n // self._bk]
+        self._rows = [row.tobytes() for row in whole]
+        self._tiles = {}
+        for status, value in ((EMPTY, False), (FULL, True)):
+            tile = np.full((self._bq, self._bk), value).view(_UniformTile)
+            tile.value, tile.flags.writeable = value, False
+            self._tiles[status] = tile
+
+    def __getitem__(self, idx) -> np.ndarray:
+        try:   # splash's own reads: whole tiles, `[i*bq:(i+1)*bq, j*bk:(j+1)*bk]`
+            q, k = idx
+            i, r = divmod(q.start, self._bq)
+            j, c = divmod(k.start, self._bk)
+            if (r or c or q.start < 0 or k.start < 0 or q.step not in (None, 1) or k.step not in (None, 1)
+                    or q.stop - q.start != self._bq or k.stop - k.start != self._bk):
+                raise ValueError
+            tile = self._tiles.get(self._rows[i][j])
+        except (TypeError, ValueError, IndexError, AttributeError):
+            tile = None
+        return tile if tile is not None else super().__getitem__(idx)
+
+    def __eq__(self, other: object):
+        return (type(other) is type(self) and self.shape == other.shape
+                and self.pattern.layout == other.pattern.layout)
+
+    def __hash__(self):
+        return hash((type(self), self.shape, self.pattern.layout))
+
+
 @functools.lru_cache(maxsize=8)
-def _splash_mask(pattern: BlockPattern) -> np.ndarray:
-    _, _, n_pad = _splash_sizes(pattern)
-    n = pattern.mask.shape[0]
-    mask = np.zeros((n_pad, n_pad), bool)
-    mask[:n, :n] = pattern.mask
-    mask[np.arange(n, n_pad), np.arange(n, n_pad)] = True  # padded rows see only themselves
-    return mask
+def _splash_mask(pattern: BlockPattern):
+    if pattern.layout is None:
+        raise ValueError("splash attention needs a pattern built from a Layout (Layout.pattern), "
+                         "whose mask it can compute inside the kernel")
+    return SplashPatternMask(pattern, _splash_sizes(pattern)[2])
 
 
 def _splash_kernel(pattern: BlockPattern, num_heads: int, interpret: bool):
@@ -194,13 +255,13 @@ def _splash_kernel(pattern: BlockPattern, num_heads: int, interpret: bool):
     mask = _splash_mask(pattern)
     sizes = sa.BlockSizes(block_q=bq, block_kv=bk, block_kv_compute=bk, block_q_dkv=bq,
                           block_kv_dkv=bk, block_kv_dkv_compute=bk, block_q_dq=bq, block_kv_dq=bk)
-    heads = sa.MultiHeadMask([sa.NumpyMask(mask)] * num_heads)
+    heads = sa.MultiHeadMask([mask] * num_heads)
     return sa.make_splash_mha(heads, block_sizes=sizes, head_shards=1, q_seq_shards=1,
                               interpret=interpret)
 
 
 def splash_attention(q, k, v, pattern: BlockPattern, interpret: bool | None = None):
-    """TPU splash attention with `pattern.mask` (a `NumpyMask`), padded to whole blocks.
+    """TPU splash attention with the pattern's mask (computed, not stored), padded to whole blocks.
 
     Under a multi-device mesh (`jax.set_mesh` plus flax logical-axis rules, as the trainer
     sets them) the kernel runs per shard in a `shard_map`: batch and heads split as the rules
