@@ -48,6 +48,14 @@ def allowed(variant: str, q_pos, q_copy, k_pos, k_copy, repeat: int, window: int
     return ok
 
 
+def document_allowed(variant: str, q_off, q_copy, q_doc, k_off, k_copy, k_doc, repeat: int,
+                     window: int = 0, chunk: int | None = None):
+    """Packed documents (spec section 3): `allowed` on positions counted from each document's
+    start (`*_off`), and only within one document (`*_doc`). Chunks follow the offsets; the
+    window depends only on `n - m`, so it is unchanged. Numpy or jax arrays, broadcasting."""
+    return allowed(variant, q_off, q_copy, k_off, k_copy, repeat, window, chunk) & (q_doc == k_doc)
+
+
 def _check_mask_args(variant, seq_len, repeat, window, chunk):
     if variant not in VARIANTS:
         raise ValueError(f"variant={variant!r} is invalid: allowed: {', '.join(VARIANTS)}")
@@ -268,16 +276,24 @@ class BlockPattern:
         return tuple(out)
 
     @functools.cached_property
-    def band_blocks(self) -> tuple[int, np.ndarray]:
-        """The band as `(c, mask [nb, c, 2c])`: band rows in blocks of c, each seeing its
-        own block of keys and the previous one (c >= band_width - 1)."""
+    def band_index(self) -> tuple[int, np.ndarray, np.ndarray, np.ndarray]:
+        """`(c, rows [nb, c, 1], cols [nb, 1, 2c], valid [nb, c, 2c])` of the band blocks:
+        token indices (clipped into range) of each block's queries and keys."""
         start, n = self.band_start, self.mask.shape[0]
         c = max(8, -(-(self.band_width - 1) // 8) * 8)
         nb = -(-(n - start) // c)
         r = start + np.arange(nb * c).reshape(nb, c, 1)
         col = start + (np.arange(nb)[:, None, None] - 1) * c + np.arange(2 * c)[None, None, :]
         valid = (r < n) & (col >= start) & (col < n)
-        band = np.where(valid, self.mask[np.minimum(r, n - 1), np.clip(col, 0, n - 1)], False)
+        return c, np.minimum(r, n - 1), np.clip(col, 0, n - 1), valid
+
+    @functools.cached_property
+    def band_blocks(self) -> tuple[int, np.ndarray]:
+        """The band as `(c, mask [nb, c, 2c])`: band rows in blocks of c, each seeing its
+        own block of keys and the previous one (c >= band_width - 1)."""
+        c, r, col, valid = self.band_index
+        band = np.where(valid, self.mask[r, col], False)
+        start = self.band_start
         assert band.sum() == self.mask[start:, start:].sum(), "band blocks must cover the band"
         return c, band
 

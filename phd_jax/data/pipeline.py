@@ -81,7 +81,7 @@ def validate_data_config(config, process_count: int = 1) -> None:
     d, defaults = config.data, default_data_config()
     unknown = sorted(set(d.keys()) - set(defaults.keys()))
     if unknown:
-        fail(f"config.data.{unknown[0]}", d[unknown[0]], f"is not a data setting; known: "
+        fail(f"config.data.{unknown[0]}", d[unknown[0]], f"not a data setting (a typo?); known: "
              f"{', '.join(defaults.keys())}", ConfigError)
     missing = sorted(set(defaults.keys()) - set(d.keys()))
     if missing:
@@ -233,7 +233,11 @@ class Pipeline:
         self.document_masking = bool(d.document_masking)
         self.train_stream = self._stream(sources.documents(config, d.source, "train"), "source")
         self.windows_per_epoch = self.train_stream.num_windows(self.length)
-        self._eval = None
+        if d.eval_source:
+            docs, key = sources.documents(config, d.eval_source, "eval_source"), "eval_source"
+        else:
+            docs, key = sources.documents(config, d.source, "eval"), "source"
+        self.eval_stream = self._stream(docs, key)   # now, so that a bad eval split fails early
 
     def _stream(self, docs, key: str) -> packing.TokenStream:
         stream = packing.token_stream(docs, self.tokenizer, cache_dir(self.config),
@@ -266,17 +270,6 @@ class Pipeline:
 
     def train_iterator(self) -> BatchIterator:
         return BatchIterator(self)
-
-    @property
-    def eval_stream(self) -> packing.TokenStream:
-        if self._eval is None:
-            d = self.config.data
-            if d.eval_source:
-                docs, key = sources.documents(self.config, d.eval_source, "eval_source"), "eval_source"
-            else:
-                docs, key = sources.documents(self.config, d.source, "eval"), "source"
-            self._eval = self._stream(docs, key)
-        return self._eval
 
     def eval_batches(self) -> list[dict]:
         """`config.eval_batches` fixed batches of held-out windows in order (this process's rows).

@@ -76,7 +76,8 @@ def _as_text(value, key: str, where: str) -> str:
 # TFDS
 # ---------------------------------------------------------------------------
 
-def tfds_documents(name: str, split: str, directory: str, text_key: str, spec: str) -> Documents:
+def tfds_documents(name: str, split: str, directory: str, text_key: str, spec: str,
+                   split_key: str = "config.data.train_split") -> Documents:
     """The split `split` of the TFDS dataset `name` (`NAME` or `NAME:VERSION`) under `directory`."""
     import tensorflow_datasets as tfds
 
@@ -101,7 +102,7 @@ def tfds_documents(name: str, split: str, directory: str, text_key: str, spec: s
     splits = list(builder.info.splits.keys())
     base_split = split.split("[")[0]
     if base_split not in splits:
-        fail("config.data.train_split or eval_split", split,
+        fail(split_key, split,
              f"the TFDS dataset {name!r} has splits {', '.join(splits)} (slices such as "
              f"'train[:99%]' work too)", ConfigError)
     features = builder.info.features
@@ -110,17 +111,20 @@ def tfds_documents(name: str, split: str, directory: str, text_key: str, spec: s
              f"{', '.join(features.keys())}", ConfigError)
     source = tfds.data_source(name, split=split, data_dir=directory, download=False)
     fingerprint = _hash("tfds", builder.info.full_name, split, text_key)
-    return Documents(f"{name}[{split}]", fingerprint, len(source),
+    docs = Documents(f"{name}[{split}]", fingerprint, len(source),
                      lambda i: _as_text(source[i][text_key], text_key, f"the dataset {name!r}"))
+    if len(docs):
+        docs[0]   # a feature that is not text fails here, before any work
+    return docs
 
 
-def shakespeare_documents(split: str, directory: str) -> Documents:
+def shakespeare_documents(split: str, directory: str, split_key: str = "config.data.train_split") -> Documents:
     """The embedded corpus, prepared as a TFDS dataset on first use."""
     from phd_jax.data import shakespeare
 
     shakespeare.prepare(directory)
     return tfds_documents(f"{shakespeare.NAME}:{shakespeare.VERSION}", split, directory, "text",
-                          "shakespeare")
+                          "shakespeare", split_key)
 
 
 # ---------------------------------------------------------------------------
@@ -207,17 +211,19 @@ def parse_source(spec) -> tuple[str, str]:
 
 def documents(config, spec: str, role: str) -> Documents:
     """The documents of source `spec` for `role`: `train`, `eval` (held-out part of the same
-    source) or `eval_source` (a separate evaluation source: its eval split, or all its files)."""
+    source) or `eval_source` (a separate evaluation source: its eval split, or all its files).
+    Local files keep every document for training when `data.eval_source` is set."""
     kind, arg = parse_source(spec)
     d = config.data
+    split_key = "config.data.train_split" if role == "train" else "config.data.eval_split"
     split = d.train_split if role == "train" else d.eval_split
     if kind == "shakespeare":
-        return shakespeare_documents(split, data_dir(config))
+        return shakespeare_documents(split, data_dir(config), split_key)
     if kind == "tfds":
-        return tfds_documents(arg, split, data_dir(config), d.text_key, spec)
+        return tfds_documents(arg, split, data_dir(config), d.text_key, spec, split_key)
     docs = text_documents(spec, arg) if kind == "text" else jsonl_documents(spec, arg, d.text_key)
-    if role == "eval_source":
-        return docs
+    if role == "eval_source" or (role == "train" and d.eval_source):
+        return docs   # a separate evaluation source: nothing to hold out
     if len(docs) < 2:
         fail("config.data.source", spec, "holds a single document, so none can be held out for "
              "validation: add documents or set config.data.eval_source", ConfigError)
