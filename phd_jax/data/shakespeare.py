@@ -84,9 +84,9 @@ def prepare(data_dir: str) -> tfds.core.DatasetBuilder:
     absl.setLevel(logging.ERROR)   # "no dataset_info.json yet" is expected before the first prepare
     try:
         builder = ShakespeareCorpus(data_dir=data_dir, file_format="array_record")
+        if not builder.is_prepared():
+            builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+                try_download_gcs=False))
     finally:
         absl.setLevel(level)
-    if not builder.is_prepared():
-        builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-            try_download_gcs=False))
     return builder
