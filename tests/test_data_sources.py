@@ -4,7 +4,6 @@ import json
 import os
 import shutil
 
-import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
@@ -69,7 +68,7 @@ def test_a_dataset_prepared_elsewhere_reads_by_name(data_root, tmp_path):
     assert [docs[i] for i in range(len(docs))] == [ref[i]["text"].decode() for i in range(len(ref))]
 
 
-def _error(cfg, match, role="train"):
+def _error(cfg, match):
     with pytest.raises(ConfigError, match=match):
         validate_data_config(cfg)
         make_pipeline(cfg)
