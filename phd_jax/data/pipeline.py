@@ -256,8 +256,11 @@ class Pipeline:
 
         samples = grain.MapDataset.source(_Windows(self.train_stream, self.length, self.document_masking))
         if self.config.data.shuffle:
-            samples = samples.shuffle(seed=self.seed % 2 ** 32)
-        return samples.repeat()     # grain reseeds the shuffle every epoch
+            # grain seeds epoch e with seed + e: spread the run seeds apart so that run seed s + 1
+            # does not replay the epochs of run seed s one epoch early.
+            seed = int(np.random.SeedSequence(self.seed % 2 ** 63).generate_state(1)[0])
+            samples = samples.shuffle(seed=seed)
+        return samples.repeat()     # a new permutation every epoch
 
     def _train_batches(self, position: int):
         import grain
