@@ -48,6 +48,14 @@ def allowed(variant: str, q_pos, q_copy, k_pos, k_copy, repeat: int, window: int
     return ok
 
 
+def document_allowed(variant: str, q_off, q_copy, q_doc, k_off, k_copy, k_doc, repeat: int,
+                     window: int = 0, chunk: int | None = None):
+    """Packed documents (spec section 3): `allowed` on positions counted from each document's
+    start (`*_off`), and only within one document (`*_doc`). Chunks follow the offsets; the
+    window depends only on `n - m`, so it is unchanged. Numpy or jax arrays, broadcasting."""
+    return allowed(variant, q_off, q_copy, k_off, k_copy, repeat, window, chunk) & (q_doc == k_doc)
+
+
 def _check_mask_args(variant, seq_len, repeat, window, chunk):
     if variant not in VARIANTS:
         raise ValueError(f"variant={variant!r} is invalid: allowed: {', '.join(VARIANTS)}")
@@ -400,6 +408,17 @@ class BlockPattern:
             band[j0:j0 + step] = valid & self.pairs(np.minimum(r, n - 1), np.clip(col, 0, n - 1))
         assert band.sum() == self.band_pairs, "band blocks must cover the band"
         return c, band
+
+    @functools.cached_property
+    def band_index(self) -> tuple[int, np.ndarray, np.ndarray]:
+        """`(c, rows [nb, c, 1], cols [nb, 1, 2c])`: token indices (clipped into range) of each
+        band block's queries and keys, for run-time masks on the band (packed documents)."""
+        start, n = self.band_start, self.shape[0]
+        c = self.band_blocks[0]
+        j = np.arange(-(-(n - start) // c))[:, None, None]
+        r = start + j * c + np.arange(c)[None, :, None]
+        col = start + (j - 1) * c + np.arange(2 * c)[None, None, :]
+        return c, np.minimum(r, n - 1), np.clip(col, 0, n - 1)
 
 
 def _merge(intervals):
