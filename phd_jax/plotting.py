@@ -9,7 +9,6 @@ the same calls save PNGs from scripts and display inline in notebooks:
 """
 from __future__ import annotations
 
-import json
 import os
 from typing import Iterable, Sequence
 
@@ -85,56 +84,21 @@ def plot_masks(configs: Iterable, seq_len: int = 24, block: int = 8, path: str |
 # ---------------------------------------------------------------------------
 
 
-def read_metrics(workdir: str) -> list[dict]:
-    """The records of `WORKDIR/metrics.jsonl`, in order (a torn last line from a crash is skipped)."""
-    path = os.path.join(workdir, "metrics.jsonl")
-    if not os.path.isfile(path):
-        fail("workdir", workdir, f"has no metrics.jsonl (expected {path}; train there first)", FileNotFoundError)
-    records = []
-    with open(path) as f:
-        lines = f.read().splitlines()
-    for n, line in enumerate(lines):
-        if not line.strip():
-            continue
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            if n == len(lines) - 1:      # an interrupted write; everything before it is good
-                break
-            fail(f"{path} line {n + 1}", line, "is not a JSON object")
-    return records
-
-
 def run_label(workdir: str) -> str:
-    """The model's paper name from `WORKDIR/model_config.json` (ModelConfig's fields), else the
-    directory's name."""
-    path = os.path.join(workdir, "model_config.json")
-    if os.path.isfile(path):
-        try:
-            with open(path) as f:
-                fields = json.load(f)
-            known = {k: v for k, v in fields.items() if k in ModelConfig.__dataclass_fields__}
-            return ModelConfig(**known).name
-        except (ValueError, TypeError):
-            pass                           # an older or foreign file: the directory name will do
-    return os.path.basename(os.path.normpath(workdir))
-
-
-def curve(records: Sequence[dict], metric: str = "loss", x: str = "step") -> tuple[np.ndarray, np.ndarray]:
-    """(x, y) of the records that carry both `x` and `metric`. A resumed run may log a step
-    twice: the later record wins."""
-    points = {}
-    for r in records:
-        if metric in r and x in r and r[metric] is not None:
-            points[r.get("step", r[x])] = (float(r[x]), float(r[metric]))
-    xy = sorted(points.values())
-    return np.array([p[0] for p in xy]), np.array([p[1] for p in xy])
+    """The model's paper name from `WORKDIR/model_config.json`, else the directory's name."""
+    from phd_jax.train.checkpoint import load_model_config
+    try:
+        return load_model_config(workdir).name
+    except (ValueError, TypeError):        # no model_config.json, or an older / foreign one
+        return os.path.basename(os.path.normpath(workdir))
 
 
 def plot_metrics(workdirs: Sequence[str], path: str | None = None, x: str = "step", metric: str = "loss",
                  labels: Sequence[str] | None = None, title: str | None = None, log_x: bool | None = None):
-    """`metric` against `x` (`step`, `tokens` or `flops`) for one or several runs on one chart,
-    labelled with the models' names. Saves a PNG to `path` if given."""
+    """`metric` against `x` (`step`, `tokens` or `flops`) for one or several runs' `metrics.jsonl`
+    on one chart, labelled with the models' names. Saves a PNG to `path` if given."""
+    from phd_jax.train.metrics import read_metrics, series
+
     one_of("x", x, tuple(X_AXES))
     if isinstance(workdirs, str):
         workdirs = [workdirs]
@@ -149,7 +113,7 @@ def plot_metrics(workdirs: Sequence[str], path: str | None = None, x: str = "ste
     ax = fig.subplots()
     plotted = 0
     for workdir, label in zip(workdirs, labels):
-        xs, ys = curve(read_metrics(workdir), metric, x)
+        xs, ys = series(read_metrics(workdir), metric, x)
         if len(xs):
             ax.plot(xs, ys, marker="o" if len(xs) < 20 else None, ms=3, label=label)
             plotted += 1

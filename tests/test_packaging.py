@@ -114,12 +114,12 @@ def test_declared_dependencies_match_the_pins(fresh):
 
 
 def test_console_scripts_run(fresh):
-    for script in ("phd-train", "phd-eval"):
+    for script, flag in (("phd-train", "--config"), ("phd-eval", "--step")):
         r = _run(fresh, str(fresh["venv"] / "bin" / script), "--help")
         assert r.returncode == 0, r.stdout + r.stderr
-        assert f"USAGE: {script}" in r.stdout and "--workdir" in r.stdout and "--config" in r.stdout, r.stdout
+        assert f"USAGE: {script}" in r.stdout and "--workdir" in r.stdout and flag in r.stdout, r.stdout
     # Outside a checkout the default config file does not exist: a clear error, no traceback.
     r = _run(fresh, str(fresh["venv"] / "bin" / "phd-train"), "--config=nowhere/missing.py")
-    assert r.returncode != 0
+    assert r.returncode == 2
     assert "--config='nowhere/missing.py' is invalid" in r.stdout + r.stderr, r.stdout + r.stderr
     assert "Traceback" not in r.stderr

@@ -106,23 +106,23 @@ def test_bad_input_is_named(runs, tmp_path):
         plotting.plot_metrics(runs, x="time")
     with pytest.raises(ValueError, match="metric='accuracy' is invalid"):
         plotting.plot_metrics(runs, metric="accuracy")
-    with pytest.raises(FileNotFoundError, match="has no metrics.jsonl"):
+    with pytest.raises(FileNotFoundError, match="no metrics at"):
         plotting.plot_metrics([str(tmp_path)])
     r = _script("plot_metrics.py", str(tmp_path / "missing"), "-o", "x.png", cwd=tmp_path)
-    assert r.returncode == 2 and "has no metrics.jsonl" in r.stderr and "Traceback" not in r.stderr
+    assert r.returncode == 2 and "no metrics at" in r.stderr and "Traceback" not in r.stderr
     assert not os.path.exists(tmp_path / "x.png")
 
 
 def test_curve_from_the_real_trainer(tmp_path):
-    """A run written by the project's training code plots like the hand-written ones."""
-    from configs.default import get_config
-    from phd_jax.training import train_and_evaluate
+    """A run written by the project's trainer plots like the hand-written ones, against every x."""
+    from configs.tiny import get_config
+    from phd_jax.train import train_and_evaluate
 
-    c = get_config()
-    c.model.update(num_layers=1, d_model=32, num_heads=2, num_kv_heads=1, head_dim=16, mlp_dim=64,
-                   max_seq_len=32, attention="blocksparse", block_q=16, block_kv=16)
-    c.update(seq_len=16, batch_size=8, num_steps=4, log_every=2, eval_every=4, eval_batches=1, warmup_steps=1)
+    c = get_config("PHD-CSWA-2-2-4")
+    c.update(num_steps=4, log_every=2, eval_every=4, eval_batches=1, checkpoint_every=4, sample_tokens=0)
     train_and_evaluate(c, str(tmp_path / "run"), progress=False)
-    ax = plotting.plot_metrics([str(tmp_path / "run")], str(tmp_path / "real.png")).axes[0]
-    _assert_png(str(tmp_path / "real.png"))
-    assert list(ax.lines[0].get_data()[0]) == [2, 4]
+    for x in ("step", "tokens", "flops"):
+        ax = plotting.plot_metrics([str(tmp_path / "run")], str(tmp_path / f"{x}.png"), x=x).axes[0]
+        _assert_png(str(tmp_path / f"{x}.png"))
+        assert len(ax.lines[0].get_data()[0]) == 2
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["PHD-CSWA-2-2-4"]
