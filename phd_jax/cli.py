@@ -164,8 +164,10 @@ def eval_main(argv=None):
         loss = float(np.mean([float(loss_fn(params, b)) for b in batches]))
         print(f"{cfg.name} (step {at}): held-out loss {loss:.4f} nats/token = {loss / math.log(2):.4f} "
               f"bits/token ({len(batches)} batches of {config.batch_size}x{config.seq_len})")
-        prompt = np.asarray(pipe.tokenizer.encode(config.sample_prompt), np.int32)[None]
-        out = generate(params, cfg, prompt, config.sample_tokens, max_len=prompt.shape[1] + config.sample_tokens)
-        print(f"greedy sample:\n{config.sample_prompt}{pipe.tokenizer.decode(out[0])}")
+        if config.sample_tokens:
+            prompt = np.asarray(pipe.tokenizer.encode(config.sample_prompt), np.int32)[None]
+            out = generate(params, cfg, prompt, config.sample_tokens,
+                           max_len=prompt.shape[1] + config.sample_tokens)
+            print(f"greedy sample:\n{config.sample_prompt}{pipe.tokenizer.decode(out[0])}")
 
     _run(main, _EVAL_USAGE, argv)

@@ -123,3 +123,12 @@ def test_console_scripts_run(fresh):
     assert r.returncode == 2
     assert "--config='nowhere/missing.py' is invalid" in r.stdout + r.stderr, r.stdout + r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_readme_links_are_built_from_the_repository_url():
+    import tomllib
+    url = tomllib.load(open(os.path.join(REPO, "pyproject.toml"), "rb"))["project"]["urls"]["Repository"]
+    owner_repo = url.removeprefix("https://github.com/")
+    readme = open(os.path.join(REPO, "README.md")).read()
+    assert f"https://colab.research.google.com/github/{owner_repo}/blob/main/notebooks/quickstart.ipynb" in readme
+    assert f"git+{url}" in readme
