@@ -23,8 +23,8 @@ def _text(cell):
 
 
 def _cell(nb, snippet):
-    (cell,) = [c for c in nb.cells if c.cell_type == "code" and snippet in c.source]
-    return cell
+    """The first code cell containing `snippet`."""
+    return next(c for c in nb.cells if c.cell_type == "code" and snippet in c.source)
 
 
 def test_committed_notebook_has_a_full_run_and_the_colab_links():

@@ -83,11 +83,9 @@ def test_loss_curves_of_two_runs(runs, tmp_path):
     # val_loss only where logged; tokens on the x axis.
     ax = plotting.plot_metrics(runs, x="tokens", metric="val_loss").axes[0]
     assert list(ax.lines[0].get_data()[0]) == [s * 2048 for s in (20, 40, 60, 80, 100)]
-    for x, metric in (("step", "loss"), ("tokens", "val_loss"), ("flops", "loss")):
-        out = f"{x}-{metric}.png"
-        r = _script("plot_metrics.py", *runs, "-o", out, "--x", x, "--metric", metric, cwd=tmp_path)
-        assert r.returncode == 0, r.stderr
-        _assert_png(str(tmp_path / out))
+    r = _script("plot_metrics.py", *runs, "-o", "flops.png", "--x", "flops", "--metric", "val_loss", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    _assert_png(str(tmp_path / "flops.png"))
 
 
 def test_labels_fall_back_to_the_directory(runs, tmp_path):
