@@ -17,7 +17,7 @@ import jax.numpy as jnp
 
 try:                 # python -m benchmarks.X from the checkout
     from benchmarks.common import markdown_table, time_fn
-except ImportError:  # python benchmarks/X.py: this directory is on sys.path
+except ImportError:  # python benchmarks/X.py: the script's directory comes first on the path
     from common import markdown_table, time_fn
 from phd_jax.attention import blocksparse_attention, dense_attention
 from phd_jax.config import ModelConfig

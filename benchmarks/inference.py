@@ -23,7 +23,7 @@ import phd_jax
 
 try:                 # python -m benchmarks.X from the checkout
     from benchmarks.common import markdown_table, time_fn
-except ImportError:  # python benchmarks/X.py: this directory is on sys.path
+except ImportError:  # python benchmarks/X.py: the script's directory comes first on the path
     from common import markdown_table, time_fn
 from phd_jax.decode import _prefill
 from phd_jax.sampling import _generate_loop

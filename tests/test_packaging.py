@@ -39,23 +39,32 @@ def _pinned_version(req):
     return spec.version
 
 
+def _venv(path):
+    """A venv with no packages of its own; the test venv's site-packages come after its own."""
+    subprocess.run([sys._base_executable, "-m", "venv", "--without-pip", str(path)], check=True)
+    purelib = subprocess.run([str(path / "bin" / "python"), "-c",
+                              "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                             check=True, capture_output=True, text=True).stdout.strip()
+    with open(os.path.join(purelib, "_test_dependencies.pth"), "w") as f:
+        f.write(sysconfig.get_paths()["purelib"] + "\n")
+    return purelib
+
+
+def _pip_install(venv, *args, cwd, env):
+    subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--no-deps", "--no-index",
+                    "--no-build-isolation", "--disable-pip-version-check", *args], check=True, cwd=cwd, env=env)
+
+
 @pytest.fixture(scope="module")
 def fresh(tmp_path_factory):
     root = tmp_path_factory.mktemp("packaging")
     src, venv, outside = root / "src", root / "venv", root / "elsewhere"
     shutil.copytree(REPO, src, ignore=_IGNORE)          # build from a copy: no build/ in the checkout
     outside.mkdir()
-    subprocess.run([sys._base_executable, "-m", "venv", "--without-pip", str(venv)], check=True)
-    purelib = subprocess.run([str(venv / "bin" / "python"), "-c",
-                              "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                             check=True, capture_output=True, text=True).stdout.strip()
-    with open(os.path.join(purelib, "_test_dependencies.pth"), "w") as f:
-        f.write(sysconfig.get_paths()["purelib"] + "\n")   # the dependencies, after the fresh site-packages
+    purelib = _venv(venv)
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
-    subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--no-deps", "--no-index",
-                    "--no-build-isolation", "--ignore-installed", "--disable-pip-version-check", str(src)],
-                   check=True, cwd=outside, env=env)
-    return dict(venv=venv, purelib=purelib, outside=outside, env=env)
+    _pip_install(venv, "--ignore-installed", str(src), cwd=outside, env=env)
+    return dict(root=root, src=src, venv=venv, purelib=purelib, outside=outside, env=env)
 
 
 def _run(fresh, *cmd):
@@ -132,3 +141,24 @@ def test_readme_links_are_built_from_the_repository_url():
     readme = open(os.path.join(REPO, "README.md")).read()
     assert f"https://colab.research.google.com/github/{owner_repo}/blob/main/notebooks/quickstart.ipynb" in readme
     assert f"git+{url}" in readme
+
+
+def test_editable_install_serves_scripts_and_benchmarks(fresh):
+    """What scripts/venv.sh does (`pip install -e .`): scripts run from anywhere, no sys.path edits."""
+    for d in ("scripts", "benchmarks"):
+        for f in os.listdir(os.path.join(REPO, d)):
+            if f.endswith(".py"):
+                text = open(os.path.join(REPO, d, f)).read()
+                assert not re.search(r"sys\.path\s*(\.|\+?=|\[)", text), f"{d}/{f} edits sys.path"
+    assert "pip install -q --disable-pip-version-check --no-deps -e ." in open(
+        os.path.join(REPO, "scripts", "venv.sh")).read()
+    venv = fresh["root"] / "editable"
+    _venv(venv)
+    _pip_install(venv, "-e", str(fresh["src"]), cwd=fresh["outside"], env=fresh["env"])
+    python = str(venv / "bin" / "python")
+    r = _run(fresh, python, "-c", "import phd_jax; print(phd_jax.__file__)")
+    assert r.returncode == 0 and r.stdout.strip() == str(fresh["src"] / "phd_jax" / "__init__.py"), r
+    r = _run(fresh, python, str(fresh["src"] / "scripts" / "plot_masks.py"), "--models", "PHD-2", "--out", "m.png")
+    assert r.returncode == 0 and os.path.getsize(fresh["outside"] / "m.png") > 0, r.stderr
+    r = _run(fresh, python, str(fresh["src"] / "benchmarks" / "attention.py"), "--help")
+    assert r.returncode == 0 and "usage: attention.py" in r.stdout, r.stderr
