@@ -20,15 +20,16 @@ import sys
 import time
 import tracemalloc
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as mask_lib
+from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask_info as mask_info
 
-from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as mask_lib  # noqa: E402
-from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask_info as mask_info  # noqa: E402
-
-from benchmarks.common import markdown_table  # noqa: E402
-from phd_jax.attention import SplashPatternMask, _splash_sizes  # noqa: E402
-from phd_jax.config import ModelConfig  # noqa: E402
-from phd_jax.masks import BlockPattern, Layout, reference_pattern  # noqa: E402
+try:                 # python -m benchmarks.patterns from the checkout
+    from benchmarks.common import markdown_table
+except ImportError:  # python benchmarks/patterns.py: the script's directory comes first on the path
+    from common import markdown_table
+from phd_jax.attention import SplashPatternMask, splash_sizes
+from phd_jax.config import ModelConfig
+from phd_jax.masks import BlockPattern, Layout, reference_pattern
 
 NAMES = ["PHD-4", "PHD-SWA-4-16-inf", "PHD-CSWA-4-16-32"]
 BLOCK = 128
@@ -67,7 +68,7 @@ def measure(build, name: str, t: int, reps: int):
 
 def splash_preprocessing(name: str, t: int) -> tuple[float, float]:
     pattern = BlockPattern.from_layout(_fresh_layout(name, t), BLOCK, BLOCK)
-    _, _, n_pad = _splash_sizes(pattern)
+    _, _, n_pad = splash_sizes(pattern)
     heads = mask_lib.MultiHeadMask([SplashPatternMask(pattern, n_pad)] * 8)
     mask_info._process_mask.cache_clear()   # splash caches by mask: time a cold start
     t0 = time.perf_counter()

@@ -227,7 +227,7 @@ def blocksparse_attention(q, k, v, pattern: BlockPattern, doc_mask=None):
     return _ungrouped(jnp.concatenate([o[:, :, :, :s] / denom[:, :, :, :s], band], axis=3), q.dtype)
 
 
-def _splash_sizes(pattern: BlockPattern):
+def splash_sizes(pattern: BlockPattern):
     bq, bk = pattern.block_q, pattern.block_kv
     if bq % 128 or bk % 128:
         raise ValueError(f"splash attention needs block_q and block_kv that are multiples of 128, "
@@ -304,7 +304,7 @@ def _splash_mask(pattern: BlockPattern):
     if pattern.layout is None:
         raise ValueError("splash attention needs a pattern built from a Layout (Layout.pattern), "
                          "whose mask it can compute inside the kernel")
-    return SplashPatternMask(pattern, _splash_sizes(pattern)[2])
+    return SplashPatternMask(pattern, splash_sizes(pattern)[2])
 
 
 def _splash_kernel(pattern: BlockPattern, num_heads: int, interpret: bool):
@@ -312,7 +312,7 @@ def _splash_kernel(pattern: BlockPattern, num_heads: int, interpret: bool):
     # The expensive numpy mask processing is cached inside splash itself.
     from jax.experimental.pallas.ops.tpu import splash_attention as sa
 
-    bq, bk, _ = _splash_sizes(pattern)
+    bq, bk, _ = splash_sizes(pattern)
     mask = _splash_mask(pattern)
     sizes = sa.BlockSizes(block_q=bq, block_kv=bk, block_kv_compute=bk, block_q_dkv=bq,
                           block_kv_dkv=bk, block_kv_dkv_compute=bk, block_q_dq=bq, block_kv_dq=bk)
@@ -349,7 +349,7 @@ def _splash_local(q, k, v, segment_ids=None, *, pattern: BlockPattern, interpret
     if interpret is None:
         interpret = jax.default_backend() != "tpu"
     b, n, h, d = q.shape
-    _, _, n_pad = _splash_sizes(pattern)
+    _, _, n_pad = splash_sizes(pattern)
     kernel = _splash_kernel(pattern, h, interpret)
     pad = lambda x: jnp.pad(x.transpose(0, 2, 1, 3), ((0, 0), (0, 0), (0, n_pad - n), (0, 0)))  # noqa: E731
     qs = q * jnp.asarray(d ** -0.5, q.dtype)

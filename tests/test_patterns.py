@@ -10,7 +10,7 @@ import pytest
 from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as splash_mask_lib
 from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask_info as splash_info
 
-from phd_jax.attention import SplashPatternMask, _splash_sizes
+from phd_jax.attention import SplashPatternMask, splash_sizes
 from phd_jax.config import ModelConfig
 from phd_jax.masks import EMPTY, BlockPattern, Layout, reference_pattern
 
@@ -163,7 +163,7 @@ def test_splash_mask_is_computed_from_allowed(name, T, hidden_from):
     cfg = ModelConfig.from_name(name)
     lay = Layout.for_config(cfg, T, "kernel", hidden_from=hidden_from)   # prefill's token sets too
     pattern = lay.pattern(128, 128)
-    _, _, n_pad = _splash_sizes(pattern)
+    _, _, n_pad = splash_sizes(pattern)
     mask = SplashPatternMask(pattern, n_pad)
     assert isinstance(mask, splash_mask_lib._ComputableMask) and mask.shape == (n_pad, n_pad)
     want = _padded_dense(lay, n_pad)
