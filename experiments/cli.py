@@ -19,7 +19,7 @@ from experiments import timing
 from experiments.studies import COMMANDS
 from experiments.sweep import DEFAULT_CONFIG, DEFAULT_ROOT, execute, plan
 
-DEFAULT_STEPS = 400
+DEFAULT_STEPS = 250
 DEFAULT_SEEDS = "0,1,2"
 
 

@@ -186,13 +186,13 @@ def run_config(module, setting: Setting, seed: int, steps: int, overrides: dict)
 
 def plan(settings: list[Setting], seeds: list[int], steps: int, root: str, config_path: str = DEFAULT_CONFIG,
          overrides: list[str] | dict = ()) -> list[Run]:
-    """Every run of a study: settings x seeds, each with its config and workdir."""
+    """Every run of a study: seeds x settings (seed-major), each with its config and workdir."""
     module = load_config_module(config_path)
     if not isinstance(overrides, dict):
         overrides = parse_overrides(list(overrides), module.get_config(None))
     runs = []
-    for setting in settings:
-        for seed in seeds:
+    for seed in seeds:          # seed-major: a study stopped half-way has whole seeds to compare
+        for setting in settings:
             config = run_config(module, setting, seed, steps, overrides)
             runs.append(Run(setting, seed, config, os.path.join(root, setting.name, f"seed{seed}")))
     return runs

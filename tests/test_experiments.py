@@ -137,7 +137,7 @@ def test_dry_run_prints_the_grid_and_trains_nothing(tmp_path, capsys):
     out = capsys.readouterr().out
     n = len(ALL.settings) * 3
     assert f"{n} runs (0 finished), estimated " in out
-    assert "vanilla-x4tokens seed2" in out and "1600 steps" in out        # 4 x the 400 default steps
+    assert "vanilla-x4tokens seed2" in out and f"{4 * cli.DEFAULT_STEPS} steps" in out   # 4 x the default
     assert out.count(" new ") == n
     assert not os.path.exists(root)
 
