@@ -127,8 +127,13 @@ def main(argv=None) -> int:
     p.add_argument("--config", default=os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                                     "configs", "repro.py"))
     args = p.parse_args([a for a in argv if not a.startswith("--config.")])
-    with tempfile.TemporaryDirectory() as tmp:
-        rows = measure(args.models.split(","), args.steps, args.config, overrides, tmp)
+    from phd_jax.checks import ConfigError
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            rows = measure(args.models.split(","), args.steps, args.config, overrides, tmp)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     print(f"\n{'model':<10} {'wall s/step':>11} {'cpu s/step':>10} {'GFLOP/cpu-s':>11} {'overhead cpu-s':>14} {'load':>5}")
     for r in rows:
         print(f"{r['model']:<10} {r['wall_per_step_s']:11.3f} {r['cpu_per_step_s']:10.3f} "
