@@ -89,4 +89,6 @@ def main(study: str, argv: list[str] | None = None) -> int:
           f"{len(result['failed'])} failed; report: python -m experiments.report --root={args.root}")
     for label, message in result["failed"]:
         print(f"  failed {label}: {message}")
-    return 1 if result["failed"] else 0
+    if result.get("preempted"):
+        print("stopped by SIGTERM before the end: rerun the same command to continue")
+    return 1 if result["failed"] or result.get("preempted") else 0

@@ -266,7 +266,8 @@ def format_seconds(s: float) -> str:
 def execute(runs: list[Run], calibration: dict, dry_run: bool = False, progress: bool | None = None,
             log=print) -> dict:
     """Train every run not finished yet, in order (resuming partial ones). Returns
-    {"finished": [...], "trained": [...], "failed": [(label, message)], "skipped": [...]}."""
+    {"finished": [...], "trained": [...], "failed": [(label, message)], "skipped": [...]}
+    (and "preempted": True when SIGTERM stopped a run)."""
     states = {}
     for run in runs:
         states[run.workdir] = run_state(run)          # every check before any training
@@ -298,6 +299,7 @@ def execute(runs: list[Run], calibration: dict, dry_run: bool = False, progress:
             continue
         if out.get("preempted"):
             log("stopped by SIGTERM: rerun the same command to resume")
+            result["preempted"] = True
             break
         log(f"=== {run.label}: val_loss {out.get('val_loss', float('nan')):.4f} in {time.perf_counter() - t0:.0f} s")
         result["trained"].append(run.label)
