@@ -276,7 +276,7 @@ def execute(runs: list[Run], calibration: dict, dry_run: bool = False, progress:
                     for r in todo)
     total = sum(estimate_seconds(r, calibration) for r in runs)
     width = max(len(r.label) for r in runs)
-    log(f"{len(runs)} runs ({len(runs) - len(todo)} finished), estimated {format_seconds(total)} in all, "
+    log(f"{len(runs)} run{'s' if len(runs) != 1 else ''} ({len(runs) - len(todo)} finished), estimated {format_seconds(total)} in all, "
         f"{format_seconds(remaining)} left ({calibration['description']})")
     for run in runs:
         c = run.config
