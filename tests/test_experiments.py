@@ -206,3 +206,10 @@ def test_verdict_rule(a, b, kind, expected):
         mean = sum(d) / len(d)
         sigma = math.sqrt(sum((x - mean) ** 2 for x in d) / (len(d) - 1))
         assert f"σ = {sigma:.4f}" in numbers
+
+
+def test_report_can_leave_out_settings_without_runs(sweep, tmp_path):
+    root, _ = sweep
+    text = report.write(root, str(tmp_path / "partial.md"), ["loss_vs_k"], skip_missing=True)
+    assert "not run" not in text and "| PHD-4 |" not in text
+    assert "| vanilla | 2 | 1 |" in text and "| PHD-2 (no window) beats vanilla |" in text
