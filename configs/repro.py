@@ -27,7 +27,7 @@ def get_config(name: str | None = None):
     m.max_seq_len = 128
     c.seq_len, c.batch_size = 128, 16
     c.num_steps, c.learning_rate, c.warmup_steps = 250, 3e-3, 25
-    c.log_every, c.eval_every, c.eval_batches = 6, 25, 8
-    c.checkpoint_every, c.keep_checkpoints = 62, 2
+    c.log_every, c.eval_every, c.eval_batches = 5, 25, 8
+    c.checkpoint_every, c.keep_checkpoints = 50, 2
     c.sample_tokens = 0          # sweeps do not sample; train.py users can set it
     return apply_model_name(c, name)

@@ -138,8 +138,10 @@ def parse_overrides(args: list[str], config) -> dict:
 def schedule_for(steps: int) -> dict:
     """Logging, evaluation, checkpoint and warmup intervals that scale with the run length
     (about 10 evaluations, 4 checkpoints and 10% warmup per run; `--config.*` overrides win)."""
-    return {"warmup_steps": max(1, steps // 10), "eval_every": max(1, steps // 10),
-            "log_every": max(1, steps // 40), "checkpoint_every": max(1, steps // 4)}
+    log_every = max(1, steps // 40)
+    eval_every = max(log_every, steps // 10 // log_every * log_every)   # the trainer evaluates at log steps
+    return {"warmup_steps": max(1, steps // 10), "eval_every": eval_every,
+            "log_every": log_every, "checkpoint_every": max(1, steps // 4)}
 
 
 def base_run_config(module, model: str, overrides: dict, steps: int):

@@ -213,3 +213,12 @@ def test_report_can_leave_out_settings_without_runs(sweep, tmp_path):
     text = report.write(root, str(tmp_path / "partial.md"), ["loss_vs_k"], skip_missing=True)
     assert "not run" not in text and "| PHD-4 |" not in text
     assert "| vanilla | 2 | 1 |" in text and "| PHD-2 (no window) beats vanilla |" in text
+
+
+@pytest.mark.parametrize("steps", [1, 3, 7, 60, 250, 1000, 12345])
+def test_every_evaluation_falls_on_a_logged_step(steps):
+    from experiments.sweep import schedule_for
+    s = schedule_for(steps)
+    assert s["eval_every"] % s["log_every"] == 0 and 1 <= s["eval_every"] <= max(1, steps)
+    assert 8 <= steps // s["eval_every"] <= 12 or steps < 40          # about 10 evaluations a run
+    assert 1 <= s["warmup_steps"] <= steps and 1 <= s["checkpoint_every"] <= steps
