@@ -18,6 +18,7 @@ error naming the key, never silently overwritten or extended: pick another `--ro
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import importlib.util
 import json
 import math
@@ -117,6 +118,13 @@ def get_key(config, key: str):
     return node
 
 
+def _flat_keys(config, prefix: str = "") -> list[str]:
+    out = []
+    for key, value in config.items():
+        out += _flat_keys(value, f"{prefix}{key}.") if hasattr(value, "items") else [f"{prefix}{key}"]
+    return out
+
+
 def parse_overrides(args: list[str], config) -> dict:
     """`--config.a.b=v` arguments -> {"a.b": typed value} (typed by `config`'s current values)."""
     out = {}
@@ -130,7 +138,9 @@ def parse_overrides(args: list[str], config) -> dict:
         try:
             current = get_key(config, key)
         except (KeyError, AttributeError):
-            fail(f"--config.{key}", text, "is not a config key", ConfigError)
+            close = difflib.get_close_matches(key, _flat_keys(config), n=1)
+            fail(f"--config.{key}", text, "not a config key" + (f" (did you mean --config.{close[0]}?)"
+                                                                if close else ""), ConfigError)
         out[key] = parse_value(key, text, current)
     return out
 
@@ -270,9 +280,13 @@ def execute(runs: list[Run], calibration: dict, dry_run: bool = False, progress:
     """Train every run not finished yet, in order (resuming partial ones). Returns
     {"finished": [...], "trained": [...], "failed": [(label, message)], "skipped": [...]}
     (and "preempted": True when SIGTERM stopped a run)."""
+    import jax
+
+    from phd_jax.train import validate
     states = {}
-    for run in runs:
-        states[run.workdir] = run_state(run)          # every check before any training
+    for run in runs:                                  # every check before any training
+        validate(run.config, jax.device_count())
+        states[run.workdir] = run_state(run)
     todo = [r for r in runs if states[r.workdir] != "finished"]
     remaining = sum(estimate_seconds(r, calibration) * (1 - steps_done(r.workdir) / int(r.config.num_steps))
                     for r in todo)
