@@ -233,15 +233,15 @@ def main(argv=None):
         peaks.append(peak)
         print(markdown_table(HEADERS, r) + "\n", flush=True)
         matmul.times.clear()
-    report = (f"{title}\n\n{meta}\n\n" + markdown_table(HEADERS, rows) + "\n\n"
-              + "Dense matmul reference: " + ", ".join(f"T={t}: {pk / 1e9:.0f} GFLOP/s"
-                                                       for t, pk in zip(a.seq, peaks))
-              + f".\n\nCommand: `{cmd.strip()}`\n")
-    if a.out:
-        os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
-        with open(a.out, "w") as f:
-            f.write(report)
-        log(f"wrote {a.out}")
+        report = (f"{title}\n\n{meta}\n\n" + markdown_table(HEADERS, rows) + "\n\n"
+                  + "Dense matmul reference: " + ", ".join(
+                      f"T={t}: {pk / 1e9:.0f} GFLOP/s" for t, pk in zip(a.seq, peaks))
+                  + f".\n\nCommand: `{cmd.strip()}`\n")
+        if a.out:   # after every T: a long run that is stopped keeps what it measured
+            os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
+            with open(a.out, "w") as f:
+                f.write(report)
+            log(f"wrote {a.out}")
     return rows
 
 
