@@ -63,6 +63,7 @@ class MetricWriter:
         self.total_steps = None if total_steps is None else as_int("total_steps", total_steps, low=0)
         self.start_step = as_int("start_step", start_step, low=0)
         self._bar = self._tb = self._jsonl = None
+        self.dropped = 0          # records of an earlier run removed on open (see truncate_metrics)
         if not self.is_main:
             return
         os.makedirs(self.workdir, exist_ok=True)
@@ -89,6 +90,8 @@ class MetricWriter:
         step = as_int("step", step, low=0)
         if not self.is_main:
             return
+        if self._jsonl is None:
+            raise ValueError("MetricWriter.write after close()")
         values = {"step": step}
         for name, value in metrics.items():
             if name == "step":
