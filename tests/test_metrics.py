@@ -129,6 +129,8 @@ def test_bad_values(tmp_path):
         with pytest.raises(ValueError, match="step=-1"):
             w.write(-1, {"loss": 1.0})
         w.write(2, {"loss": float("nan")})
+    with pytest.raises(ValueError, match="after close"):
+        w.write(3, {"loss": 1.0})
     assert math.isnan(read_metrics(tmp_path)[0]["loss"])
     with pytest.raises(FileNotFoundError, match="metrics.jsonl"):
         read_metrics(tmp_path / "nowhere")
