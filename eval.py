@@ -1,15 +1,13 @@
-"""Evaluate parameters saved by train.py: held-out loss and a sample.
+"""Evaluate a training run: held-out loss and a sample, from the workdir alone.
 
-    python eval.py --workdir=runs/default [--config.key=value ...]
+    python eval.py --workdir=runs/default [--step=N]
 """
 import math
 
 from absl import app, flags, logging
-from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/default.py", "The training config.")
-_WORKDIR = flags.DEFINE_string("workdir", "runs/default", "Directory with params/ from train.py.")
-_BATCHES = flags.DEFINE_integer("batches", 32, "Held-out batches to average.")
+_WORKDIR = flags.DEFINE_string("workdir", "runs/default", "A train.py workdir (or one of its checkpoints/<step>).")
+_STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
 
 
 def main(argv):
@@ -18,23 +16,21 @@ def main(argv):
     import jax
     import numpy as np
 
-    from phd_jax import data, generate
-    from phd_jax.training import cross_entropy, load_params, model_config
+    from phd_jax import generate
+    from phd_jax.data import make_pipeline
+    from phd_jax.train import cross_entropy, load_run_config, restore_params
 
-    config = _CONFIG.value
-    cfg = model_config(config)
-    params = load_params(f"{_WORKDIR.value}/params", cfg)
-    _, val = data.split(data.shakespeare_bytes(), config.val_fraction)
+    cfg, params, step = restore_params(_WORKDIR.value, _STEP.value)
+    config = load_run_config(_WORKDIR.value.split("/checkpoints/")[0])
+    pipe = make_pipeline(config)
     loss_fn = jax.jit(lambda p, b: cross_entropy(p, cfg, b))
-    losses = [float(loss_fn(params, data.batch_at(val, i, config.batch_size, config.seq_len, 10_000)))
-              for i in range(_BATCHES.value)]
-    loss = float(np.mean(losses))
-    print(f"{cfg.name}: held-out loss {loss:.4f} nats/byte = {loss / math.log(2):.4f} bits/byte "
-          f"({_BATCHES.value} batches of {config.batch_size}x{config.seq_len})")
-    prompt = data.encode(config.sample_prompt)[None]
-    out = generate(params, cfg, prompt, config.sample_tokens, max_len=min(
-        cfg.max_seq_len, prompt.shape[1] + config.sample_tokens))
-    print(f"greedy sample:\n{config.sample_prompt}{data.decode(out[0])}")
+    batches = pipe.eval_batches()
+    loss = float(np.mean([float(loss_fn(params, b)) for b in batches]))
+    print(f"{cfg.name} (step {step}): held-out loss {loss:.4f} nats/token = {loss / math.log(2):.4f} bits/token "
+          f"({len(batches)} batches of {config.batch_size}x{config.seq_len})")
+    prompt = np.asarray(pipe.tokenizer.encode(config.sample_prompt), np.int32)[None]
+    out = generate(params, cfg, prompt, config.sample_tokens, max_len=prompt.shape[1] + config.sample_tokens)
+    print(f"greedy sample:\n{config.sample_prompt}{pipe.tokenizer.decode(out[0])}")
 
 
 if __name__ == "__main__":

@@ -1,33 +1,64 @@
-"""Train a PHD model.  python train.py [--config=configs/default.py] [--config.key=value ...] [--workdir=DIR]
+"""Train a PHD model.  python train.py [--config=configs/default.py[:NAME]] [--config.key=value ...] [--workdir=DIR]
 
-The default trains a small byte-level PHD-CSWA-2-16-32 on Shakespeare in a few minutes
-on a CPU, then prints a sample. The logic lives in `phd_jax.training`.
+The default trains a small byte-level PHD-CSWA-2-16-32 on Shakespeare in a few minutes on a
+CPU, then prints a sample. Rerunning with the same --workdir resumes from its latest
+checkpoint. Several hosts: pass --coordinator_address/--num_processes/--process_id (or set
+the usual environment, e.g. on Cloud TPU / SLURM) and run the same command on each.
+The logic lives in `phd_jax.train`.
 """
+import sys
+
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from phd_jax.training import load_params, model_config, train_and_evaluate
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/default.py", "Training config.")
-_WORKDIR = flags.DEFINE_string("workdir", "runs/default", "Where metrics and parameters go.")
+
+def _fail_on_flags(e: BaseException):
+    """ml_collections parses --config (and its overrides) while defining the flag: one line, exit 2."""
+    from phd_jax.train.launch import flag_error_message
+    print(f"error: {flag_error_message(e)}", file=sys.stderr)
+    sys.exit(2)
+
+
+try:
+    _CONFIG = config_flags.DEFINE_config_file("config", "configs/default.py",
+                                              "Training config (FILE[:MODEL_NAME]).")
+except Exception as e:  # an unknown key in an override, a config file that fails to load
+    _fail_on_flags(e)
+_WORKDIR = flags.DEFINE_string("workdir", "runs/default", "Checkpoints, metrics and configs go here.")
+_COORD = flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-host).")
+_NPROC = flags.DEFINE_integer("num_processes", None, "Number of processes (multi-host).")
+_PID = flags.DEFINE_integer("process_id", None, "This process's index (multi-host).")
+_PROGRESS = flags.DEFINE_bool("progress", None, "Progress bar (default: only on a terminal).")
 
 
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)   # keep orbax's INFO lines out of the way
-    import jax
+    from phd_jax.checks import ConfigError
+    from phd_jax.train import TrainingError
+    from phd_jax.train.launch import initialize_distributed, sample_after_training
 
-    from phd_jax import data, generate
+    try:
+        initialize_distributed(_COORD.value, _NPROC.value, _PID.value)
+        from phd_jax.train import train_and_evaluate
+        metrics = train_and_evaluate(_CONFIG.value, _WORKDIR.value, progress=_PROGRESS.value)
+        if not metrics.get("preempted"):
+            sample_after_training(_CONFIG.value, _WORKDIR.value)
+    except (ConfigError, TrainingError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
 
-    config = _CONFIG.value
-    train_and_evaluate(config, _WORKDIR.value)
-    cfg = model_config(config)
-    params = load_params(f"{_WORKDIR.value}/params", cfg)
-    prompt = data.encode(config.sample_prompt)[None]
-    out = generate(params, cfg, prompt, config.sample_tokens, rng=jax.random.key(config.seed),
-                   temperature=0.8, top_k=40, max_len=min(cfg.max_seq_len, prompt.shape[1] + config.sample_tokens))
-    print(f"\n--- sample from {cfg.name} ---\n{config.sample_prompt}{data.decode(out[0])}")
+
+def _parse_flags(argv):
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as e:   # e.g. --config.model.d_model=x, or a config file that fails
+        cause = e.__cause__ or e.__context__
+        _fail_on_flags(cause if cause is not None and not isinstance(cause, flags.Error) else e)
+    except Exception as e:     # an unknown key in an override
+        _fail_on_flags(e)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=_parse_flags)

@@ -200,7 +200,27 @@ def _splash_kernel(pattern: BlockPattern, num_heads: int, interpret: bool):
 
 
 def splash_attention(q, k, v, pattern: BlockPattern, interpret: bool | None = None):
-    """TPU splash attention with `pattern.mask` (a `NumpyMask`), padded to whole blocks."""
+    """TPU splash attention with `pattern.mask` (a `NumpyMask`), padded to whole blocks.
+
+    Under a multi-device mesh (`jax.set_mesh` plus flax logical-axis rules, as the trainer
+    sets them) the kernel runs per shard in a `shard_map`: batch and heads split as the rules
+    say, the sequence whole (as MaxText wraps it).
+    """
+    local = functools.partial(_splash_local, pattern=pattern, interpret=interpret)
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or mesh.size == 1:
+        return local(q, k, v)
+    import flax.linen as nn
+    rules = nn.get_logical_axis_rules()
+    if not rules:
+        return local(q, k, v)
+    qspec = nn.logical_to_mesh_axes(("activation_batch", None, "activation_heads", None), rules)
+    kvspec = nn.logical_to_mesh_axes(("activation_batch", None, "activation_kv_heads", None), rules)
+    return jax.shard_map(local, mesh=mesh, in_specs=(qspec, kvspec, kvspec), out_specs=qspec,
+                         check_vma=False)(q, k, v)
+
+
+def _splash_local(q, k, v, pattern: BlockPattern, interpret: bool | None):
     if interpret is None:
         interpret = jax.default_backend() != "tpu"
     b, n, h, d = q.shape

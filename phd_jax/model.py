@@ -26,9 +26,18 @@ from phd_jax.attention import attend, cached_attention, layout_kind
 from phd_jax.config import ModelConfig
 from phd_jax.masks import Layout
 
+class _Partitioned(nn.LogicallyPartitioned):
+    """Logical axis names on a parameter. DenseGeneral unboxes its flattened kernel at init
+    (also inside `apply`, to check shapes): no sharding constraint on that flat array."""
+
+    def unbox(self, apply_constraint=True):
+        return super().unbox(apply_constraint and self.value.ndim == len(self.names))
+
+
 def _init(config: ModelConfig, names: tuple[str, ...]):
     """Normal init carrying logical axis names, so training can shard parameters."""
-    return nn.with_logical_partitioning(nn.initializers.normal(config.init_std), names)
+    init = nn.initializers.normal(config.init_std)
+    return lambda *args, **kwargs: _Partitioned(init(*args, **kwargs), names)
 
 
 def _dense(config: ModelConfig, features, names: tuple[str, ...], name: str, axis=-1):
@@ -36,6 +45,11 @@ def _dense(config: ModelConfig, features, names: tuple[str, ...], name: str, axi
     return nn.DenseGeneral(features, axis=axis, use_bias=False, dtype=config.compute_dtype,
                            param_dtype=config.weight_dtype, name=name,
                            kernel_init=_init(config, names))
+
+
+def _constrain(x, *names):
+    """Shard an activation by logical axis names (a no-op unless the trainer set rules and a mesh)."""
+    return nn.with_logical_constraint(x, names)
 
 
 def _norm(config: ModelConfig, axis_name: str, name: str):
@@ -75,10 +89,14 @@ class Attention(nn.Module):
             k = _norm(cfg, "head_dim", "key_norm")(k)
         q = apply_rope(q, positions, cfg.rope_theta)
         k = apply_rope(k, positions, cfg.rope_theta)
+        q = _constrain(q, "activation_batch", "activation_length", "activation_heads", None)
+        k, v = (_constrain(x, "activation_batch", "activation_length", "activation_kv_heads", None)
+                for x in (k, v))
         if cache is None:
             o = attend(q, k, v, self.layout, cfg)
         else:
             o = cached_attention(q, k, v, *cache, mask)
+        o = _constrain(o, "activation_batch", "activation_length", "activation_heads", None)
         out = _dense(cfg, cfg.d_model, ("heads", "head_dim", "embed"), "out", axis=(-2, -1))(o)
         return out, (k, v)
 
@@ -92,7 +110,8 @@ class Mlp(nn.Module):
         cfg = self.config
         gate = _dense(cfg, cfg.mlp_dim, ("embed", "mlp"), "gate")(x)
         up = _dense(cfg, cfg.mlp_dim, ("embed", "mlp"), "up")(x)
-        return _dense(cfg, cfg.d_model, ("mlp", "embed"), "down")(nn.silu(gate) * up)
+        hidden = _constrain(nn.silu(gate) * up, "activation_batch", "activation_length", "activation_mlp")
+        return _dense(cfg, cfg.d_model, ("mlp", "embed"), "down")(hidden)
 
 
 class DecoderLayer(nn.Module):
@@ -108,6 +127,7 @@ class DecoderLayer(nn.Module):
             _norm(cfg, "embed", "attention_norm")(x), positions, mask, cache)
         x = x + h
         x = x + Mlp(cfg, name="mlp")(_norm(cfg, "embed", "mlp_norm")(x))
+        x = _constrain(x, "activation_batch", "activation_length", "activation_embed")
         return x, (kv if self.collect_kv or cache is not None else None)
 
 
@@ -135,7 +155,7 @@ class Transformer(nn.Module):
         embed = nn.Embed(cfg.vocab_size, cfg.d_model, dtype=cfg.compute_dtype,
                          param_dtype=cfg.weight_dtype, name="embed",
                          embedding_init=_init(cfg, ("vocab", "embed")))
-        x = embed(tokens)
+        x = _constrain(embed(tokens), "activation_batch", "activation_length", "activation_embed")
 
         layer = DecoderLayer
         if cfg.remat != "none":
@@ -164,6 +184,7 @@ class Transformer(nn.Module):
             logits = embed.attend(x)
         else:
             logits = _dense(cfg, cfg.vocab_size, ("embed", "vocab"), "unembed")(x)
+        logits = _constrain(logits, "activation_batch", "activation_length", "activation_vocab")
         return logits.astype(jnp.float32), kv
 
 

@@ -1,0 +1,207 @@
+"""The workdir: its JSON files, orbax checkpoints (state + data position), and reading them back.
+
+    WORKDIR/config.json          the full run config
+    WORKDIR/model_config.json    the ModelConfig fields (rebuild the model from the workdir alone)
+    WORKDIR/version.json         phd_jax version and git commit that wrote it
+    WORKDIR/checkpoints/<step>/  orbax: `state` (params, opt_state, step, rng) and `data` (iterator)
+    WORKDIR/metrics.jsonl, WORKDIR/tensorboard/   (phd_jax.train.metrics)
+
+A checkpoint is complete once orbax renames its temporary directory to `<step>`; a run
+killed while saving leaves only the temporary one, which restore ignores.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+
+import jax
+import numpy as np
+
+from phd_jax.checks import ConfigError
+from phd_jax.config import ModelConfig
+from phd_jax.train.config import load_run_config, to_json
+
+CHECKPOINTS = "checkpoints"
+OUR_FILES = ("config.json", "model_config.json", "version.json", CHECKPOINTS, "metrics.jsonl", "tensorboard")
+
+# Keys that may differ when a run resumes (everything else describes the model, the data or
+# the optimisation, and must match the saved run).
+RESUMABLE_CHANGES = {
+    "num_steps", "mesh", "logical_axis_rules", "grad_accum_steps", "skip_nonfinite", "checkpoint_every",
+    "keep_checkpoints", "async_checkpointing", "init_from", "log_every", "eval_every", "eval_batches",
+    "peak_tflops", "compilation_cache", "sample_prompt", "sample_tokens",
+    "model.attention", "model.block_q", "model.block_kv", "model.remat",
+}
+
+
+def _flatten(d, prefix=""):
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _norm(v):
+    return json.loads(json.dumps(v, default=list))
+
+
+def check_workdir(workdir: str, config) -> bool:
+    """Raise ConfigError if `workdir` holds something we did not write or another run.
+    Returns True when it holds a run of this config (to be resumed). Writes nothing."""
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise ConfigError(f"workdir={workdir!r} is invalid: it exists and is not a directory")
+    cfg_path = os.path.join(workdir, "config.json")
+    if not os.path.exists(cfg_path):
+        for name in OUR_FILES:
+            if os.path.exists(os.path.join(workdir, name)):
+                raise ConfigError(f"workdir={workdir!r} is invalid: it holds {name!r} but no config.json, "
+                                  f"so it was not written by phd_jax training; choose another --workdir")
+        return False
+    try:
+        saved = load_run_config(workdir).to_dict()
+        assert isinstance(saved.get("model"), dict)
+    except Exception:
+        raise ConfigError(f"workdir={workdir!r} is invalid: its config.json is not a phd_jax run config; "
+                          f"choose another --workdir") from None
+    ckpt = os.path.join(workdir, CHECKPOINTS)
+    if os.path.exists(ckpt) and not os.path.isdir(ckpt):
+        raise ConfigError(f"workdir={workdir!r} is invalid: {ckpt} is a file, not phd_jax's checkpoint directory")
+    old, new = _flatten(_norm(saved)), _flatten(_norm(config.to_dict()))
+    for key in sorted(set(old) | set(new)):
+        if key in RESUMABLE_CHANGES or key.split(".")[0] in RESUMABLE_CHANGES:
+            continue
+        if old.get(key, "<absent>") != new.get(key, "<absent>"):
+            raise ConfigError(
+                f"config.{key}={new.get(key, '<absent>')!r} does not match the run in workdir={workdir!r} "
+                f"(saved: {old.get(key, '<absent>')!r}); it describes another model or optimisation, so it "
+                f"cannot resume there: use another --workdir, or the saved value")
+    return True
+
+
+def version_info() -> dict:
+    import phd_jax
+    here = os.path.dirname(os.path.dirname(os.path.abspath(phd_jax.__file__)))
+    commit = dirty = None
+    try:
+        commit = subprocess.run(["git", "-C", here, "rev-parse", "HEAD"], capture_output=True, text=True,
+                                timeout=10).stdout.strip() or None
+        if commit:
+            dirty = bool(subprocess.run(["git", "-C", here, "status", "--porcelain", "--untracked-files=no"],
+                                        capture_output=True, text=True, timeout=10).stdout.strip())
+    except (OSError, subprocess.SubprocessError):
+        pass
+    version = getattr(phd_jax, "__version__", None)
+    if version is None:
+        try:
+            from importlib.metadata import version as _v
+            version = _v("phd_jax")
+        except Exception:
+            version = "unknown"
+    return {"phd_jax": version, "git_commit": commit, "git_dirty": dirty, "jax": jax.__version__}
+
+
+def write_run_files(workdir: str, config, cfg: ModelConfig):
+    """config.json, model_config.json, version.json (each written atomically)."""
+    os.makedirs(workdir, exist_ok=True)
+    for name, text in (("config.json", to_json(config)),
+                       ("model_config.json", json.dumps(dataclasses.asdict(cfg), indent=2)),
+                       ("version.json", json.dumps(version_info(), indent=2))):
+        tmp = os.path.join(workdir, f".{name}.tmp")
+        with open(tmp, "w") as f:
+            f.write(text + "\n")
+        os.replace(tmp, os.path.join(workdir, name))
+
+
+def load_model_config(workdir: str) -> ModelConfig:
+    path = os.path.join(workdir, "model_config.json")
+    if not os.path.isfile(path):
+        raise ConfigError(f"workdir={workdir!r} is invalid: no model_config.json (not a phd_jax training run)")
+    with open(path) as f:
+        return ModelConfig(**json.load(f))
+
+
+def manager(workdir: str, config=None, read_only: bool = False):
+    import orbax.checkpoint as ocp
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=None if config is None else int(config.keep_checkpoints),
+        enable_async_checkpointing=bool(config is not None and config.async_checkpointing),
+        create=not read_only)
+    return ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, CHECKPOINTS)), options=options)
+
+
+def save(mgr, step: int, state, data_state: dict, force: bool = True):
+    import orbax.checkpoint as ocp
+    mgr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                           data=ocp.args.JsonSave(data_state)), force=force)
+
+
+def restore(mgr, step: int, abstract_state):
+    """(state placed as `abstract_state`'s shardings say, data iterator state)."""
+    import orbax.checkpoint as ocp
+    out = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
+                                                    data=ocp.args.JsonRestore()))
+    return out["state"], out["data"]
+
+
+def _locate(path: str, step: int | None) -> tuple[str, int | None]:
+    path = os.path.abspath(path)
+    if os.path.isfile(os.path.join(path, "config.json")):
+        return path, step
+    parent = os.path.dirname(path)
+    if os.path.basename(parent) == CHECKPOINTS and os.path.basename(path).isdigit():
+        workdir = os.path.dirname(parent)
+        if os.path.isfile(os.path.join(workdir, "config.json")):
+            if step is not None and step != int(os.path.basename(path)):
+                raise ConfigError(f"step={step} is invalid: the path names checkpoint step {os.path.basename(path)}")
+            return workdir, int(os.path.basename(path))
+    raise ConfigError(f"checkpoint path {path!r} is invalid: expected a training workdir (with config.json) "
+                      f"or one of its checkpoints/<step> directories")
+
+
+def restore_params(path: str, step: int | None = None, sharding=None):
+    """(ModelConfig, params, step) from a workdir (latest checkpoint, or `step`) or a
+    `WORKDIR/checkpoints/<step>` directory; params are checked against the saved model config."""
+    from phd_jax.model import init_params
+    from phd_jax.train.optimizer import make_optimizer
+    workdir, step = _locate(path, step)
+    cfg = load_model_config(workdir)
+    run = load_run_config(workdir)
+    mgr = manager(workdir, read_only=True)
+    try:
+        steps = mgr.all_steps()
+        if not steps:
+            raise ConfigError(f"workdir={workdir!r} has no complete checkpoint yet")
+        if step is None:
+            step = max(steps)
+        elif step not in steps:
+            raise ConfigError(f"step={step} is invalid: checkpoints in {workdir} are at steps {sorted(steps)}")
+        sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        params = jax.eval_shape(lambda: init_params(cfg, 0))
+        opt = jax.eval_shape(make_optimizer(run).init, params)
+        abstract = abstract_state(params, opt, jax.tree.map(lambda _: sharding, params),
+                                  jax.tree.map(lambda _: sharding, opt), sharding)
+        try:
+            state, _ = restore(mgr, step, abstract)
+        except Exception as e:   # orbax raises many types for truncated or mismatched files
+            raise ConfigError(f"checkpoint {workdir}/{CHECKPOINTS}/{step} is unreadable or does not match "
+                              f"model {cfg.name} ({type(e).__name__}: {str(e)[:300]})") from None
+    finally:
+        mgr.close()
+    return cfg, state["params"], int(step)
+
+
+def abstract_state(params_shape, opt_shape, params_sh, opt_sh, replicated):
+    """The trainer's state dict as ShapeDtypeStructs carrying target shardings (for restore)."""
+    sds = lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s)  # noqa: E731
+    return {
+        "step": jax.ShapeDtypeStruct((), np.int32, sharding=replicated),
+        "rng": jax.ShapeDtypeStruct((2,), np.uint32, sharding=replicated),
+        "nonfinite": jax.ShapeDtypeStruct((), np.int32, sharding=replicated),
+        "params": jax.tree.map(sds, params_shape, params_sh),
+        "opt_state": jax.tree.map(sds, opt_shape, opt_sh),
+    }

@@ -1,0 +1,60 @@
+"""What `train.py` does around the trainer: multi-host start-up, one-line errors, the final sample."""
+from __future__ import annotations
+
+import os
+import re
+import sys
+
+import jax
+
+
+def initialize_distributed(coordinator_address: str | None = None, num_processes: int | None = None,
+                           process_id: int | None = None):
+    """`jax.distributed.initialize` when this is one of several processes: explicit flags, or the
+    environment jax knows (JAX_COORDINATOR_ADDRESS, SLURM, Cloud TPU pods, ...). Call before any
+    other JAX work. On CPU the collectives go through gloo."""
+    explicit = any(v is not None for v in (coordinator_address, num_processes, process_id))
+    env = (os.environ.get("JAX_COORDINATOR_ADDRESS") or int(os.environ.get("SLURM_NTASKS", "1")) > 1
+           or len([h for h in os.environ.get("TPU_WORKER_HOSTNAMES", "").split(",") if h]) > 1)
+    if not (explicit or env):
+        return
+    if "cpu" in (os.environ.get("JAX_PLATFORMS") or "cpu").split(","):
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
+                               process_id=process_id)
+
+
+def flag_error_message(e: BaseException) -> str:
+    """One line for an error raised while parsing --config overrides (unknown key, bad file)."""
+    while e.args and isinstance(e.args[0], BaseException):   # AttributeError(KeyError(...))
+        e = e.args[0]
+    text = str(e.args[0]) if e.args else str(e)
+    m = re.match(r"""['"]?'?([^'"\n]+)'?['"]?\nDid you mean "([^"]+)" instead""", text)
+    if m or isinstance(e, (KeyError, AttributeError)):
+        key = m.group(1) if m else text.strip("'\"")
+        flag = next((a.split("=")[0] for a in sys.argv[1:]
+                     if a.startswith("--config.") and re.search(rf"\.{re.escape(key)}(\.|=|$)", a)), None)
+        hint = f" (did you mean {m.group(2)!r}?)" if m else ""
+        return f"{flag or '--config'}: {key!r} is not a config key{hint}"
+    from phd_jax.checks import ConfigError
+    if isinstance(e, ConfigError):
+        return text
+    return f"{type(e).__name__}: {text.splitlines()[0] if text else ''}"
+
+
+def sample_after_training(config, workdir: str):
+    """Print a sample of `config.sample_tokens` tokens from the workdir's latest checkpoint."""
+    if jax.process_index() != 0 or not config.sample_tokens:
+        return
+    import numpy as np
+
+    from phd_jax.data import make_pipeline
+    from phd_jax.sampling import generate
+    from phd_jax.train.checkpoint import restore_params
+
+    cfg, params, step = restore_params(workdir)
+    tok = make_pipeline(config).tokenizer
+    prompt = np.asarray(tok.encode(config.sample_prompt), np.int32)[None]
+    out = generate(params, cfg, prompt, int(config.sample_tokens), rng=jax.random.key(config.seed),
+                   temperature=0.8, top_k=40, max_len=prompt.shape[1] + int(config.sample_tokens))
+    print(f"\n--- sample from {cfg.name} (step {step}) ---\n{config.sample_prompt}{tok.decode(out[0])}")

@@ -1,0 +1,291 @@
+"""Training metrics: one writer, three sinks (console, TensorBoard, `metrics.jsonl`).
+
+`MetricWriter` is generic: it writes whatever scalars it is given. The trainer logs
+these names (every `config.log_every` steps unless noted):
+
+| name | meaning |
+|---|---|
+| `loss` | training cross-entropy (nats per token) of the step's batch |
+| `perplexity` | `exp(loss)` |
+| `grad_norm` | global norm of the gradient, before clipping |
+| `learning_rate` | the schedule's value at this step |
+| `step_time`, `data_time` | seconds per step: the whole step, and waiting for input |
+| `tokens` | cumulative original tokens trained on (plots against tokens use it) |
+| `flops` | cumulative training FLOPs (`phd_jax.flops`: 3 x forward, K copies, the mask's pairs) |
+| `tokens_per_s` | original tokens per second |
+| `processed_tokens_per_s` | tokens through the layers per second (K times `tokens_per_s`) |
+| `tflops` | model TFLOP/s (analytic count / time, not hardware counters) |
+| `mfu` | `tflops` / peak (the config's peak, or a matmul measured on this machine) |
+| `val_loss` | validation loss, every `config.eval_every` steps |
+| `val_bits_per_byte` / `val_bits_per_token` | `val_loss / ln 2` per byte (byte vocabularies) or per token |
+
+Sinks, only in the main process (`is_main=True`):
+- console: `step 100/300 | loss 2.351 | ...` with rounded numbers; above a tqdm progress
+  bar on a terminal, plain lines (no carriage returns) when stdout is piped;
+- TensorBoard event files under `WORKDIR/tensorboard` (tensorboardX: no TensorFlow);
+- `WORKDIR/metrics.jsonl`: one JSON object per logged step, floats at full precision.
+A resumed run (`start_step=S`) first drops the lines of `metrics.jsonl` after step S and
+tells TensorBoard to purge events after S, so no step is ever duplicated.
+`read_metrics(workdir)` and `series(...)` read the file back for plots and experiments.
+"""
+from __future__ import annotations
+
+import json
+import math
+import numbers
+import os
+import sys
+
+import numpy as np
+
+from phd_jax.checks import as_int, fail
+from phd_jax.config import ModelConfig
+from phd_jax.flops import train_flops_per_sequence
+
+METRICS_FILE = "metrics.jsonl"
+TENSORBOARD_DIR = "tensorboard"
+
+
+class MetricWriter:
+    """Write scalar metrics to the console, TensorBoard and `WORKDIR/metrics.jsonl`.
+
+    `progress`: None picks a tqdm bar when stdout is a terminal and plain lines otherwise;
+    True forces the bar, False never draws one. `is_main=False` (other processes of a
+    multi-host run) writes nothing at all. Use as a context manager or call `close()`.
+    """
+
+    def __init__(self, workdir: str, is_main: bool = True, total_steps: int | None = None,
+                 start_step: int = 0, progress: bool | None = None):
+        self.workdir = os.fspath(workdir)
+        self.is_main = bool(is_main)
+        self.total_steps = None if total_steps is None else as_int("total_steps", total_steps, low=0)
+        self.start_step = as_int("start_step", start_step, low=0)
+        self._bar = self._tb = self._jsonl = None
+        if not self.is_main:
+            return
+        os.makedirs(self.workdir, exist_ok=True)
+        self.path = os.path.join(self.workdir, METRICS_FILE)
+        self.dropped = truncate_metrics(self.path, self.start_step)
+        self._jsonl = open(self.path, "a", encoding="utf-8")
+        from tensorboardX import SummaryWriter
+        # purge_step: TensorBoard hides events of earlier files from this step on (a resume).
+        self._tb = SummaryWriter(os.path.join(self.workdir, TENSORBOARD_DIR),
+                                 purge_step=self.start_step + 1 if self.start_step else None,
+                                 flush_secs=30, filename_suffix=_event_suffix(self.start_step))
+        if progress is None:
+            progress = sys.stdout.isatty()
+        if progress:
+            from tqdm.auto import tqdm
+            self._bar = tqdm(total=self.total_steps, initial=self.start_step, unit="step",
+                             desc="train", file=sys.stdout, dynamic_ncols=True)
+
+    # ---- writing -------------------------------------------------------------------
+    def write(self, step: int, metrics: dict):
+        """Log `metrics` (name -> number) at `step`: one jsonl line, TensorBoard scalars,
+        one console line. Numpy / JAX scalars are converted; NaN and inf are written as is."""
+        step = as_int("step", step, low=0)
+        if not self.is_main:
+            return
+        values = {"step": step}
+        for name, value in metrics.items():
+            if name == "step":
+                continue
+            values[str(name)] = _to_python(name, value)
+        self._jsonl.write(json.dumps(values) + "\n")
+        self._jsonl.flush()
+        for name, value in values.items():
+            if name != "step" and isinstance(value, (int, float)):
+                self._tb.add_scalar(name, value, step)
+        self._tb.flush()
+        self.update(step)
+        if self._bar is not None and "loss" in values:
+            self._bar.set_postfix_str(f"loss {format_value('loss', values['loss'])}", refresh=False)
+        self._print(self.format_line(values))
+
+    def update(self, step: int):
+        """Move the progress bar to `step` without logging (call it every step if you like)."""
+        if self._bar is not None and step > self._bar.n:
+            self._bar.update(step - self._bar.n)
+
+    def write_text(self, tag: str, text: str, step: int = 0):
+        """A text entry in TensorBoard (e.g. the run's config), nothing on the console."""
+        if self.is_main:
+            self._tb.add_text(tag, text, step)
+            self._tb.flush()
+
+    def print(self, text: str):
+        """A console line that does not break the progress bar (main process only)."""
+        if self.is_main:
+            self._print(text)
+
+    def format_line(self, values: dict) -> str:
+        step = values["step"]
+        head = f"step {step}" if self.total_steps is None else f"step {step}/{self.total_steps}"
+        return " | ".join([head] + [f"{k} {format_value(k, v)}" for k, v in values.items()
+                                    if k != "step"])
+
+    def _print(self, text: str):
+        if self._bar is not None:
+            self._bar.write(text, file=sys.stdout)
+        else:
+            print(text, flush=True)
+
+    def close(self):
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
+        if self._jsonl is not None:
+            self._jsonl.close()
+            self._jsonl = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):   # an un-closed writer still flushes its files
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+_writers_opened = 0
+
+
+def _event_suffix(start_step: int) -> str:
+    """Event file names are `events.out.tfevents.<second>.<host>`, opened with mode "wb":
+    a second writer in the same second would truncate the first. The suffix keeps names
+    unique and sorts a resumed run's file after the one it resumes (TensorBoard reads in
+    name order)."""
+    global _writers_opened
+    _writers_opened += 1
+    return f".{start_step:010d}.{os.getpid()}.{_writers_opened}"
+
+
+def _to_python(name: str, value):
+    """A number as a Python int or float (full precision), other JSON values unchanged."""
+    if hasattr(value, "shape") and hasattr(value, "dtype"):
+        if np.shape(value) != ():
+            fail(f"metric {name!r}", value, "must be a scalar")
+        value = np.asarray(value).item()
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        return float(value)
+    if value is None or isinstance(value, str):
+        return value
+    fail(f"metric {name!r}", value, "must be a number (or a string)", TypeError)
+
+
+def format_value(name: str, value) -> str:
+    """A metric rounded for the console: `loss 2.351`, `tokens 1.23M`, `lr 3.00e-04`."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return str(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if name in ("tokens", "flops") or name.endswith("tokens_per_s"):
+        return _si(value)
+    if name == "learning_rate":
+        return f"{value:.2e}"
+    if name == "mfu":
+        return f"{100 * value:.1f}%"
+    if name.endswith("_time"):
+        return f"{value * 1e3:.0f}ms" if value < 1 else f"{value:.2f}s"
+    if isinstance(value, int):
+        return str(value)
+    if value != 0 and (abs(value) >= 1e5 or abs(value) < 1e-3):
+        return f"{value:.3e}"
+    if abs(value) < 1:
+        return f"{value:.4f}"
+    return f"{value:.{max(0, 3 - int(math.floor(math.log10(abs(value)))))}f}"   # 4 digits, fixed
+
+
+def _si(value: float) -> str:
+    for unit, scale in (("E", 1e18), ("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(value) >= scale:
+            return f"{value / scale:.3g}{unit}"
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+# ---- the jsonl file ---------------------------------------------------------------
+
+def _read_lines(path: str) -> tuple[list[dict], int]:
+    """Records of a metrics file and the number of unreadable lines (e.g. a line cut short
+    when the process was killed mid-write)."""
+    records, bad = [], 0
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                bad += 1
+                continue
+            if isinstance(rec, dict) and "step" in rec:
+                records.append(rec)
+            else:
+                bad += 1
+    return records, bad
+
+
+def truncate_metrics(path: str, last_step: int) -> int:
+    """Drop the records after `last_step` (and unreadable lines) from a metrics file,
+    atomically (a temporary file and `os.replace`). Returns how many lines were dropped."""
+    if not os.path.exists(path):
+        return 0
+    records, bad = _read_lines(path)
+    keep = [r for r in records if r["step"] <= last_step]
+    dropped = len(records) - len(keep) + bad
+    if dropped:
+        tmp = path + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.writelines(json.dumps(r) + "\n" for r in keep)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    return dropped
+
+
+def read_metrics(workdir: str) -> list[dict]:
+    """Every record of `WORKDIR/metrics.jsonl` (or a path to the file itself), in step
+    order. Raises FileNotFoundError naming the file if there is none."""
+    path = os.fspath(workdir)
+    if not path.endswith(".jsonl"):
+        path = os.path.join(path, METRICS_FILE)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no metrics at {path} (train first: python train.py --workdir=...)")
+    return sorted(_read_lines(path)[0], key=lambda r: r["step"])
+
+
+def series(records: list[dict], key: str, x: str = "step") -> tuple[np.ndarray, np.ndarray]:
+    """`(xs, ys)` of the records that have both `x` and `key`, for plotting, e.g.
+    `plt.plot(*series(read_metrics(wd), "val_loss", x="flops"))`."""
+    pts = [(r[x], r[key]) for r in records if r.get(x) is not None and r.get(key) is not None]
+    xs = np.array([p[0] for p in pts], dtype=np.float64)
+    ys = np.array([p[1] for p in pts], dtype=np.float64)
+    return xs, ys
+
+
+# ---- throughput -------------------------------------------------------------------
+
+def throughput(config: ModelConfig, seq_len: int, sequences: int, seconds: float,
+               peak_flops_per_s: float | None = None) -> dict[str, float]:
+    """Speed metrics of `sequences` sequences of `seq_len` trained in `seconds`:
+    `tokens_per_s` (original), `processed_tokens_per_s` (K x), `tflops` (analytic, see
+    `phd_jax.flops`) and `mfu` when a peak FLOP/s is given."""
+    tokens = sequences * seq_len
+    flops = sequences * train_flops_per_sequence(config, seq_len)
+    out = {"tokens_per_s": tokens / seconds,
+           "processed_tokens_per_s": tokens * config.repeat / seconds,
+           "tflops": flops / seconds / 1e12}
+    if peak_flops_per_s:
+        out["mfu"] = flops / seconds / peak_flops_per_s
+    return out

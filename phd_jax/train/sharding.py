@@ -1,0 +1,112 @@
+"""The device mesh (`data`, `fsdp`, `tensor`) and logical-axis rules -> NamedShardings.
+
+`fsdp` shards parameters and optimizer state (their `embed` axis, by default) and, with
+`data`, the batch; `tensor` shards heads, KV heads, MLP and vocabulary. Every sharded
+dimension is checked against its mesh axes before anything compiles.
+"""
+from __future__ import annotations
+
+import math
+
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from phd_jax.checks import ConfigError
+from phd_jax.config import ModelConfig
+from phd_jax.model import param_logical_axes
+from phd_jax.train.config import MESH_AXES, logical_rules, mesh_shape
+
+
+def make_mesh(config, devices=None) -> Mesh:
+    devices = jax.devices() if devices is None else devices
+    shape = mesh_shape(config, len(devices))
+    if len(devices) == jax.device_count() and devices == jax.devices():
+        return jax.make_mesh(shape, MESH_AXES, devices=devices,
+                             axis_types=(jax.sharding.AxisType.Auto,) * 3)
+    return Mesh(np.asarray(devices).reshape(shape), MESH_AXES)
+
+
+def _path_name(path) -> str:
+    return "/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
+
+
+def _mesh_axes(spec: P, rules) -> P:
+    return nn.logical_to_mesh_axes(tuple(spec), rules)
+
+
+def param_specs(cfg: ModelConfig, rules, mesh: Mesh):
+    """PartitionSpecs (mesh axes) of every parameter; ConfigError if a dimension does not divide."""
+    logical = param_logical_axes(cfg)
+    shapes = jax.eval_shape(lambda: __import__("phd_jax").init_params(cfg, 0))
+    rule_of = dict(rules)
+
+    def one(path, spec, shape):
+        mesh_spec = _mesh_axes(spec, rules)
+        for dim, (name, axes) in enumerate(zip(spec, mesh_spec)):
+            if axes is None:
+                continue
+            size = math.prod(mesh.shape[a] for a in ((axes,) if isinstance(axes, str) else axes))
+            if shape.shape[dim] % size:
+                raise ConfigError(
+                    f"parameter {_path_name(path)} (shape {tuple(shape.shape)}): dimension {dim} "
+                    f"({name}={shape.shape[dim]}) is not divisible by mesh axes {axes} of size {size} "
+                    f"(config.logical_axis_rules: ({name!r}, {rule_of.get(name)!r})); change the mesh "
+                    f"or map {name!r} to None")
+        return mesh_spec
+
+    return jax.tree_util.tree_map_with_path(one, logical, shapes,
+                                            is_leaf=lambda x: isinstance(x, P))
+
+
+def shardings_like(tree_specs, mesh: Mesh):
+    return jax.tree.map(lambda s: NamedSharding(mesh, s), tree_specs, is_leaf=lambda x: isinstance(x, P))
+
+
+def batch_spec(rules) -> P:
+    return _mesh_axes(P("activation_batch", None), rules)
+
+
+def opt_state_shardings(optimizer, params_shape, param_shardings, mesh: Mesh):
+    """Optimizer state shards like the parameters it mirrors (Adam's mu and nu); the rest is replicated."""
+    state_shape = jax.eval_shape(optimizer.init, params_shape)
+    shapes = {_path_name(p): x.shape for p, x in jax.tree_util.tree_leaves_with_path(params_shape)}
+    shards = {_path_name(p): s for p, s in jax.tree_util.tree_leaves_with_path(param_shardings)}
+    replicated = NamedSharding(mesh, P())
+
+    def one(path, leaf):
+        name = _path_name(path)
+        for pname, sharding in shards.items():
+            if (name == pname or name.endswith("/" + pname)) and leaf.shape == shapes[pname]:
+                return sharding
+        return replicated
+
+    return jax.tree_util.tree_map_with_path(one, state_shape)
+
+
+def train_shardings(cfg: ModelConfig, config, optimizer, mesh: Mesh):
+    """(state shardings, batch sharding) for the trainer's state dict."""
+    rules = logical_rules(config)
+    specs = param_specs(cfg, rules, mesh)
+    params_sh = shardings_like(specs, mesh)
+    params_shape = jax.eval_shape(lambda: __import__("phd_jax").init_params(cfg, 0))
+    replicated = NamedSharding(mesh, P())
+    state = {"step": replicated, "rng": replicated, "params": params_sh,
+             "opt_state": opt_state_shardings(optimizer, params_shape, params_sh, mesh),
+             "nonfinite": replicated}
+    return state, NamedSharding(mesh, batch_spec(rules))
+
+
+def check_divisible_heads(cfg: ModelConfig, config, mesh: Mesh):
+    """Activation axes the rules shard must divide too (heads over `tensor` in attention)."""
+    rules = logical_rules(config)
+    for name, size in (("activation_heads", cfg.num_heads), ("activation_kv_heads", cfg.num_kv_heads),
+                       ("activation_mlp", cfg.mlp_dim), ("activation_vocab", cfg.vocab_size)):
+        axes = _mesh_axes(P(name), rules)[0]
+        if axes is None:
+            continue
+        n = math.prod(mesh.shape[a] for a in ((axes,) if isinstance(axes, str) else axes))
+        if size % n:
+            raise ConfigError(f"{name.replace('activation_', '')}={size} is not divisible by mesh axes "
+                              f"{axes} of size {n} (config.logical_axis_rules: ({name!r}, {axes!r}))")

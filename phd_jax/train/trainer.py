@@ -1,0 +1,338 @@
+"""The training loop: `train_step` / `eval_step` (pure, top level) and `train_and_evaluate`.
+
+    from phd_jax.train import train_and_evaluate
+    metrics = train_and_evaluate(configs.default.get_config(), "/tmp/run")
+
+One `jax.jit` over a (data, fsdp, tensor) mesh; parameters and optimizer state sharded by
+the config's logical-axis rules; each process feeds its slice of the global batch.
+Checkpoints every `checkpoint_every` steps (async) and on SIGTERM; a second call with
+the same workdir resumes from the latest complete checkpoint.
+"""
+from __future__ import annotations
+
+import functools
+import math
+import os
+import signal
+import time
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from phd_jax.checks import ConfigError
+from phd_jax.config import ModelConfig
+from phd_jax.model import forward, init_params, num_params
+from phd_jax.train import checkpoint as ckpt
+from phd_jax.train import sharding as shd
+from phd_jax.train.config import logical_rules, validate
+from phd_jax.train.optimizer import learning_rate_schedule, make_optimizer
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (e.g. a non-finite loss); the message says why and what is saved."""
+
+
+# ---- the loss and the steps (pure) -------------------------------------------------------------
+
+def _as_batch(batch) -> dict:
+    return batch if isinstance(batch, dict) else {"tokens": batch}
+
+
+def loss_terms(params, cfg: ModelConfig, batch):
+    """(sum of next-token NLL in nats, number of predicted tokens) of a batch dict.
+
+    With `segment_ids` (packed documents), targets in another document than their input,
+    and padding (segment 0), do not count.
+    """
+    batch = _as_batch(batch)
+    tokens = batch["tokens"]
+    inputs, targets = tokens[:, :-1], tokens[:, 1:]
+    if "segment_ids" in batch:
+        seg = batch["segment_ids"]
+        logits = forward(params, cfg, inputs, segment_ids=seg[:, :-1])
+        weights = ((seg[:, 1:] == seg[:, :-1]) & (seg[:, 1:] != 0)).astype(jnp.float32)
+    else:
+        logits = forward(params, cfg, inputs)
+        weights = jnp.ones(targets.shape, jnp.float32)
+    logp = jax.nn.log_softmax(logits)
+    nll = -jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
+    return jnp.sum(nll * weights), jnp.sum(weights)
+
+
+def cross_entropy(params, cfg: ModelConfig, batch):
+    """Mean next-token cross-entropy (nats) of `batch`: a dict with `tokens [B, T+1]` (and
+    optional `segment_ids`) or the token array itself."""
+    total, count = loss_terms(params, cfg, batch)
+    return total / jnp.maximum(count, 1.0)
+
+
+def train_step(state: dict, batch: dict, cfg: ModelConfig, optimizer, schedule,
+               grad_accum_steps: int = 1, batch_spec=None):
+    """One optimizer step on a global batch: (new state, metrics). A non-finite loss or gradient
+    leaves params and optimizer state unchanged and counts in `state["nonfinite"]`."""
+    params = state["params"]
+    grad_fn = jax.value_and_grad(lambda p, b: loss_terms(p, cfg, b), has_aux=True)
+    if grad_accum_steps == 1:
+        (total, count), grads = grad_fn(params, batch)
+    else:
+        def split(x):   # row r -> microbatch r % n: every device keeps its own rows
+            x = x.reshape(x.shape[0] // grad_accum_steps, grad_accum_steps, *x.shape[1:]).swapaxes(0, 1)
+            if batch_spec is not None:
+                x = jax.lax.with_sharding_constraint(x, P(None, *batch_spec))
+            return x
+
+        def body(carry, micro):
+            (t, c), g = grad_fn(params, micro)
+            return jax.tree.map(jnp.add, carry, (t, c, g)), None
+
+        zeros = (jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, params))
+        (total, count, grads), _ = jax.lax.scan(body, zeros, jax.tree.map(split, batch))
+    count = jnp.maximum(count, 1.0)
+    loss = total / count
+    grads = jax.tree.map(lambda g: g / count, grads)
+    grad_norm = optax.global_norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    updates, opt_state = optimizer.update(grads, state["opt_state"], params)
+    new_params = optax.apply_updates(params, updates)
+    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)  # noqa: E731
+    new_state = {
+        "step": state["step"] + 1,
+        "rng": jax.random.split(state["rng"])[0],
+        "params": keep(new_params, params),
+        "opt_state": keep(opt_state, state["opt_state"]),
+        "nonfinite": state["nonfinite"] + (~finite).astype(jnp.int32),
+    }
+    metrics = {"loss": loss, "grad_norm": grad_norm, "learning_rate": schedule(state["step"]),
+               "finite": finite}
+    return new_state, metrics
+
+
+def eval_step(params, batch: dict, cfg: ModelConfig):
+    """(sum of NLL, token count) of one evaluation batch."""
+    return loss_terms(params, cfg, batch)
+
+
+# ---- helpers ------------------------------------------------------------------------------------
+
+def enable_compilation_cache(path: str):
+    """JAX's persistent compilation cache (a restart after preemption does not recompile)."""
+    if not path or jax.config.jax_compilation_cache_dir:
+        return
+    path = os.path.expanduser(path)
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError:
+        return
+    jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+
+
+class _Preemption:
+    """SIGTERM sets a flag; the loop saves a checkpoint at the current step and returns."""
+
+    def __init__(self):
+        self.requested = False
+        self._old = None
+
+    def __enter__(self):
+        try:
+            self._old = signal.signal(signal.SIGTERM, self._handle)
+        except ValueError:   # not the main thread (e.g. some notebooks): no handler
+            self._old = None
+        return self
+
+    def _handle(self, signum, frame):
+        self.requested = True
+
+    def __exit__(self, *exc):
+        if self._old is not None:
+            signal.signal(signal.SIGTERM, self._old)
+
+
+def _global_batch(local: dict, sharding: NamedSharding, process_count: int) -> dict:
+    out = {}
+    for key, value in local.items():
+        value = np.asarray(value)
+        shape = (value.shape[0] * process_count,) + value.shape[1:]
+        out[key] = jax.make_array_from_process_local_data(sharding, value, shape)
+    return out
+
+
+def _init_params(config, cfg: ModelConfig, params_sh, log):
+    """Random init, or `config.init_from` (weights only): a workdir / checkpoint dir, or hf:PATH."""
+    source = config.init_from
+    if not source:
+        return jax.jit(lambda: init_params(cfg, int(config.seed)), out_shardings=params_sh)()
+    if source.startswith("hf:"):
+        from phd_jax.interop import load_hf_llama   # lazily: only this path needs transformers files
+        src_cfg, params = load_hf_llama(source[3:])
+    else:
+        src_cfg, params, step = ckpt.restore_params(source)
+        source = f"{source} (step {step})"
+    want = jax.eval_shape(lambda: init_params(cfg, 0))
+    got = jax.tree.map(lambda x: (tuple(x.shape), str(x.dtype)), params)
+    need = jax.tree.map(lambda x: (tuple(x.shape), str(x.dtype)), want)
+    if jax.tree.structure(got) != jax.tree.structure(need) or got != need:
+        raise ConfigError(f"config.init_from={config.init_from!r} is invalid: its parameters "
+                          f"({src_cfg.name}, d_model {src_cfg.d_model}, vocab {src_cfg.vocab_size}) do not "
+                          f"match config.model (d_model {cfg.d_model}, vocab {cfg.vocab_size})")
+    log(f"initialised the weights from {source}")
+    return jax.device_put(params, params_sh)
+
+
+# ---- the loop -----------------------------------------------------------------------------------
+
+def train_and_evaluate(config, workdir: str, progress: bool | None = None) -> dict:
+    """Train until `config.num_steps` (resuming from WORKDIR's latest checkpoint); return the
+    last logged metrics (plus `preempted: True` if SIGTERM stopped the run)."""
+    from phd_jax.data import make_pipeline
+    from phd_jax.flops import peak_flops, train_flops_per_sequence
+    from phd_jax.train.metrics import MetricWriter
+
+    workdir = os.path.abspath(os.path.expanduser(workdir))
+    pi, pc = jax.process_index(), jax.process_count()
+    is_main = pi == 0
+    pipe = make_pipeline(config, pi, pc)
+    cfg = validate(config, jax.device_count(), pipe.tokenizer, pc)   # every check before any work
+    mesh = shd.make_mesh(config)
+    optimizer = make_optimizer(config)
+    schedule = learning_rate_schedule(config)
+    state_sh, batch_sh = shd.train_shardings(cfg, config, optimizer, mesh)
+    shd.check_divisible_heads(cfg, config, mesh)
+    resuming = ckpt.check_workdir(workdir, config)
+    rules = logical_rules(config)
+
+    if is_main:
+        ckpt.write_run_files(workdir, config, cfg)
+    enable_compilation_cache(config.compilation_cache)
+    log = print if is_main else (lambda *a, **k: None)
+
+    params_shape = jax.eval_shape(lambda: init_params(cfg, 0))
+    opt_shape = jax.eval_shape(optimizer.init, params_shape)
+    replicated = NamedSharding(mesh, P())
+    abstract = ckpt.abstract_state(params_shape, opt_shape, state_sh["params"], state_sh["opt_state"],
+                                   replicated)
+    mgr = ckpt.manager(workdir, config)
+    it = pipe.train_iterator()
+    latest = mgr.latest_step() if resuming else None
+    if latest is not None:
+        state, data_state = ckpt.restore(mgr, latest, abstract)
+        it.set_state(data_state)
+        log(f"resuming from step {latest} ({workdir}/{ckpt.CHECKPOINTS}/{latest})")
+    else:
+        params = _init_params(config, cfg, state_sh["params"], log)
+        with jax.set_mesh(mesh):
+            opt_state = jax.jit(optimizer.init, out_shardings=state_sh["opt_state"])(params)
+        state = jax.device_put({"step": np.int32(0), "rng": np.asarray(jax.random.PRNGKey(config.seed)),
+                                "nonfinite": np.int32(0), "params": params, "opt_state": opt_state},
+                               state_sh)
+    start = int(jax.device_get(state["step"]))
+
+    spec = shd.batch_spec(rules)
+    step_fn = jax.jit(functools.partial(train_step, cfg=cfg, optimizer=optimizer, schedule=schedule,
+                                        grad_accum_steps=int(config.grad_accum_steps), batch_spec=spec),
+                      in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, replicated),
+                      donate_argnums=0)
+    eval_fn = jax.jit(functools.partial(eval_step, cfg=cfg), in_shardings=(state_sh["params"], batch_sh),
+                      out_shardings=replicated)
+    all_finite = jax.jit(lambda p: jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(p)])))
+    eval_data = None
+
+    def evaluate(params):
+        nonlocal eval_data
+        if eval_data is None:
+            eval_data = [_global_batch(b, batch_sh, pc) for b in pipe.eval_batches()]
+        total = count = 0.0
+        for b in eval_data:
+            t, c = jax.device_get(eval_fn(params, b))
+            total, count = total + float(t), count + float(c)
+        loss = total / max(count, 1.0)
+        unit = "byte" if getattr(pipe.tokenizer, "name", "") == "byte" else "token"
+        return {"val_loss": loss, f"val_bits_per_{unit}": loss / math.log(2)}
+
+    def save(step):
+        if not bool(jax.device_get(all_finite(state["params"]))):
+            raise TrainingError(f"parameters at step {step} are not finite: no checkpoint written "
+                                f"(the last complete one is step {mgr.latest_step()})")
+        ckpt.save(mgr, step, state, it.get_state())
+
+    tokens_per_step = int(config.batch_size) * int(config.seq_len)
+    flops_per_step = int(config.batch_size) * train_flops_per_sequence(cfg, int(config.seq_len))
+    peak = peak_flops(float(config.peak_tflops) or None, cfg.dtype) * jax.device_count()
+    n_params = num_params(params_shape)
+    log(f"model {cfg.name}: {n_params:,} parameters, {cfg.num_layers} layers, d_model {cfg.d_model}, "
+        f"vocab {cfg.vocab_size}; mesh data={mesh.shape['data']} fsdp={mesh.shape['fsdp']} "
+        f"tensor={mesh.shape['tensor']} over {jax.device_count()} {jax.devices()[0].platform} device(s), "
+        f"{pc} process(es)")
+    log(f"workdir {workdir}: checkpoints in {ckpt.CHECKPOINTS}/ every {config.checkpoint_every} steps, "
+        f"metrics in metrics.jsonl and tensorboard/")
+
+    metrics: dict = {}
+    writer = MetricWriter(workdir, is_main=is_main, total_steps=int(config.num_steps), start_step=start,
+                          progress=progress)
+    preempted = False
+    try:
+        with jax.set_mesh(mesh), nn.logical_axis_rules(rules), _Preemption() as stop:
+            if start >= config.num_steps:
+                log(f"already trained to step {start} (config.num_steps={config.num_steps})")
+                metrics = {"step": start, **evaluate(state["params"])}
+            t_last, step_last, prev = time.perf_counter(), start, None
+            data_time = 0.0
+            for step in range(start + 1, int(config.num_steps) + 1):
+                t_data = time.perf_counter()
+                batch = _global_batch(next(it), batch_sh, pc)
+                data_time += time.perf_counter() - t_data
+                state, out = step_fn(state, batch)
+                if prev is not None and not bool(prev[1]["finite"]):   # one step behind: no stall
+                    _nonfinite(config, prev[0], prev[1])
+                prev = (step, out)
+                if step % config.log_every == 0 or step == config.num_steps:
+                    out = jax.device_get(out)
+                    if not bool(out["finite"]):
+                        _nonfinite(config, step, out)
+                    now = time.perf_counter()
+                    dt = (now - t_last) / (step - step_last)
+                    metrics = {"loss": float(out["loss"]), "perplexity": math.exp(min(float(out["loss"]), 700)),
+                               "grad_norm": float(out["grad_norm"]),
+                               "learning_rate": float(out["learning_rate"]), "step_time": dt,
+                               "data_time": data_time / (step - step_last),
+                               "tokens": step * tokens_per_step, "flops": step * flops_per_step,
+                               "tokens_per_s": tokens_per_step / dt,
+                               "processed_tokens_per_s": tokens_per_step * cfg.repeat / dt,
+                               "tflops": flops_per_step / dt / 1e12, "mfu": flops_per_step / dt / peak}
+                    if config.skip_nonfinite:
+                        metrics["skipped_steps"] = int(jax.device_get(state["nonfinite"]))
+                    if step % config.eval_every == 0 or step == config.num_steps:
+                        metrics.update(evaluate(state["params"]))
+                    writer.write(step, metrics)
+                    metrics = {"step": step, **metrics}
+                    t_last, step_last, data_time = time.perf_counter(), step, 0.0
+                else:
+                    writer.update(step)
+                if stop.requested:
+                    save(step)
+                    preempted = True
+                    log(f"SIGTERM: saved a checkpoint at step {step} in {workdir}/{ckpt.CHECKPOINTS}; "
+                        f"run the same command again to resume")
+                    break
+                if step % config.checkpoint_every == 0 or step == config.num_steps:
+                    save(step)
+    finally:
+        mgr.wait_until_finished()
+        mgr.close()
+        writer.close()
+    if preempted:
+        metrics["preempted"] = True
+    return metrics
+
+
+def _nonfinite(config, step: int, out):
+    if config.skip_nonfinite:
+        return
+    raise TrainingError(f"non-finite loss ({float(out['loss'])}) or gradient norm ({float(out['grad_norm'])}) "
+                        f"at step {step}: stopped without saving it; the last checkpoint is clean. Lower "
+                        f"config.learning_rate, or set config.skip_nonfinite=True to skip such updates")
