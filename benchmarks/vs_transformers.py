@@ -10,6 +10,7 @@ PHD models on the same weights (transformers has no PHD: its column is vanilla's
 
     python benchmarks/vs_transformers.py                  # writes benchmarks/results/vs_transformers.md
     python benchmarks/vs_transformers.py --repeats 3 --batches 1
+    python benchmarks/vs_transformers.py --threads 1        # one thread each (a busy machine)
 """
 from __future__ import annotations
 
@@ -22,6 +23,22 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _threads_from_argv() -> int:
+    """--threads must act before jax and torch are imported (XLA reads its flags once)."""
+    for i, a in enumerate(sys.argv):
+        if a.startswith("--threads="):
+            return int(a.split("=", 1)[1])
+        if a == "--threads" and i + 1 < len(sys.argv):
+            return int(sys.argv[i + 1])
+    return 0
+
+
+if _threads_from_argv() == 1:   # one thread each: fair on a machine shared with other jobs
+    os.environ["OMP_NUM_THREADS"] = "1"
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false "
+                               "intra_op_parallelism_threads=1").strip()
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
@@ -55,6 +72,8 @@ def main():
     ap.add_argument("--new", type=int, default=64)
     ap.add_argument("--batches", default="1,8")
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=0,
+                    help="0: each library's default; 1: one thread each (torch and XLA), fairer on a busy machine")
     ap.add_argument("--variants", default="vanilla", help="comma list: vanilla, PHD-2, PHD-CSWA-2-16-32, ...")
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "vs_transformers.md"))
     args = ap.parse_args()
@@ -62,6 +81,8 @@ def main():
     import torch
     import transformers
     torch.set_grad_enabled(False)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     tmp = tempfile.mkdtemp(prefix="vs-transformers-")
     hf = build_llama(tmp)
     hf.generation_config.eos_token_id = None       # always 64 new tokens, on both sides

@@ -136,7 +136,8 @@ def evaluate_checkpoint(workdir=None, *, checkpoint=None, step=None, overrides=N
         tasks = check_tasks(tasks, manager)
     if loss_file and not os.path.isfile(loss_file):
         fail("loss_file", loss_file, "does not exist", FileNotFoundError)
-    max_new_tokens = as_int("max_new_tokens", max_new_tokens, 1, cfg.max_seq_len - 1)
+    if prompts:
+        max_new_tokens = as_int("max_new_tokens", max_new_tokens, 1, cfg.max_seq_len - 1)
     for i, p in enumerate(prompts):
         n = len(tokenizer.encode(p))
         if n + max_new_tokens > cfg.max_seq_len:
