@@ -193,3 +193,61 @@ def test_tokenizer_from_tokenizer_json(tmp_path):
     assert t.decode([4, 5, 6]) == "to be or"
     with pytest.raises(FileNotFoundError, match="tokenizer.json"):
         phd_jax.load_hf_tokenizer(str(tmp_path / "none"))
+
+
+# ---- up-training: a vanilla run exported, continued as PHD-2 ------------------------------------
+
+UP_VANILLA_STEPS, UP_PHD_STEPS = 200, 100
+
+
+def _run_config(**changes):
+    import sys
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from configs.tiny import get_config
+    c = get_config()
+    c.compilation_cache, c.eval_batches = "", 8
+    for k, v in changes.items():
+        section = c
+        *path, last = k.split(".")
+        for p in path:
+            section = section[p]
+        section[last] = v
+    c.checkpoint_every = c.eval_every = c.log_every = c.num_steps
+    return c
+
+
+@pytest.fixture(scope="session")
+def uptraining(tmp_path_factory):
+    """vanilla S steps -> save_hf_llama -> PHD-2 N steps (init_from=hf:), and PHD-2 from scratch
+    for the same N steps; every loss on the same held-out batches. (The longer comparison with
+    PHD-2 from scratch for S + N steps is `examples/uptrain.py`, reported in the README.)"""
+    from phd_jax.data import make_pipeline
+    from phd_jax.evaluation import evaluate_loss
+    from phd_jax.train import restore_params, train_and_evaluate
+    root = tmp_path_factory.mktemp("uptrain")
+    train_and_evaluate(_run_config(**{"model.variant": "vanilla", "model.repeat": 1,
+                                      "num_steps": UP_VANILLA_STEPS}), str(root / "vanilla"), progress=False)
+    vcfg, vparams, _ = restore_params(str(root / "vanilla"))
+    hf_dir = phd_jax.save_hf_llama(vparams, vcfg, str(root / "hf"))
+    up_config = _run_config(num_steps=UP_PHD_STEPS, init_from=f"hf:{hf_dir}")
+    batches = make_pipeline(up_config).eval_batches()
+    pcfg = vcfg.replace(variant="phd", repeat=2)
+    out = {"vanilla": evaluate_loss(vparams, vcfg, batches)["loss"],
+           "phd_step0": evaluate_loss(vparams, pcfg, batches)["loss"]}
+    train_and_evaluate(up_config, str(root / "up"), progress=False)
+    train_and_evaluate(_run_config(num_steps=UP_PHD_STEPS), str(root / "scratch"), progress=False)
+    for name in ("up", "scratch"):
+        cfg, params, step = restore_params(str(root / name))
+        assert cfg.name == "PHD-2"
+        out[name] = evaluate_loss(params, cfg, batches)["loss"]
+    return out
+
+
+def test_uptraining_from_hf_beats_phd_from_scratch(uptraining):
+    """Up-training through an exported HF checkpoint: N PHD-2 steps on top of S vanilla steps
+    beat N PHD-2 steps from scratch; PHD-2 on the vanilla weights starts near, not at, the
+    vanilla loss, and improves on it."""
+    print("up-training losses:", uptraining)
+    assert uptraining["up"] < uptraining["scratch"] - 0.1
+    assert 1e-6 < abs(uptraining["phd_step0"] - uptraining["vanilla"]) < 0.05
+    assert uptraining["up"] < uptraining["phd_step0"]
