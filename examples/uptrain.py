@@ -62,7 +62,8 @@ def main():
         train_and_evaluate(run_config(steps, **extra), f"{root}/{folder}", progress=False)
         cfg, params, _ = restore_params(f"{root}/{folder}")
         loss[name] = evaluate_loss(params, cfg, batches)["loss"]
-    print(f"\nS = {s}, N = {n}; held-out loss (nats/token, {sum(b['tokens'].size for b in batches):,} tokens):")
+    targets = sum(b["tokens"][:, 1:].size for b in batches)
+    print(f"\nS = {s}, N = {n}; held-out loss (nats/token, {targets:,} tokens):")
     for name, v in loss.items():
         print(f"  {name:<40} {v:.4f}")
 
