@@ -11,17 +11,17 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import jax
+import jax.numpy as jnp
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-
-from benchmarks.common import markdown_table, time_fn  # noqa: E402
-from phd_jax.attention import blocksparse_attention, dense_attention  # noqa: E402
-from phd_jax.config import ModelConfig  # noqa: E402
-from phd_jax.masks import Layout  # noqa: E402
+try:                 # python -m benchmarks.X from the checkout
+    from benchmarks.common import markdown_table, time_fn
+except ImportError:  # python benchmarks/X.py: the script's directory comes first on the path
+    from common import markdown_table, time_fn
+from phd_jax.attention import blocksparse_attention, dense_attention
+from phd_jax.config import ModelConfig
+from phd_jax.masks import Layout
 
 VARIANTS = {  # name -> (variant, window, chunk), PHD-SWA/CSWA as in the paper's tables
     "vanilla": ("vanilla", 0, None),

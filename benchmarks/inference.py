@@ -14,18 +14,19 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import jax
+import jax.numpy as jnp
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
+import phd_jax
 
-import phd_jax  # noqa: E402
-from benchmarks.common import markdown_table, time_fn  # noqa: E402
-from phd_jax.decode import _prefill  # noqa: E402
-from phd_jax.sampling import _generate_loop  # noqa: E402
+try:                 # python -m benchmarks.X from the checkout
+    from benchmarks.common import markdown_table, time_fn
+except ImportError:  # python benchmarks/X.py: the script's directory comes first on the path
+    from common import markdown_table, time_fn
+from phd_jax.decode import _prefill
+from phd_jax.sampling import _generate_loop
 
 MODEL = dict(vocab_size=8192, num_layers=16, d_model=512, num_heads=8, num_kv_heads=4, head_dim=64,
              mlp_dim=1536, max_seq_len=8192)

@@ -1,4 +1,6 @@
 """phd-jax: the PHD-Transformer (arXiv 2504.14992) in JAX/Flax."""
+__version__ = "0.1.0"   # the one place: pyproject.toml reads it
+
 from phd_jax.config import ModelConfig
 from phd_jax.decode import (DecodeState, decode_step, init_state, kv_cache_bytes, prefill,
                             prefill_token_counts)

@@ -49,7 +49,7 @@ def default_data_config() -> ConfigDict:
         "eval_source": "",            # a separate validation source ("" = the held-out part of `source`)
         "document_masking": False,    # attention never crosses a document boundary (segment_ids)
         "shuffle": True,              # a new permutation of the windows every epoch, by config.seed
-        "cache_dir": "",              # token cache; "" = <data_dir>/../token_cache
+        "cache_dir": "",              # local token cache; "" = ~/.cache/phd_jax/token_cache
         "num_threads": 2,             # grain reader threads (tokenizing, reading batches)
         "prefetch": 4,                # batches read ahead of the training step
     })
@@ -66,7 +66,7 @@ def validate_data_config(config, process_count: int = 1) -> None:
     """
     for key in _TOP_LEVEL:
         if key not in config:
-            fail(f"config.{key}", None, "is missing (the data pipeline needs it)", ConfigError)
+            fail(f"config.{key}", None, "must be set (the data pipeline reads it)", ConfigError)
     as_int("config.seq_len", config.seq_len, 1, error=ConfigError)
     batch = as_int("config.batch_size", config.batch_size, 1, error=ConfigError)
     as_int("config.seed", config.seed, error=ConfigError)
@@ -77,15 +77,15 @@ def validate_data_config(config, process_count: int = 1) -> None:
         fail("config.batch_size", batch, f"must be a multiple of the number of processes "
              f"({process_count}): each process reads an equal slice of every global batch", ConfigError)
     if "data" not in config:
-        fail("config.data", None, "is missing: use phd_jax.data.default_data_config()", ConfigError)
+        fail("config.data", None, "must be set: use phd_jax.data.default_data_config()", ConfigError)
     d, defaults = config.data, default_data_config()
     unknown = sorted(set(d.keys()) - set(defaults.keys()))
     if unknown:
-        fail(f"config.data.{unknown[0]}", d[unknown[0]], f"is not a data setting; known: "
+        fail(f"config.data.{unknown[0]}", d[unknown[0]], f"not a data setting (a typo?); known: "
              f"{', '.join(defaults.keys())}", ConfigError)
     missing = sorted(set(defaults.keys()) - set(d.keys()))
     if missing:
-        fail(f"config.data.{missing[0]}", None, "is missing: start from phd_jax.data.default_data_config()",
+        fail(f"config.data.{missing[0]}", None, "must be set: start from phd_jax.data.default_data_config()",
              ConfigError)
     for key in ("source", "tokenizer", "data_dir", "text_key", "train_split", "eval_split",
                 "eval_source", "cache_dir"):
@@ -94,7 +94,7 @@ def validate_data_config(config, process_count: int = 1) -> None:
                  ConfigError)
     sources.parse_source(d.source)
     if d.eval_source:
-        kind, _ = sources.parse_source(d.eval_source)
+        sources.parse_source(d.eval_source, "config.data.eval_source")
     if not d.text_key:
         fail("config.data.text_key", d.text_key, "must name the text feature or field", ConfigError)
     for key in ("document_masking", "shuffle"):
@@ -110,11 +110,12 @@ def validate_data_config(config, process_count: int = 1) -> None:
         check_vocab_size(model.vocab_size, tokenizer)
 
 
+DEFAULT_CACHE_DIR = os.path.join("~", ".cache", "phd_jax", "token_cache")
+
+
 def cache_dir(config) -> str:
-    d = config.data.cache_dir
-    if d:
-        return os.path.abspath(os.path.expanduser(d))
-    return os.path.join(os.path.dirname(sources.data_dir(config)), "token_cache")
+    """Where token caches live: a local directory (memory-mapped), on every host."""
+    return os.path.abspath(os.path.expanduser(config.data.cache_dir or DEFAULT_CACHE_DIR))
 
 
 class BatchIterator:
@@ -233,7 +234,11 @@ class Pipeline:
         self.document_masking = bool(d.document_masking)
         self.train_stream = self._stream(sources.documents(config, d.source, "train"), "source")
         self.windows_per_epoch = self.train_stream.num_windows(self.length)
-        self._eval = None
+        if d.eval_source:
+            docs, key = sources.documents(config, d.eval_source, "eval_source"), "eval_source"
+        else:
+            docs, key = sources.documents(config, d.source, "eval"), "source"
+        self.eval_stream = self._stream(docs, key)   # now, so that a bad eval split fails early
 
     def _stream(self, docs, key: str) -> packing.TokenStream:
         stream = packing.token_stream(docs, self.tokenizer, cache_dir(self.config),
@@ -251,8 +256,11 @@ class Pipeline:
 
         samples = grain.MapDataset.source(_Windows(self.train_stream, self.length, self.document_masking))
         if self.config.data.shuffle:
-            samples = samples.shuffle(seed=self.seed % 2 ** 32)
-        return samples.repeat()     # grain reseeds the shuffle every epoch
+            # grain seeds epoch e with seed + e: spread the run seeds apart so that run seed s + 1
+            # does not replay the epochs of run seed s one epoch early.
+            seed = int(np.random.SeedSequence(self.seed % 2 ** 63).generate_state(1)[0])
+            samples = samples.shuffle(seed=seed)
+        return samples.repeat()     # a new permutation every epoch
 
     def _train_batches(self, position: int):
         import grain
@@ -266,17 +274,6 @@ class Pipeline:
 
     def train_iterator(self) -> BatchIterator:
         return BatchIterator(self)
-
-    @property
-    def eval_stream(self) -> packing.TokenStream:
-        if self._eval is None:
-            d = self.config.data
-            if d.eval_source:
-                docs, key = sources.documents(self.config, d.eval_source, "eval_source"), "eval_source"
-            else:
-                docs, key = sources.documents(self.config, d.source, "eval"), "source"
-            self._eval = self._stream(docs, key)
-        return self._eval
 
     def eval_batches(self) -> list[dict]:
         """`config.eval_batches` fixed batches of held-out windows in order (this process's rows).

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import configparser
 import glob
+import logging
 import os
 
 import tensorflow_datasets as tfds
@@ -78,8 +79,14 @@ class ShakespeareCorpus(tfds.core.GeneratorBasedBuilder):
 
 def prepare(data_dir: str) -> tfds.core.DatasetBuilder:
     """Prepare the corpus under `data_dir` (once; later calls just open it) and return its builder."""
-    builder = ShakespeareCorpus(data_dir=data_dir, file_format="array_record")
-    if not builder.is_prepared():
-        builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-            try_download_gcs=False))
+    absl = logging.getLogger("absl")
+    level = absl.level
+    absl.setLevel(logging.ERROR)   # "no dataset_info.json yet" is expected before the first prepare
+    try:
+        builder = ShakespeareCorpus(data_dir=data_dir, file_format="array_record")
+        if not builder.is_prepared():
+            builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+                try_download_gcs=False))
+    finally:
+        absl.setLevel(level)
     return builder

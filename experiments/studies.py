@@ -1,0 +1,135 @@
+"""The three studies: their settings and the claims the report judges.
+
+A claim compares two settings' final validation loss (`a` vs `b`):
+- `lower`:  the paper says `a` has a lower loss than `b`;
+- `same`:   the paper says `a` costs (almost) nothing against `b` (chunking);
+- `which`:  no claim (the paper never ran it): the report says which is lower, if either.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+from experiments.sweep import Setting
+
+WINDOW = 16        # the paper's W (hidden tokens); fits 128-position sequences at every K
+CHUNK = 32         # the paper's C for PHD-CSWA (Table 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class Claim:
+    kind: str      # lower | same | which
+    a: str
+    b: str
+    text: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Study:
+    name: str
+    title: str
+    settings: tuple
+    claims: tuple
+    x_axis: str = "tokens"      # the axis at which settings are matched: tokens or flops
+    description: str = ""
+
+
+def S(name, **kw) -> Setting:
+    return Setting(name=name, model=kw.pop("model", name), **kw)
+
+
+VANILLA = S("vanilla")
+
+
+def swa(k, w=WINDOW):
+    return S(f"PHD-SWA-{k}-{w}-inf")
+
+
+def cswa(k, w=WINDOW, c=CHUNK):
+    return S(f"PHD-CSWA-{k}-{w}-{c}")
+
+
+LOSS_VS_K = Study(
+    name="loss_vs_k",
+    title="Loss vs K at matched original tokens",
+    description=("Every setting trains the same number of steps on the same batches (same seed: same "
+                 "initial weights and data order), so each sees the same original tokens; PHD-K spends "
+                 "K times the compute on them. Paper: Table 2 (PHD-SWA-K-16-inf, loss falls with K), "
+                 "Table 1 (PHD-CSWA-K-16-32), Figure 1 (naive repetition)."),
+    settings=(VANILLA, S("PHD-2"), S("PHD-3"), S("PHD-4"), swa(2), swa(3), swa(4), cswa(2), cswa(3),
+              S("naive-2")),
+    claims=(
+        Claim("lower", "PHD-SWA-2-16-inf", "vanilla", "PHD-SWA-2 beats vanilla at matched tokens (Table 2)"),
+        Claim("lower", "PHD-SWA-3-16-inf", "PHD-SWA-2-16-inf", "K=3 beats K=2 (Table 2)"),
+        Claim("lower", "PHD-SWA-4-16-inf", "PHD-SWA-3-16-inf", "K=4 beats K=3 (Table 2: loss keeps falling with K)"),
+        Claim("lower", "PHD-2", "vanilla", "PHD-2 (no window) beats vanilla"),
+        Claim("lower", "PHD-4", "PHD-2", "PHD-4 beats PHD-2"),
+        Claim("lower", "PHD-CSWA-2-16-32", "vanilla", "PHD-CSWA-2-16-32 beats vanilla (Table 1)"),
+        Claim("lower", "PHD-CSWA-3-16-32", "PHD-CSWA-2-16-32", "PHD-CSWA-3 beats PHD-CSWA-2 (Table 1)"),
+        Claim("which", "naive-2", "PHD-2", "naive repetition vs PHD at K=2 (Figure 1 baseline)"),
+    ))
+
+WINDOW_CHUNK = Study(
+    name="window_chunk",
+    title="Window and chunk ablations at K = 2",
+    description=("PHD-2 is W = 0. Windows W = 1, 4, 16 hidden tokens without chunks, and W = 16 cut at "
+                 "chunks of C = 16 and 32 positions. Paper: W from 1 to 4 recovers most of the gain, 16 a "
+                 "little more; chunking costs almost nothing."),
+    settings=(VANILLA, S("PHD-2"), swa(2, 1), swa(2, 4), swa(2, 16), cswa(2, 16, 16), cswa(2, 16, 32)),
+    claims=(
+        Claim("lower", "PHD-SWA-2-1-inf", "PHD-2", "a window of W=1 helps over none"),
+        Claim("lower", "PHD-SWA-2-4-inf", "PHD-2", "a window of W=4 helps over none"),
+        Claim("lower", "PHD-SWA-2-16-inf", "PHD-SWA-2-4-inf", "W=16 helps a little more than W=4"),
+        Claim("same", "PHD-CSWA-2-16-32", "PHD-SWA-2-16-inf", "chunks of C=32 cost almost nothing"),
+        Claim("same", "PHD-CSWA-2-16-16", "PHD-SWA-2-16-inf", "chunks of C=16 cost almost nothing"),
+    ))
+
+
+FLOP_KS = (2, 4)   # K = 3 trimmed to fit the 3-hour CPU budget (it lies between the two)
+
+
+def _flop_settings():
+    out = [VANILLA]
+    for k in FLOP_KS:
+        out += [S(f"PHD-{k}"), S(f"vanilla-x{k}tokens", model="vanilla", steps_factor=k),
+                S(f"vanilla-depth-PHD-{k}", model="vanilla", match_flops_of=f"PHD-{k}")]
+    return tuple(out)
+
+
+def _flop_claims():
+    out = []
+    for k in FLOP_KS:
+        out += [Claim("which", f"PHD-{k}", f"vanilla-x{k}tokens",
+                      f"PHD-{k} vs vanilla trained on {k}x the tokens (equal training FLOPs)"),
+                Claim("which", f"PHD-{k}", f"vanilla-depth-PHD-{k}",
+                      f"PHD-{k} vs a deeper vanilla with PHD-{k}'s FLOPs per token (equal training FLOPs)")]
+    return tuple(out)
+
+
+FLOP_MATCHED = Study(
+    name="flop_matched",
+    title="FLOP-matched baselines (the comparison the paper leaves out)",
+    x_axis="flops",
+    description=("PHD-K spends K times a vanilla model's FLOPs per token. Two ways to give vanilla the "
+                 "same training FLOPs: train it on K times as many tokens (K times the steps), or make it "
+                 "deeper until its FLOPs per token match PHD-K's (depth chosen with phd_jax.flops; "
+                 "width and sequence length unchanged)."),
+    settings=_flop_settings(),
+    claims=_flop_claims())
+
+STUDIES = {s.name: s for s in (LOSS_VS_K, WINDOW_CHUNK, FLOP_MATCHED)}
+
+
+def _union(studies):
+    settings, seen = [], set()
+    for study in studies:
+        for s in study.settings:
+            if s.name not in seen:
+                seen.add(s.name)
+                settings.append(s)
+    return tuple(settings)
+
+
+ALL = Study(name="all", title="All three studies (each setting trained once)",
+            settings=_union(STUDIES.values()), claims=(),
+            description="Runs every setting of " + ", ".join(STUDIES) + " once per seed.")
+COMMANDS = {**STUDIES, "all": ALL}

@@ -1,0 +1,224 @@
+"""The reproduction studies (experiments/): a tiny sweep end to end, its report, resuming.
+
+One session fixture trains two variants of the tiny config for 3 steps (one seed) through
+the study command; the other tests read those runs, copy them, or only plan.
+"""
+import json
+import math
+import os
+import re
+import shutil
+
+import pytest
+
+from experiments import cli, report
+from experiments.studies import ALL, STUDIES, Claim
+from experiments.sweep import REPO, Setting, is_finished, matched_depth, load_config_module, plan
+from phd_jax.checks import ConfigError
+from phd_jax.train.metrics import read_metrics
+
+TINY = os.path.join(REPO, "configs", "tiny.py")
+STEPS = 3
+ARGS = [f"--config={TINY}", "--only=vanilla,PHD-2", "--seeds=0", f"--steps={STEPS}", "--config.eval_batches=1"]
+
+
+def files_of(root):
+    """{relative path: bytes} of every metrics.jsonl and the checkpoint steps under root."""
+    out = {}
+    for dirpath, dirs, files in os.walk(root):
+        rel = os.path.relpath(dirpath, root)
+        if os.path.basename(dirpath) == "checkpoints":
+            out[rel] = sorted(dirs)
+        for f in files:
+            if f == "metrics.jsonl":
+                with open(os.path.join(dirpath, f), "rb") as fh:
+                    out[os.path.join(rel, f)] = fh.read()
+    return out
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("repro") / "runs")
+    rc = cli.main("loss_vs_k", ARGS + [f"--root={root}"])
+    return root, rc
+
+
+def test_sweep_trains_each_variant_in_its_own_workdir(sweep):
+    root, rc = sweep
+    assert rc == 0
+    for name, variant in (("vanilla", "vanilla"), ("PHD-2", "phd")):
+        wd = os.path.join(root, name, "seed0")
+        assert is_finished(wd, STEPS)
+        with open(os.path.join(wd, "config.json")) as f:
+            cfg = json.load(f)
+        assert (cfg["model"]["variant"], cfg["num_steps"], cfg["seed"], cfg["eval_batches"]) == (variant, STEPS, 0, 1)
+        assert [r["step"] for r in read_metrics(wd)][-1] == STEPS
+
+
+def test_report_numbers_equal_the_runs_metrics(sweep, tmp_path):
+    root, _ = sweep
+    out = str(tmp_path / "docs" / "repro.md")
+    text = report.write(root, out, ["loss_vs_k"])
+    rows = {}
+    for line in text.splitlines():
+        m = re.match(r"\| (\S+) \| (\d+) \| (\d+) \| ([\d.]+) ± (\S+) \| (\S+) \|.*\| (s0: [\d.]+) \|$", line)
+        if m:
+            rows[m.group(1)] = m
+    assert set(rows) == {"vanilla", "PHD-2"}
+    finals = {n: read_metrics(os.path.join(root, n, "seed0"))[-1]["val_loss"] for n in rows}
+    for name, m in rows.items():
+        assert int(m.group(3)) == 1                                   # n seeds
+        assert float(m.group(4)) == pytest.approx(finals[name], abs=5e-5)
+        assert m.group(7) == f"s0: {finals[name]:.4f}"
+    assert float(rows["PHD-2"].group(6)) == pytest.approx(finals["PHD-2"] - finals["vanilla"], abs=1e-4)
+    assert "| PHD-2 (no window) beats vanilla | PHD-2 | vanilla | **inconclusive (fewer than 2 seeds)** |" in text
+    assert "**not run** | no finished runs of PHD-4" in text
+    for axis in ("tokens", "flops"):
+        png = tmp_path / "docs" / "repro" / f"loss_vs_k_{axis}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f"](repro/loss_vs_k_{axis}.png)" in text
+
+
+def test_report_replaces_only_the_results_section(sweep, tmp_path):
+    root, _ = sweep
+    out = tmp_path / "page.md"
+    out.write_text(f"# Hand-written\nkeep me\n{report.BEGIN}\nold results\n{report.END}\nkeep me too\n")
+    report.write(root, str(out), ["loss_vs_k"])
+    text = out.read_text()
+    assert text.startswith("# Hand-written\nkeep me\n") and text.endswith(f"{report.END}\nkeep me too\n")
+    assert "old results" not in text and "| vanilla | 2 | 1 |" in text
+
+
+def test_rerun_skips_finished_runs(sweep, capsys):
+    root, _ = sweep
+    before = files_of(root)
+    capsys.readouterr()
+    assert cli.main("loss_vs_k", ARGS + [f"--root={root}"]) == 0
+    out = capsys.readouterr().out
+    assert "2 runs (2 finished)" in out and "0 trained, 2 already finished" in out
+    assert files_of(root) == before
+
+
+def test_interrupted_run_resumes_from_its_checkpoint(sweep, tmp_path, capsys):
+    root, _ = sweep
+    src = os.path.join(root, "vanilla", "seed0")
+    new_root = str(tmp_path / "runs")
+    wd = os.path.join(new_root, "vanilla", "seed0")
+    shutil.copytree(src, wd)
+    # as if killed after step 2's checkpoint: no step-3 checkpoint, metrics end at step 2
+    shutil.rmtree(os.path.join(wd, "checkpoints", str(STEPS)))
+    with open(os.path.join(wd, "metrics.jsonl")) as f:
+        lines = [ln for ln in f if json.loads(ln)["step"] < STEPS]
+    with open(os.path.join(wd, "metrics.jsonl"), "w") as f:
+        f.writelines(lines)
+    assert not is_finished(wd, STEPS)
+    capsys.readouterr()
+    assert cli.main("loss_vs_k", ARGS[:1] + ["--only=vanilla"] + ARGS[2:] + [f"--root={new_root}"]) == 0
+    out = capsys.readouterr().out
+    assert "partial" in out and f"resuming from step {STEPS - 1}" in out
+    resumed, original = read_metrics(wd), read_metrics(src)
+    assert [r["step"] for r in resumed] == [r["step"] for r in original]
+    assert resumed[-1]["val_loss"] == pytest.approx(original[-1]["val_loss"], abs=1e-5)
+
+
+def test_another_step_count_in_the_same_root_is_refused(sweep, capsys):
+    root, _ = sweep
+    before = files_of(root)
+    args = [a for a in ARGS if not a.startswith("--steps")] + ["--steps=5", f"--root={root}"]
+    assert cli.main("loss_vs_k", args) == 2
+    err = capsys.readouterr().err
+    assert "num_steps=3" in err and "num_steps=5" in err and "another --root" in err
+    assert files_of(root) == before
+
+
+def test_dry_run_prints_the_grid_and_trains_nothing(tmp_path, capsys):
+    root = str(tmp_path / "none")
+    assert cli.main("all", ["--dry-run", "--seeds=0-2", f"--root={root}"]) == 0
+    out = capsys.readouterr().out
+    n = len(ALL.settings) * 3
+    assert f"{n} runs (0 finished), estimated " in out
+    assert "vanilla-x4tokens seed2" in out and f"{4 * cli.DEFAULT_STEPS} steps" in out   # 4 x the default
+    assert out.count(" new ") == n
+    assert not os.path.exists(root)
+
+
+def test_settings_are_shared_between_studies():
+    names = [s.name for s in ALL.settings]
+    assert len(names) == len(set(names))
+    for study in STUDIES.values():
+        assert {s.name for s in study.settings} <= set(names)
+        for c in study.claims:
+            assert {c.a, c.b} <= {s.name for s in study.settings}
+
+
+def test_vanilla_depth_matches_phd_flops_per_token():
+    from phd_jax.flops import train_flops_per_sequence
+    from phd_jax.train import model_config
+
+    module = load_config_module(os.path.join(REPO, "configs", "repro.py"))
+    for k in (2, 3, 4):
+        setting = Setting(name=f"vanilla-depth-PHD-{k}", model="vanilla", match_flops_of=f"PHD-{k}")
+        layers, got, target = matched_depth(module, setting, {}, 10)
+        (run,) = plan([setting], [0], 10, "/unused", overrides=[])
+        assert run.config.model.num_layers == layers
+        assert got == train_flops_per_sequence(model_config(run.config), 128)
+        per_layer = got / layers
+        assert abs(got - target) <= per_layer / 2                     # the nearest depth
+        assert abs(got / target - 1) < 0.1
+
+
+def test_overrides_reach_every_run_and_bad_ones_name_the_key():
+    runs = plan(STUDIES["window_chunk"].settings, [0, 1], 10, "/r", TINY, ["--config.model.d_model=48",
+                                                                          "--config.learning_rate=0.002"])
+    assert {(r.config.model.d_model, r.config.learning_rate) for r in runs} == {(48, 0.002)}
+    assert {r.config.seed for r in runs} == {0, 1}
+    assert runs[0].workdir == os.path.join("/r", "vanilla", "seed0")
+    with pytest.raises(ConfigError, match=r"--config.model.d_modle.*not a config key"):
+        plan([Setting("vanilla", "vanilla")], [0], 10, "/r", TINY, ["--config.model.d_modle=48"])
+    with pytest.raises(ConfigError, match=r"--config.num_steps.*use --steps"):
+        plan([Setting("vanilla", "vanilla")], [0], 10, "/r", TINY, ["--config.num_steps=48"])
+    with pytest.raises(ConfigError, match="--seeds"):
+        cli.parse_seeds("a,b")
+    assert cli.parse_seeds("0-2") == [0, 1, 2] and cli.parse_seeds("4,7") == [4, 7]
+
+
+def _result(name, values):
+    return report.SettingResult(name, dict(enumerate(values)), {}, None, None, None, [])
+
+
+@pytest.mark.parametrize("a, b, kind, expected", [
+    ([1.00, 1.01, 1.02], [1.10, 1.11, 1.12], "lower", "reproduced"),
+    ([1.10, 1.11, 1.12], [1.00, 1.01, 1.02], "lower", "not reproduced"),
+    ([1.00, 1.05, 1.01], [1.03, 1.00, 1.05], "lower", "inconclusive at this scale"),
+    ([1.00], [1.10], "lower", "inconclusive (fewer than 2 seeds)"),
+    ([1.00, 1.01, 1.02], [1.10, 1.11, 1.12], "which", "A lower"),
+    ([1.0001, 1.0101, 1.0201], [1.0, 1.01, 1.02], "same", "reproduced"),   # vanilla 1.5: gain 0.49
+    ([1.30, 1.31, 1.32], [1.0, 1.01, 1.02], "same", "not reproduced"),
+])
+def test_verdict_rule(a, b, kind, expected):
+    results = {"A": _result("A", a), "B": _result("B", b), "vanilla": _result("vanilla", [1.5, 1.5, 1.5])}
+    verdict, numbers = report.verdict(Claim(kind, "A", "B", "claim"), results)
+    assert verdict == expected
+    delta = sum(a) / len(a) - sum(b) / len(b)
+    assert f"Δ = {delta:+.4f}" in numbers
+    if len(a) > 1:
+        d = [x - y for x, y in zip(a, b)]
+        mean = sum(d) / len(d)
+        sigma = math.sqrt(sum((x - mean) ** 2 for x in d) / (len(d) - 1))
+        assert f"σ = {sigma:.4f}" in numbers
+
+
+def test_report_can_leave_out_settings_without_runs(sweep, tmp_path):
+    root, _ = sweep
+    text = report.write(root, str(tmp_path / "partial.md"), ["loss_vs_k"], skip_missing=True)
+    assert "not run" not in text and "| PHD-4 |" not in text
+    assert "| vanilla | 2 | 1 |" in text and "| PHD-2 (no window) beats vanilla |" in text
+
+
+@pytest.mark.parametrize("steps", [1, 3, 7, 60, 250, 1000, 12345])
+def test_every_evaluation_falls_on_a_logged_step(steps):
+    from experiments.sweep import schedule_for
+    s = schedule_for(steps)
+    assert s["eval_every"] % s["log_every"] == 0 and 1 <= s["eval_every"] <= max(1, steps)
+    assert 8 <= steps // s["eval_every"] <= 12 or steps < 40          # about 10 evaluations a run
+    assert 1 <= s["warmup_steps"] <= steps and 1 <= s["checkpoint_every"] <= steps
