@@ -29,16 +29,18 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-import optax  # noqa: E402
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
 
-from benchmarks.common import markdown_table  # noqa: E402
-from phd_jax import ModelConfig, forward, init_params, num_params  # noqa: E402
-from phd_jax.flops import train_flops_per_sequence  # noqa: E402
+try:                 # python -m benchmarks.train_throughput from the checkout
+    from benchmarks.common import markdown_table
+except ImportError:  # python benchmarks/train_throughput.py: the script's directory comes first on the path
+    from common import markdown_table
+from phd_jax import ModelConfig, forward, init_params, num_params
+from phd_jax.flops import train_flops_per_sequence
 
 # The model of the performance issue's table (used when configs/small.py is absent).
 ISSUE10_MODEL = dict(num_layers=6, d_model=512, num_heads=8, num_kv_heads=4, head_dim=64,

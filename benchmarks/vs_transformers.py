@@ -22,9 +22,6 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
 def _threads_from_argv() -> int:
     """--threads must act before jax and torch are imported (XLA reads its flags once)."""
     for i, a in enumerate(sys.argv):
@@ -44,7 +41,10 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 import phd_jax  # noqa: E402
-from benchmarks.common import markdown_table  # noqa: E402
+try:                 # python -m benchmarks.vs_transformers from the checkout
+    from benchmarks.common import markdown_table  # noqa: E402
+except ImportError:  # python benchmarks/vs_transformers.py: the script's directory comes first on the path
+    from common import markdown_table  # noqa: E402
 
 LLAMA = dict(vocab_size=4096, hidden_size=512, intermediate_size=1536, num_hidden_layers=8,
              num_attention_heads=8, num_key_value_heads=4, head_dim=64, max_position_embeddings=1024,
