@@ -50,9 +50,10 @@ def _norm(v):
     return json.loads(json.dumps(v, default=list))
 
 
-def check_workdir(workdir: str, config) -> bool:
+def check_workdir(workdir: str, config):
     """Raise ConfigError if `workdir` holds something we did not write or another run.
-    Returns True when it holds a run of this config (to be resumed). Writes nothing."""
+    Returns the saved run config (a dict) when it holds a run of this config (to be resumed),
+    else None. Writes nothing."""
     if os.path.exists(workdir) and not os.path.isdir(workdir):
         raise ConfigError(f"workdir={workdir!r} is invalid: it exists and is not a directory")
     cfg_path = os.path.join(workdir, "config.json")
@@ -61,7 +62,7 @@ def check_workdir(workdir: str, config) -> bool:
             if os.path.exists(os.path.join(workdir, name)):
                 raise ConfigError(f"workdir={workdir!r} is invalid: it holds {name!r} but no config.json, "
                                   f"so it was not written by phd_jax training; choose another --workdir")
-        return False
+        return None
     try:
         saved = load_run_config(workdir).to_dict()
         assert isinstance(saved.get("model"), dict)
@@ -80,7 +81,7 @@ def check_workdir(workdir: str, config) -> bool:
                 f"config.{key}={new.get(key, '<absent>')!r} does not match the run in workdir={workdir!r} "
                 f"(saved: {old.get(key, '<absent>')!r}); it describes another model or optimisation, so it "
                 f"cannot resume there: use another --workdir, or the saved value")
-    return True
+    return saved
 
 
 def version_info() -> dict:

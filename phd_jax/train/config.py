@@ -267,9 +267,6 @@ def validate(config, num_devices: int, tokenizer=None, process_count: int = 1) -
     for key in ("init_from", "compilation_cache", "sample_prompt", "weight_decay_exclude"):
         if not isinstance(config[key], str):
             raise ConfigError(f"config.{key}={config[key]!r} is invalid: must be a string")
-    if config.warmup_steps > config.num_steps:
-        raise ConfigError(f"config.warmup_steps={config.warmup_steps} is invalid: must be <= "
-                          f"config.num_steps={config.num_steps}")
     if config.seq_len > cfg.max_seq_len:
         raise ConfigError(f"config.seq_len={config.seq_len} is invalid: exceeds "
                           f"config.model.max_seq_len={cfg.max_seq_len}")

@@ -28,7 +28,7 @@ from phd_jax.config import ModelConfig
 from phd_jax.model import forward, init_params, num_params
 from phd_jax.train import checkpoint as ckpt
 from phd_jax.train import sharding as shd
-from phd_jax.train.config import logical_rules, validate
+from phd_jax.train.config import logical_rules, to_json, validate
 from phd_jax.train.optimizer import learning_rate_schedule, make_optimizer
 
 
@@ -228,7 +228,7 @@ def train_and_evaluate(config, workdir: str, progress: bool | None = None, devic
     schedule = learning_rate_schedule(config)
     state_sh, batch_sh = shd.train_shardings(cfg, config, optimizer, mesh)
     shd.check_divisible_heads(cfg, config, mesh)
-    resuming = ckpt.check_workdir(workdir, config)
+    saved = ckpt.check_workdir(workdir, config)
     rules = logical_rules(config)
 
     if is_main:
@@ -238,11 +238,15 @@ def train_and_evaluate(config, workdir: str, progress: bool | None = None, devic
 
     mgr = ckpt.manager(workdir, config)
     it = pipe.train_iterator()
-    latest = mgr.latest_step() if resuming else None
+    latest = mgr.latest_step() if saved is not None else None
     if latest is not None:
         state, data_state = ckpt.restore(mgr, latest, abstract_train_state(cfg, optimizer, state_sh))
         it.set_state(data_state)
         log(f"resuming from step {latest} ({workdir}/{ckpt.CHECKPOINTS}/{latest})")
+        if saved.get("num_steps") != config.num_steps:
+            log(f"config.num_steps changed from {saved.get('num_steps')} to {config.num_steps}: the learning-rate "
+                f"schedule is rebuilt for the new length (same warmup; the decay now ends at step "
+                f"{config.num_steps}, so it continues from the new schedule's value at step {latest})")
     else:
         state = create_train_state(config, cfg, optimizer, state_sh, mesh, log)
     start = int(jax.device_get(state["step"]))
@@ -289,6 +293,7 @@ def train_and_evaluate(config, workdir: str, progress: bool | None = None, devic
     metrics: dict = {}
     writer = MetricWriter(workdir, is_main=is_main, total_steps=int(config.num_steps), start_step=start,
                           progress=progress)
+    writer.write_text("config", "```\n" + to_json(config) + "\n```", start)
     preempted = False
     try:
         with jax.set_mesh(mesh), nn.logical_axis_rules(rules), _Preemption() as stop:
