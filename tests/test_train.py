@@ -208,3 +208,27 @@ def test_foreign_files_are_never_touched(tmp_path):
     with pytest.raises(ConfigError, match="holds 'checkpoints' but no config.json"):
         train_and_evaluate(run_config(mesh=(-1, 1, 1)), str(wd), progress=False)
     assert (wd / "checkpoints").read_text() == "mine" and sorted(os.listdir(wd)) == ["checkpoints"]
+
+
+def test_nonfinite_loss_stops_without_a_checkpoint(tmp_path):
+    """A learning rate of 1e30 makes step 2's loss non-finite: the run stops naming step 2 and
+    writes no checkpoint; with skip_nonfinite the updates are skipped and counted instead."""
+    from phd_jax.train import TrainingError
+    wd = str(tmp_path / "nan")
+    c = run_config(mesh=(1, 1, 1), learning_rate=1e30, warmup_steps=0)
+    with pytest.raises(TrainingError, match="non-finite loss .* at step 2"):
+        train_and_evaluate(c, wd, progress=False, devices=jax.devices()[:1])
+    assert os.listdir(os.path.join(wd, "checkpoints")) == []
+    c.skip_nonfinite = True
+    out = train_and_evaluate(c, str(tmp_path / "skip"), progress=False, devices=jax.devices()[:1])
+    assert out["skipped_steps"] == STEPS - 1
+
+
+def test_init_from_a_workdir_starts_from_its_weights(runs, tmp_path, capsys):
+    src = runs("blocksparse", (8, 1, 1))
+    c = run_config(mesh=(1, 1, 1), init_from=src)
+    wd = str(tmp_path / "w")
+    train_and_evaluate(c, wd, progress=False, devices=jax.devices()[:1])
+    assert f"initialised the weights from {src} (step {STEPS})" in capsys.readouterr().out
+    fresh, started = losses(src), losses(wd)
+    assert started[1] < fresh[1] - 0.5 and abs(started[1] - fresh[STEPS]) < 0.5
