@@ -100,6 +100,10 @@ def test_train_py_learns_and_writes_its_workdir(reference):
     for name in ("config.json", "model_config.json", "version.json"):
         assert json.load(open(os.path.join(wd, name)))
     assert json.load(open(os.path.join(wd, "model_config.json")))["vocab_size"] == 384   # 259 padded
+    from phd_jax.train import load_run_config, restore_params
+    assert load_run_config(wd).num_steps == STEPS
+    cfg, params, step = restore_params(os.path.join(wd, "checkpoints", "5"))
+    assert (cfg.name, step, params["embed"]["embedding"].shape) == ("PHD-2", 5, (384, 32))
     assert "--- sample from PHD-2 (step 20) ---" in stdout
     assert f"checkpoints in checkpoints/ every 5 steps" in stdout
 

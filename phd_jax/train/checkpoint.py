@@ -166,12 +166,14 @@ def _locate(path: str, step: int | None) -> tuple[str, int | None]:
 
 def restore_params(path: str, step: int | None = None, sharding=None):
     """(ModelConfig, params, step) from a workdir (latest checkpoint, or `step`) or a
-    `WORKDIR/checkpoints/<step>` directory; params are checked against the saved model config."""
+    `WORKDIR/checkpoints/<step>` directory. Reads only the parameters (not the optimizer
+    state), placed on `sharding` (default: the first local device), checked against the
+    saved model config."""
+    import orbax.checkpoint as ocp
+
     from phd_jax.model import init_params
-    from phd_jax.train.optimizer import make_optimizer
     workdir, step = _locate(path, step)
     cfg = load_model_config(workdir)
-    run = load_run_config(workdir)
     mgr = manager(workdir, read_only=True)
     try:
         steps = mgr.all_steps()
@@ -182,18 +184,23 @@ def restore_params(path: str, step: int | None = None, sharding=None):
         elif step not in steps:
             raise ConfigError(f"step={step} is invalid: checkpoints in {workdir} are at steps {sorted(steps)}")
         sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-        params = jax.eval_shape(lambda: init_params(cfg, 0))
-        opt = jax.eval_shape(make_optimizer(run).init, params)
-        abstract = abstract_state(params, opt, jax.tree.map(lambda _: sharding, params),
-                                  jax.tree.map(lambda _: sharding, opt), sharding)
+        shapes = jax.eval_shape(lambda: init_params(cfg, 0))
+        target = {"params": jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+                                         shapes)}
+        restore_args = jax.tree.map(lambda _: ocp.ArrayRestoreArgs(sharding=sharding), target)
         try:
-            state, _ = restore(mgr, step, abstract)
+            out = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+                item=target, restore_args=restore_args, partial_restore=True)))
         except Exception as e:   # orbax raises many types for truncated or mismatched files
             raise ConfigError(f"checkpoint {workdir}/{CHECKPOINTS}/{step} is unreadable or does not match "
                               f"model {cfg.name} ({type(e).__name__}: {str(e)[:300]})") from None
     finally:
         mgr.close()
-    return cfg, state["params"], int(step)
+    params = out["state"]["params"]
+    got = jax.tree.map(lambda x: (tuple(x.shape), str(x.dtype)), params)
+    if got != jax.tree.map(lambda x: (tuple(x.shape), str(x.dtype)), shapes):
+        raise ConfigError(f"checkpoint {workdir}/{CHECKPOINTS}/{step} does not match model_config.json ({cfg.name})")
+    return cfg, params, int(step)
 
 
 def abstract_state(params_shape, opt_shape, params_sh, opt_sh, replicated):
