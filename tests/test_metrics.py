@@ -96,6 +96,12 @@ def test_resume_drops_later_steps(tmp_path):
         kept.update({(v.tag, e.step): v.simple_value for v in e.summary.value})
     assert kept == {("loss", 1): 1.0, ("loss", 2): 2.0, ("loss", 3): 30.0, ("loss", 4): 40.0}
 
+    with MetricWriter(tmp_path, start_step=0, progress=False) as w:   # started over
+        assert w.dropped == 4
+        w.write(1, {"loss": 5.0})
+    assert [(r["step"], r["loss"]) for r in read_metrics(tmp_path)] == [(1, 5.0)]
+    assert [e.step for e in read_events(tmp_path / "tensorboard") if e.HasField("session_log")] == [3, 1]
+
 
 def test_resume_with_nothing_to_drop_leaves_file_untouched(tmp_path):
     with MetricWriter(tmp_path, progress=False) as w:
@@ -123,6 +129,8 @@ def test_bad_values(tmp_path):
         with pytest.raises(ValueError, match="step=-1"):
             w.write(-1, {"loss": 1.0})
         w.write(2, {"loss": float("nan")})
+    with pytest.raises(ValueError, match="after close"):
+        w.write(3, {"loss": 1.0})
     assert math.isnan(read_metrics(tmp_path)[0]["loss"])
     with pytest.raises(FileNotFoundError, match="metrics.jsonl"):
         read_metrics(tmp_path / "nowhere")

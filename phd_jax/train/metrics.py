@@ -25,7 +25,8 @@ Sinks, only in the main process (`is_main=True`):
 - TensorBoard event files under `WORKDIR/tensorboard` (tensorboardX: no TensorFlow);
 - `WORKDIR/metrics.jsonl`: one JSON object per logged step, floats at full precision.
 A resumed run (`start_step=S`) first drops the lines of `metrics.jsonl` after step S and
-tells TensorBoard to purge events after S, so no step is ever duplicated.
+tells TensorBoard to purge earlier files' events after S, so no step is ever duplicated
+(`start_step=0` in a used workdir: a run started over replaces the old records).
 `read_metrics(workdir)` and `series(...)` read the file back for plots and experiments.
 """
 from __future__ import annotations
@@ -35,6 +36,7 @@ import math
 import numbers
 import os
 import sys
+import time
 
 import numpy as np
 
@@ -61,6 +63,7 @@ class MetricWriter:
         self.total_steps = None if total_steps is None else as_int("total_steps", total_steps, low=0)
         self.start_step = as_int("start_step", start_step, low=0)
         self._bar = self._tb = self._jsonl = None
+        self.dropped = 0          # records of an earlier run removed on open (see truncate_metrics)
         if not self.is_main:
             return
         os.makedirs(self.workdir, exist_ok=True)
@@ -68,10 +71,11 @@ class MetricWriter:
         self.dropped = truncate_metrics(self.path, self.start_step)
         self._jsonl = open(self.path, "a", encoding="utf-8")
         from tensorboardX import SummaryWriter
-        # purge_step: TensorBoard hides events of earlier files from this step on (a resume).
-        self._tb = SummaryWriter(os.path.join(self.workdir, TENSORBOARD_DIR),
-                                 purge_step=self.start_step + 1 if self.start_step else None,
-                                 flush_secs=30, filename_suffix=_event_suffix(self.start_step))
+        tb_dir = os.path.join(self.workdir, TENSORBOARD_DIR)
+        earlier = os.path.isdir(tb_dir) and any(f.startswith("events.") for f in os.listdir(tb_dir))
+        # purge_step: TensorBoard hides the events of earlier files from this step on.
+        self._tb = SummaryWriter(tb_dir, purge_step=self.start_step + 1 if earlier else None,
+                                 flush_secs=30, filename_suffix=_event_suffix())
         if progress is None:
             progress = sys.stdout.isatty()
         if progress:
@@ -86,6 +90,8 @@ class MetricWriter:
         step = as_int("step", step, low=0)
         if not self.is_main:
             return
+        if self._jsonl is None:
+            raise ValueError("MetricWriter.write after close()")
         values = {"step": step}
         for name, value in metrics.items():
             if name == "step":
@@ -154,17 +160,12 @@ class MetricWriter:
             pass
 
 
-_writers_opened = 0
-
-
-def _event_suffix(start_step: int) -> str:
-    """Event file names are `events.out.tfevents.<second>.<host>`, opened with mode "wb":
-    a second writer in the same second would truncate the first. The suffix keeps names
-    unique and sorts a resumed run's file after the one it resumes (TensorBoard reads in
-    name order)."""
-    global _writers_opened
-    _writers_opened += 1
-    return f".{start_step:010d}.{os.getpid()}.{_writers_opened}"
+def _event_suffix() -> str:
+    """Event files are named `events.out.tfevents.<second>.<host>` and opened with mode "wb":
+    a second writer in the same second would truncate the first. A nanosecond timestamp
+    suffix keeps names unique and in opening order (TensorBoard reads files in name
+    order, which its purge of a resumed run's steps relies on)."""
+    return f".{time.time_ns()}.{os.getpid()}"
 
 
 def _to_python(name: str, value):
