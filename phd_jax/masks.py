@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import numpy as np
 
@@ -46,6 +46,14 @@ def allowed(variant: str, q_pos, q_copy, k_pos, k_copy, repeat: int, window: int
             win = win & (k_pos // chunk == q_pos // chunk)
         ok = ok | win
     return ok
+
+
+def document_allowed(variant: str, q_off, q_copy, q_doc, k_off, k_copy, k_doc, repeat: int,
+                     window: int = 0, chunk: int | None = None):
+    """Packed documents (spec section 3): `allowed` on positions counted from each document's
+    start (`*_off`), and only within one document (`*_doc`). Chunks follow the offsets; the
+    window depends only on `n - m`, so it is unchanged. Numpy or jax arrays, broadcasting."""
+    return allowed(variant, q_off, q_copy, k_off, k_copy, repeat, window, chunk) & (q_doc == k_doc)
 
 
 def _check_mask_args(variant, seq_len, repeat, window, chunk):
@@ -144,10 +152,71 @@ class Layout:
 
     @functools.cached_property
     def mask(self) -> np.ndarray:
-        """Dense boolean mask `[N, N]` of this layout (rows = queries)."""
+        """Dense boolean mask `[N, N]` of this layout (rows = queries). For the `dense`
+        backend and tests only: the block-sparse backends never build it."""
         pos, copy = self.tokens
         return allowed(self.variant, pos[:, None], copy[:, None], pos[None, :], copy[None, :],
                        self.repeat, self.window, self.chunk)
+
+    @property
+    def _regrouped(self) -> bool:
+        return self.kind == "kernel" and self.variant != "naive" and self.repeat > 1
+
+    def token_at(self, i):
+        """`(pos, copy)` of the tokens at indices `i` of this layout, computed (not looked up),
+        with operators only: works on numpy and jax integer arrays (splash evaluates it inside
+        its kernel). Indices past the end map to positions past T (callers mask them)."""
+        T, K = self.seq_len, self.repeat
+        if self.kind == "originals":
+            return i, i * 0
+        if not self._regrouped:
+            return i // K, i % K
+        hidden = i >= T                                   # [originals | hidden in hidden order]
+        h = i - T + self.hidden_from * (K - 1)            # hidden-order index h(n, s)
+        return i + hidden * (h // (K - 1) - i), hidden * (h % (K - 1) + 1)
+
+    def allowed_at(self, rows, cols):
+        """`allowed` at (query index, key index) pairs of this layout, broadcasting."""
+        q_pos, q_copy = self.token_at(rows)
+        k_pos, k_copy = self.token_at(cols)
+        return allowed(self.variant, q_pos, q_copy, k_pos, k_copy, self.repeat, self.window, self.chunk)
+
+    def tile_mask(self, q0: int, q1: int, k0: int, k1: int) -> np.ndarray:
+        """The mask of the sub-rectangle `[q0:q1, k0:k1]`, from `allowed`, in O(its size)."""
+        return self.allowed_at(np.arange(q0, q1)[:, None], np.arange(k0, k1)[None, :])
+
+    def spans(self):
+        """Each row's allowed keys as `[0, a) | [b, c)` (index arrays `a, b, c` over all rows),
+        or None where the layout has no such form (the interleaved paper layout of PHD).
+
+        Closed form of `allowed` (tests check it against the dense mask): a query `(n, s)`
+        sees originals `0..n` (rule 1), which are layout indices `[0, n+1)` in every layout
+        here; a hidden query also sees the hidden tokens from `lo` to itself in hidden order
+        (rule 2: `h(n, 1)`; rule 3: `h - W`, cut at its chunk's first hidden token), which in
+        the kernel layout are the contiguous indices `[T + lo', T + h' + 1)`.
+        """
+        T, K, n_tok = self.seq_len, self.repeat, self.size
+        i = np.arange(n_tok, dtype=np.int64)
+        if self.kind == "originals" or (not self._regrouped and (self.variant == "naive" or K == 1)):
+            return i + 1, i * 0, i * 0                    # causal over this layout
+        if not self._regrouped:
+            return None
+        pos, copy = self.token_at(i)
+        if self.variant == "vanilla":                     # rule 1 only
+            return pos + 1, i * 0, i * 0
+        h = pos * (K - 1) + copy - 1
+        lo = pos * (K - 1)                                # rule 2: own position, copies 1..s
+        if self.variant in ("phd_swa", "phd_cswa") and self.window >= 1:
+            win = h - self.window                         # rule 3: the window ...
+            if self.variant == "phd_cswa" and self.chunk is not None:
+                win = np.maximum(win, (pos // self.chunk) * self.chunk * (K - 1))  # ... in the chunk
+            lo = np.minimum(lo, win)
+        first = self.hidden_from * (K - 1)                # earlier hidden tokens are absent
+        lo = np.maximum(lo, first)
+        hidden = copy > 0
+        b = np.where(hidden, T + lo - first, 0)
+        c = np.where(hidden, T + h + 1 - first, 0)
+        return pos + 1, b, c
 
     def pattern(self, block_q: int, block_kv: int) -> "BlockPattern":
         return _pattern(self, block_q, block_kv)
@@ -179,31 +248,97 @@ class Run(NamedTuple):
     partial: bool
 
 
+# Granularity, in key columns, of the runs a kernel computes.
+RUN_ALIGN = 16
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class BlockPattern:
     """Per (query block, key block) tile: EMPTY (skip), PARTIAL (mask it) or FULL.
 
-    Built with numpy at trace time, never traced. Edge tiles may be smaller
-    than the block size (no padding needed by the pure-JAX kernel).
+    Built with numpy at trace time, never traced, and never as a dense `[N, N]`
+    mask: `Layout.pattern` derives it per query block from closed-form row spans
+    of `allowed` (O(block_q) work per block). Edge tiles may be smaller than the
+    block size (no padding needed by the pure-JAX kernel).
+
+    `runs`: per query block, the contiguous key runs a kernel computes, in tokens.
+    Refined below tile granularity: key columns are grouped by `RUN_ALIGN`
+    (aligned slices keep the dots fast); a group is empty, full (every row of the
+    block may attend to every column) or partial, and equal neighbours merge into
+    runs. So a thin staircase costs its own width, not whole tiles.
 
     `band_start`: where a trailing diagonal band begins (PHD's hidden-to-hidden
     part of the kernel layout: own-position copies plus the window), or None.
     Rows before it never see columns after it, and inside it every allowed key
-    is at most `band_width - 1` rows below the query. A kernel may compute the
-    band separately (`band_blocks`) and the `runs` then cover only the columns
-    before `band_start`.
+    is at most `band_width - 1` rows below the query. A kernel computes the band
+    separately (`band_blocks`) and the `runs` then cover only the columns before
+    `band_start`.
+
+    `tile_mask(q0, q1, k0, k1)` gives the mask of any sub-rectangle (from
+    `allowed`); `mask` is the whole dense mask, for tests only.
     """
 
-    mask: np.ndarray          # [Nq, Nk] bool
+    shape: tuple[int, int]    # (query tokens, key tokens)
     block_q: int
     block_kv: int
     block_mask: np.ndarray    # [nq, nk] int8 of EMPTY / PARTIAL / FULL
+    runs: tuple[tuple[Run, ...], ...]
     band_start: int | None = None
     band_width: int = 0
+    band_pairs: int = 0       # allowed pairs in `[band_start:, band_start:]`
+    pairs: Callable = dataclasses.field(default=None, repr=False)  # (rows, cols) -> allowed
+    layout: "Layout | None" = None   # the layout this pattern was derived from, if any
+
+    @classmethod
+    def from_layout(cls, layout: Layout, block_q: int, block_kv: int) -> "BlockPattern":
+        """The pattern of `layout` without its dense mask: from row spans where the layout
+        has them (every layout a kernel runs), else one `[block_q, N]` strip at a time."""
+        spans = layout.spans()
+        if spans is None:
+            return cls._from_strips(layout, block_q, block_kv)
+        n = layout.size
+        a, b, c = spans
+        hid = c > b
+        assert (~hid | (b >= a)).all(), "row spans must be [0, a) then [b, c)"
+        band_start, band_width, band_pairs = _band_from_spans(a, b, c, layout.band_start, block_q)
+        run_cols = n if band_start is None else band_start
+        starts = np.arange(0, n, block_q)
+        # Per query block: keys every row sees (full) and keys some row sees (any).
+        a_lo, a_hi = np.minimum.reduceat(a, starts), np.maximum.reduceat(a, starts)
+        b_lo = np.minimum.reduceat(np.where(hid, b, n), starts)
+        c_hi = np.maximum.reduceat(np.where(hid, c, 0), starts)
+        b_hi, c_lo = np.maximum.reduceat(b, starts), np.minimum.reduceat(c, starts)
+        block_mask = np.zeros((len(starts), -(-n // block_kv)), np.int8)
+        runs = []
+        for i, blk in enumerate(zip(*(x.tolist() for x in (a_lo, a_hi, b_lo, c_hi, b_hi, c_lo)))):
+            full = [(0, blk[0]), (blk[4], blk[5])]
+            any_ = [(0, blk[1]), (blk[2], blk[3])]
+            for lo, hi, status in _group_segments(full, any_, block_kv, n):
+                block_mask[i, lo:hi] = status
+            runs.append(_runs(_group_segments(full, any_, RUN_ALIGN, run_cols), run_cols))
+        return cls((n, n), block_q, block_kv, block_mask, tuple(runs), band_start, band_width,
+                   band_pairs, layout.allowed_at, layout)
+
+    @classmethod
+    def _from_strips(cls, layout: Layout, block_q: int, block_kv: int) -> "BlockPattern":
+        """Any layout, one `[block_q, N]` strip of `allowed` at a time (O(N) per block):
+        the interleaved paper layout of PHD, which no kernel runs."""
+        assert layout.band_start is None
+        n = layout.size
+        block_mask = np.zeros((-(-n // block_q), -(-n // block_kv)), np.int8)
+        runs = []
+        for i, q0 in enumerate(range(0, n, block_q)):
+            strip = layout.tile_mask(q0, min(q0 + block_q, n), 0, n)
+            for lo, hi, status in _strip_segments(strip, block_kv):
+                block_mask[i, lo:hi] = status
+            runs.append(_runs(_strip_segments(strip, RUN_ALIGN), n))
+        return cls((n, n), block_q, block_kv, block_mask, tuple(runs),
+                   pairs=layout.allowed_at, layout=layout)
 
     @classmethod
     def from_mask(cls, mask: np.ndarray, block_q: int, block_kv: int,
                   band_start: int | None = None) -> "BlockPattern":
+        """The pattern of a dense mask: the reference the layout builder is tested against."""
         mask = np.asarray(mask, bool)
         nq_tok, nk_tok = mask.shape
         nq, nk = -(-nq_tok // block_q), -(-nk_tok // block_kv)
@@ -217,7 +352,21 @@ class BlockPattern:
             band_width = _band_width(mask, band_start)
             if not 0 < band_width <= block_q:
                 band_start, band_width = None, 0   # no thin band here: runs cover everything
-        return cls(mask, block_q, block_kv, block_mask, band_start, band_width)
+        cols = mask if band_start is None else mask[:, :band_start]
+        runs = tuple(_runs(_strip_segments(cols[q0:q0 + block_q], RUN_ALIGN), cols.shape[1])
+                     for q0 in range(0, nq_tok, block_q))
+        band_pairs = 0 if band_start is None else int(mask[band_start:, band_start:].sum())
+        return cls(mask.shape, block_q, block_kv, block_mask, runs, band_start, band_width,
+                   band_pairs, lambda r, c: mask[r, c])
+
+    def tile_mask(self, q0: int, q1: int, k0: int, k1: int) -> np.ndarray:
+        """The boolean mask of queries `[q0, q1)` x keys `[k0, k1)` (what a partial run needs)."""
+        return self.pairs(np.arange(q0, q1)[:, None], np.arange(k0, k1)[None, :])
+
+    @functools.cached_property
+    def mask(self) -> np.ndarray:
+        """The dense `[Nq, Nk]` mask, O(N^2): for tests and references, never for kernels."""
+        return self.tile_mask(0, self.shape[0], 0, self.shape[1])
 
     @property
     def num_blocks(self) -> int:
@@ -235,51 +384,92 @@ class BlockPattern:
     @functools.cached_property
     def kv_indices(self) -> tuple[np.ndarray, np.ndarray]:
         """Index lists a kernel iterates: `(indices [nq, max_nnz] padded with -1, counts [nq])`."""
-        counts = (self.block_mask != EMPTY).sum(axis=1).astype(np.int32)
+        nonempty = self.block_mask != EMPTY
+        counts = nonempty.sum(axis=1).astype(np.int32)
         idx = np.full((self.block_mask.shape[0], max(int(counts.max()), 1)), -1, np.int32)
-        for i, row in enumerate(self.block_mask):
-            nz = np.nonzero(row)[0]
-            idx[i, :len(nz)] = nz
+        rows, cols = np.nonzero(nonempty)                  # row-major: each row's in order
+        idx[rows, np.arange(rows.size) - np.repeat(np.cumsum(counts) - counts, counts)] = cols
         return idx, counts
-
-    @functools.cached_property
-    def runs(self) -> tuple[tuple[Run, ...], ...]:
-        """Per query block, the contiguous key runs a kernel computes, in tokens.
-
-        Refined below tile granularity: key columns are grouped by `RUN_ALIGN`
-        (aligned slices keep the dots fast); a group is empty, full (every row
-        of the block may attend to every column) or partial, and equal
-        neighbours merge into runs. So a thin staircase costs its own width,
-        not whole tiles. With a band, only the columns before `band_start`.
-        """
-        cols = self.mask if self.band_start is None else self.mask[:, :self.band_start]
-        a, pad = RUN_ALIGN, -cols.shape[1] % RUN_ALIGN
-        out = []
-        for i in range(self.block_mask.shape[0]):
-            rows = cols[i * self.block_q:(i + 1) * self.block_q]
-            full = np.pad(rows.all(0), (0, pad), constant_values=True).reshape(-1, a).all(1)
-            any_ = np.pad(rows.any(0), (0, pad), constant_values=False).reshape(-1, a).any(1)
-            status = np.where(full, FULL, np.where(any_, PARTIAL, EMPTY))
-            edges = np.flatnonzero(np.diff(status)) + 1
-            out.append(tuple(
-                Run(int(lo) * a, min(int(hi) * a, cols.shape[1]), bool(status[lo] == PARTIAL))
-                for lo, hi in zip(np.r_[0, edges], np.r_[edges, len(status)])
-                if status[lo] != EMPTY))
-        return tuple(out)
 
     @functools.cached_property
     def band_blocks(self) -> tuple[int, np.ndarray]:
         """The band as `(c, mask [nb, c, 2c])`: band rows in blocks of c, each seeing its
         own block of keys and the previous one (c >= band_width - 1)."""
-        start, n = self.band_start, self.mask.shape[0]
+        start, n = self.band_start, self.shape[0]
         c = max(8, -(-(self.band_width - 1) // 8) * 8)
         nb = -(-(n - start) // c)
-        r = start + np.arange(nb * c).reshape(nb, c, 1)
-        col = start + (np.arange(nb)[:, None, None] - 1) * c + np.arange(2 * c)[None, None, :]
-        valid = (r < n) & (col >= start) & (col < n)
-        band = np.where(valid, self.mask[np.minimum(r, n - 1), np.clip(col, 0, n - 1)], False)
-        assert band.sum() == self.mask[start:, start:].sum(), "band blocks must cover the band"
+        band = np.zeros((nb, c, 2 * c), bool)
+        step = max(1, (1 << 20) // (2 * c * c))            # bounded temporaries
+        for j0 in range(0, nb, step):
+            j = np.arange(j0, min(j0 + step, nb))[:, None, None]
+            r = start + j * c + np.arange(c)[None, :, None]
+            col = start + (j - 1) * c + np.arange(2 * c)[None, None, :]
+            valid = (r < n) & (col >= start) & (col < n)
+            band[j0:j0 + step] = valid & self.pairs(np.minimum(r, n - 1), np.clip(col, 0, n - 1))
+        assert band.sum() == self.band_pairs, "band blocks must cover the band"
         return c, band
+
+    @functools.cached_property
+    def band_index(self) -> tuple[int, np.ndarray, np.ndarray]:
+        """`(c, rows [nb, c, 1], cols [nb, 1, 2c])`: token indices (clipped into range) of each
+        band block's queries and keys, for run-time masks on the band (packed documents)."""
+        start, n = self.band_start, self.shape[0]
+        c = self.band_blocks[0]
+        j = np.arange(-(-(n - start) // c))[:, None, None]
+        r = start + j * c + np.arange(c)[None, :, None]
+        col = start + (j - 1) * c + np.arange(2 * c)[None, None, :]
+        return c, np.minimum(r, n - 1), np.clip(col, 0, n - 1)
+
+
+def _merge(intervals):
+    """Sorted, non-empty, with touching or overlapping intervals joined."""
+    out = []
+    for lo, hi in sorted(iv for iv in intervals if iv[1] > iv[0]):
+        if out and lo <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], hi))
+        else:
+            out.append((lo, hi))
+    return out
+
+
+def _group_segments(full, any_, g: int, n: int) -> list[tuple[int, int, int]]:
+    """Columns `[0, n)` in groups of g (the last may be short), given the column
+    intervals every row of a block sees (`full`) and some row sees (`any_`):
+    maximal runs `(first group, end group, FULL or PARTIAL)`, empty ones left out."""
+    ng = -(-n // g)
+    clip = lambda ivs: _merge((max(lo, 0), min(hi, n)) for lo, hi in ivs)  # noqa: E731
+    fulls = [(-(-lo // g), ng if hi >= n else hi // g) for lo, hi in clip(full)]
+    fulls = [(lo, hi) for lo, hi in fulls if hi > lo]     # groups wholly inside
+    anys = [(lo // g, -(-hi // g)) for lo, hi in clip(any_)]  # groups touched
+    cuts = sorted({0, ng, *(x for iv in fulls + anys for x in iv)})
+    out = []
+    for lo, hi in zip(cuts, cuts[1:]):
+        inside = lambda ivs: any(a <= lo and hi <= b for a, b in ivs)  # noqa: E731
+        status = FULL if inside(fulls) else PARTIAL if inside(anys) else EMPTY
+        if status == EMPTY:
+            continue
+        if out and out[-1][1] == lo and out[-1][2] == status:
+            out[-1] = (out[-1][0], hi, status)
+        else:
+            out.append((lo, hi, status))
+    return out
+
+
+def _strip_segments(rows: np.ndarray, g: int) -> list[tuple[int, int, int]]:
+    """`_group_segments` of a dense strip of rows `[rows, n]`."""
+    pad = -rows.shape[1] % g
+    full = np.pad(rows.all(0), (0, pad), constant_values=True).reshape(-1, g).all(1)
+    any_ = np.pad(rows.any(0), (0, pad), constant_values=False).reshape(-1, g).any(1)
+    status = np.where(full, FULL, np.where(any_, PARTIAL, EMPTY))
+    edges = np.flatnonzero(np.diff(status)) + 1
+    return [(int(lo), int(hi), int(status[lo])) for lo, hi in zip(np.r_[0, edges], np.r_[edges, len(status)])
+            if status[lo] != EMPTY]
+
+
+def _runs(segments, n: int) -> tuple[Run, ...]:
+    """Group segments (of `RUN_ALIGN` columns) as runs in tokens, clipped to n."""
+    return tuple(Run(lo * RUN_ALIGN, min(hi * RUN_ALIGN, n), status == PARTIAL)
+                 for lo, hi, status in segments)
 
 
 def _band_width(mask: np.ndarray, start: int) -> int:
@@ -293,10 +483,32 @@ def _band_width(mask: np.ndarray, start: int) -> int:
     return int((r - c).max()) + 1
 
 
-# Granularity, in key columns, of the runs a kernel computes.
-RUN_ALIGN = 16
+def _band_from_spans(a, b, c, start: int | None, block_q: int) -> tuple[int | None, int, int]:
+    """`(band_start, band_width, band_pairs)` from row spans `[0, a) | [b, c)`: the same
+    rule as `_band_width` (None, 0, 0 where there is no thin band)."""
+    n = a.size
+    if start is None or start >= n:
+        return None, 0, 0
+    # Per row, the part of its keys at or after `start`: [lo, hi), one interval (b >= a).
+    hid = c > np.maximum(b, start)
+    lo = np.where(a > start, start, np.where(hid, np.maximum(b, start), n))
+    hi = np.where(hid, c, np.where(a > start, a, 0))
+    seen = hi > lo
+    rows = np.arange(n)
+    if seen[:start].any() or not seen[start:].any() or (hi[seen] - 1 > rows[seen]).any():
+        return None, 0, 0
+    width = int((rows - lo)[start:][seen[start:]].max()) + 1
+    if not 0 < width <= block_q:
+        return None, 0, 0
+    pairs = int((np.maximum(a - start, 0) + np.where(hid, c - np.maximum(b, start), 0))[start:].sum())
+    return start, width, pairs
 
 
 @functools.lru_cache(maxsize=32)
 def _pattern(layout: Layout, block_q: int, block_kv: int) -> BlockPattern:
+    return BlockPattern.from_layout(layout, block_q, block_kv)
+
+
+def reference_pattern(layout: Layout, block_q: int, block_kv: int) -> BlockPattern:
+    """The pattern classified from the dense `[N, N]` mask: the reference for tests."""
     return BlockPattern.from_mask(layout.mask, block_q, block_kv, layout.band_start)

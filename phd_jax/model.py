@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from phd_jax.attention import attend, cached_attention, layout_kind
+from phd_jax.attention import attend, cached_attention, layout_kind, static_config
 from phd_jax.config import ModelConfig
 from phd_jax.masks import Layout
 
@@ -79,7 +79,7 @@ class Attention(nn.Module):
     layout: Layout | None = None
 
     @nn.compact
-    def __call__(self, x, positions, mask=None, cache=None):
+    def __call__(self, x, positions, mask=None, cache=None, docs=None):
         cfg = self.config
         q = _dense(cfg, (cfg.num_heads, cfg.head_dim), ("embed", "heads", "head_dim"), "query")(x)
         k = _dense(cfg, (cfg.num_kv_heads, cfg.head_dim), ("embed", "kv_heads", "head_dim"), "key")(x)
@@ -93,7 +93,7 @@ class Attention(nn.Module):
         k, v = (_constrain(x, "activation_batch", "activation_length", "activation_kv_heads", None)
                 for x in (k, v))
         if cache is None:
-            o = attend(q, k, v, self.layout, cfg)
+            o = attend(q, k, v, self.layout, cfg, docs)
         else:
             o = cached_attention(q, k, v, *cache, mask)
         o = _constrain(o, "activation_batch", "activation_length", "activation_heads", None)
@@ -121,10 +121,10 @@ class DecoderLayer(nn.Module):
     collect_kv: bool = False
 
     @nn.compact
-    def __call__(self, x, positions, mask=None, cache=None):
+    def __call__(self, x, positions, mask=None, cache=None, docs=None):
         cfg = self.config
         h, kv = Attention(cfg, self.layout, name="attention")(
-            _norm(cfg, "embed", "attention_norm")(x), positions, mask, cache)
+            _norm(cfg, "embed", "attention_norm")(x), positions, mask, cache, docs)
         x = x + h
         x = x + Mlp(cfg, name="mlp")(_norm(cfg, "embed", "mlp_norm")(x))
         x = _constrain(x, "activation_batch", "activation_length", "activation_embed")
@@ -144,9 +144,10 @@ class Transformer(nn.Module):
     collect_kv: bool = False
 
     @nn.compact
-    def __call__(self, tokens, positions, out_rows, mask=None, cache=None):
+    def __call__(self, tokens, positions, out_rows, mask=None, cache=None, docs=None):
         """tokens `[B, N]` (already repeated), positions `[N]` or `[B, N]`,
-        out_rows `[R]` or `[B, R]`: the rows that get logits.
+        out_rows `[R]` or `[B, R]`: the rows that get logits; docs: packed documents
+        `(doc, offset)` `[B, N]` per token (`attention.attend`), or None.
 
         Returns logits `[B, R, vocab]` (float32) and, when collected, the
         per-layer keys/values `[L, B, N, KVH, D]` of all N tokens.
@@ -162,15 +163,15 @@ class Transformer(nn.Module):
             layer = nn.remat(layer, policy=_REMAT_POLICIES[cfg.remat], prevent_cse=not cfg.scan_layers)
         if cfg.scan_layers:
             stack = nn.scan(layer, variable_axes={"params": 0}, split_rngs={"params": True},
-                            in_axes=(nn.broadcast, nn.broadcast, 0), length=cfg.num_layers,
+                            in_axes=(nn.broadcast, nn.broadcast, 0, nn.broadcast), length=cfg.num_layers,
                             metadata_params={nn.PARTITION_NAME: "layers"})
-            x, kv = stack(cfg, self.layout, self.collect_kv, name="layers")(x, positions, mask, cache)
+            x, kv = stack(cfg, self.layout, self.collect_kv, name="layers")(x, positions, mask, cache, docs)
         else:
             kvs = []
             for i in range(cfg.num_layers):
                 layer_cache = None if cache is None else jax.tree.map(lambda c: c[i], cache)
                 x, kv_i = layer(cfg, self.layout, self.collect_kv, name=f"layers_{i}")(
-                    x, positions, mask, layer_cache)
+                    x, positions, mask, layer_cache, docs)
                 kvs.append(kv_i)
             kv = None if kvs[0] is None else jax.tree.map(lambda *a: jnp.stack(a), *kvs)
 
@@ -244,17 +245,39 @@ def check_tokens(config: ModelConfig, tokens, name: str = "tokens"):
                          f"[0, vocab_size={config.vocab_size})")
 
 
-def run_layout(params, config: ModelConfig, layout: Layout, tokens, out_rows, collect_kv: bool = False):
+def run_layout(params, config: ModelConfig, layout: Layout, tokens, out_rows, collect_kv: bool = False,
+               documents=None):
     """Run the static token set `layout` built from `tokens [B, T]`: (logits at `out_rows`,
-    per-layer keys/values `[L, B, N, KVH, D]` if `collect_kv`)."""
+    per-layer keys/values `[L, B, N, KVH, D]` if `collect_kv`).
+
+    documents: None, or `(doc, offset)` `[B, T]` per position (`document_positions`): rotary
+    positions count from each document's start and attention stays inside documents."""
     pos, copy = layout.tokens
+    if documents is None:
+        positions, docs = rope_positions(config, pos, copy), None
+    else:
+        doc, off = documents
+        positions, docs = rope_positions(config, off[:, pos], copy), (doc[:, pos], off[:, pos])
     return Transformer(config, layout, collect_kv).apply(
-        {"params": params}, tokens[:, pos], rope_positions(config, pos, copy), out_rows)
+        {"params": params}, tokens[:, pos], positions, out_rows, docs=docs)
 
 
-def forward(params, config: ModelConfig, tokens):
+def document_positions(segment_ids):
+    """`(doc, offset)` `[B, T]` of packed documents: each maximal run of equal segment ids is one
+    document (numbered from 0 per row); offset = position from that document's first token."""
+    seg = jnp.asarray(segment_ids)
+    start = jnp.concatenate([jnp.ones(seg.shape[:1] + (1,), bool), seg[:, 1:] != seg[:, :-1]], axis=1)
+    idx = jnp.arange(seg.shape[1], dtype=jnp.int32)
+    first = jax.lax.cummax(jnp.where(start, idx, 0), axis=1)
+    return jnp.cumsum(start, axis=1, dtype=jnp.int32) - 1, idx - first
+
+
+def forward(params, config: ModelConfig, tokens, segment_ids=None):
     """Logits `[B, T, vocab]`: the last copy of position n predicts token n+1.
 
+    segment_ids `[B, T]` (optional, packed documents, spec section 3): attention only within a
+    document (a run of equal ids), rotary positions and chunks counted from its start, so each
+    document's logits equal those of the document run alone. Prefill/decode take no segment ids.
     Pure; jit it with `jax.jit(forward, static_argnums=1)`.
     """
     tokens = jnp.asarray(tokens)
@@ -262,5 +285,12 @@ def forward(params, config: ModelConfig, tokens):
     t = tokens.shape[1]
     if t > config.max_seq_len:
         raise ValueError(f"sequence length {t} exceeds ModelConfig.max_seq_len={config.max_seq_len}")
-    layout = Layout.for_config(config, t, layout_kind(config))
-    return run_layout(params, config, layout, tokens, layout.logit_rows)[0]
+    documents = None
+    if segment_ids is not None:
+        segment_ids = jnp.asarray(segment_ids)
+        if segment_ids.shape != tokens.shape or not jnp.issubdtype(segment_ids.dtype, jnp.integer):
+            raise ValueError(f"segment_ids must be integers of the tokens' shape {tuple(tokens.shape)}, "
+                             f"got {segment_ids.dtype} {tuple(segment_ids.shape)}")
+        documents = document_positions(segment_ids)
+    layout = Layout.for_config(static_config(config, documents is not None), t, layout_kind(config))
+    return run_layout(params, config, layout, tokens, layout.logit_rows, documents=documents)[0]

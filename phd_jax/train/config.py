@@ -16,6 +16,7 @@ import ml_collections
 
 from phd_jax.checks import ConfigError, as_bool, as_float, as_int, one_of
 from phd_jax.config import ModelConfig
+from phd_jax.data import default_data_config
 
 VOCAB_MULTIPLE = 128
 SCHEDULES = ("cosine", "linear", "constant")
@@ -73,9 +74,7 @@ def base_config() -> ml_collections.ConfigDict:
     m.init_std = 0.02
 
     # Data: phd_jax.data validates this section.
-    d = c.data = ml_collections.ConfigDict()
-    d.tokenizer = "byte"
-    d.source = "shakespeare"
+    c.data = default_data_config()
     c.val_fraction = 0.05
     c.seq_len = 128
     c.batch_size = 16            # global batch (sequences per step, all devices)
