@@ -169,7 +169,7 @@ BAD = [
     ("seq_len", 65, "config.seq_len=65 is invalid: exceeds config.model.max_seq_len=64"),
     ("sample_tokens", 60, "config.sample_tokens=60 is invalid"),
     ("model.window", 4, "set --config.model.window=0"),
-    ("model.vocab_size", 200, "config.model.vocab_size=200 is invalid: smaller than the tokenizer's 259"),
+    ("model.vocab_size", 200, "config.model.vocab_size=200 is invalid"),   # smaller than the tokenizer's 259
     ("model.d_model", 64, "config.model.d_model=64 does not match the run in workdir"),
     ("learning_rate", 1.0, "config.learning_rate=1.0 does not match the run in workdir"),
 ]
