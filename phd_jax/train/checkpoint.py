@@ -33,6 +33,7 @@ RESUMABLE_CHANGES = {
     "keep_checkpoints", "async_checkpointing", "init_from", "log_every", "eval_every", "eval_batches",
     "peak_tflops", "compilation_cache", "sample_prompt", "sample_tokens",
     "model.attention", "model.block_q", "model.block_kv", "model.remat",
+    "data.data_dir", "data.cache_dir", "data.num_threads", "data.prefetch",   # where / how fast, not what
 }
 
 
@@ -73,9 +74,15 @@ def check_workdir(workdir: str, config):
     if os.path.exists(ckpt) and not os.path.isdir(ckpt):
         raise ConfigError(f"workdir={workdir!r} is invalid: {ckpt} is a file, not phd_jax's checkpoint directory")
     old, new = _flatten(_norm(saved)), _flatten(_norm(config.to_dict()))
+    from phd_jax.train.config import base_config
+    defaults = _flatten(_norm(base_config().to_dict()))
     for key in sorted(set(old) | set(new)):
         if key in RESUMABLE_CHANGES or key.split(".")[0] in RESUMABLE_CHANGES:
             continue
+        if key not in old and key in defaults and new.get(key) == defaults[key]:
+            continue   # a key added by a newer phd_jax, at its default: the old run used that behaviour
+        if key not in new:
+            continue   # a key this version no longer has
         if old.get(key, "<absent>") != new.get(key, "<absent>"):
             raise ConfigError(
                 f"config.{key}={new.get(key, '<absent>')!r} does not match the run in workdir={workdir!r} "
