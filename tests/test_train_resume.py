@@ -162,6 +162,9 @@ def test_cli_errors_are_one_line_and_touch_nothing(reference, tmp_path):
         (["--config.learnin_rate=1"], "error: --config.learnin_rate: 'learnin_rate' is not a config key "
                                       "(did you mean 'learning_rate'?)"),
         (["--config.model.d_model=64"], "error: config.model.d_model=64 does not match the run in workdir"),
+        (["--config=configs/tiny.py:PHD-9x"], "error: config argument 'PHD-9x' is invalid: allowed: vanilla"),
+        (["--config.model.d_model=x"], "error: flag --config.model.d_model=x: invalid literal for int()"),
+        (["--config=configs/nope.py"], "error: Configuration is not available because of an earlier failure"),
     ]:
         out = train(wd, *extra)
         assert out.returncode == 2
