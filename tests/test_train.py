@@ -232,3 +232,23 @@ def test_init_from_a_workdir_starts_from_its_weights(runs, tmp_path, capsys):
     assert f"initialised the weights from {src} (step {STEPS})" in capsys.readouterr().out
     fresh, started = losses(src), losses(wd)
     assert started[1] < fresh[1] - 0.5 and abs(started[1] - fresh[STEPS]) < 0.5
+
+
+def test_which_changes_may_resume(tmp_path):
+    """num_steps, mesh, backend and data locations may change; a key a newer version added, at its
+    default, does not block a resume; the data source or the schedule may not change."""
+    from phd_jax.train.config import to_json
+    wd = str(tmp_path)
+    saved = run_config()
+    old = json.loads(to_json(saved))
+    del old["data"]["cache_dir"]               # written by a version without this key
+    with open(os.path.join(wd, "config.json"), "w") as f:
+        json.dump(old, f)
+    c = run_config(mesh=(2, 2, 2), num_steps=40)
+    c.model.attention, c.data.data_dir = "splash", "/elsewhere"
+    assert ckpt.check_workdir(wd, c)["num_steps"] == STEPS
+    for key, value in (("data.source", "text:/tmp/*.txt"), ("schedule", "linear")):
+        c = run_config()
+        _set(c, key, value)
+        with pytest.raises(ConfigError, match=f"config.{key}=.* does not match the run in workdir"):
+            ckpt.check_workdir(wd, c)
