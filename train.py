@@ -40,11 +40,16 @@ def main(argv):
     from phd_jax.train.launch import initialize_distributed, sample_after_training
 
     try:
+        config = _CONFIG.value
+        config["model"]      # a config file that failed to load raises only when used
+    except Exception as e:   # the config file failed to load (ml_collections reports it lazily)
+        _fail_on_flags(e)
+    try:
         initialize_distributed(_COORD.value, _NPROC.value, _PID.value)
         from phd_jax.train import train_and_evaluate
-        metrics = train_and_evaluate(_CONFIG.value, _WORKDIR.value, progress=_PROGRESS.value)
+        metrics = train_and_evaluate(config, _WORKDIR.value, progress=_PROGRESS.value)
         if not metrics.get("preempted"):
-            sample_after_training(_CONFIG.value, _WORKDIR.value)
+            sample_after_training(config, _WORKDIR.value)
     except (ConfigError, TrainingError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
@@ -54,8 +59,7 @@ def _parse_flags(argv):
     try:
         return flags.FLAGS(argv)
     except flags.Error as e:   # e.g. --config.model.d_model=x, or a config file that fails
-        cause = e.__cause__ or e.__context__
-        _fail_on_flags(cause if cause is not None and not isinstance(cause, flags.Error) else e)
+        _fail_on_flags(e)
     except Exception as e:     # an unknown key in an override
         _fail_on_flags(e)
 

@@ -61,7 +61,8 @@ def base_model(name: str, overrides: list[str]) -> tuple[ModelConfig, str]:
         spec = importlib.util.spec_from_file_location("small_config", path)
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
-        model = module.get_config().model.to_dict()
+        from phd_jax.train import model_config   # vocab_size 0 = the tokenizer's, padded to 128
+        model = dataclasses.asdict(model_config(module.get_config()))
         kw = {k: v for k, v in model.items() if k in fields and k not in (
             "variant", "repeat", "window", "chunk", "position_mode")}
         source = "configs/small.py"

@@ -33,6 +33,7 @@ RESUMABLE_CHANGES = {
     "keep_checkpoints", "async_checkpointing", "init_from", "log_every", "eval_every", "eval_batches",
     "peak_tflops", "compilation_cache", "sample_prompt", "sample_tokens",
     "model.attention", "model.block_q", "model.block_kv", "model.remat",
+    "data.data_dir", "data.cache_dir", "data.num_threads", "data.prefetch",   # where / how fast, not what
 }
 
 
@@ -50,9 +51,10 @@ def _norm(v):
     return json.loads(json.dumps(v, default=list))
 
 
-def check_workdir(workdir: str, config) -> bool:
+def check_workdir(workdir: str, config):
     """Raise ConfigError if `workdir` holds something we did not write or another run.
-    Returns True when it holds a run of this config (to be resumed). Writes nothing."""
+    Returns the saved run config (a dict) when it holds a run of this config (to be resumed),
+    else None. Writes nothing."""
     if os.path.exists(workdir) and not os.path.isdir(workdir):
         raise ConfigError(f"workdir={workdir!r} is invalid: it exists and is not a directory")
     cfg_path = os.path.join(workdir, "config.json")
@@ -61,7 +63,7 @@ def check_workdir(workdir: str, config) -> bool:
             if os.path.exists(os.path.join(workdir, name)):
                 raise ConfigError(f"workdir={workdir!r} is invalid: it holds {name!r} but no config.json, "
                                   f"so it was not written by phd_jax training; choose another --workdir")
-        return False
+        return None
     try:
         saved = load_run_config(workdir).to_dict()
         assert isinstance(saved.get("model"), dict)
@@ -72,15 +74,21 @@ def check_workdir(workdir: str, config) -> bool:
     if os.path.exists(ckpt) and not os.path.isdir(ckpt):
         raise ConfigError(f"workdir={workdir!r} is invalid: {ckpt} is a file, not phd_jax's checkpoint directory")
     old, new = _flatten(_norm(saved)), _flatten(_norm(config.to_dict()))
+    from phd_jax.train.config import base_config
+    defaults = _flatten(_norm(base_config().to_dict()))
     for key in sorted(set(old) | set(new)):
         if key in RESUMABLE_CHANGES or key.split(".")[0] in RESUMABLE_CHANGES:
             continue
+        if key not in old and key in defaults and new.get(key) == defaults[key]:
+            continue   # a key added by a newer phd_jax, at its default: the old run used that behaviour
+        if key not in new:
+            continue   # a key this version no longer has
         if old.get(key, "<absent>") != new.get(key, "<absent>"):
             raise ConfigError(
                 f"config.{key}={new.get(key, '<absent>')!r} does not match the run in workdir={workdir!r} "
                 f"(saved: {old.get(key, '<absent>')!r}); it describes another model or optimisation, so it "
                 f"cannot resume there: use another --workdir, or the saved value")
-    return True
+    return saved
 
 
 def version_info() -> dict:
@@ -165,12 +173,14 @@ def _locate(path: str, step: int | None) -> tuple[str, int | None]:
 
 def restore_params(path: str, step: int | None = None, sharding=None):
     """(ModelConfig, params, step) from a workdir (latest checkpoint, or `step`) or a
-    `WORKDIR/checkpoints/<step>` directory; params are checked against the saved model config."""
+    `WORKDIR/checkpoints/<step>` directory. Reads only the parameters (not the optimizer
+    state), placed on `sharding` (default: the first local device), checked against the
+    saved model config."""
+    import orbax.checkpoint as ocp
+
     from phd_jax.model import init_params
-    from phd_jax.train.optimizer import make_optimizer
     workdir, step = _locate(path, step)
     cfg = load_model_config(workdir)
-    run = load_run_config(workdir)
     mgr = manager(workdir, read_only=True)
     try:
         steps = mgr.all_steps()
@@ -181,18 +191,23 @@ def restore_params(path: str, step: int | None = None, sharding=None):
         elif step not in steps:
             raise ConfigError(f"step={step} is invalid: checkpoints in {workdir} are at steps {sorted(steps)}")
         sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-        params = jax.eval_shape(lambda: init_params(cfg, 0))
-        opt = jax.eval_shape(make_optimizer(run).init, params)
-        abstract = abstract_state(params, opt, jax.tree.map(lambda _: sharding, params),
-                                  jax.tree.map(lambda _: sharding, opt), sharding)
+        shapes = jax.eval_shape(lambda: init_params(cfg, 0))
+        target = {"params": jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+                                         shapes)}
+        restore_args = jax.tree.map(lambda _: ocp.ArrayRestoreArgs(sharding=sharding), target)
         try:
-            state, _ = restore(mgr, step, abstract)
+            out = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+                item=target, restore_args=restore_args, partial_restore=True)))
         except Exception as e:   # orbax raises many types for truncated or mismatched files
             raise ConfigError(f"checkpoint {workdir}/{CHECKPOINTS}/{step} is unreadable or does not match "
                               f"model {cfg.name} ({type(e).__name__}: {str(e)[:300]})") from None
     finally:
         mgr.close()
-    return cfg, state["params"], int(step)
+    params = out["state"]["params"]
+    got = jax.tree.map(lambda x: (tuple(x.shape), str(x.dtype)), params)
+    if got != jax.tree.map(lambda x: (tuple(x.shape), str(x.dtype)), shapes):
+        raise ConfigError(f"checkpoint {workdir}/{CHECKPOINTS}/{step} does not match model_config.json ({cfg.name})")
+    return cfg, params, int(step)
 
 
 def abstract_state(params_shape, opt_shape, params_sh, opt_sh, replicated):

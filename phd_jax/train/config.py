@@ -117,6 +117,25 @@ def base_config() -> ml_collections.ConfigDict:
     return c
 
 
+def paper_config(num_layers, d_model, mlp_dim, num_heads, num_kv_heads, head_dim, learning_rate, tokens):
+    """What configs/paper_550m.py and paper_1b.py share (their docstrings say which values
+    are the paper's and which are our choices)."""
+    c = base_config()
+    m = c.model
+    m.num_layers, m.d_model, m.mlp_dim = num_layers, d_model, mlp_dim
+    m.num_heads, m.num_kv_heads, m.head_dim = num_heads, num_kv_heads, head_dim
+    m.vocab_size, m.tie_embeddings, m.max_seq_len = 100352, True, 4096
+    m.dtype, m.param_dtype, m.remat, m.block_q, m.block_kv = "bfloat16", "float32", "dots", 512, 512
+    c.seq_len, c.batch_size = 2048, 512
+    c.num_steps = tokens // (c.seq_len * c.batch_size)
+    c.learning_rate, c.warmup_steps, c.min_lr_ratio = learning_rate, 2000, 0.1
+    c.mesh.data, c.mesh.fsdp, c.mesh.tensor = 1, -1, 1
+    c.log_every, c.eval_every, c.eval_batches = 100, 2000, 32
+    c.checkpoint_every, c.keep_checkpoints = 2000, 3
+    c.sample_tokens = 100
+    return c
+
+
 def apply_model_name(config: ml_collections.ConfigDict, name: str | None):
     """Set variant / repeat / window / chunk from a paper name (`PHD-SWA-3-16-inf`), if given."""
     if not name:
@@ -247,9 +266,6 @@ def validate(config, num_devices: int, tokenizer=None, process_count: int = 1) -
     for key in ("init_from", "compilation_cache", "sample_prompt", "weight_decay_exclude"):
         if not isinstance(config[key], str):
             raise ConfigError(f"config.{key}={config[key]!r} is invalid: must be a string")
-    if config.warmup_steps > config.num_steps:
-        raise ConfigError(f"config.warmup_steps={config.warmup_steps} is invalid: must be <= "
-                          f"config.num_steps={config.num_steps}")
     if config.seq_len > cfg.max_seq_len:
         raise ConfigError(f"config.seq_len={config.seq_len} is invalid: exceeds "
                           f"config.model.max_seq_len={cfg.max_seq_len}")

@@ -37,9 +37,20 @@ def flag_error_message(e: BaseException) -> str:
         hint = f" (did you mean {m.group(2)!r}?)" if m else ""
         return f"{flag or '--config'}: {key!r} is not a config key{hint}"
     from phd_jax.checks import ConfigError
-    if isinstance(e, ConfigError):
+    cause, found = e, None
+    while cause is not None:   # the ConfigError raised by get_config, under ml_collections' re-raises
+        if isinstance(cause, ConfigError):
+            found = cause
+        cause = cause.__cause__ or cause.__context__
+    if found is not None:
+        text = str(found)
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if len(lines) > 1:   # ml_collections puts the loader's traceback in the message: keep its last line
+        last = re.sub(r"^[\w.]*(Error|Exception): ", "", lines[-1])
+        return last if found is not None else f"{lines[0].rstrip(':')}: {last}"
+    if found is not None or text.startswith("flag --"):
         return text
-    return f"{type(e).__name__}: {text.splitlines()[0] if text else ''}"
+    return f"{type(e).__name__}: {text}"
 
 
 def sample_after_training(config, workdir: str):

@@ -28,7 +28,7 @@ from phd_jax.config import ModelConfig
 from phd_jax.model import forward, init_params, num_params
 from phd_jax.train import checkpoint as ckpt
 from phd_jax.train import sharding as shd
-from phd_jax.train.config import logical_rules, validate
+from phd_jax.train.config import logical_rules, to_json, validate
 from phd_jax.train.optimizer import learning_rate_schedule, make_optimizer
 
 
@@ -70,11 +70,9 @@ def cross_entropy(params, cfg: ModelConfig, batch):
     return total / jnp.maximum(count, 1.0)
 
 
-def train_step(state: dict, batch: dict, cfg: ModelConfig, optimizer, schedule,
-               grad_accum_steps: int = 1, batch_spec=None):
-    """One optimizer step on a global batch: (new state, metrics). A non-finite loss or gradient
-    leaves params and optimizer state unchanged and counts in `state["nonfinite"]`."""
-    params = state["params"]
+def compute_grads(params, batch: dict, cfg: ModelConfig, grad_accum_steps: int = 1, batch_spec=None):
+    """(mean loss, gradients) over the global batch, in `grad_accum_steps` microbatches under
+    `lax.scan` (sums of per-token losses and of gradients, divided once by the token count)."""
     grad_fn = jax.value_and_grad(lambda p, b: loss_terms(p, cfg, b), has_aux=True)
     if grad_accum_steps == 1:
         (total, count), grads = grad_fn(params, batch)
@@ -92,9 +90,16 @@ def train_step(state: dict, batch: dict, cfg: ModelConfig, optimizer, schedule,
         zeros = (jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, params))
         (total, count, grads), _ = jax.lax.scan(body, zeros, jax.tree.map(split, batch))
     count = jnp.maximum(count, 1.0)
-    loss = total / count
-    grads = jax.tree.map(lambda g: g / count, grads)
-    grad_norm = optax.global_norm(grads)
+    return total / count, jax.tree.map(lambda g: g / count, grads)
+
+
+def train_step(state: dict, batch: dict, cfg: ModelConfig, optimizer, schedule,
+               grad_accum_steps: int = 1, batch_spec=None):
+    """One optimizer step on a global batch: (new state, metrics). A non-finite loss or gradient
+    leaves params and optimizer state unchanged and counts in `state["nonfinite"]`."""
+    params = state["params"]
+    loss, grads = compute_grads(params, batch, cfg, grad_accum_steps, batch_spec)
+    grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     updates, opt_state = optimizer.update(grads, state["opt_state"], params)
     new_params = optax.apply_updates(params, updates)
@@ -184,11 +189,31 @@ def _init_params(config, cfg: ModelConfig, params_sh, log):
     return jax.device_put(params, params_sh)
 
 
+def abstract_train_state(cfg: ModelConfig, optimizer, state_sh):
+    """The state's shapes with the target shardings (restore onto any mesh)."""
+    params_shape = jax.eval_shape(lambda: init_params(cfg, 0))
+    opt_shape = jax.eval_shape(optimizer.init, params_shape)
+    return ckpt.abstract_state(params_shape, opt_shape, state_sh["params"], state_sh["opt_state"],
+                               state_sh["step"])
+
+
+def create_train_state(config, cfg: ModelConfig, optimizer, state_sh, mesh, log=print) -> dict:
+    """Step 0: params (random or `config.init_from`), optimizer state, RNG; sharded as `state_sh`."""
+    params = _init_params(config, cfg, state_sh["params"], log)
+    with jax.set_mesh(mesh):
+        opt_state = jax.jit(optimizer.init, out_shardings=state_sh["opt_state"])(params)
+    return {"step": jax.device_put(np.int32(0), state_sh["step"]),
+            "rng": jax.device_put(np.asarray(jax.random.PRNGKey(config.seed)), state_sh["rng"]),
+            "nonfinite": jax.device_put(np.int32(0), state_sh["nonfinite"]),
+            "params": params, "opt_state": opt_state}
+
+
 # ---- the loop -----------------------------------------------------------------------------------
 
-def train_and_evaluate(config, workdir: str, progress: bool | None = None) -> dict:
+def train_and_evaluate(config, workdir: str, progress: bool | None = None, devices=None) -> dict:
     """Train until `config.num_steps` (resuming from WORKDIR's latest checkpoint); return the
-    last logged metrics (plus `preempted: True` if SIGTERM stopped the run)."""
+    last logged metrics (plus `preempted: True` if SIGTERM stopped the run). `devices`: the
+    devices of the mesh (default: all)."""
     from phd_jax.data import make_pipeline
     from phd_jax.flops import peak_flops, train_flops_per_sequence
     from phd_jax.train.metrics import MetricWriter
@@ -197,13 +222,13 @@ def train_and_evaluate(config, workdir: str, progress: bool | None = None) -> di
     pi, pc = jax.process_index(), jax.process_count()
     is_main = pi == 0
     pipe = make_pipeline(config, pi, pc)
-    cfg = validate(config, jax.device_count(), pipe.tokenizer, pc)   # every check before any work
-    mesh = shd.make_mesh(config)
+    cfg = validate(config, len(devices or jax.devices()), pipe.tokenizer, pc)   # every check before any work
+    mesh = shd.make_mesh(config, devices)
     optimizer = make_optimizer(config)
     schedule = learning_rate_schedule(config)
     state_sh, batch_sh = shd.train_shardings(cfg, config, optimizer, mesh)
     shd.check_divisible_heads(cfg, config, mesh)
-    resuming = ckpt.check_workdir(workdir, config)
+    saved = ckpt.check_workdir(workdir, config)
     rules = logical_rules(config)
 
     if is_main:
@@ -211,34 +236,28 @@ def train_and_evaluate(config, workdir: str, progress: bool | None = None) -> di
     enable_compilation_cache(config.compilation_cache)
     log = print if is_main else (lambda *a, **k: None)
 
-    params_shape = jax.eval_shape(lambda: init_params(cfg, 0))
-    opt_shape = jax.eval_shape(optimizer.init, params_shape)
-    replicated = NamedSharding(mesh, P())
-    abstract = ckpt.abstract_state(params_shape, opt_shape, state_sh["params"], state_sh["opt_state"],
-                                   replicated)
     mgr = ckpt.manager(workdir, config)
     it = pipe.train_iterator()
-    latest = mgr.latest_step() if resuming else None
+    latest = mgr.latest_step() if saved is not None else None
     if latest is not None:
-        state, data_state = ckpt.restore(mgr, latest, abstract)
+        state, data_state = ckpt.restore(mgr, latest, abstract_train_state(cfg, optimizer, state_sh))
         it.set_state(data_state)
         log(f"resuming from step {latest} ({workdir}/{ckpt.CHECKPOINTS}/{latest})")
+        if saved.get("num_steps") != config.num_steps:
+            log(f"config.num_steps changed from {saved.get('num_steps')} to {config.num_steps}: the learning-rate "
+                f"schedule is rebuilt for the new length (same warmup; the decay now ends at step "
+                f"{config.num_steps}, so it continues from the new schedule's value at step {latest})")
     else:
-        params = _init_params(config, cfg, state_sh["params"], log)
-        with jax.set_mesh(mesh):
-            opt_state = jax.jit(optimizer.init, out_shardings=state_sh["opt_state"])(params)
-        state = jax.device_put({"step": np.int32(0), "rng": np.asarray(jax.random.PRNGKey(config.seed)),
-                                "nonfinite": np.int32(0), "params": params, "opt_state": opt_state},
-                               state_sh)
+        state = create_train_state(config, cfg, optimizer, state_sh, mesh, log)
     start = int(jax.device_get(state["step"]))
 
     spec = shd.batch_spec(rules)
     step_fn = jax.jit(functools.partial(train_step, cfg=cfg, optimizer=optimizer, schedule=schedule,
                                         grad_accum_steps=int(config.grad_accum_steps), batch_spec=spec),
-                      in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, replicated),
+                      in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, state_sh["step"]),
                       donate_argnums=0)
     eval_fn = jax.jit(functools.partial(eval_step, cfg=cfg), in_shardings=(state_sh["params"], batch_sh),
-                      out_shardings=replicated)
+                      out_shardings=state_sh["step"])
     all_finite = jax.jit(lambda p: jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(p)])))
     eval_data = None
 
@@ -262,11 +281,11 @@ def train_and_evaluate(config, workdir: str, progress: bool | None = None) -> di
 
     tokens_per_step = int(config.batch_size) * int(config.seq_len)
     flops_per_step = int(config.batch_size) * train_flops_per_sequence(cfg, int(config.seq_len))
-    peak = peak_flops(float(config.peak_tflops) or None, cfg.dtype) * jax.device_count()
-    n_params = num_params(params_shape)
+    peak = peak_flops(float(config.peak_tflops) or None, cfg.dtype) * mesh.size
+    n_params = num_params(state["params"])
     log(f"model {cfg.name}: {n_params:,} parameters, {cfg.num_layers} layers, d_model {cfg.d_model}, "
         f"vocab {cfg.vocab_size}; mesh data={mesh.shape['data']} fsdp={mesh.shape['fsdp']} "
-        f"tensor={mesh.shape['tensor']} over {jax.device_count()} {jax.devices()[0].platform} device(s), "
+        f"tensor={mesh.shape['tensor']} over {mesh.size} {mesh.devices.flat[0].platform} device(s), "
         f"{pc} process(es)")
     log(f"workdir {workdir}: checkpoints in {ckpt.CHECKPOINTS}/ every {config.checkpoint_every} steps, "
         f"metrics in metrics.jsonl and tensorboard/")
@@ -274,6 +293,7 @@ def train_and_evaluate(config, workdir: str, progress: bool | None = None) -> di
     metrics: dict = {}
     writer = MetricWriter(workdir, is_main=is_main, total_steps=int(config.num_steps), start_step=start,
                           progress=progress)
+    writer.write_text("config", "```\n" + to_json(config) + "\n```", start)
     preempted = False
     try:
         with jax.set_mesh(mesh), nn.logical_axis_rules(rules), _Preemption() as stop:

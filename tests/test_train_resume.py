@@ -1,0 +1,198 @@
+"""`train.py` as a subprocess on the tiny config: it learns and writes checkpoints, TensorBoard
+events and metrics.jsonl; runs killed (SIGKILL after a checkpoint, SIGKILL inside an async
+save) or preempted (SIGTERM) resume bit-for-bit; two processes with jax.distributed agree
+with one."""
+import glob
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STEPS = 20
+ARGS = ["--config=configs/tiny.py", f"--config.num_steps={STEPS}", "--config.log_every=1",
+        "--config.checkpoint_every=5", "--config.eval_every=10", "--config.keep_checkpoints=5",
+        "--progress=false"]
+
+# Runs train.py in this process after installing one fault (FAULT, FAULT_STEP in the environment).
+FAULTY = r"""
+import os, runpy, signal, sys
+fault, at = os.environ["FAULT"], int(os.environ["FAULT_STEP"])
+die = lambda sig: os.kill(os.getpid(), sig)
+if fault == "kill_after_save":       # SIGKILL once the checkpoint of step `at` is complete
+    from phd_jax.train import checkpoint as ck
+    orig_save = ck.save
+    def save(mgr, step, *a, **k):
+        orig_save(mgr, step, *a, **k)
+        if step == at:
+            mgr.wait_until_finished()
+            die(signal.SIGKILL)
+    ck.save = save
+elif fault == "kill_during_save":    # SIGKILL inside the async save of step `at`, before its commit
+    from orbax.checkpoint._src.path import atomicity
+    orig_finalize = atomicity.AtomicRenameTemporaryPath.finalize
+    async def finalize(self, *a, **k):
+        if self.get_final().name == str(at):
+            die(signal.SIGKILL)
+        return await orig_finalize(self, *a, **k)
+    atomicity.AtomicRenameTemporaryPath.finalize = finalize
+elif fault == "term":                # SIGTERM (preemption) right after step `at`
+    from phd_jax.train import metrics as M
+    orig_update = M.MetricWriter.update
+    def update(self, step):
+        orig_update(self, step)
+        if step == at:
+            die(signal.SIGTERM)
+    M.MetricWriter.update = update
+sys.argv = ["train.py"] + sys.argv[1:]
+runpy.run_path("train.py", run_name="__main__")
+"""
+
+
+def train(workdir, *extra, fault=None, env=None, timeout=600):
+    cmd = [sys.executable, "train.py", f"--workdir={workdir}", *ARGS, *extra]
+    if fault:
+        cmd[1:2] = ["-c", FAULTY]
+    full_env = dict(os.environ, **(env or {}))
+    if fault:
+        full_env.update(FAULT=fault[0], FAULT_STEP=str(fault[1]))
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=full_env)
+
+
+def metrics(workdir):
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def final_params(workdir):
+    from phd_jax.train import restore_params
+    return restore_params(workdir)
+
+
+@pytest.fixture(scope="session")
+def reference(tmp_path_factory):
+    wd = str(tmp_path_factory.mktemp("reference") / "run")
+    out = train(wd, "--config.sample_tokens=16")
+    assert out.returncode == 0, out.stderr[-3000:]
+    return wd, out.stdout
+
+
+def test_train_py_learns_and_writes_its_workdir(reference):
+    wd, stdout = reference
+    rows = metrics(wd)
+    assert [r["step"] for r in rows] == list(range(1, STEPS + 1))
+    first, last = np.mean([r["loss"] for r in rows[:3]]), np.mean([r["loss"] for r in rows[-3:]])
+    assert last < first - 1.0, (first, last)
+    assert rows[-1]["val_loss"] < rows[9]["val_loss"]
+    for key in ("perplexity", "grad_norm", "learning_rate", "step_time", "tokens", "flops", "tokens_per_s",
+                "processed_tokens_per_s", "tflops", "mfu"):
+        assert key in rows[-1], key
+    assert rows[-1]["tokens"] == STEPS * 8 * 32
+    assert rows[-1]["processed_tokens_per_s"] == pytest.approx(2 * rows[-1]["tokens_per_s"])
+    assert sorted(int(s) for s in os.listdir(os.path.join(wd, "checkpoints"))) == [5, 10, 15, 20]
+    assert glob.glob(os.path.join(wd, "tensorboard", "events.out.tfevents.*"))
+    for name in ("config.json", "model_config.json", "version.json"):
+        assert json.load(open(os.path.join(wd, name)))
+    assert json.load(open(os.path.join(wd, "model_config.json")))["vocab_size"] == 384   # 259 padded
+    from phd_jax.train import load_run_config, restore_params
+    assert load_run_config(wd).num_steps == STEPS
+    cfg, params, step = restore_params(os.path.join(wd, "checkpoints", "5"))
+    assert (cfg.name, step, params["embed"]["embedding"].shape) == ("PHD-2", 5, (384, 32))
+    assert "--- sample from PHD-2 (step 20) ---" in stdout
+    assert f"checkpoints in checkpoints/ every 5 steps" in stdout
+
+
+def _check_resumed(reference_wd, wd, resumed_from, stdout):
+    assert f"resuming from step {resumed_from}" in stdout
+    ref, got = metrics(reference_wd), metrics(wd)
+    assert [r["step"] for r in got] == list(range(1, STEPS + 1))   # no step twice
+    for a, b in zip(ref[resumed_from:], got[resumed_from:]):
+        assert a["loss"] == b["loss"] and a["grad_norm"] == b["grad_norm"], (a["step"], a["loss"], b["loss"])
+    cfg_a, pa, step_a = final_params(reference_wd)
+    cfg_b, pb, step_b = final_params(wd)
+    assert cfg_a == cfg_b and step_a == step_b == STEPS
+    import jax
+    for x, y in zip(jax.tree.leaves(pa), jax.tree.leaves(pb)):
+        assert np.array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_sigkill_after_checkpoint_resumes_bitwise(reference, tmp_path):
+    wd = str(tmp_path / "run")
+    out = train(wd, "--config.sample_tokens=0", fault=("kill_after_save", 10))
+    assert out.returncode == -signal.SIGKILL, out.stderr[-3000:]
+    assert max(r["step"] for r in metrics(wd)) >= 10
+    out = train(wd, "--config.sample_tokens=0")
+    assert out.returncode == 0, out.stderr[-3000:]
+    _check_resumed(reference[0], wd, 10, out.stdout)
+
+
+def test_sigterm_saves_exits_0_and_resumes_bitwise(reference, tmp_path):
+    wd = str(tmp_path / "run")
+    out = train(wd, "--config.sample_tokens=0", fault=("term", 13))
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "SIGTERM: saved a checkpoint at step 13" in out.stdout
+    assert "13" in os.listdir(os.path.join(wd, "checkpoints"))
+    out = train(wd, "--config.sample_tokens=0")
+    assert out.returncode == 0, out.stderr[-3000:]
+    _check_resumed(reference[0], wd, 13, out.stdout)
+
+
+def test_killed_during_async_save_restores_last_complete(reference, tmp_path):
+    wd = str(tmp_path / "run")
+    out = train(wd, "--config.sample_tokens=0", fault=("kill_during_save", 15))
+    assert out.returncode == -signal.SIGKILL, out.stderr[-3000:]
+    names = os.listdir(os.path.join(wd, "checkpoints"))
+    assert [n for n in names if n.startswith("15.orbax-checkpoint-tmp")], names   # the partial save
+    assert "15" not in names and "10" in names
+    out = train(wd, "--config.sample_tokens=0")
+    assert out.returncode == 0, out.stderr[-3000:]
+    _check_resumed(reference[0], wd, 10, out.stdout)
+
+
+def test_cli_errors_are_one_line_and_touch_nothing(reference, tmp_path):
+    wd = reference[0]
+    before = sorted(os.listdir(wd)), open(os.path.join(wd, "metrics.jsonl")).read()
+    for extra, message in [
+        (["--config.learnin_rate=1"], "error: --config.learnin_rate: 'learnin_rate' is not a config key "
+                                      "(did you mean 'learning_rate'?)"),
+        (["--config.model.d_model=64"], "error: config.model.d_model=64 does not match the run in workdir"),
+        (["--config=configs/tiny.py:PHD-9x"], "error: config argument 'PHD-9x' is invalid: allowed: vanilla"),
+        (["--config.model.d_model=x"], "error: flag --config.model.d_model=x: invalid literal for int()"),
+        (["--config=configs/nope.py"], "error: Configuration is not available because of an earlier failure"),
+    ]:
+        out = train(wd, *extra)
+        assert out.returncode == 2
+        assert out.stderr.strip().startswith(message), out.stderr[-2000:]
+        assert len(out.stderr.strip().splitlines()) == 1, out.stderr[-2000:]
+    assert (sorted(os.listdir(wd)), open(os.path.join(wd, "metrics.jsonl")).read()) == before
+
+
+def test_two_processes_agree_with_one(reference, tmp_path):
+    """jax.distributed on localhost (gloo CPU collectives), 2 processes x 4 devices = one mesh of 8."""
+    import socket
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    wd = str(tmp_path / "run")
+    env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=4 --xla_backend_optimization_level=0"}
+    procs = [subprocess.Popen([sys.executable, "train.py", f"--workdir={wd}", *ARGS, "--config.sample_tokens=0",
+                               f"--coordinator_address=localhost:{port}", "--num_processes=2",
+                               f"--process_id={i}"], cwd=ROOT, env=dict(os.environ, **env),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    for p, (o, e) in zip(procs, outs):
+        assert p.returncode == 0, e[-3000:]
+    assert "2 process(es)" in outs[0][0] and "over 8 cpu device(s)" in outs[0][0]
+    assert not [line for line in outs[1][0].splitlines() if not line.startswith("[Gloo]")]   # only process 0 logs
+    ref, got = metrics(reference[0]), metrics(wd)
+    assert [r["step"] for r in got] == list(range(1, STEPS + 1))
+    for a, b in zip(ref, got):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-5), a["step"]
+    assert got[-1]["val_loss"] == pytest.approx(ref[-1]["val_loss"], rel=1e-5)
+    assert re.search(r"\b20\b", " ".join(os.listdir(os.path.join(wd, "checkpoints"))))
