@@ -174,7 +174,7 @@ def _init_params(config, cfg: ModelConfig, params_sh, log):
         return jax.jit(lambda: init_params(cfg, int(config.seed)), out_shardings=params_sh)()
     if source.startswith("hf:"):
         from phd_jax.interop import load_hf_llama   # lazily: only this path needs transformers files
-        src_cfg, params = load_hf_llama(source[3:])
+        src_cfg, params = load_hf_llama(source[3:], param_dtype=cfg.param_dtype, scan_layers=cfg.scan_layers)
     else:
         src_cfg, params, step = ckpt.restore_params(source)
         source = f"{source} (step {step})"
