@@ -179,6 +179,14 @@ def as_rng(name: str, value):
          f"(got {type(value).__name__})", TypeError)
 
 
+def as_token_id(name: str, value, vocab_size: int) -> int:
+    """One token id (e.g. `eos_id`) as a Python int in [0, vocab_size)."""
+    v = as_int(name, value)
+    if not 0 <= v < vocab_size:
+        fail(name, value, f"must be a token id in [0, vocab_size={vocab_size})")
+    return v
+
+
 def check_tokens(config, tokens, name: str = "tokens"):
     """Shape and dtype of a token array `[batch, length]`; the id range when concrete.
 

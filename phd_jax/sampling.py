@@ -11,7 +11,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from phd_jax.checks import (as_int, as_rng, check_config, check_max_len, check_sampling, fail,
+from phd_jax.checks import (as_int, as_rng, as_token_id, check_config, check_max_len, check_sampling, fail,
                             is_traced)
 from phd_jax.config import ModelConfig
 from phd_jax.decode import prefill, step
@@ -115,8 +115,8 @@ def generate(params, config: ModelConfig, prompt, max_new_tokens: int, *, rng=No
     greedy = top_k == 1 or (not traced_t and temperature == 0)
     if not greedy and rng is None:
         fail("rng", rng, "sampling (temperature > 0) needs rng=jax.random.key(...) or an integer seed")
-    eos_id = None if eos_id is None else as_int("eos_id", eos_id, 0, config.vocab_size - 1)
-    pad_id = as_int("pad_id", pad_id, 0, config.vocab_size - 1)
+    eos_id = None if eos_id is None else as_token_id("eos_id", eos_id, config.vocab_size)
+    pad_id = as_token_id("pad_id", pad_id, config.vocab_size)
     prompt = jnp.asarray(prompt)
     t = prompt.shape[-1]
     max_len = check_max_len(config, max_len, t + max_new_tokens,
