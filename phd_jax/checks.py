@@ -51,7 +51,9 @@ def fail(name: str, value, allowed: str, error=ValueError):
 
 
 def _show(value) -> str:
-    text = repr(value)
+    if is_traced(value):
+        return f"<traced {value.dtype}{list(value.shape)}>"
+    text = repr(_scalar(value))
     return text if len(text) <= 80 else text[:77] + "..."
 
 
@@ -267,7 +269,7 @@ def _params_mismatch(param_config, got: tuple) -> str | None:
     expected = _expected_params(param_config)
     got = dict(got)
     if got and all(p.startswith("params/") for p in got):
-        return ("params looks like a Flax variables dict {'params': ...}: pass variables['params'] "
+        return ("params looks like a variables dict {'params': ...}: pass variables['params'] "
                 "(the output of phd_jax.init_params)")
     missing = [p for p in expected if p not in got]
     extra = [p for p in got if p not in expected]
