@@ -260,12 +260,14 @@ def _expected_params(param_config):
 
 
 @functools.lru_cache(maxsize=256)
-def _params_mismatch(param_config, got: tuple) -> str | None:
-    """The error message for parameters with leaves `got` ((path, shape), ...), or None if they fit.
+def _params_mismatch(param_config, treedef, shapes: tuple) -> str | None:
+    """The error message for parameters of this tree structure and leaf shapes, or None if they fit.
 
     Cached: runs once per (param-shaping config, tree structure and shapes).
     `_params_mismatch.cache_info().misses` counts the real checks.
     """
+    paths = jax.tree_util.tree_flatten_with_path(treedef.unflatten(range(len(shapes))))[0]
+    got = tuple((_path(p), shapes[i]) for p, i in paths)
     expected = _expected_params(param_config)
     got = dict(got)
     if got and all(p.startswith("params/") for p in got):
@@ -320,12 +322,13 @@ def check_params(params, config):
     if not isinstance(params, dict):
         raise TypeError(f"params must be a dict of arrays (the output of phd_jax.init_params), "
                         f"got {type(params).__name__}")
+    leaves, treedef = jax.tree.flatten(params)
     try:
-        got = tuple((_path(p), tuple(x.shape)) for p, x in jax.tree_util.tree_flatten_with_path(params)[0])
+        shapes = tuple(tuple(x.shape) for x in leaves)
     except AttributeError:
         raise TypeError("params must be a tree of arrays (the output of phd_jax.init_params); "
                         "some leaves have no shape") from None
-    message = _params_mismatch(param_config(config), got)
+    message = _params_mismatch(param_config(config), treedef, shapes)
     if message:
         raise ValueError(message)
 
@@ -363,10 +366,32 @@ def check_state(state, config, name: str = "state"):
         raise ValueError(f"{name} arrays do not have the shapes init_state makes for this config: "
                          f"k {tuple(state.k.shape)} (expected {want}), window_k "
                          f"{tuple(state.window_k.shape)}")
+    return state
+
+
+def check_room(state):
+    """The state's cache has room for one more position (eager: waits for the previous step)."""
     if is_traced(state.pos):
         checkify.debug_check(jnp.all(state.pos < state.max_len),
-                             f"{name} is full: a position does not fit max_len={state.max_len}")
-    return state
+                             f"the cache is full: a position does not fit max_len={state.max_len}")
+    elif int(state.pos.max()) >= state.max_len:
+        raise ValueError(f"the cache is full: position {int(state.pos.max())} does not fit "
+                         f"max_len={state.max_len}")
+
+
+def check_lengths(lengths, batch: int, length: int):
+    """True prompt lengths `[batch]` of a right-padded batch: integers in [1, length]."""
+    lengths = jnp.asarray(lengths)
+    if lengths.shape != (batch,) or not jnp.issubdtype(lengths.dtype, jnp.integer):
+        raise ValueError(f"lengths must be integers of shape ({batch},), got dtype {lengths.dtype}, "
+                         f"shape {tuple(lengths.shape)}")
+    if is_traced(lengths):
+        checkify.debug_check(jnp.all((lengths >= 1) & (lengths <= length)),
+                             f"lengths must be in [1, {length}] (the padded prompt length)")
+    elif lengths.min() < 1 or lengths.max() > length:
+        raise ValueError(f"lengths must be in [1, {length}] (the padded prompt length), got "
+                         f"{np.asarray(lengths).tolist()}")
+    return lengths
 
 
 # ---------------------------------------------------------------------------

@@ -7,6 +7,7 @@ so the rest of the library never re-derives K-1, ceil(W/(K-1)) and friends.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import re
 
@@ -226,6 +227,7 @@ class ModelConfig:
         return jnp.dtype(self.param_dtype)
 
 
+@functools.lru_cache(maxsize=256)
 def param_config(config: ModelConfig) -> ModelConfig:
     """`config` reduced to the fields that shape the parameters (`PARAM_FIELDS`), others default:
     one compiled init, and one parameter check, serve every variant, K, W and C."""

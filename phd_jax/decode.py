@@ -24,8 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from phd_jax.attention import KVCache
-from phd_jax.checks import (as_bool, as_int, check_config, check_max_len, check_params, check_state,
-                            check_tokens, check_tokens_per_sequence, is_traced)
+from phd_jax.checks import (as_bool, as_int, check_config, check_lengths, check_max_len, check_params,
+                            check_room, check_state, check_tokens, check_tokens_per_sequence)
 from phd_jax.config import ModelConfig
 from phd_jax.masks import Layout, allowed
 from phd_jax.model import Transformer, rope_positions, run_layout
@@ -237,13 +237,7 @@ def prefill(params, config: ModelConfig, tokens, max_len: int | None = None, len
     max_len = check_max_len(config, max_len, t, f"a prompt of length {t}")
     ragged = lengths is not None
     if ragged:
-        lengths = jnp.asarray(lengths)
-        if lengths.shape != (b,) or not jnp.issubdtype(lengths.dtype, jnp.integer):
-            raise ValueError(f"lengths must be integers of shape ({b},), got dtype {lengths.dtype}, "
-                             f"shape {tuple(lengths.shape)}")
-        if not is_traced(lengths) and (lengths.min() < 1 or lengths.max() > t):
-            raise ValueError(f"lengths must be in [1, {t}] (the padded prompt length), got "
-                             f"{np.asarray(lengths).tolist()}")
+        lengths = check_lengths(lengths, b, t)
     else:
         lengths = jnp.full((b,), t, jnp.int32)
     check_tokens_per_sequence(config, t * config.cached_copies + config.prefill_tail(t, ragged)
@@ -294,9 +288,7 @@ def decode_step(params, config: ModelConfig, state: DecodeState, tokens, *, dona
         raise ValueError(f"tokens must have shape {tuple(state.pos.shape)} (one per sequence: the "
                          f"state holds batch={state.batch_size}), got {tuple(tokens.shape)}")
     check_tokens(config, tokens[:, None])
-    if not is_traced(state.pos) and int(state.pos.max()) >= state.max_len:
-        raise ValueError(f"the cache is full: position {int(state.pos.max())} does not fit "
-                         f"max_len={state.max_len}")   # (this check waits for the previous step)
+    check_room(state)
     return (_decode_step_donating if donate else _decode_step_copying)(params, config, state, tokens)
 
 
