@@ -303,7 +303,8 @@ def _params_mismatch(param_config, treedef, shapes: tuple) -> str | None:
                 fields.setdefault("num_layers", f"config {param_config.num_layers}, params {n}")
     leaves = ([f"{p} has shape {got[p]}, expected {expected[p][0]}" for p in wrong]
               + [f"{p} is missing" for p in missing] + [f"{p} is unexpected" for p in extra])
-    explain = "; ".join(f"{f} ({why})" for f, why in fields.items()) or "leaves missing or unexpected (another model, or edited by hand?)"
+    explain = ("; ".join(f"{f} ({why})" for f, why in fields.items())
+               or "leaves missing or unexpected (another model, or edited by hand?)")
     more = f" (+{len(leaves) - 2} more)" if len(leaves) > 2 else ""
     return (f"params do not fit the config: {explain}. First mismatching leaves: "
             f"{'; '.join(leaves[:2])}{more}")

@@ -13,8 +13,8 @@ import re
 
 import jax.numpy as jnp
 
-from phd_jax.checks import (MAX_TOKENS_PER_SEQUENCE, ConfigError, ConfigTypeError, as_bool, as_float, as_int, fail,
-                            one_of)
+from phd_jax.checks import (MAX_TOKENS_PER_SEQUENCE, ConfigError, ConfigTypeError, as_bool, as_float,
+                            as_int, fail, one_of)
 
 VARIANTS = ("vanilla", "naive", "phd", "phd_swa", "phd_cswa")
 BACKENDS = ("auto", "dense", "blocksparse", "splash")

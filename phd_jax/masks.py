@@ -38,7 +38,7 @@ def allowed(variant: str, q_pos, q_copy, k_pos, k_copy, repeat: int, window: int
     if not has_hidden_tokens(variant, repeat):
         return ok
     ok = ok | ((k_pos == q_pos) & (k_copy >= 1) & (k_copy <= q_copy))     # rule 2: own position
-    if has_window(variant) and window >= 1:                # rule 3: window
+    if has_window(variant) and window >= 1:                                # rule 3: window
         h_q = q_pos * (repeat - 1) + (q_copy - 1)
         h_k = k_pos * (repeat - 1) + (k_copy - 1)
         win = (q_copy >= 1) & (k_copy >= 1) & (h_k >= h_q - window) & (h_k <= h_q)

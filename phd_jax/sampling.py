@@ -11,8 +11,8 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from phd_jax.checks import (as_int, as_rng, as_token_id, check_config, check_max_len, check_sampling, fail,
-                            is_traced)
+from phd_jax.checks import (as_int, as_rng, as_token_id, check_config, check_max_len, check_sampling,
+                            fail, is_traced)
 from phd_jax.config import ModelConfig
 from phd_jax.decode import prefill, step
 

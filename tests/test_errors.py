@@ -40,12 +40,15 @@ def model():
 # ---- 1. configs -----------------------------------------------------------------------
 
 @pytest.mark.parametrize("kwargs,error,message", [
-    (dict(tie_embeddings="no"), TypeError, r"ModelConfig.tie_embeddings='no' is invalid: must be True or False"),
+    (dict(tie_embeddings="no"), TypeError,
+     r"ModelConfig.tie_embeddings='no' is invalid: must be True or False"),
     (dict(scan_layers="False"), TypeError, r"ModelConfig.scan_layers='False' is invalid"),
     (dict(qk_norm=0), TypeError, r"ModelConfig.qk_norm=0 is invalid: must be True or False"),
-    (dict(rope_theta="1e4"), TypeError, r"ModelConfig.rope_theta='1e4' is invalid: must be a finite number > 0"),
+    (dict(rope_theta="1e4"), TypeError,
+     r"ModelConfig.rope_theta='1e4' is invalid: must be a finite number > 0"),
     (dict(init_std=None), TypeError, r"ModelConfig.init_std=None is invalid"),
-    (dict(rope_theta=math.inf), ValueError, r"ModelConfig.rope_theta=inf is invalid: must be a finite number"),
+    (dict(rope_theta=math.inf), ValueError,
+     r"ModelConfig.rope_theta=inf is invalid: must be a finite number"),
     (dict(norm_eps=math.nan), ValueError, r"ModelConfig.norm_eps=nan is invalid"),
     (dict(d_model="64"), TypeError, r"ModelConfig.d_model='64' is invalid: must be an integer >= 1"),
     (dict(variant=3), TypeError, r"ModelConfig.variant=3 is invalid: allowed: vanilla"),
@@ -135,8 +138,10 @@ def test_param_check_runs_once_per_config_and_tree_not_per_call(model):
 # ---- 3. decode state vs config --------------------------------------------------------------
 
 @pytest.mark.parametrize("other,message", [
-    (tiny_config("phd", 2), r"state was made for another model \(PHD-2\) than config \(PHD-3\): repeat \(state 2, config 3\)"),
-    (tiny_config("vanilla", 1), r"\(vanilla\) than config \(PHD-3\): variant \(state 'vanilla', config 'phd'\)"),
+    (tiny_config("phd", 2),
+     r"state was made for another model \(PHD-2\) than config \(PHD-3\): repeat \(state 2, config 3\)"),
+    (tiny_config("vanilla", 1),
+     r"\(vanilla\) than config \(PHD-3\): variant \(state 'vanilla', config 'phd'\)"),
     (tiny_config("naive", 3), r"variant \(state 'naive', config 'phd'\)"),
     (tiny_config("phd_swa", 3, 2), r"window \(state 2, config 0\)"),
     (tiny_config(num_kv_heads=4), r"num_kv_heads \(state 4, config 2\)"),
@@ -151,7 +156,8 @@ def test_decode_step_refuses_a_state_from_another_config(model, other, message):
 def test_decode_step_refuses_another_batch_and_non_states(model):
     cfg, params = model
     state = phd_jax.init_state(cfg, 3, 8)
-    raises(ValueError, r"tokens must have shape \(3,\) \(one per sequence: the state holds batch=3\), got \(2,\)",
+    raises(ValueError,
+           r"tokens must have shape \(3,\) \(one per sequence: the state holds batch=3\), got \(2,\)",
            phd_jax.decode_step, params, cfg, state, jnp.zeros((2,), jnp.int32))
     raises(TypeError, r"state must be a phd_jax.DecodeState", phd_jax.decode_step, params, cfg,
            {"k": 1}, jnp.zeros((2,), jnp.int32))
@@ -168,7 +174,8 @@ def test_decode_step_refuses_another_batch_and_non_states(model):
     (lambda c: phd_jax.init_state(c, 2, 100), ValueError, r"^max_len=100 exceeds ModelConfig.max_seq_len=64"),
     (lambda c: phd_jax.kv_cache_bytes(c, -2, 16), ValueError, r"^batch=-2 is invalid"),
     (lambda c: phd_jax.kv_cache_bytes(c, 2, 1.5), TypeError, r"^max_len=1.5 is invalid: must be an integer"),
-    (lambda c: phd_jax.init_state({"d_model": 4}, 2, 8), TypeError, r"^config must be a phd_jax.ModelConfig, got dict"),
+    (lambda c: phd_jax.init_state({"d_model": 4}, 2, 8), TypeError,
+     r"^config must be a phd_jax.ModelConfig, got dict"),
 ])
 def test_state_and_cache_size_arguments(call, error, message):
     raises(error, message, call, tiny_config())
@@ -191,7 +198,8 @@ LOGITS = jnp.log(jnp.array([[0.1, 0.6, 0.3]]))
     (dict(temperature=math.nan), ValueError, r"^temperature=nan is invalid"),
     (dict(temperature=math.inf), ValueError, r"^temperature=inf is invalid"),
     (dict(temperature="hot"), TypeError, r"^temperature='hot' is invalid"),
-    (dict(temperature=1.0, top_p=0.0), ValueError, r"^top_p=0.0 is invalid: must be a finite number in \(0, 1\]"),
+    (dict(temperature=1.0, top_p=0.0), ValueError,
+     r"^top_p=0.0 is invalid: must be a finite number in \(0, 1\]"),
     (dict(temperature=1.0, top_p=1.5), ValueError, r"^top_p=1.5 is invalid"),
     (dict(temperature=1.0, top_k=4), ValueError, r"^top_k=4 is invalid: must be an integer in \[0, 3\]"),
     (dict(temperature=1.0, top_k=-1), ValueError, r"^top_k=-1 is invalid"),
