@@ -426,9 +426,10 @@ def checked(fn):
 
     Inside `jax.jit` the library cannot raise on values (token ids, a full cache): it
     clamps ids into the vocabulary instead. `checked(fn)(*args)` runs `fn` (jitted or
-    not) under `jax.experimental.checkify` and raises a `ValueError` with the first
-    failed check. Array arguments are traced; everything else (configs, ints, floats,
-    strings) is passed through as a static value:
+    not) jitted under `jax.experimental.checkify` and raises a `ValueError` with the
+    first failed check. Array arguments are traced; everything else (configs, ints,
+    floats, strings) is passed through as a static value (each call traces again: a
+    debugging mode, not a fast path):
 
         logits = phd_jax.checked(jax.jit(phd_jax.forward, static_argnums=1))(params, cfg, tokens)
     """
@@ -447,7 +448,8 @@ def checked(fn):
                 full[i] = v
             return fn(*full, **{**kwargs, **dict(zip(dyn_kw, kw_vals))})
 
-        err, out = checkify.checkify(inner, errors=checkify.user_checks)(
+        # Jitted, so the arguments are traced and every check becomes a checkify check.
+        err, out = checkify.checkify(jax.jit(inner), errors=checkify.user_checks)(
             [args[i] for i in dyn_pos], [kwargs[k] for k in dyn_kw])
         message = err.get()
         if message:

@@ -303,3 +303,13 @@ def test_readme_errors_section_prints_what_it_shows():
     with contextlib.redirect_stdout(out):
         exec(compile(code, "README.md", "exec"), {})
     assert out.getvalue() == shown
+
+
+def test_checked_mode_reports_a_full_cache_that_jit_would_drop(model):
+    cfg, params = model
+    state = phd_jax.init_state(cfg, 1, 2).replace(pos=jnp.array([2], jnp.int32))
+    token = jnp.array([1], jnp.int32)
+    raises(ValueError, r"^the cache is full: position 2 does not fit max_len=2",
+           phd_jax.decode_step, params, cfg, state, token)
+    raises(ValueError, r"^the cache is full: a position does not fit max_len=2",
+           phd_jax.checked(phd_jax.decode_step), params, cfg, state, token, donate=False)
