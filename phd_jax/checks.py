@@ -245,7 +245,9 @@ AXIS_FIELDS = {"layers": "num_layers", "embed": "d_model", "heads": "num_heads",
 
 
 def _path(keys) -> str:
-    return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in keys)
+    """'layers/attention/query/kernel'; attribute steps (a boxed `nn.Partitioned(...).value`) are skipped."""
+    return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in keys
+                    if not isinstance(k, jax.tree_util.GetAttrKey))
 
 
 @functools.lru_cache(maxsize=64)
