@@ -13,6 +13,7 @@ attention: H is a multiple of KVH), output `[B, N, H, D]`.
 from __future__ import annotations
 
 import functools
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -364,17 +365,29 @@ def _splash_local(q, k, v, segment_ids=None, *, pattern: BlockPattern, interpret
     return out[:, :, :n].transpose(0, 2, 1, 3).astype(q.dtype)
 
 
-def cached_attention(q, new_k, new_v, cache_k, cache_v, window_k, window_v, mask):
+class KVCache(NamedTuple):
+    """One layer's (or, stacked, every layer's) persistent cache as decode reads it.
+
+    k, v: `[B, S, KVH, D]` original-token cache; window_k, window_v: `[B, W, KVH, D]`
+    ring buffer of recent hidden decoding tokens (W = 0 outside PHD-SWA/CSWA).
+    """
+    k: jax.Array
+    v: jax.Array
+    window_k: jax.Array
+    window_v: jax.Array
+
+
+def cached_attention(q, new_k, new_v, cache: KVCache, mask):
     """Decode-time attention of Q new tokens over [cache | window | new tokens].
 
-    q `[B, Q, H, D]`; new_k/new_v `[B, Q, KVH, D]`; cache_* `[B, S, KVH, D]`;
-    window_* `[B, W, KVH, D]`; mask `[B, Q, S + W + Q]` from `masks.allowed`.
+    q `[B, Q, H, D]`; new_k/new_v `[B, Q, KVH, D]`; `cache` one layer's `KVCache`;
+    mask `[B, Q, S + W + Q]` from `masks.allowed`.
     The cache is read in place (no concatenation of keys).
     """
-    s, w = cache_k.shape[1], window_k.shape[1]
-    qg = _grouped(q, cache_k.shape[2])
+    s, w = cache.k.shape[1], cache.window_k.shape[1]
+    qg = _grouped(q, cache.k.shape[2])
     m = mask[:, None, None]  # [B, 1, 1, Q, S+W+Q]
-    groups = [(cache_k, cache_v, m[..., :s]), (new_k, new_v, m[..., s + w:])]
+    groups = [(cache.k, cache.v, m[..., :s]), (new_k, new_v, m[..., s + w:])]
     if w:
-        groups.insert(1, (window_k, window_v, m[..., s:s + w]))
+        groups.insert(1, (cache.window_k, cache.window_v, m[..., s:s + w]))
     return _ungrouped(combine(partial_attention(qg, groups, "bskd")), q.dtype)

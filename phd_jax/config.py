@@ -7,10 +7,14 @@ so the rest of the library never re-derives K-1, ceil(W/(K-1)) and friends.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import re
 
 import jax.numpy as jnp
+
+from phd_jax.checks import (MAX_TOKENS_PER_SEQUENCE, ConfigError, ConfigTypeError, as_bool, as_float,
+                            as_int, fail, one_of)
 
 VARIANTS = ("vanilla", "naive", "phd", "phd_swa", "phd_cswa")
 BACKENDS = ("auto", "dense", "blocksparse", "splash")
@@ -19,8 +23,32 @@ DTYPES = ("float32", "bfloat16", "float16")
 REMAT_POLICIES = ("none", "full", "dots")
 
 
-def _fail(field: str, value, allowed: str):
-    raise ValueError(f"ModelConfig.{field}={value!r} is invalid: {allowed}")
+PHD_VARIANTS = ("phd", "phd_swa", "phd_cswa")
+
+# Fields that shape the parameters (PHD adds none): `init_params` and `check_params` key on them.
+PARAM_FIELDS = ("vocab_size", "num_layers", "d_model", "num_heads", "num_kv_heads", "head_dim",
+                "mlp_dim", "tie_embeddings", "qk_norm", "dtype", "param_dtype", "scan_layers",
+                "init_std")
+
+
+# ---- the variant predicates: the one definition every module uses ----------------
+def has_hidden_tokens(variant: str, repeat: int) -> bool:
+    """True when copies 1..K-1 are hidden decoding tokens (never cached): PHD with K > 1."""
+    return variant in PHD_VARIANTS and repeat > 1
+
+
+def has_window(variant: str) -> bool:
+    """True for the variants whose hidden tokens see a sliding window of W earlier ones."""
+    return variant in ("phd_swa", "phd_cswa")
+
+
+def is_chunked(variant: str) -> bool:
+    """True for the variant whose window is cut at chunks of C positions."""
+    return variant == "phd_cswa"
+
+
+_INT_FIELDS = ("vocab_size", "num_layers", "d_model", "num_heads", "num_kv_heads", "head_dim",
+               "mlp_dim", "max_seq_len", "block_q", "block_kv")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,6 +60,11 @@ class ModelConfig:
     `phd_cswa` only), `position_mode` ("shared": every copy of position n has
     rotary position n; "flat": copy s has n*K + s; default: flat for `naive`,
     whose definition is the literal repeated sequence, shared otherwise).
+
+    Every field is checked on construction (`phd_jax.checks`): numpy / JAX scalars
+    become Python numbers (so equal configs hash equally), booleans must be bools,
+    floats finite; a bad value raises a `ConfigError` (a `ValueError`; also a
+    `TypeError` for a wrong type) naming the field.
     """
 
     vocab_size: int = 256
@@ -62,49 +95,51 @@ class ModelConfig:
     init_std: float = 0.02
 
     def __post_init__(self):
-        if self.position_mode is None:
-            object.__setattr__(self, "position_mode", "flat" if self.variant == "naive" else "shared")
-        for f in ("vocab_size", "num_layers", "d_model", "num_heads", "num_kv_heads",
-                  "head_dim", "mlp_dim", "max_seq_len", "block_q", "block_kv"):
-            v = getattr(self, f)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                _fail(f, v, "must be an integer >= 1")
-        if self.num_heads % self.num_kv_heads:
-            _fail("num_kv_heads", self.num_kv_heads,
-                  f"must divide num_heads={self.num_heads} (grouped-query attention)")
-        if self.head_dim % 2:
-            _fail("head_dim", self.head_dim, "must be even (rotary embeddings rotate pairs)")
-        if self.variant not in VARIANTS:
-            _fail("variant", self.variant, f"allowed: {', '.join(VARIANTS)}")
-        if not isinstance(self.repeat, int) or isinstance(self.repeat, bool) or self.repeat < 1:
-            _fail("repeat", self.repeat, "K must be an integer >= 1")
-        if self.variant == "vanilla" and self.repeat != 1:
-            _fail("repeat", self.repeat, "variant 'vanilla' needs repeat=1 (use 'phd' for K > 1)")
-        if not isinstance(self.window, int) or isinstance(self.window, bool) or self.window < 0:
-            _fail("window", self.window, "W must be an integer >= 0")
-        if self.window and self.variant not in ("phd_swa", "phd_cswa"):
-            _fail("window", self.window,
-                  f"variant {self.variant!r} has no sliding window; use 0, or phd_swa / phd_cswa")
-        if self.variant == "phd_cswa":
-            if not isinstance(self.chunk, int) or isinstance(self.chunk, bool) or self.chunk < 1:
-                _fail("chunk", self.chunk, "phd_cswa needs an integer chunk C >= 1")
-        elif self.chunk is not None:
-            _fail("chunk", self.chunk, f"only phd_cswa is chunked; use None for {self.variant!r}")
-        if self.position_mode not in POSITION_MODES:
-            _fail("position_mode", self.position_mode, f"allowed: {', '.join(POSITION_MODES)}")
+        def put(field, value):
+            object.__setattr__(self, field, value)
+
+        def name(field):
+            return f"ModelConfig.{field}"
+
+        for f in _INT_FIELDS:
+            put(f, as_int(name(f), getattr(self, f), 1, error=ConfigError))
+        for f in ("tie_embeddings", "qk_norm", "scan_layers"):
+            put(f, as_bool(name(f), getattr(self, f), error=ConfigError))
         for f in ("dtype", "param_dtype"):
-            if getattr(self, f) not in DTYPES:
-                _fail(f, getattr(self, f), f"allowed: {', '.join(DTYPES)}")
-        if self.attention not in BACKENDS:
-            _fail("attention", self.attention, f"allowed: {', '.join(BACKENDS)}")
-        if self.remat not in REMAT_POLICIES:
-            _fail("remat", self.remat, f"allowed: {', '.join(REMAT_POLICIES)}")
-        if not self.rope_theta > 0:
-            _fail("rope_theta", self.rope_theta, "must be > 0")
-        if not self.norm_eps > 0:
-            _fail("norm_eps", self.norm_eps, "must be > 0")
-        if not self.init_std > 0:
-            _fail("init_std", self.init_std, "must be > 0")
+            put(f, one_of(name(f), _dtype_name(getattr(self, f)), DTYPES, error=ConfigError))
+        for f, allowed in (("variant", VARIANTS), ("attention", BACKENDS), ("remat", REMAT_POLICIES)):
+            one_of(name(f), getattr(self, f), allowed, error=ConfigError)
+        if self.position_mode is None:
+            put("position_mode", "flat" if self.variant == "naive" else "shared")
+        one_of(name("position_mode"), self.position_mode, POSITION_MODES, error=ConfigError)
+        for f in ("rope_theta", "norm_eps", "init_std"):
+            put(f, as_float(name(f), getattr(self, f), 0.0, low_open=True, error=ConfigError))
+        if self.num_heads % self.num_kv_heads:
+            fail(name("num_kv_heads"), self.num_kv_heads,
+                 f"must divide num_heads={self.num_heads} (grouped-query attention)", ConfigError)
+        if self.head_dim % 2:
+            fail(name("head_dim"), self.head_dim, "must be even (rotary embeddings rotate pairs)",
+                 ConfigError)
+        put("repeat", as_int(name("repeat"), self.repeat, 1, error=ConfigError))
+        if self.repeat > MAX_TOKENS_PER_SEQUENCE:
+            fail(name("repeat"), self.repeat,
+                 f"one position alone needs K={self.repeat} tokens per sequence, above the limit "
+                 f"MAX_TOKENS_PER_SEQUENCE={MAX_TOKENS_PER_SEQUENCE}", ConfigError)
+        if self.variant == "vanilla" and self.repeat != 1:
+            fail(name("repeat"), self.repeat, "variant 'vanilla' needs repeat=1 (use 'phd' for K > 1)",
+                 ConfigError)
+        put("window", as_int(name("window"), self.window, 0, error=ConfigError))
+        if self.window and not has_window(self.variant):
+            fail(name("window"), self.window,
+                 f"variant {self.variant!r} has no sliding window; use 0, or phd_swa / phd_cswa",
+                 ConfigError)
+        if is_chunked(self.variant):
+            if self.chunk is None:
+                fail(name("chunk"), None, "phd_cswa needs an integer chunk C >= 1", ConfigError)
+            put("chunk", as_int(name("chunk"), self.chunk, 1, error=ConfigError))
+        elif self.chunk is not None:
+            fail(name("chunk"), self.chunk, f"only phd_cswa is chunked; use None for {self.variant!r}",
+                 ConfigError)
 
     # ---- names -------------------------------------------------------------
     @property
@@ -130,11 +165,14 @@ class ModelConfig:
             (r"phd-cswa-(\d+)-(\d+)-(\d+)",
              lambda m: dict(variant="phd_cswa", repeat=int(m[1]), window=int(m[2]), chunk=int(m[3]))),
         ]
+        if not isinstance(name, str):
+            fail("ModelConfig.from_name(name)", name, "must be a model name string such as 'PHD-3' "
+                 "(vanilla, naive-K, PHD-K, PHD-SWA-K-W-inf, PHD-CSWA-K-W-C)", ConfigTypeError)
         for pat, make in patterns:
             m = re.fullmatch(pat, name.strip().lower())
             if m:
                 return cls(**{**make(m), **kwargs})
-        raise ValueError(
+        raise ConfigError(
             f"model name {name!r} is not one of: vanilla, naive-K, PHD-K, PHD-SWA-K-W-inf, PHD-CSWA-K-W-C")
 
     def replace(self, **kwargs) -> "ModelConfig":
@@ -144,16 +182,16 @@ class ModelConfig:
     @property
     def is_phd(self) -> bool:
         """True when the model has hidden decoding tokens that are not cached."""
-        return self.variant in ("phd", "phd_swa", "phd_cswa") and self.repeat > 1
+        return has_hidden_tokens(self.variant, self.repeat)
 
     @property
     def effective_window(self) -> int:
         """W as the mask uses it (0 for variants without a window, or K = 1)."""
-        return self.window if self.is_phd and self.variant != "phd" else 0
+        return self.window if self.is_phd and has_window(self.variant) else 0
 
     @property
     def effective_chunk(self) -> int | None:
-        return self.chunk if self.variant == "phd_cswa" else None
+        return self.chunk if is_chunked(self.variant) else None
 
     @property
     def cached_copies(self) -> int:
@@ -176,7 +214,7 @@ class ModelConfig:
         if not self.is_phd or prompt_len < 1:
             return 0
         tail = self.num_layers * self.window_positions + 1
-        if self.variant == "phd_cswa":
+        if is_chunked(self.variant):
             tail = min(tail, self.chunk if ragged else (prompt_len - 1) % self.chunk + 1)
         return min(tail, prompt_len)
 
@@ -187,3 +225,20 @@ class ModelConfig:
     @property
     def weight_dtype(self):
         return jnp.dtype(self.param_dtype)
+
+
+@functools.lru_cache(maxsize=256)
+def param_config(config: ModelConfig) -> ModelConfig:
+    """`config` reduced to the fields that shape the parameters (`PARAM_FIELDS`), others default:
+    one compiled init, and one parameter check, serve every variant, K, W and C."""
+    return ModelConfig(**{f: getattr(config, f) for f in PARAM_FIELDS})
+
+
+def _dtype_name(value):
+    """'bfloat16' for 'bfloat16', jnp.bfloat16 or np.dtype('bfloat16'); anything else unchanged."""
+    if isinstance(value, str) or value is None:
+        return value
+    try:
+        return jnp.dtype(value).name
+    except TypeError:
+        return value

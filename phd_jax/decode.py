@@ -23,9 +23,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from phd_jax.attention import KVCache
+from phd_jax.checks import (as_bool, as_int, check_config, check_lengths, check_max_len, check_params,
+                            check_room, check_state, check_tokens, check_tokens_per_sequence)
 from phd_jax.config import ModelConfig
 from phd_jax.masks import Layout, allowed
-from phd_jax.model import Transformer, check_tokens, rope_positions, run_layout
+from phd_jax.model import Transformer, rope_positions, run_layout
 
 
 @flax.struct.dataclass
@@ -39,6 +42,9 @@ class DecodeState:
     window_hidx: `[B, W]` hidden-order index `h(n, s)` of each slot, -1 = empty;
       position, copy and chunk follow from it.
     pos: `[B]` the next position of each sequence (= positions consumed).
+    max_len, config: static metadata (part of the tree structure, not arrays): the
+      cache length and the config the state was made for, so that `decode_step`
+      refuses a state from another model (`checks.check_state`).
     """
 
     k: jax.Array
@@ -48,6 +54,16 @@ class DecodeState:
     window_hidx: jax.Array
     pos: jax.Array
     max_len: int = flax.struct.field(pytree_node=False)
+    config: ModelConfig = flax.struct.field(pytree_node=False)
+
+    @property
+    def batch_size(self) -> int:
+        return self.pos.shape[0]
+
+    @property
+    def cache(self) -> KVCache:
+        """The persistent cache arrays `[L, B, ...]`, as the model's attention reads them."""
+        return KVCache(self.k, self.v, self.window_k, self.window_v)
 
     @property
     def cache_bytes(self) -> int:
@@ -58,6 +74,8 @@ class DecodeState:
 def kv_cache_bytes(config: ModelConfig, batch: int, max_len: int) -> int:
     """Persistent KV cache bytes (spec section 4): vanilla = phd = 2*max_len*KVH*D per
     layer and sequence, + 2*W*KVH*D for PHD-SWA/CSWA, x K for naive."""
+    check_config(config)
+    batch, max_len = as_int("batch", batch, 1), as_int("max_len", max_len, 1)
     per_layer = 2 * (max_len * config.cached_copies + config.effective_window)
     return (config.num_layers * batch * per_layer * config.num_kv_heads * config.head_dim
             * config.compute_dtype.itemsize)
@@ -65,6 +83,9 @@ def kv_cache_bytes(config: ModelConfig, batch: int, max_len: int) -> int:
 
 def init_state(config: ModelConfig, batch: int, max_len: int) -> DecodeState:
     """An empty state (no positions consumed) for `batch` sequences of up to `max_len` positions."""
+    check_config(config)
+    batch = as_int("batch", batch, 1)
+    max_len = check_max_len(config, max_len, 0, "")
     cache = (config.num_layers, batch, max_len * config.cached_copies, config.num_kv_heads,
              config.head_dim)
     window = (config.num_layers, batch, config.effective_window, config.num_kv_heads,
@@ -73,7 +94,7 @@ def init_state(config: ModelConfig, batch: int, max_len: int) -> DecodeState:
     return DecodeState(k=jnp.zeros(cache, dt), v=jnp.zeros(cache, dt),
                        window_k=jnp.zeros(window, dt), window_v=jnp.zeros(window, dt),
                        window_hidx=jnp.full((batch, config.effective_window), -1, jnp.int32),
-                       pos=jnp.zeros((batch,), jnp.int32), max_len=max_len)
+                       pos=jnp.zeros((batch,), jnp.int32), max_len=max_len, config=config)
 
 
 # ---------------------------------------------------------------------------
@@ -111,9 +132,8 @@ def _extend(params, config: ModelConfig, state: DecodeState, ids, pos, copy: np.
     Returns logits at `out_rows` and the new tokens' keys/values `[L, B, Q, KVH, D]`.
     """
     mask = _extend_mask(config, state, pos, copy, valid)
-    cache = (state.k, state.v, state.window_k, state.window_v)
     logits, (new_k, new_v) = Transformer(config).apply(
-        {"params": params}, ids, rope_positions(config, pos, copy), out_rows, mask, cache)
+        {"params": params}, ids, rope_positions(config, pos, copy), out_rows, mask, state.cache)
     return logits, new_k, new_v
 
 
@@ -146,7 +166,7 @@ def _write(config: ModelConfig, state: DecodeState, new_k, new_v, pos, copy: np.
 def _prefill_layout(config: ModelConfig, prompt_len: int) -> Layout:
     """The static token set of prefill: the cached stream (originals; naive: every copy)
     plus the hidden copies of the last `prefill_tail` positions (spec section 5)."""
-    if config.variant == "naive":
+    if not config.is_phd:    # vanilla and naive: every token is cached
         return Layout.for_config(config, prompt_len, "paper")
     return Layout.for_config(config, prompt_len, "kernel",
                              hidden_from=prompt_len - config.prefill_tail(prompt_len))
@@ -181,7 +201,7 @@ def _prefill_ragged(params, config: ModelConfig, state, tokens, lengths):
     (padding after a prompt is never attended), then (2) each prompt's tail of
     hidden copies against that cache, like a decode step."""
     b, t = tokens.shape
-    kind = "originals" if config.variant != "naive" else "paper"
+    kind = "paper" if config.cached_copies > 1 else "originals"   # naive caches every copy
     layout = Layout.for_config(config, t, kind)
     last = (lengths - 1) * config.cached_copies + config.cached_copies - 1
     out_rows = np.zeros((b, 0), np.int32) if config.is_phd else last[:, None]
@@ -202,15 +222,6 @@ def _prefill_ragged(params, config: ModelConfig, state, tokens, lengths):
     return logits[:, 0], _write(config, state, new_k, new_v, pos, copy, valid)
 
 
-def _check_state_fits(config, max_len, needed, what):
-    if not isinstance(max_len, int) or max_len < 1:
-        raise ValueError(f"max_len={max_len!r} is invalid: must be an integer >= 1")
-    if max_len > config.max_seq_len:
-        raise ValueError(f"max_len={max_len} exceeds ModelConfig.max_seq_len={config.max_seq_len}")
-    if needed > max_len:
-        raise ValueError(f"{what} needs {needed} positions but the cache holds max_len={max_len}")
-
-
 def prefill(params, config: ModelConfig, tokens, max_len: int | None = None, lengths=None):
     """Run a prompt; return (logits of its last position `[B, vocab]`, DecodeState).
 
@@ -218,22 +229,19 @@ def prefill(params, config: ModelConfig, tokens, max_len: int | None = None, len
     on the right (padding after `lengths[b]` is ignored). `max_len` (default
     `config.max_seq_len`) fixes the cache size for the whole generation.
     """
+    check_config(config)
+    check_params(params, config)
     tokens = jnp.asarray(tokens)
     check_tokens(config, tokens)
     b, t = tokens.shape
-    max_len = config.max_seq_len if max_len is None else max_len
-    _check_state_fits(config, max_len, t, f"a prompt of length {t}")
+    max_len = check_max_len(config, max_len, t, f"a prompt of length {t}")
     ragged = lengths is not None
     if ragged:
-        lengths = jnp.asarray(lengths)
-        if lengths.shape != (b,) or not jnp.issubdtype(lengths.dtype, jnp.integer):
-            raise ValueError(f"lengths must be integers of shape ({b},), got dtype {lengths.dtype}, "
-                             f"shape {tuple(lengths.shape)}")
-        if not isinstance(lengths, jax.core.Tracer) and (lengths.min() < 1 or lengths.max() > t):
-            raise ValueError(f"lengths must be in [1, {t}] (the padded prompt length), got "
-                             f"{np.asarray(lengths).tolist()}")
+        lengths = check_lengths(lengths, b, t)
     else:
         lengths = jnp.full((b,), t, jnp.int32)
+    check_tokens_per_sequence(config, t * config.cached_copies + config.prefill_tail(t, ragged)
+                              * (config.repeat - 1), f"prefill of {t} positions")
     return _prefill(params, config, tokens, lengths, max_len, ragged)
 
 
@@ -242,8 +250,12 @@ def prefill(params, config: ModelConfig, tokens, max_len: int | None = None, len
 # ---------------------------------------------------------------------------
 
 
-def _decode_step(params, config: ModelConfig, state: DecodeState, tokens):
-    """One new token per sequence: its K copies in parallel through every layer."""
+def step(params, config: ModelConfig, state: DecodeState, tokens):
+    """One new token per sequence: its K copies in parallel through every layer.
+
+    The unchecked step, for use inside `jit`/`scan` (`generate`); `decode_step` is the
+    checked, jitted entry point.
+    """
     k = config.repeat
     copy = np.arange(k)
     pos = jnp.broadcast_to(state.pos[:, None], (tokens.shape[0], k))
@@ -254,8 +266,8 @@ def _decode_step(params, config: ModelConfig, state: DecodeState, tokens):
     return logits[:, 0], state.replace(pos=state.pos + 1)
 
 
-_decode_step_donating = jax.jit(_decode_step, static_argnums=1, donate_argnums=2)
-_decode_step_copying = jax.jit(_decode_step, static_argnums=1)
+_decode_step_donating = jax.jit(step, static_argnums=1, donate_argnums=2)
+_decode_step_copying = jax.jit(step, static_argnums=1)
 
 
 def decode_step(params, config: ModelConfig, state: DecodeState, tokens, *, donate: bool = True):
@@ -267,14 +279,16 @@ def decode_step(params, config: ModelConfig, state: DecodeState, tokens, *, dona
     from one prompt). Inside your own `jit`/`scan`, call it freely: donation
     only applies to this eager entry point.
     """
+    check_config(config)
+    check_params(params, config)
+    check_state(state, config)
+    donate = as_bool("donate", donate)
     tokens = jnp.asarray(tokens)
-    check_tokens(config, tokens[:, None] if tokens.ndim == 1 else tokens)
     if tokens.shape != state.pos.shape:
-        raise ValueError(f"tokens must have shape {tuple(state.pos.shape)} (one per sequence), "
-                         f"got {tuple(tokens.shape)}")
-    if not isinstance(state.pos, jax.core.Tracer) and int(state.pos.max()) >= state.max_len:
-        raise ValueError(f"the cache is full: position {int(state.pos.max())} does not fit "
-                         f"max_len={state.max_len}")   # (this check waits for the previous step)
+        raise ValueError(f"tokens must have shape {tuple(state.pos.shape)} (one per sequence: the "
+                         f"state holds batch={state.batch_size}), got {tuple(tokens.shape)}")
+    check_tokens(config, tokens[:, None])
+    check_room(state)
     return (_decode_step_donating if donate else _decode_step_copying)(params, config, state, tokens)
 
 

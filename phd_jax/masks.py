@@ -21,7 +21,7 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 
-from phd_jax.config import VARIANTS, ModelConfig
+from phd_jax.config import VARIANTS, ModelConfig, has_hidden_tokens, has_window, is_chunked
 
 EMPTY, PARTIAL, FULL = 0, 1, 2
 
@@ -35,14 +35,14 @@ def allowed(variant: str, q_pos, q_copy, k_pos, k_copy, repeat: int, window: int
     if variant == "naive":
         return k_pos * repeat + k_copy <= q_pos * repeat + q_copy
     ok = (k_copy == 0) & (k_pos <= q_pos)                                  # rule 1: global
-    if variant == "vanilla" or repeat == 1:
+    if not has_hidden_tokens(variant, repeat):
         return ok
     ok = ok | ((k_pos == q_pos) & (k_copy >= 1) & (k_copy <= q_copy))     # rule 2: own position
-    if variant in ("phd_swa", "phd_cswa") and window >= 1:                # rule 3: window
+    if has_window(variant) and window >= 1:                                # rule 3: window
         h_q = q_pos * (repeat - 1) + (q_copy - 1)
         h_k = k_pos * (repeat - 1) + (k_copy - 1)
         win = (q_copy >= 1) & (k_copy >= 1) & (h_k >= h_q - window) & (h_k <= h_q)
-        if variant == "phd_cswa" and chunk is not None:
+        if is_chunked(variant) and chunk is not None:
             win = win & (k_pos // chunk == q_pos // chunk)
         ok = ok | win
     return ok
@@ -125,7 +125,7 @@ class Layout:
             return np.arange(T, dtype=np.int32), np.zeros(T, np.int32)
         i = np.arange(T * K, dtype=np.int32)
         pos, copy = i // K, i % K
-        if self.kind == "kernel" and self.variant != "naive" and K > 1:
+        if self.kind == "kernel" and has_hidden_tokens(self.variant, K):
             hidden = (copy != 0) & (pos >= self.hidden_from)
             order = np.concatenate([i[copy == 0], i[hidden]])  # hidden stay in hidden order
             pos, copy = pos[order], copy[order]
@@ -224,7 +224,7 @@ class Layout:
     @property
     def band_start(self) -> int | None:
         """Where the hidden tokens begin in the kernel layout (a thin diagonal band)."""
-        if self.kind == "kernel" and self.variant not in ("vanilla", "naive") and self.repeat > 1:
+        if self.kind == "kernel" and has_hidden_tokens(self.variant, self.repeat):
             return self.seq_len
         return None
 

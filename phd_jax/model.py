@@ -22,8 +22,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from phd_jax.attention import attend, cached_attention, layout_kind, static_config
-from phd_jax.config import ModelConfig
+from phd_jax.attention import KVCache, attend, cached_attention, layout_kind, static_config
+from phd_jax.checks import (as_rng, check_config, check_params, check_tokens,
+                            check_tokens_per_sequence)
+from phd_jax.config import ModelConfig, param_config
 from phd_jax.masks import Layout
 
 class _Partitioned(nn.LogicallyPartitioned):
@@ -79,7 +81,7 @@ class Attention(nn.Module):
     layout: Layout | None = None
 
     @nn.compact
-    def __call__(self, x, positions, mask=None, cache=None, docs=None):
+    def __call__(self, x, positions, mask=None, cache: KVCache | None = None, docs=None):
         cfg = self.config
         q = _dense(cfg, (cfg.num_heads, cfg.head_dim), ("embed", "heads", "head_dim"), "query")(x)
         k = _dense(cfg, (cfg.num_kv_heads, cfg.head_dim), ("embed", "kv_heads", "head_dim"), "key")(x)
@@ -95,7 +97,7 @@ class Attention(nn.Module):
         if cache is None:
             o = attend(q, k, v, self.layout, cfg, docs)
         else:
-            o = cached_attention(q, k, v, *cache, mask)
+            o = cached_attention(q, k, v, cache, mask)
         o = _constrain(o, "activation_batch", "activation_length", "activation_heads", None)
         out = _dense(cfg, cfg.d_model, ("heads", "head_dim", "embed"), "out", axis=(-2, -1))(o)
         return out, (k, v)
@@ -156,7 +158,10 @@ class Transformer(nn.Module):
         embed = nn.Embed(cfg.vocab_size, cfg.d_model, dtype=cfg.compute_dtype,
                          param_dtype=cfg.weight_dtype, name="embed",
                          embedding_init=_init(cfg, ("vocab", "embed")))
-        x = _constrain(embed(tokens), "activation_batch", "activation_length", "activation_embed")
+        # Ids outside the vocabulary cannot raise inside compiled code: clamp them (documented;
+        # eager entry points refuse them first, `phd_jax.checked` reports them under jit).
+        x = _constrain(embed(jnp.clip(tokens, 0, cfg.vocab_size - 1)),
+                       "activation_batch", "activation_length", "activation_embed")
 
         layer = DecoderLayer
         if cfg.remat != "none":
@@ -200,49 +205,29 @@ def _init_jit(config, rng):
     return nn.unbox(_init_boxed(config, rng))
 
 
-def _param_config(config: ModelConfig) -> ModelConfig:
-    """Only these fields shape the parameters (PHD adds none): one compiled init serves all variants."""
-    return ModelConfig(**{f: getattr(config, f) for f in (
-        "vocab_size", "num_layers", "d_model", "num_heads", "num_kv_heads", "head_dim", "mlp_dim",
-        "tie_embeddings", "qk_norm", "dtype", "param_dtype", "scan_layers", "init_std")})
-
-
 def init_params(config: ModelConfig, rng) -> dict:
-    """Random parameters (a plain pytree of arrays). `rng`: a PRNG key or an int seed.
+    """Random parameters (a plain pytree of arrays). `rng`: a PRNG key or an (numpy) int seed.
 
     The same for every variant, K, W and C: PHD changes no parameter.
     """
-    if isinstance(rng, int):
-        rng = jax.random.key(rng)
-    return _init_jit(_param_config(config), rng)
+    check_config(config)
+    return _init_jit(param_config(config), as_rng("rng", rng))
+
+
+def param_shapes(config: ModelConfig):
+    """The parameter tree `init_params(config)` makes, as `jax.ShapeDtypeStruct`s (nothing allocated)."""
+    return jax.eval_shape(lambda: _init_jit(param_config(config), jax.random.key(0)))
 
 
 def param_logical_axes(config: ModelConfig):
     """PartitionSpecs of logical axis names (`embed`, `mlp`, `heads`, `kv_heads`,
     `head_dim`, `vocab`, `layers`), one per parameter, to map onto a mesh."""
-    boxed = jax.eval_shape(lambda: _init_boxed(_param_config(config), jax.random.key(0)))
+    boxed = jax.eval_shape(lambda: _init_boxed(param_config(config), jax.random.key(0)))
     return nn.get_partition_spec(boxed)
 
 
 def num_params(params) -> int:
     return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
-
-
-def check_tokens(config: ModelConfig, tokens, name: str = "tokens"):
-    """Shape / dtype / range checks on concrete token arrays (skipped under tracing)."""
-    if tokens.ndim != 2 or 0 in tokens.shape:
-        raise ValueError(f"{name} must have shape [batch, length] with both >= 1, "
-                         f"got shape {tuple(tokens.shape)}")
-    if not jnp.issubdtype(tokens.dtype, jnp.integer):
-        raise ValueError(f"{name} must be integer token ids, got dtype {tokens.dtype}")
-    if isinstance(tokens, jax.core.Tracer):
-        return
-    values = np.asarray(tokens)   # concrete; np.min on a jax array inside a trace would stage
-    lo, hi = int(values.min()), int(values.max())
-    if lo < 0 or hi >= config.vocab_size:
-        bad = lo if lo < 0 else hi
-        raise ValueError(f"{name} contains id {bad}, outside the allowed range "
-                         f"[0, vocab_size={config.vocab_size})")
 
 
 def run_layout(params, config: ModelConfig, layout: Layout, tokens, out_rows, collect_kv: bool = False,
@@ -278,13 +263,18 @@ def forward(params, config: ModelConfig, tokens, segment_ids=None):
     segment_ids `[B, T]` (optional, packed documents, spec section 3): attention only within a
     document (a run of equal ids), rotary positions and chunks counted from its start, so each
     document's logits equal those of the document run alone. Prefill/decode take no segment ids.
-    Pure; jit it with `jax.jit(forward, static_argnums=1)`.
+    Pure; jit it with `jax.jit(forward, static_argnums=1)`. Checks `config`, `params`
+    (once per config and tree structure) and `tokens`; under jit, ids outside the
+    vocabulary are clamped to [0, vocab_size - 1] (see `phd_jax.checked`).
     """
+    check_config(config)
+    check_params(params, config)
     tokens = jnp.asarray(tokens)
     check_tokens(config, tokens)
     t = tokens.shape[1]
     if t > config.max_seq_len:
         raise ValueError(f"sequence length {t} exceeds ModelConfig.max_seq_len={config.max_seq_len}")
+    check_tokens_per_sequence(config, t * config.repeat, f"forward over {t} positions")
     documents = None
     if segment_ids is not None:
         segment_ids = jnp.asarray(segment_ids)

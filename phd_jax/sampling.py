@@ -11,8 +11,10 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from phd_jax.checks import (as_int, as_rng, as_token_id, check_config, check_max_len, check_sampling,
+                            fail, is_traced)
 from phd_jax.config import ModelConfig
-from phd_jax.decode import _check_state_fits, _decode_step, prefill
+from phd_jax.decode import prefill, step
 
 
 def top_k_filter(logits, k: int):
@@ -25,14 +27,20 @@ def top_k_filter(logits, k: int):
 
 
 def top_p_filter(logits, p):
-    """Nucleus filter: keep the smallest set of tokens whose probability reaches p (may be traced)."""
+    """Nucleus filter: keep the smallest set of tokens whose probability reaches p.
+
+    `p` may be traced; it is then clamped into [0, 1] (NaN counts as 0), and the most
+    likely token is always kept, so p <= 0 keeps only that token.
+    """
     if isinstance(p, (int, float)) and p >= 1.0:
         return logits
+    p = jnp.clip(jnp.nan_to_num(jnp.asarray(p, jnp.float32), nan=0.0), 0.0, 1.0)
     order = jnp.argsort(-logits, axis=-1)
     sorted_logits = jnp.take_along_axis(logits, order, axis=-1)
     probs = jax.nn.softmax(sorted_logits, axis=-1)
     before = jnp.cumsum(probs, axis=-1) - probs  # mass strictly before each token
-    sorted_logits = jnp.where(before < p, sorted_logits, -jnp.inf)  # the top token always stays
+    keep = (before < p) | (jnp.arange(logits.shape[-1]) == 0)   # the top token always stays
+    sorted_logits = jnp.where(keep, sorted_logits, -jnp.inf)
     inverse = jnp.argsort(order, axis=-1)
     return jnp.take_along_axis(sorted_logits, inverse, axis=-1)
 
@@ -40,12 +48,23 @@ def top_p_filter(logits, p):
 def sample_token(logits, rng, temperature=0.0, top_k: int = 0, top_p=1.0):
     """`[B, vocab]` logits -> `[B]` token ids. temperature 0 (or top_k 1) is greedy.
 
-    `temperature` and `top_p` may be traced values (no recompilation when they change).
+    Concrete arguments are checked (`temperature` finite >= 0, `top_k` in [0, vocab],
+    `top_p` in (0, 1]; numpy / JAX scalars accepted; `rng` a key or an integer seed).
+    `temperature` and `top_p` may be traced values (no recompilation when they change);
+    they cannot be checked then: a traced temperature that is not finite and > 0 samples
+    greedily, a traced top_p is clamped into [0, 1] (the most likely token always stays).
     """
-    if top_k == 1 or (isinstance(temperature, (int, float)) and temperature == 0.0):
-        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
-    logits = top_p_filter(top_k_filter(logits / temperature, top_k), top_p)
-    return jax.random.categorical(rng, logits, axis=-1).astype(jnp.int32)
+    temperature, top_k, top_p = check_sampling(temperature, top_k, top_p, logits.shape[-1])
+    greedy = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    if top_k == 1 or (not is_traced(temperature) and temperature == 0.0):
+        return greedy
+    rng = as_rng("rng", rng)
+    if not is_traced(temperature):
+        logits = top_p_filter(top_k_filter(logits / temperature, top_k), top_p)
+        return jax.random.categorical(rng, logits, axis=-1).astype(jnp.int32)
+    ok = jnp.isfinite(temperature) & (temperature > 0)
+    logits = top_p_filter(top_k_filter(logits / jnp.where(ok, temperature, 1.0), top_k), top_p)
+    return jnp.where(ok, jax.random.categorical(rng, logits, axis=-1).astype(jnp.int32), greedy)
 
 
 @functools.partial(jax.jit, static_argnames=("config", "max_new_tokens", "greedy", "top_k",
@@ -65,14 +84,14 @@ def _generate_loop(params, config, logits, state, rng, temperature, top_p, *, ma
     rng, first_rng = jax.random.split(rng)
     first, done = emit(logits, first_rng, jnp.zeros(logits.shape[:1], bool))
 
-    def step(carry, rng):
+    def scan_step(carry, rng):
         state, tok, done = carry
-        logits, state = _decode_step(params, config, state, tok)
+        logits, state = step(params, config, state, tok)
         tok, done = emit(logits, rng, done)
         return (state, tok, done), tok
 
     rngs = jax.random.split(rng, max_new_tokens - 1)
-    _, rest = jax.lax.scan(step, (state, first, done), rngs)
+    _, rest = jax.lax.scan(scan_step, (state, first, done), rngs)
     return jnp.concatenate([first[:, None], rest.T], axis=1)
 
 
@@ -82,32 +101,29 @@ def generate(params, config: ModelConfig, prompt, max_new_tokens: int, *, rng=No
     """Continue `prompt [B, T]` by `max_new_tokens` tokens; returns `[B, max_new_tokens]` int32.
 
     Greedy by default; `temperature > 0` samples (after `top_k` / `top_p`
-    filtering) from `rng` (a PRNG key or an int seed). With `eos_id`, a sequence stops at its first EOS
+    filtering) from `rng` (a PRNG key or an integer seed). With `eos_id`, a sequence stops at its first EOS
     and the remaining tokens are `pad_id`. The cache holds `max_len`
     positions (default `config.max_seq_len`): prompt + new tokens must fit.
     `lengths [B]` gives true prompt lengths of a right-padded batch.
+    Every argument is checked (numpy / JAX scalars accepted); `temperature` and
+    `top_p` may be traced (see `sample_token`), the others set static shapes.
     """
-    if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens={max_new_tokens!r} is invalid: must be an integer >= 1")
-    if temperature < 0:
-        raise ValueError(f"temperature={temperature} is invalid: must be >= 0")
-    if not isinstance(top_k, int) or top_k < 0:
-        raise ValueError(f"top_k={top_k!r} is invalid: must be an integer >= 0 (0 = off)")
-    if not 0.0 < top_p <= 1.0:
-        raise ValueError(f"top_p={top_p} is invalid: must be in (0, 1]")
-    if temperature > 0 and top_k != 1 and rng is None:
-        raise ValueError("sampling with temperature > 0 needs rng=jax.random.key(...)")
-    for name, tok in (("eos_id", eos_id), ("pad_id", pad_id)):
-        if tok is not None and not 0 <= tok < config.vocab_size:
-            raise ValueError(f"{name}={tok} is outside [0, vocab_size={config.vocab_size})")
+    check_config(config)
+    max_new_tokens = as_int("max_new_tokens", max_new_tokens, 1)
+    temperature, top_k, top_p = check_sampling(temperature, top_k, top_p, config.vocab_size)
+    traced_t = is_traced(temperature)
+    greedy = top_k == 1 or (not traced_t and temperature == 0)
+    if not greedy and rng is None:
+        fail("rng", rng, "sampling (temperature > 0) needs rng=jax.random.key(...) or an integer seed")
+    eos_id = None if eos_id is None else as_token_id("eos_id", eos_id, config.vocab_size)
+    pad_id = as_token_id("pad_id", pad_id, config.vocab_size)
     prompt = jnp.asarray(prompt)
-    max_len = config.max_seq_len if max_len is None else max_len
     t = prompt.shape[-1]
-    _check_state_fits(config, max_len, t + max_new_tokens,
-                      f"a prompt of length {t} plus max_new_tokens={max_new_tokens}")
+    max_len = check_max_len(config, max_len, t + max_new_tokens,
+                            f"a prompt of length {t} plus max_new_tokens={max_new_tokens}")
+    rng = jax.random.key(0) if rng is None else as_rng("rng", rng)
     logits, state = prefill(params, config, prompt, max_len, lengths)
-    rng = jax.random.key(0 if rng is None else rng) if isinstance(rng, (int, type(None))) else rng
-    return _generate_loop(params, config, logits, state, rng, jnp.float32(temperature),
-                          jnp.float32(top_p), max_new_tokens=max_new_tokens,
-                          greedy=temperature == 0 or top_k == 1, top_k=top_k, use_top_p=top_p < 1.0,
-                          eos_id=eos_id, pad_id=pad_id)
+    use_top_p = is_traced(top_p) or top_p < 1.0
+    return _generate_loop(params, config, logits, state, rng, jnp.float32(0.0 if greedy else temperature),
+                          jnp.float32(top_p), max_new_tokens=max_new_tokens, greedy=greedy, top_k=top_k,
+                          use_top_p=use_top_p, eos_id=eos_id, pad_id=pad_id)

@@ -8,9 +8,9 @@ from phd_jax import ModelConfig
 
 
 @pytest.mark.parametrize("kwargs,message", [
-    (dict(variant="phd", repeat=0), r"ModelConfig.repeat=0 is invalid: K must be an integer >= 1"),
-    (dict(variant="phd_swa", repeat=2, window=-1), r"ModelConfig.window=-1 is invalid: W must be"),
-    (dict(variant="phd_cswa", repeat=2, window=2, chunk=0), r"ModelConfig.chunk=0 is invalid: phd_cswa needs"),
+    (dict(variant="phd", repeat=0), r"ModelConfig.repeat=0 is invalid: must be an integer >= 1"),
+    (dict(variant="phd_swa", repeat=2, window=-1), r"ModelConfig.window=-1 is invalid: must be an integer >= 0"),
+    (dict(variant="phd_cswa", repeat=2, window=2, chunk=0), r"ModelConfig.chunk=0 is invalid: must be an integer >= 1"),
     (dict(variant="phd_cswa", repeat=2, window=2), r"ModelConfig.chunk=None is invalid"),
     (dict(variant="phd", repeat=2, window=4), r"ModelConfig.window=4 is invalid: variant 'phd' has no sliding window"),
     (dict(variant="naive", repeat=2, window=1), r"ModelConfig.window=1 is invalid: variant 'naive'"),
@@ -27,7 +27,7 @@ from phd_jax import ModelConfig
     (dict(remat="some"), r"ModelConfig.remat='some' is invalid: allowed: none, full, dots"),
     (dict(d_model=0), r"ModelConfig.d_model=0 is invalid: must be an integer >= 1"),
     (dict(vocab_size=2.5), r"ModelConfig.vocab_size=2.5 is invalid"),
-    (dict(rope_theta=0.0), r"ModelConfig.rope_theta=0.0 is invalid: must be > 0"),
+    (dict(rope_theta=0.0), r"ModelConfig.rope_theta=0.0 is invalid: must be a finite number > 0"),
     (dict(norm_eps=-1.0), r"ModelConfig.norm_eps=-1.0 is invalid"),
     (dict(variant="phd", repeat=True), r"ModelConfig.repeat=True is invalid"),
 ])

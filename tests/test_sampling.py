@@ -83,7 +83,7 @@ def test_filters_and_sampler_distribution():
     (dict(max_new_tokens=2, top_p=0.0), r"top_p=0.0 is invalid"),
     (dict(max_new_tokens=2, top_k=-2), r"top_k=-2 is invalid"),
     (dict(max_new_tokens=2, temperature=1.0), r"needs rng=jax.random.key"),
-    (dict(max_new_tokens=2, eos_id=61), r"eos_id=61 is outside \[0, vocab_size=61\)"),
+    (dict(max_new_tokens=2, eos_id=61), r"eos_id=61 is invalid: must be a token id in \[0, vocab_size=61\)"),
 ])
 def test_generate_errors(kwargs, message):
     cfg = tiny_config()
