@@ -161,7 +161,7 @@ def test_other_tokenizers_pack_their_ids(data_root, corpus, tmp_path):
     (lambda c: c.data.update({"num_threads": 0}), r"config.data.num_threads=0 is invalid: must be an integer >= 1"),
     (lambda c: c.data.update({"tokenizer": "gpt2"}), r"config.data.tokenizer='gpt2' is invalid: allowed: byte"),
     (lambda c: c.data.update({"eval_source": "s3://x"}), r"config.data.eval_source='s3://x' is invalid: allowed"),
-    (lambda c: c.update({"val_fraction": 1.0}), r"config.val_fraction=1.0 is invalid: must be in \(0.0, 1.0\)"),
+    (lambda c: c.update({"val_fraction": 1.0}), r"config.val_fraction=1.0 is invalid: must be a finite number in \(0, 1\)"),
     (lambda c: c.update({"batch_size": 6}), r"config.batch_size=6 is invalid: must be a multiple of the number of processes \(4\)"),
     (lambda c: c.update({"model": {"vocab_size": 200}}), r"config.model.vocab_size=200 is invalid: the tokenizer byte has 259 ids"),
     (lambda c: c.update({"seq_len": 10 ** 7}), r"config.data.source='shakespeare' is invalid: .* fewer than one window"),

@@ -41,7 +41,8 @@ def flag_error_message(e: BaseException) -> str:
     while cause is not None:   # the ConfigError raised by get_config, under ml_collections' re-raises
         if isinstance(cause, ConfigError):
             found = cause
-        cause = cause.__cause__ or cause.__context__
+        # `raise ... from None` hides the context: an error re-raised with a better message wins
+        cause = cause.__cause__ or (None if cause.__suppress_context__ else cause.__context__)
     if found is not None:
         text = str(found)
     lines = [line.strip() for line in text.splitlines() if line.strip()]
