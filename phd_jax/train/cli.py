@@ -1,4 +1,6 @@
-"""Train a PHD model.  train.py / phd-train [--config=configs/default.py[:NAME]] [--config.key=value ...] [--workdir=DIR]
+"""Train a PHD model, then sample from it (`python train.py` takes the same flags).
+
+USAGE: phd-train [--config=configs/default.py[:NAME]] [--config.key=value ...] [--workdir=DIR]
 
 The default trains a small byte-level PHD-CSWA-2-16-32 on Shakespeare in a few minutes on a
 CPU, then prints a sample. Rerunning with the same --workdir resumes from its latest
@@ -6,6 +8,7 @@ checkpoint. Several hosts: pass --coordinator_address/--num_processes/--process_
 the usual environment, e.g. on Cloud TPU / SLURM) and run the same command on each.
 Every error is one line on stderr and exit status 2. The logic lives in `phd_jax.train`.
 """
+import os
 import sys
 
 from absl import flags, logging
@@ -40,6 +43,11 @@ def main(argv):
     from phd_jax.train import TrainingError
     from phd_jax.train.launch import initialize_distributed, sample_after_training
 
+    filename = config_flags.get_config_filename(flags.FLAGS["config"])
+    if not os.path.exists(filename):
+        print(f"error: --config={filename!r} is invalid: no such file; pass --config=FILE "
+              f"(e.g. configs/default.py of a phd-jax checkout)", file=sys.stderr)
+        sys.exit(2)
     try:
         config = _CONFIG.value
         config["model"]      # a config file that failed to load raises only when used
