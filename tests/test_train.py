@@ -234,6 +234,17 @@ def test_init_from_a_workdir_starts_from_its_weights(runs, tmp_path, capsys):
     assert started[1] < fresh[1] - 0.5 and abs(started[1] - fresh[STEPS]) < 0.5
 
 
+def test_init_from_another_model_is_refused_before_writing(runs, tmp_path):
+    """The weights do not fit (another d_model): a one-line error naming the field, and the new
+    workdir is not created, so the corrected command starts cleanly."""
+    c = run_config(mesh=(1, 1, 1), init_from=runs("blocksparse", (8, 1, 1)))
+    c.model.d_model = 64
+    wd = tmp_path / "w"
+    with pytest.raises(ConfigError, match=r"config.init_from=.* do not fit config.model: .*d_model \(config 64"):
+        train_and_evaluate(c, str(wd), progress=False, devices=jax.devices()[:1])
+    assert not wd.exists()
+
+
 def test_which_changes_may_resume(tmp_path):
     """num_steps, mesh, backend and data locations may change; a key a newer version added, at its
     default, does not block a resume; the data source or the schedule may not change."""

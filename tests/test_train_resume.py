@@ -173,6 +173,17 @@ def test_cli_errors_are_one_line_and_touch_nothing(reference, tmp_path):
     assert (sorted(os.listdir(wd)), open(os.path.join(wd, "metrics.jsonl")).read()) == before
 
 
+def test_config_file_with_model_name_reaches_validation(tmp_path):
+    """`--config=FILE:NAME` loads (the name is not part of the file's path) and the run's checks
+    then speak: here a sequence longer than the model, one line, nothing written."""
+    out = subprocess.run([sys.executable, "train.py", f"--workdir={tmp_path / 'w'}",
+                          "--config=configs/tiny.py:PHD-SWA-2-4-inf", "--config.seq_len=100000"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2
+    assert out.stderr.strip() == "error: config.seq_len=100000 is invalid: exceeds config.model.max_seq_len=64"
+    assert not (tmp_path / "w").exists()
+
+
 def test_two_processes_agree_with_one(reference, tmp_path):
     """jax.distributed on localhost (gloo CPU collectives), 2 processes x 4 devices = one mesh of 8."""
     import socket

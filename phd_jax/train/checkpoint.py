@@ -19,7 +19,7 @@ import subprocess
 import jax
 import numpy as np
 
-from phd_jax.checks import ConfigError
+from phd_jax.checks import ConfigError, check_params
 from phd_jax.config import ModelConfig
 from phd_jax.train.config import load_run_config, to_json
 
@@ -204,9 +204,11 @@ def restore_params(path: str, step: int | None = None, sharding=None):
     finally:
         mgr.close()
     params = out["state"]["params"]
-    got = jax.tree.map(lambda x: (tuple(x.shape), str(x.dtype)), params)
-    if got != jax.tree.map(lambda x: (tuple(x.shape), str(x.dtype)), shapes):
-        raise ConfigError(f"checkpoint {workdir}/{CHECKPOINTS}/{step} does not match model_config.json ({cfg.name})")
+    try:
+        check_params(params, cfg)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"checkpoint {workdir}/{CHECKPOINTS}/{step} does not match model_config.json "
+                          f"({cfg.name}): {e}") from None
     return cfg, params, int(step)
 
 

@@ -43,7 +43,7 @@ def main(argv):
     from phd_jax.train import TrainingError
     from phd_jax.train.launch import initialize_distributed, sample_after_training
 
-    filename = config_flags.get_config_filename(flags.FLAGS["config"])
+    filename = config_flags.get_config_filename(flags.FLAGS["config"]).partition(":")[0]   # FILE[:NAME]
     if not os.path.exists(filename):
         print(f"error: --config={filename!r} is invalid: no such file; pass --config=FILE "
               f"(e.g. configs/default.py of a phd-jax checkout)", file=sys.stderr)

@@ -23,7 +23,7 @@ import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from phd_jax.checks import ConfigError
+from phd_jax.checks import ConfigError, check_params
 from phd_jax.config import ModelConfig
 from phd_jax.model import forward, init_params, num_params
 from phd_jax.train import checkpoint as ckpt
@@ -178,13 +178,13 @@ def _init_params(config, cfg: ModelConfig, params_sh, log):
     else:
         src_cfg, params, step = ckpt.restore_params(source)
         source = f"{source} (step {step})"
+    try:
+        check_params(params, cfg)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"config.init_from={config.init_from!r} is invalid: its parameters ({src_cfg.name}) "
+                          f"do not fit config.model: {e}") from None
     want = jax.eval_shape(lambda: init_params(cfg, 0))
-    got = jax.tree.map(lambda x: (tuple(x.shape), str(x.dtype)), params)
-    need = jax.tree.map(lambda x: (tuple(x.shape), str(x.dtype)), want)
-    if jax.tree.structure(got) != jax.tree.structure(need) or got != need:
-        raise ConfigError(f"config.init_from={config.init_from!r} is invalid: its parameters "
-                          f"({src_cfg.name}, d_model {src_cfg.d_model}, vocab {src_cfg.vocab_size}) do not "
-                          f"match config.model (d_model {cfg.d_model}, vocab {cfg.vocab_size})")
+    params = jax.tree.map(lambda x, w: np.asarray(x).astype(w.dtype), params, want)   # the run's param_dtype
     log(f"initialised the weights from {source}")
     return jax.device_put(params, params_sh)
 
@@ -231,10 +231,13 @@ def train_and_evaluate(config, workdir: str, progress: bool | None = None, devic
     saved = ckpt.check_workdir(workdir, config)
     rules = logical_rules(config)
 
-    if is_main:
-        ckpt.write_run_files(workdir, config, cfg)
     enable_compilation_cache(config.compilation_cache)
     log = print if is_main else (lambda *a, **k: None)
+    state = None
+    if saved is None:   # a new run: step 0 first, so that a bad init_from leaves the workdir as it was
+        state = create_train_state(config, cfg, optimizer, state_sh, mesh, log)
+    if is_main:
+        ckpt.write_run_files(workdir, config, cfg)
 
     mgr = ckpt.manager(workdir, config)
     it = pipe.train_iterator()
@@ -247,7 +250,7 @@ def train_and_evaluate(config, workdir: str, progress: bool | None = None, devic
             log(f"config.num_steps changed from {saved.get('num_steps')} to {config.num_steps}: the learning-rate "
                 f"schedule is rebuilt for the new length (same warmup; the decay now ends at step "
                 f"{config.num_steps}, so it continues from the new schedule's value at step {latest})")
-    else:
+    elif state is None:   # a workdir whose run was set up but never checkpointed
         state = create_train_state(config, cfg, optimizer, state_sh, mesh, log)
     start = int(jax.device_get(state["step"]))
 
@@ -310,7 +313,8 @@ def train_and_evaluate(config, workdir: str, progress: bool | None = None, devic
                 if prev is not None and not bool(prev[1]["finite"]):   # one step behind: no stall
                     _nonfinite(config, prev[0], prev[1])
                 prev = (step, out)
-                if step % config.log_every == 0 or step == config.num_steps:
+                # evaluation steps are logged too, whatever log_every is
+                if step % config.log_every == 0 or step % config.eval_every == 0 or step == config.num_steps:
                     out = jax.device_get(out)
                     if not bool(out["finite"]):
                         _nonfinite(config, step, out)
