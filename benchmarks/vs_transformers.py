@@ -127,8 +127,8 @@ def main():
               f"{LLAMA['intermediate_size']}, vocab {LLAMA['vocab_size']}, float32); median of "
               f"{args.repeats} interleaved runs; jax {jax.__version__} ({jax.devices()[0].platform}), "
               f"torch {torch.__version__} ({torch.get_num_threads()} threads), transformers "
-              f"{transformers.__version__}; {os.cpu_count()} CPU cores (shared machine: other jobs ran "
-              "at the same time, so absolute times are noisy; the ratios are from the same runs).")
+              f"{transformers.__version__}; {os.cpu_count()} CPU cores, load average "
+              f"{os.getloadavg()[0]:.1f} at the end (absolute times drift; the ratios are from the same runs).")
     print("\n" + header + "\n\n" + table)
     if args.out:
         os.makedirs(os.path.dirname(args.out), exist_ok=True)
