@@ -42,13 +42,15 @@ elif fault == "kill_during_save":    # SIGKILL inside the async save of step `at
             die(signal.SIGKILL)
         return await orig_finalize(self, *a, **k)
     atomicity.AtomicRenameTemporaryPath.finalize = finalize
-elif fault == "term":                # SIGTERM (preemption) right after step `at`
+elif fault in ("term", "int"):       # SIGTERM (preemption) or Ctrl-C right after step `at`
+    sig = signal.SIGTERM if fault == "term" else signal.SIGINT
+    signal.signal(signal.SIGINT, signal.default_int_handler)   # as in a terminal, even if started in the background
     from phd_jax.train import metrics as M
     orig_update = M.MetricWriter.update
     def update(self, step):
         orig_update(self, step)
         if step == at:
-            die(signal.SIGTERM)
+            die(sig)
     M.MetricWriter.update = update
 sys.argv = ["train.py"] + sys.argv[1:]
 runpy.run_path("train.py", run_name="__main__")
@@ -132,11 +134,14 @@ def test_sigkill_after_checkpoint_resumes_bitwise(reference, tmp_path):
     _check_resumed(reference[0], wd, 10, out.stdout)
 
 
-def test_sigterm_saves_exits_0_and_resumes_bitwise(reference, tmp_path):
+@pytest.mark.parametrize("fault,name", [("term", "SIGTERM"), ("int", "SIGINT")])
+def test_sigterm_saves_exits_0_and_resumes_bitwise(reference, tmp_path, fault, name):
+    """Preemption (SIGTERM) or a Ctrl-C (SIGINT): a checkpoint at the current step, exit 0, and the
+    rerun continues bit for bit."""
     wd = str(tmp_path / "run")
-    out = train(wd, "--config.sample_tokens=0", fault=("term", 13))
+    out = train(wd, "--config.sample_tokens=0", fault=(fault, 13))
     assert out.returncode == 0, out.stderr[-3000:]
-    assert "SIGTERM: saved a checkpoint at step 13" in out.stdout
+    assert f"{name}: saved a checkpoint at step 13" in out.stdout
     assert "13" in os.listdir(os.path.join(wd, "checkpoints"))
     out = train(wd, "--config.sample_tokens=0")
     assert out.returncode == 0, out.stderr[-3000:]

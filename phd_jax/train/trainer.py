@@ -137,25 +137,32 @@ def enable_compilation_cache(path: str):
 
 
 class _Preemption:
-    """SIGTERM sets a flag; the loop saves a checkpoint at the current step and returns."""
+    """SIGTERM (preemption) or a first Ctrl-C sets a flag; the loop saves a checkpoint at the
+    current step and returns. A second Ctrl-C interrupts at once (the last checkpoint stays)."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
     def __init__(self):
-        self.requested = False
-        self._old = None
+        self.requested = None    # the name of the signal that asked to stop
+        self._old = {}
 
     def __enter__(self):
-        try:
-            self._old = signal.signal(signal.SIGTERM, self._handle)
-        except ValueError:   # not the main thread (e.g. some notebooks): no handler
-            self._old = None
+        for sig in self.SIGNALS:
+            try:
+                if signal.getsignal(sig) is not signal.SIG_IGN:   # e.g. SIGINT in a background job
+                    self._old[sig] = signal.signal(sig, self._handle)
+            except ValueError:   # not the main thread (e.g. some notebooks): no handler
+                pass
         return self
 
     def _handle(self, signum, frame):
-        self.requested = True
+        self.requested = signal.Signals(signum).name
+        if signum == signal.SIGINT:   # a second Ctrl-C behaves as usual
+            signal.signal(signal.SIGINT, self._old.get(signal.SIGINT, signal.default_int_handler))
 
     def __exit__(self, *exc):
-        if self._old is not None:
-            signal.signal(signal.SIGTERM, self._old)
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
 
 
 def _global_batch(local: dict, sharding: NamedSharding, process_count: int) -> dict:
@@ -340,7 +347,7 @@ def train_and_evaluate(config, workdir: str, progress: bool | None = None, devic
                 if stop.requested:
                     save(step)
                     preempted = True
-                    log(f"SIGTERM: saved a checkpoint at step {step} in {workdir}/{ckpt.CHECKPOINTS}; "
+                    log(f"{stop.requested}: saved a checkpoint at step {step} in {workdir}/{ckpt.CHECKPOINTS}; "
                         f"run the same command again to resume")
                     break
                 if step % config.checkpoint_every == 0 or step == config.num_steps:
