@@ -28,6 +28,7 @@ from phd_jax.checks import (as_rng, check_config, check_params, check_tokens,
 from phd_jax.config import ModelConfig, param_config
 from phd_jax.masks import Layout
 
+
 class _Partitioned(nn.LogicallyPartitioned):
     """Logical axis names on a parameter. DenseGeneral unboxes its flattened kernel at init
     (also inside `apply`, to check shapes): no sharding constraint on that flat array."""
