@@ -31,9 +31,10 @@ import numpy as np
 from jax.experimental import checkify
 
 # Tokens one sequence may put through the layers in a static layout (forward: T*K;
-# prefill: the originals plus the tail's hidden copies). The static patterns are built
-# from a dense [N, N] boolean mask on the host (N = 65536: 4 GiB), so this is the
-# pattern builder's practical limit; raise it when the builder stops being dense.
+# prefill: the originals plus the tail's hidden copies). The block patterns no longer need
+# [N, N] memory (T = 65536, K = 4 builds in 31 MiB), but the `dense` backend's mask and the
+# blocksparse kernel's per-block unrolling still do not scale past this; the performance
+# issue (compile time, long context) is what raises it.
 MAX_TOKENS_PER_SEQUENCE = 65536
 
 

@@ -58,11 +58,12 @@ def default_data_config() -> ConfigDict:
 _TOP_LEVEL = ("seq_len", "batch_size", "seed", "eval_batches", "val_fraction")
 
 
-def validate_data_config(config, process_count: int = 1) -> None:
+def validate_data_config(config, process_count: int = 1):
     """Check `config.data` and the top-level keys the pipeline reads; a ConfigError names the key.
 
     Loads the tokenizer (cheap) so a bad tokenizer path fails before any work; with a non-zero
-    `config.model.vocab_size`, also checks that the model embeds every tokenizer id.
+    `config.model.vocab_size`, also checks that the model embeds every tokenizer id. Returns
+    the tokenizer.
     """
     for key in _TOP_LEVEL:
         if key not in config:
@@ -98,16 +99,14 @@ def validate_data_config(config, process_count: int = 1) -> None:
     if not d.text_key:
         fail("config.data.text_key", d.text_key, "must name the text feature or field", ConfigError)
     for key in ("document_masking", "shuffle"):
-        try:
-            as_bool(f"config.data.{key}", d[key])
-        except TypeError as e:
-            raise ConfigError(str(e)) from None
+        as_bool(f"config.data.{key}", d[key], error=ConfigError)
     as_int("config.data.num_threads", d.num_threads, 1, error=ConfigError)
     as_int("config.data.prefetch", d.prefetch, 0, error=ConfigError)
     tokenizer = make_tokenizer(d.tokenizer)
     model = config.get("model", None)
     if model is not None and model.get("vocab_size", 0):
         check_vocab_size(model.vocab_size, tokenizer)
+    return tokenizer
 
 
 DEFAULT_CACHE_DIR = os.path.join("~", ".cache", "phd_jax", "token_cache")
@@ -220,12 +219,11 @@ class Pipeline:
     """Tokenizer, the packed training stream and the fixed validation batches of a run config."""
 
     def __init__(self, config, process_index: int = 0, process_count: int = 1):
-        validate_data_config(config, process_count)
+        self.tokenizer = validate_data_config(config, process_count)
         if not 0 <= process_index < process_count:
             fail("process_index", process_index, f"must be in [0, {process_count})")
         self.config = config
         d = config.data
-        self.tokenizer = make_tokenizer(d.tokenizer)
         self.seq_len, self.batch_size, self.seed = int(config.seq_len), int(config.batch_size), int(config.seed)
         self.length = self.seq_len + 1
         self.eval_count = int(config.eval_batches)

@@ -153,9 +153,14 @@ def make_tokenizer(spec: str):
     fail("config.data.tokenizer", spec, f"allowed: {TOKENIZER_SPECS}", ConfigError)
 
 
+def num_ids(tokenizer) -> int:
+    """How many ids a model must embed for `tokenizer` (its vocabulary and BOS/EOS/PAD)."""
+    return max(tokenizer.vocab_size, tokenizer.bos_id + 1, tokenizer.eos_id + 1, tokenizer.pad_id + 1)
+
+
 def check_vocab_size(vocab_size: int, tokenizer, name: str = "config.model.vocab_size") -> None:
     """The model must embed every id the tokenizer produces (including BOS/EOS/PAD)."""
-    needed = max(tokenizer.vocab_size, tokenizer.bos_id + 1, tokenizer.eos_id + 1, tokenizer.pad_id + 1)
+    needed = num_ids(tokenizer)
     if vocab_size < needed:
         fail(name, vocab_size, f"the tokenizer {tokenizer.name} has {needed} ids, more than the "
              f"model can embed: use vocab_size >= {needed} (or 0 to take the tokenizer's, padded "
@@ -164,5 +169,4 @@ def check_vocab_size(vocab_size: int, tokenizer, name: str = "config.model.vocab
 
 def padded_vocab_size(tokenizer, multiple: int = 128) -> int:
     """The tokenizer's vocabulary rounded up to a multiple of `multiple` (fast matmuls)."""
-    n = max(tokenizer.vocab_size, tokenizer.bos_id + 1, tokenizer.eos_id + 1, tokenizer.pad_id + 1)
-    return -(-n // multiple) * multiple
+    return -(-num_ids(tokenizer) // multiple) * multiple

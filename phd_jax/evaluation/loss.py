@@ -35,8 +35,8 @@ def _weights(batch: dict) -> np.ndarray:
     tokens = np.asarray(batch["tokens"])
     if "segment_ids" not in batch:
         return np.ones(tokens[:, 1:].shape, bool)
-    seg = np.asarray(batch["segment_ids"])
-    return (seg[:, 1:] == seg[:, :-1]) & (seg[:, 1:] != 0)
+    from phd_jax.train.trainer import target_weights
+    return target_weights(np.asarray(batch["segment_ids"]))
 
 
 def evaluate_loss(params, config: ModelConfig, batches, tokenizer=None) -> dict:

@@ -118,7 +118,7 @@ def evaluate_checkpoint(workdir=None, *, checkpoint=None, step=None, overrides=N
     from phd_jax.evaluation.generation import generate_text
     from phd_jax.evaluation.loss import evaluate_loss, text_batches
     from phd_jax.evaluation.report import inference_report
-    from phd_jax.evaluation.tasks import check_tasks, task_manager
+    from phd_jax.evaluation.tasks import check_tasks, run_tasks, task_manager
     from phd_jax.train import restore_params
 
     run = resolve_run(workdir, checkpoint, step, overrides)
@@ -161,17 +161,10 @@ def evaluate_checkpoint(workdir=None, *, checkpoint=None, step=None, overrides=N
             batches = text_batches(tokenizer, f.read(), int(config.seq_len), batch_size)
         results["loss_file"] = {**evaluate_loss(params, cfg, batches, tokenizer), "file": loss_file}
     if tasks:
-        import lm_eval
-
         from phd_jax.evaluation.lm import PHDLM
         lm = PHDLM(params, cfg, tokenizer, batch_size=batch_size)
-        out = lm_eval.simple_evaluate(model=lm, tasks=tasks, task_manager=manager, limit=limit,
-                                      num_fewshot=num_fewshot, log_samples=False, bootstrap_iters=0,
-                                      random_seed=seed, numpy_random_seed=seed, torch_random_seed=None,
-                                      fewshot_random_seed=seed)
-        results["tasks"] = {t: {k.split(",")[0]: v for k, v in r.items()
-                                if isinstance(v, (int, float)) and "stderr" not in k}
-                            for t, r in out["results"].items()}
+        results["tasks"] = run_tasks(lm, tasks, manager=manager, limit=limit, num_fewshot=num_fewshot,
+                                     seed=seed)
     if prompts:
         texts = generate_text(params, cfg, tokenizer, prompts, max_new_tokens, temperature=temperature,
                               top_k=top_k, top_p=top_p, seed=seed, stop_at_eos=stop_at_eos,

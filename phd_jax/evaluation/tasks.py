@@ -47,10 +47,12 @@ def check_tasks(tasks, manager) -> list[str]:
     return names
 
 
-def run_tasks(lm, tasks, *, include_path=None, limit=None, num_fewshot=None, seed: int = 1234) -> dict:
-    """Run lm-eval tasks on `lm` (a `PHDLM`); returns {task: {metric: value}}."""
+def run_tasks(lm, tasks, *, include_path=None, limit=None, num_fewshot=None, seed: int = 1234,
+              manager=None) -> dict:
+    """Run lm-eval tasks on `lm` (a `PHDLM`); returns {task: {metric: value}}. `manager`: a
+    `task_manager(...)` already built (indexing lm-eval's tasks takes seconds)."""
     import lm_eval
-    manager = task_manager(include_path, tasks)
+    manager = manager or task_manager(include_path, tasks)
     names = check_tasks(tasks, manager)
     out = lm_eval.simple_evaluate(model=lm, tasks=names, task_manager=manager, limit=limit,
                                   num_fewshot=num_fewshot, log_samples=False, bootstrap_iters=0,

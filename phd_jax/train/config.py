@@ -16,7 +16,7 @@ import ml_collections
 
 from phd_jax.checks import ConfigError, as_bool, as_float, as_int, one_of
 from phd_jax.config import ModelConfig
-from phd_jax.data import default_data_config
+from phd_jax.data import check_vocab_size, default_data_config, make_tokenizer, padded_vocab_size
 
 VOCAB_MULTIPLE = 128
 SCHEDULES = ("cosine", "linear", "constant")
@@ -160,7 +160,7 @@ def _check_keys(section, reference, prefix: str):
             raise ConfigError(f"{prefix}{key} is not a config key{hint}")
 
 
-def _model_fields(config, tokenizer_vocab: int | None) -> dict:
+def _model_fields(config, tokenizer) -> dict:
     m = dict(config.model)
     name = "config.model."
     for f in ("num_layers", "d_model", "num_heads", "num_kv_heads", "head_dim", "mlp_dim",
@@ -169,10 +169,7 @@ def _model_fields(config, tokenizer_vocab: int | None) -> dict:
     for f in ("window", "chunk", "vocab_size"):
         m[f] = as_int(name + f, m[f], 0, error=ConfigError)
     for f in ("tie_embeddings", "qk_norm", "scan_layers"):
-        try:
-            m[f] = as_bool(name + f, m[f])
-        except TypeError as e:
-            raise ConfigError(str(e)) from None
+        m[f] = as_bool(name + f, m[f], error=ConfigError)
     for f in ("rope_theta", "norm_eps", "init_std"):
         m[f] = as_float(name + f, m[f], 0.0, low_open=True, error=ConfigError)
     variant = m["variant"]
@@ -188,13 +185,11 @@ def _model_fields(config, tokenizer_vocab: int | None) -> dict:
         raise ConfigError(f"config.model.repeat={m['repeat']} is not used by variant 'vanilla' but "
                           f"left at a non-zero value: set --config.model.repeat=1 (or pick phd)")
     m["chunk"] = m["chunk"] or None
-    if tokenizer_vocab is not None:
-        padded = -(-tokenizer_vocab // VOCAB_MULTIPLE) * VOCAB_MULTIPLE
+    if tokenizer is not None:
         if m["vocab_size"] == 0:
-            m["vocab_size"] = padded
-        elif m["vocab_size"] < tokenizer_vocab:
-            raise ConfigError(f"config.model.vocab_size={m['vocab_size']} is invalid: smaller than the "
-                              f"tokenizer's {tokenizer_vocab} ids (0 = padded to {padded})")
+            m["vocab_size"] = padded_vocab_size(tokenizer, VOCAB_MULTIPLE)
+        else:
+            check_vocab_size(m["vocab_size"], tokenizer)
     elif m["vocab_size"] == 0:
         raise ConfigError("config.model.vocab_size=0 needs the tokenizer to set it")
     try:
@@ -205,12 +200,10 @@ def _model_fields(config, tokenizer_vocab: int | None) -> dict:
 
 def model_config(config, tokenizer=None) -> ModelConfig:
     """The `model` section as a validated ModelConfig (vocab_size 0 -> the tokenizer's, padded)."""
-    vocab = None if tokenizer is None else int(tokenizer.vocab_size)
     if tokenizer is None and config.model.vocab_size == 0:
-        from phd_jax.data import make_tokenizer
         spec = config.data.tokenizer if "data" in config and "tokenizer" in config.data else "byte"
-        vocab = int(make_tokenizer(spec).vocab_size)
-    return ModelConfig(**_model_fields(config, vocab))
+        tokenizer = make_tokenizer(spec)
+    return ModelConfig(**_model_fields(config, tokenizer))
 
 
 def mesh_shape(config, num_devices: int) -> tuple[int, int, int]:
@@ -239,8 +232,8 @@ def mesh_shape(config, num_devices: int) -> tuple[int, int, int]:
 
 def validate(config, num_devices: int, tokenizer=None, process_count: int = 1) -> ModelConfig:
     """Check the whole run config; return its ModelConfig. Raises ConfigError naming the key."""
-    _check_keys(config, base_config(), "config.")
     base = base_config()
+    _check_keys(config, base, "config.")
     for section in ("model", "mesh"):
         if not isinstance(config[section], ml_collections.ConfigDict):
             raise ConfigError(f"config.{section} must be a section (ConfigDict), got {type(config[section]).__name__}")
@@ -258,11 +251,8 @@ def validate(config, num_devices: int, tokenizer=None, process_count: int = 1) -
     as_float("config.val_fraction", config.val_fraction, 0.0, 1.0, low_open=True, high_open=True,
              error=ConfigError)
     for key in ("skip_nonfinite", "async_checkpointing"):
-        try:
-            as_bool(f"config.{key}", config[key])
-        except TypeError as e:
-            raise ConfigError(str(e)) from None
-    one_of_cfg("config.schedule", config.schedule, SCHEDULES)
+        as_bool(f"config.{key}", config[key], error=ConfigError)
+    one_of("config.schedule", config.schedule, SCHEDULES, error=ConfigError)
     for key in ("init_from", "compilation_cache", "sample_prompt", "weight_decay_exclude"):
         if not isinstance(config[key], str):
             raise ConfigError(f"config.{key}={config[key]!r} is invalid: must be a string")
@@ -294,13 +284,6 @@ def validate(config, num_devices: int, tokenizer=None, process_count: int = 1) -
                               f"{cfg.max_seq_len}")
     _check_rules(config.logical_axis_rules)
     return cfg
-
-
-def one_of_cfg(name, value, allowed):
-    try:
-        return one_of(name, value, allowed)
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
 
 
 def _check_rules(rules):

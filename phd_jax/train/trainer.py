@@ -42,6 +42,12 @@ def _as_batch(batch) -> dict:
     return batch if isinstance(batch, dict) else {"tokens": batch}
 
 
+def target_weights(segment_ids):
+    """Which next-token targets of packed documents count (numpy or jax `[B, T+1]` ids -> `[B, T]`
+    bool): not a target in another document than its input, and not padding (segment 0)."""
+    return (segment_ids[:, 1:] == segment_ids[:, :-1]) & (segment_ids[:, 1:] != 0)
+
+
 def loss_terms(params, cfg: ModelConfig, batch):
     """(sum of next-token NLL in nats, number of predicted tokens) of a batch dict.
 
@@ -54,7 +60,7 @@ def loss_terms(params, cfg: ModelConfig, batch):
     if "segment_ids" in batch:
         seg = batch["segment_ids"]
         logits = forward(params, cfg, inputs, segment_ids=seg[:, :-1])
-        weights = ((seg[:, 1:] == seg[:, :-1]) & (seg[:, 1:] != 0)).astype(jnp.float32)
+        weights = target_weights(seg).astype(jnp.float32)
     else:
         logits = forward(params, cfg, inputs)
         weights = jnp.ones(targets.shape, jnp.float32)
