@@ -55,8 +55,8 @@ LOSS_VS_K = Study(
                  "initial weights and data order), so each sees the same original tokens; PHD-K spends "
                  "K times the compute on them. Paper: Table 2 (PHD-SWA-K-16-inf, loss falls with K), "
                  "Table 1 (PHD-CSWA-K-16-32), Figure 1 (naive repetition)."),
-    settings=(VANILLA, S("PHD-2"), S("PHD-3"), S("PHD-4"), swa(2), swa(3), swa(4), cswa(2), cswa(3),
-              S("naive-2")),
+    settings=(VANILLA, S("PHD-2"), S("PHD-3"), S("PHD-4"), swa(2), swa(3), swa(4), cswa(2),
+              S("naive-2")),   # PHD-CSWA-3 trimmed to fit the CPU budget: K is tested with SWA
     claims=(
         Claim("lower", "PHD-SWA-2-16-inf", "vanilla", "PHD-SWA-2 beats vanilla at matched tokens (Table 2)"),
         Claim("lower", "PHD-SWA-3-16-inf", "PHD-SWA-2-16-inf", "K=3 beats K=2 (Table 2)"),
@@ -64,7 +64,6 @@ LOSS_VS_K = Study(
         Claim("lower", "PHD-2", "vanilla", "PHD-2 (no window) beats vanilla"),
         Claim("lower", "PHD-4", "PHD-2", "PHD-4 beats PHD-2"),
         Claim("lower", "PHD-CSWA-2-16-32", "vanilla", "PHD-CSWA-2-16-32 beats vanilla (Table 1)"),
-        Claim("lower", "PHD-CSWA-3-16-32", "PHD-CSWA-2-16-32", "PHD-CSWA-3 beats PHD-CSWA-2 (Table 1)"),
         Claim("which", "naive-2", "PHD-2", "naive repetition vs PHD at K=2 (Figure 1 baseline)"),
     ))
 
@@ -84,7 +83,9 @@ WINDOW_CHUNK = Study(
     ))
 
 
-FLOP_KS = (2, 4)   # K = 3 trimmed to fit the 3-hour CPU budget (it lies between the two)
+# K = 3 and 4 trimmed to fit the 3-hour CPU budget (K = 4's pair alone costs 10 min a seed);
+# `FLOP_KS = (2, 4)` runs them where compute allows.
+FLOP_KS = (2,)
 
 
 def _flop_settings():
