@@ -133,7 +133,7 @@ def _extend(params, config: ModelConfig, state: DecodeState, ids, pos, copy: np.
     Returns logits at `out_rows` and the new tokens' keys/values `[L, B, Q, KVH, D]`.
     """
     mask = _extend_mask(config, state, pos, copy, valid)
-    logits, (new_k, new_v) = Transformer(config).apply(
+    logits, (new_k, new_v) = Transformer(config, mode="extend").apply(
         {"params": params}, ids, rope_positions(config, pos, copy), out_rows, mask, state.cache)
     return logits, new_k, new_v
 
