@@ -231,8 +231,15 @@ def init_params(config: ModelConfig, rng) -> dict:
 
 
 def param_shapes(config: ModelConfig):
-    """The parameter tree `init_params(config)` makes, as `jax.ShapeDtypeStruct`s (nothing allocated)."""
-    return jax.eval_shape(lambda: _init_jit(param_config(config), jax.random.key(0)))
+    """The parameter tree `init_params(config)` makes, as `jax.ShapeDtypeStruct`s (nothing allocated).
+
+    Traced once per parameter-shaping config (the trainer, sharding and checkpoints all ask)."""
+    return _param_shapes(param_config(config))
+
+
+@functools.lru_cache(maxsize=32)
+def _param_shapes(config: ModelConfig):
+    return jax.eval_shape(lambda: _init_jit(config, jax.random.key(0)))
 
 
 def param_logical_axes(config: ModelConfig):
