@@ -368,8 +368,10 @@ def _splash_local(q, k, v, segment_ids=None, *, pattern: BlockPattern, interpret
 class KVCache(NamedTuple):
     """One layer's (or, stacked, every layer's) persistent cache as decode reads it.
 
-    k, v: `[B, S, KVH, D]` original-token cache; window_k, window_v: `[B, W, KVH, D]`
-    ring buffer of recent hidden decoding tokens (W = 0 outside PHD-SWA/CSWA).
+    k, v: `[B, KVH, S, D]` original-token cache; window_k, window_v: `[B, KVH, W, D]`
+    ring buffer of recent hidden decoding tokens (W = 0 outside PHD-SWA/CSWA). Heads
+    before slots: the layout the attention dots read, so no decode step transposes the
+    cache (a `[B, S, KVH, D]` cache cost a copy of every layer's cache per step).
     """
     k: jax.Array
     v: jax.Array
@@ -382,12 +384,13 @@ def cached_attention(q, new_k, new_v, cache: KVCache, mask):
 
     q `[B, Q, H, D]`; new_k/new_v `[B, Q, KVH, D]`; `cache` one layer's `KVCache`;
     mask `[B, Q, S + W + Q]` from `masks.allowed`.
-    The cache is read in place (no concatenation of keys).
+    The cache is read in place (no concatenation of keys, no transpose).
     """
-    s, w = cache.k.shape[1], cache.window_k.shape[1]
-    qg = _grouped(q, cache.k.shape[2])
+    s, w = cache.k.shape[2], cache.window_k.shape[2]
+    qg = _grouped(q, cache.k.shape[1])
     m = mask[:, None, None]  # [B, 1, 1, Q, S+W+Q]
-    groups = [(cache.k, cache.v, m[..., :s]), (new_k, new_v, m[..., s + w:])]
+    new = [(new_k.transpose(0, 2, 1, 3), new_v.transpose(0, 2, 1, 3), m[..., s + w:])]
+    groups = [(cache.k, cache.v, m[..., :s])] + new
     if w:
         groups.insert(1, (cache.window_k, cache.window_v, m[..., s:s + w]))
-    return _ungrouped(combine(partial_attention(qg, groups, "bskd")), q.dtype)
+    return _ungrouped(combine(partial_attention(qg, groups, "bksd")), q.dtype)

@@ -363,10 +363,10 @@ def check_state(state, config, name: str = "state"):
             raise ValueError(f"{name} was made for another model ({made.name}) than config "
                              f"({config.name}): {', '.join(diff)}")
     b = state.pos.shape[0]
-    want = (config.num_layers, b, state.max_len * config.cached_copies, config.num_kv_heads,
+    want = (config.num_layers, b, config.num_kv_heads, state.max_len * config.cached_copies,
             config.head_dim)
-    if tuple(state.k.shape) != want or tuple(state.window_k.shape) != want[:2] + (
-            config.effective_window,) + want[3:]:
+    if tuple(state.k.shape) != want or tuple(state.window_k.shape) != want[:3] + (
+            config.effective_window,) + want[4:]:
         raise ValueError(f"{name} arrays do not have the shapes init_state makes for this config: "
                          f"k {tuple(state.k.shape)} (expected {want}), window_k "
                          f"{tuple(state.window_k.shape)}")

@@ -35,9 +35,10 @@ from phd_jax.model import Transformer, rope_positions, run_layout
 class DecodeState:
     """Everything decoding carries between steps; a pytree of fixed-size arrays.
 
-    k, v: `[L, B, max_len * cached_copies, KVH, D]`, the original-token cache
-      (cached_copies is 1, or K for the `naive` baseline which keeps every copy).
-    window_k, window_v: `[L, B, W, KVH, D]`, ring buffer of the W most recent
+    k, v: `[L, B, KVH, max_len * cached_copies, D]`, the original-token cache
+      (cached_copies is 1, or K for the `naive` baseline which keeps every copy);
+      heads before slots, the layout attention reads (`attention.KVCache`).
+    window_k, window_v: `[L, B, KVH, W, D]`, ring buffer of the W most recent
       hidden decoding tokens of earlier positions (W = 0 outside PHD-SWA/CSWA).
     window_hidx: `[B, W]` hidden-order index `h(n, s)` of each slot, -1 = empty;
       position, copy and chunk follow from it.
@@ -86,9 +87,9 @@ def init_state(config: ModelConfig, batch: int, max_len: int) -> DecodeState:
     check_config(config)
     batch = as_int("batch", batch, 1)
     max_len = check_max_len(config, max_len, 0, "")
-    cache = (config.num_layers, batch, max_len * config.cached_copies, config.num_kv_heads,
+    cache = (config.num_layers, batch, config.num_kv_heads, max_len * config.cached_copies,
              config.head_dim)
-    window = (config.num_layers, batch, config.effective_window, config.num_kv_heads,
+    window = (config.num_layers, batch, config.num_kv_heads, config.effective_window,
               config.head_dim)
     dt = config.compute_dtype
     return DecodeState(k=jnp.zeros(cache, dt), v=jnp.zeros(cache, dt),
@@ -105,7 +106,7 @@ def init_state(config: ModelConfig, batch: int, max_len: int) -> DecodeState:
 def _extend_mask(config: ModelConfig, state: DecodeState, pos, copy, valid):
     """`[B, Q, S + W + Q]` mask of new tokens over [cache | window | new tokens], by `allowed`."""
     k, cc = config.repeat, config.cached_copies
-    slot = jnp.arange(state.k.shape[2])
+    slot = jnp.arange(state.k.shape[3])
     b = pos.shape[0]
     key_pos = [jnp.broadcast_to(slot // cc, (b, slot.size))]
     key_copy = [jnp.broadcast_to(slot % cc, (b, slot.size))]
@@ -132,28 +133,33 @@ def _extend(params, config: ModelConfig, state: DecodeState, ids, pos, copy: np.
     Returns logits at `out_rows` and the new tokens' keys/values `[L, B, Q, KVH, D]`.
     """
     mask = _extend_mask(config, state, pos, copy, valid)
-    logits, (new_k, new_v) = Transformer(config).apply(
+    logits, (new_k, new_v) = Transformer(config, mode="extend").apply(
         {"params": params}, ids, rope_positions(config, pos, copy), out_rows, mask, state.cache)
     return logits, new_k, new_v
 
 
 def _write(config: ModelConfig, state: DecodeState, new_k, new_v, pos, copy: np.ndarray, valid):
-    """Store the new tokens: cached copies into the cache, the newest hidden ones into the window."""
+    """Store the new tokens: cached copies into the cache, the newest hidden ones into the window.
+
+    new_k/new_v `[L, B, Q, KVH, D]`; the state's arrays are `[L, B, KVH, slots, D]`, so an
+    update indexed by (sequence, slot) is laid out `[B, Q, L, KVH, D]` (numpy's rule for
+    advanced indices split by a slice)."""
     cc, w = config.cached_copies, config.effective_window
     rows = jnp.arange(pos.shape[0])[:, None]
     cached = np.nonzero(copy < cc)[0]
     k, v = state.k, state.v
+    updates = lambda x, idx: x[:, :, idx].transpose(1, 2, 0, 3, 4)  # noqa: E731
     if cached.size:
-        slots = jnp.where(valid[:, cached], pos[:, cached] * cc + copy[cached], k.shape[2])
-        k = k.at[:, rows, slots].set(new_k[:, :, cached], mode="drop")
-        v = v.at[:, rows, slots].set(new_v[:, :, cached], mode="drop")
+        slots = jnp.where(valid[:, cached], pos[:, cached] * cc + copy[cached], k.shape[3])
+        k = k.at[:, rows, :, slots].set(updates(new_k, cached), mode="drop")
+        v = v.at[:, rows, :, slots].set(updates(new_v, cached), mode="drop")
     wk, wv, whidx = state.window_k, state.window_v, state.window_hidx
     hidden = np.nonzero(copy >= cc)[0][-w:] if w else np.zeros(0, int)
     if hidden.size:  # new tokens come in hidden order, so these are the newest <= W
         hidx = pos[:, hidden] * (config.repeat - 1) + (copy[hidden] - 1)
         slots = hidx % w
-        wk = wk.at[:, rows, slots].set(new_k[:, :, hidden])
-        wv = wv.at[:, rows, slots].set(new_v[:, :, hidden])
+        wk = wk.at[:, rows, :, slots].set(updates(new_k, hidden))
+        wv = wv.at[:, rows, :, slots].set(updates(new_v, hidden))
         whidx = whidx.at[rows, slots].set(jnp.where(valid[:, hidden], hidx, -1))
     return state.replace(k=k, v=v, window_k=wk, window_v=wv, window_hidx=whidx)
 
@@ -206,8 +212,8 @@ def _prefill_ragged(params, config: ModelConfig, state, tokens, lengths):
     last = (lengths - 1) * config.cached_copies + config.cached_copies - 1
     out_rows = np.zeros((b, 0), np.int32) if config.is_phd else last[:, None]
     logits, (k, v) = run_layout(params, config, layout, tokens, out_rows, True)
-    state = state.replace(k=jax.lax.dynamic_update_slice_in_dim(state.k, k, 0, axis=2),
-                          v=jax.lax.dynamic_update_slice_in_dim(state.v, v, 0, axis=2),
+    state = state.replace(k=jax.lax.dynamic_update_slice_in_dim(state.k, k.swapaxes(2, 3), 0, axis=3),
+                          v=jax.lax.dynamic_update_slice_in_dim(state.v, v.swapaxes(2, 3), 0, axis=3),
                           pos=lengths.astype(jnp.int32))
     if not config.is_phd:
         return logits[:, 0], state
@@ -299,8 +305,8 @@ def state_for_comparison(config: ModelConfig, state: DecodeState):
     next position's (phd_cswa) are never attended again, so they are zeroed.
     """
     cc = config.cached_copies
-    live = jnp.arange(state.k.shape[2])[None, :] < (state.pos * cc)[:, None]   # [B, S]
-    zero_dead = lambda x, m: jnp.where(m[None, :, :, None, None], x, 0)  # noqa: E731
+    live = jnp.arange(state.k.shape[3])[None, :] < (state.pos * cc)[:, None]   # [B, S]
+    zero_dead = lambda x, m: jnp.where(m[None, :, None, :, None], x, 0)  # noqa: E731
     h = state.window_hidx
     wlive = h >= 0
     if config.effective_chunk is not None and h.size:

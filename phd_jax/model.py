@@ -5,10 +5,10 @@ PHD adds no parameters: it changes only which tokens run through the layers
 the attention mask (`phd_jax.masks`). Only the last copy of each position
 reaches the unembedding.
 
-The same modules run in two modes, chosen by the arguments of `Transformer`:
-- full (training / `forward`, prefill of the cached stream): a static token
+The same modules run in two modes, named by `Transformer.mode` (`MODES`):
+- `full` (training / `forward`, prefill of the cached stream): a static token
   `layout` whose mask is a static block-sparse pattern;
-- extend (prefill tail, decode steps): a few new tokens attend to a KV cache
+- `extend` (prefill tail, decode steps): a few new tokens attend to a KV cache
   with a run-time mask (`mask` and `cache` given).
 Both return the new tokens' keys/values per layer when asked, so the caller
 (`phd_jax.decode`) owns every cache write.
@@ -27,6 +27,8 @@ from phd_jax.checks import (as_rng, check_config, check_params, check_tokens,
                             check_tokens_per_sequence)
 from phd_jax.config import ModelConfig, param_config
 from phd_jax.masks import Layout
+
+MODES = ("full", "extend")
 
 
 class _Partitioned(nn.LogicallyPartitioned):
@@ -80,6 +82,7 @@ def apply_rope(x, positions, theta: float):
 class Attention(nn.Module):
     config: ModelConfig
     layout: Layout | None = None
+    mode: str = "full"
 
     @nn.compact
     def __call__(self, x, positions, mask=None, cache: KVCache | None = None, docs=None):
@@ -95,7 +98,7 @@ class Attention(nn.Module):
         q = _constrain(q, "activation_batch", "activation_length", "activation_heads", None)
         k, v = (_constrain(x, "activation_batch", "activation_length", "activation_kv_heads", None)
                 for x in (k, v))
-        if cache is None:
+        if self.mode == "full":
             o = attend(q, k, v, self.layout, cfg, docs)
         else:
             o = cached_attention(q, k, v, cache, mask)
@@ -122,16 +125,17 @@ class DecoderLayer(nn.Module):
     config: ModelConfig
     layout: Layout | None = None
     collect_kv: bool = False
+    mode: str = "full"
 
     @nn.compact
     def __call__(self, x, positions, mask=None, cache=None, docs=None):
         cfg = self.config
-        h, kv = Attention(cfg, self.layout, name="attention")(
+        h, kv = Attention(cfg, self.layout, self.mode, name="attention")(
             _norm(cfg, "embed", "attention_norm")(x), positions, mask, cache, docs)
         x = x + h
         x = x + Mlp(cfg, name="mlp")(_norm(cfg, "embed", "mlp_norm")(x))
         x = _constrain(x, "activation_batch", "activation_length", "activation_embed")
-        return x, (kv if self.collect_kv or cache is not None else None)
+        return x, (kv if self.collect_kv or self.mode == "extend" else None)
 
 
 _REMAT_POLICIES = {
@@ -141,10 +145,14 @@ _REMAT_POLICIES = {
 
 
 class Transformer(nn.Module):
-    """Embedding, L decoder layers (optionally `nn.scan`-ned and rematerialised), unembedding."""
+    """Embedding, L decoder layers (optionally `nn.scan`-ned and rematerialised), unembedding.
+
+    mode `full` needs `layout` (the static token set); mode `extend` needs `mask` and `cache`
+    at call time and always returns the new tokens' keys/values (the caller writes them)."""
     config: ModelConfig
     layout: Layout | None = None
     collect_kv: bool = False
+    mode: str = "full"
 
     @nn.compact
     def __call__(self, tokens, positions, out_rows, mask=None, cache=None, docs=None):
@@ -156,6 +164,12 @@ class Transformer(nn.Module):
         per-layer keys/values `[L, B, N, KVH, D]` of all N tokens.
         """
         cfg = self.config
+        if self.mode not in MODES:
+            raise ValueError(f"Transformer mode={self.mode!r} is invalid: allowed: {', '.join(MODES)}")
+        if self.mode == "full" and (self.layout is None or cache is not None):
+            raise ValueError("Transformer mode='full' runs a static token layout: pass layout=, not cache=")
+        if self.mode == "extend" and (cache is None or mask is None):
+            raise ValueError("Transformer mode='extend' runs new tokens against a cache: pass cache= and mask=")
         embed = nn.Embed(cfg.vocab_size, cfg.d_model, dtype=cfg.compute_dtype,
                          param_dtype=cfg.weight_dtype, name="embed",
                          embedding_init=_init(cfg, ("vocab", "embed")))
@@ -171,12 +185,13 @@ class Transformer(nn.Module):
             stack = nn.scan(layer, variable_axes={"params": 0}, split_rngs={"params": True},
                             in_axes=(nn.broadcast, nn.broadcast, 0, nn.broadcast), length=cfg.num_layers,
                             metadata_params={nn.PARTITION_NAME: "layers"})
-            x, kv = stack(cfg, self.layout, self.collect_kv, name="layers")(x, positions, mask, cache, docs)
+            x, kv = stack(cfg, self.layout, self.collect_kv, self.mode, name="layers")(
+                x, positions, mask, cache, docs)
         else:
             kvs = []
             for i in range(cfg.num_layers):
                 layer_cache = None if cache is None else jax.tree.map(lambda c: c[i], cache)
-                x, kv_i = layer(cfg, self.layout, self.collect_kv, name=f"layers_{i}")(
+                x, kv_i = layer(cfg, self.layout, self.collect_kv, self.mode, name=f"layers_{i}")(
                     x, positions, mask, layer_cache, docs)
                 kvs.append(kv_i)
             kv = None if kvs[0] is None else jax.tree.map(lambda *a: jnp.stack(a), *kvs)
@@ -216,8 +231,15 @@ def init_params(config: ModelConfig, rng) -> dict:
 
 
 def param_shapes(config: ModelConfig):
-    """The parameter tree `init_params(config)` makes, as `jax.ShapeDtypeStruct`s (nothing allocated)."""
-    return jax.eval_shape(lambda: _init_jit(param_config(config), jax.random.key(0)))
+    """The parameter tree `init_params(config)` makes, as `jax.ShapeDtypeStruct`s (nothing allocated).
+
+    Traced once per parameter-shaping config (the trainer, sharding and checkpoints all ask)."""
+    return _param_shapes(param_config(config))
+
+
+@functools.lru_cache(maxsize=32)
+def _param_shapes(config: ModelConfig):
+    return jax.eval_shape(lambda: _init_jit(config, jax.random.key(0)))
 
 
 def param_logical_axes(config: ModelConfig):

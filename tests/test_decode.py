@@ -62,15 +62,16 @@ def _expected_state(params, cfg, tokens, max_len):
                                    collect_kv=True)
     state = phd_jax.init_state(cfg, tokens.shape[0], max_len)
     cached = np.nonzero(copy < cc)[0]
-    state = state.replace(k=state.k.at[:, :, :t * cc].set(keys[:, :, cached]),
-                          v=state.v.at[:, :, :t * cc].set(values[:, :, cached]),
+    heads_first = lambda x: x.swapaxes(2, 3)  # noqa: E731  [L, B, N, KVH, D] -> the state's layout
+    state = state.replace(k=state.k.at[:, :, :, :t * cc].set(heads_first(keys[:, :, cached])),
+                          v=state.v.at[:, :, :, :t * cc].set(heads_first(values[:, :, cached])),
                           pos=jnp.full_like(state.pos, t))
     if w and t * (k - 1) > 0:
         hidx = pos * (k - 1) + copy - 1
         last = [i for i in np.nonzero(copy > 0)[0] if hidx[i] > t * (k - 1) - 1 - w]
         slots = hidx[last] % w
-        state = state.replace(window_k=state.window_k.at[:, :, slots].set(keys[:, :, last]),
-                              window_v=state.window_v.at[:, :, slots].set(values[:, :, last]),
+        state = state.replace(window_k=state.window_k.at[:, :, :, slots].set(heads_first(keys[:, :, last])),
+                              window_v=state.window_v.at[:, :, :, slots].set(heads_first(values[:, :, last])),
                               window_hidx=state.window_hidx.at[:, slots].set(hidx[last]))
     return state
 
@@ -186,7 +187,7 @@ def test_cache_size_is_the_spec_formula(name, dtype):
     params = phd_jax.init_params(cfg, 0)
     _, state = phd_jax.prefill(params, cfg, random_tokens(cfg, batch, 10), max_len=max_len)
     assert state.cache_bytes == want
-    assert state.k.shape == (cfg.num_layers, batch, max_len * cfg.cached_copies, 2, 16)
+    assert state.k.shape == (cfg.num_layers, batch, 2, max_len * cfg.cached_copies, 16)
     if cfg.variant == "phd":   # whatever K is, exactly a vanilla transformer's cache
         assert want == phd_jax.kv_cache_bytes(cfg.replace(variant="vanilla", repeat=1), batch, max_len)
 
@@ -202,8 +203,8 @@ def test_cached_originals_equal_a_vanilla_model(name):
     for n in range(6, 9):   # also after decode steps, which run K copies at once
         _, s = phd_jax.decode_step(params, cfg, s, tokens[:, n])
         _, s0 = phd_jax.decode_step(params, vanilla, s0, tokens[:, n])
-    assert max_diff(s.k[:, :, :9], s0.k[:, :, :9]) <= 1e-5
-    assert max_diff(s.v[:, :, :9], s0.v[:, :, :9]) <= 1e-5
+    assert max_diff(s.k[:, :, :, :9], s0.k[:, :, :, :9]) <= 1e-5
+    assert max_diff(s.v[:, :, :, :9], s0.v[:, :, :, :9]) <= 1e-5
 
 
 def _prefill_flops(cfg, t, max_len=64):

@@ -200,3 +200,16 @@ def test_forward_rejects_bad_tokens(tokens, message):
     params = phd_jax.init_params(cfg, 0)
     with pytest.raises(ValueError, match=message):
         phd_jax.forward(params, cfg, jnp.asarray(tokens))
+
+
+def test_transformer_mode_is_named_and_checked():
+    from phd_jax.model import Transformer
+    cfg = tiny_config(variant="phd", repeat=2)
+    layout = Layout.for_config(cfg, 2, "kernel")
+    args = (jnp.zeros((1, 2), jnp.int32), jnp.zeros((2,), jnp.int32), np.zeros((1,), np.int32))
+    with pytest.raises(ValueError, match="mode='bogus' is invalid: allowed: full, extend"):
+        Transformer(cfg, layout, mode="bogus").init(jax.random.key(0), *args)
+    with pytest.raises(ValueError, match="mode='extend' .* pass cache= and mask="):
+        Transformer(cfg, mode="extend").init(jax.random.key(0), *args)
+    with pytest.raises(ValueError, match="mode='full' .* pass layout="):
+        Transformer(cfg).init(jax.random.key(0), *args)

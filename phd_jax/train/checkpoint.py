@@ -178,7 +178,7 @@ def restore_params(path: str, step: int | None = None, sharding=None):
     saved model config."""
     import orbax.checkpoint as ocp
 
-    from phd_jax.model import init_params
+    from phd_jax.model import param_shapes
     workdir, step = _locate(path, step)
     cfg = load_model_config(workdir)
     mgr = manager(workdir, read_only=True)
@@ -191,7 +191,7 @@ def restore_params(path: str, step: int | None = None, sharding=None):
         elif step not in steps:
             raise ConfigError(f"step={step} is invalid: checkpoints in {workdir} are at steps {sorted(steps)}")
         sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-        shapes = jax.eval_shape(lambda: init_params(cfg, 0))
+        shapes = param_shapes(cfg)
         target = {"params": jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
                                          shapes)}
         restore_args = jax.tree.map(lambda _: ocp.ArrayRestoreArgs(sharding=sharding), target)

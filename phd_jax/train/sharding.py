@@ -15,7 +15,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from phd_jax.checks import ConfigError
 from phd_jax.config import ModelConfig
-from phd_jax.model import param_logical_axes
+from phd_jax.model import param_logical_axes, param_shapes
 from phd_jax.train.config import MESH_AXES, logical_rules, mesh_shape
 
 
@@ -39,7 +39,7 @@ def _mesh_axes(spec: P, rules) -> P:
 def param_specs(cfg: ModelConfig, rules, mesh: Mesh):
     """PartitionSpecs (mesh axes) of every parameter; ConfigError if a dimension does not divide."""
     logical = param_logical_axes(cfg)
-    shapes = jax.eval_shape(lambda: __import__("phd_jax").init_params(cfg, 0))
+    shapes = param_shapes(cfg)
     rule_of = dict(rules)
 
     def one(path, spec, shape):
@@ -90,7 +90,7 @@ def train_shardings(cfg: ModelConfig, config, optimizer, mesh: Mesh):
     rules = logical_rules(config)
     specs = param_specs(cfg, rules, mesh)
     params_sh = shardings_like(specs, mesh)
-    params_shape = jax.eval_shape(lambda: __import__("phd_jax").init_params(cfg, 0))
+    params_shape = param_shapes(cfg)
     replicated = NamedSharding(mesh, P())
     state = {"step": replicated, "rng": replicated, "params": params_sh,
              "opt_state": opt_state_shardings(optimizer, params_shape, params_sh, mesh),

@@ -25,7 +25,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from phd_jax.checks import ConfigError, check_params
 from phd_jax.config import ModelConfig
-from phd_jax.model import forward, init_params, num_params
+from phd_jax.model import forward, init_params, num_params, param_shapes
 from phd_jax.train import checkpoint as ckpt
 from phd_jax.train import sharding as shd
 from phd_jax.train.config import logical_rules, to_json, validate
@@ -196,7 +196,7 @@ def _init_params(config, cfg: ModelConfig, params_sh, log):
     except (TypeError, ValueError) as e:
         raise ConfigError(f"config.init_from={config.init_from!r} is invalid: its parameters ({src_cfg.name}) "
                           f"do not fit config.model: {e}") from None
-    want = jax.eval_shape(lambda: init_params(cfg, 0))
+    want = param_shapes(cfg)
     params = jax.tree.map(lambda x, w: np.asarray(x).astype(w.dtype), params, want)   # the run's param_dtype
     log(f"initialised the weights from {source}")
     return jax.device_put(params, params_sh)
@@ -204,7 +204,7 @@ def _init_params(config, cfg: ModelConfig, params_sh, log):
 
 def abstract_train_state(cfg: ModelConfig, optimizer, state_sh):
     """The state's shapes with the target shardings (restore onto any mesh)."""
-    params_shape = jax.eval_shape(lambda: init_params(cfg, 0))
+    params_shape = param_shapes(cfg)
     opt_shape = jax.eval_shape(optimizer.init, params_shape)
     return ckpt.abstract_state(params_shape, opt_shape, state_sh["params"], state_sh["opt_state"],
                                state_sh["step"])
