@@ -158,9 +158,9 @@ def dense_attention(q, k, v, mask):
 
 class _TileTables(NamedTuple):
     """Static loop tables of a pattern, built once with numpy at trace time: per query
-    block, its non-empty key blocks as two lists, full tiles (no static mask) and partial
-    tiles, each padded to a fixed length, with counts. Patterns without a `Layout` also
-    get the stacked masks of their partial tiles (`masks[slot[i, t]]`); with a layout the
+    block, its non-empty key tiles as two lists padded to a fixed length, with counts:
+    full tiles (no static mask) and partial tiles. Patterns without a `Layout` also get
+    the stacked masks of their partial tiles (`masks[slot[i, t]]`); with a layout the
     kernel computes a partial tile's mask from `allowed` inside the loop."""
     n: int
     nq: int
@@ -211,8 +211,8 @@ class _Kernel(NamedTuple):
     doc_fn: Callable | None   # (docs, rows, cols) -> [B, bq, bk]
 
     def mask(self, i, t, j, partial: bool, docs):
-        """The mask of tile (query block i, key block j = list entry t), broadcastable to the
-        scores `[B, KVH, G, bq, bk]`, or None (a full tile without documents)."""
+        """The mask of tile (query block i, key block j = entry t of its list), broadcastable
+        to the scores `[B, KVH, G, bq, bk]`, or None (a full tile without documents)."""
         p, tab = self.pattern, self.tables
         rows = i * p.block_q + jnp.arange(p.block_q, dtype=jnp.int32)[:, None]
         cols = j * p.block_kv + jnp.arange(p.block_kv, dtype=jnp.int32)[None, :]
@@ -227,9 +227,12 @@ class _Kernel(NamedTuple):
         return mask
 
     def tiles(self, i, body, carry, docs):
-        """Run `body(j, mask, carry)` over query block i's full tiles, then its partial tiles."""
+        """Run `body(key block, mask, carry)` over query block i's full tiles, then its
+        partial tiles (tables without any entry are skipped at trace time)."""
         tab = self.tables
         for partial, table, count in ((False, tab.full, tab.full_count), (True, tab.part, tab.part_count)):
+            if not count.any():
+                continue
             table = jnp.asarray(table)
 
             def step(t, c, partial=partial, table=table):
@@ -244,9 +247,16 @@ def _scores(qi, kj, mask):
     return s if mask is None else jnp.where(mask, s, MASK_VALUE)
 
 
+def _tile(x, j, bk: int):
+    """Key tile j `[B, KVH, bk, D]` of `[B, KVH, keys, D]`."""
+    return jax.lax.dynamic_slice_in_dim(x, j * bk, bk, axis=2)
+
+
 def _flash_forward(kern: _Kernel, q, k, v, docs):
-    """q `[nq, B, KVH, G, bq, D]` (scaled), k/v `[nk, B, KVH, bk, D]` -> out like q and the
+    """q `[nq, B, KVH, G, bq, D]` (scaled), k/v `[B, KVH, nk * bk, D]` -> out like q and the
     row log-sum-exp `[nq, B, KVH, G, bq]`, with an online softmax over each block's tiles."""
+    bk = kern.pattern.block_kv
+
     def block(_, x):
         i, qi = x
         m = jnp.full(qi.shape[:-1], -jnp.inf, jnp.float32)
@@ -254,10 +264,11 @@ def _flash_forward(kern: _Kernel, q, k, v, docs):
 
         def body(j, mask, c):
             m, l, o = c
-            s = _scores(qi, k[j], mask)
+            s = _scores(qi, _tile(k, j, bk), mask)
             m_new = jnp.maximum(m, s.max(axis=-1))
             alpha, p = jnp.exp(m - m_new), jnp.exp(s - m_new[..., None])
-            pv = jnp.einsum("bkgqs,bksd->bkgqd", p.astype(v.dtype), v[j], preferred_element_type=jnp.float32)
+            pv = jnp.einsum("bkgqs,bksd->bkgqd", p.astype(v.dtype), _tile(v, j, bk),
+                            preferred_element_type=jnp.float32)
             return m_new, alpha * l + p.sum(axis=-1), alpha[..., None] * o + pv
         m, l, o = kern.tiles(i, body, (m, jnp.zeros_like(m), o), docs)
         seen = l > 0           # rows of a block without any tile get 0
@@ -270,6 +281,7 @@ def _flash_forward(kern: _Kernel, q, k, v, docs):
 def _flash_backward(kern: _Kernel, q, k, v, docs, out, lse, dout):
     """Recompute each tile's probabilities from the saved log-sum-exp: dq per query block,
     dk/dv accumulated in place (float32). O(N) memory."""
+    bk = kern.pattern.block_kv
     delta = jnp.einsum("nbkgqd,nbkgqd->nbkgq", out.astype(jnp.float32), dout.astype(jnp.float32))
 
     def block(acc, x):
@@ -277,18 +289,18 @@ def _flash_backward(kern: _Kernel, q, k, v, docs, out, lse, dout):
 
         def body(j, mask, c):
             dq, dk, dv = c
-            kj, vj = k[j], v[j]
+            kj, vj = _tile(k, j, bk), _tile(v, j, bk)
             p = jnp.exp(_scores(qi, kj, mask) - lse_i[..., None])
             dp = jnp.einsum("bkgqd,bksd->bkgqs", di, vj, preferred_element_type=jnp.float32)
             ds = p * (dp - delta_i[..., None])
             if mask is not None:
                 ds = jnp.where(mask, ds, 0.0)
             dq = dq + jnp.einsum("bkgqs,bksd->bkgqd", ds.astype(kj.dtype), kj, preferred_element_type=jnp.float32)
-            dk = dk.at[j].add(jnp.einsum("bkgqs,bkgqd->bksd", ds.astype(qi.dtype), qi,
-                                         preferred_element_type=jnp.float32))
-            dv = dv.at[j].add(jnp.einsum("bkgqs,bkgqd->bksd", p.astype(di.dtype), di,
-                                         preferred_element_type=jnp.float32))
-            return dq, dk, dv
+            dk_j = jnp.einsum("bkgqs,bkgqd->bksd", ds.astype(qi.dtype), qi, preferred_element_type=jnp.float32)
+            dv_j = jnp.einsum("bkgqs,bkgqd->bksd", p.astype(di.dtype), di, preferred_element_type=jnp.float32)
+            add = lambda acc, x: jax.lax.dynamic_update_slice_in_dim(  # noqa: E731
+                acc, _tile(acc, j, bk) + x, j * bk, axis=2)
+            return dq, add(dk, dk_j), add(dv, dv_j)
         dq, dk, dv = kern.tiles(i, body, (jnp.zeros(qi.shape, jnp.float32), *acc), docs)
         return (dk, dv), dq.astype(qi.dtype)
     zeros = jnp.zeros(k.shape, jnp.float32)
@@ -371,12 +383,10 @@ def blocksparse_attention(q, k, v, pattern: BlockPattern, doc_mask=None):
         doc_fn, docs = (lambda cs, r, c: fn(r, c, *cs)), tuple(consts)
     kern = _Kernel(pattern, tab, doc_fn)
 
-    def blocks(x, size, count):   # [B, N, heads, D] -> [count, B, heads, size, D]
-        x = jnp.pad(_dot_ready(x), ((0, 0), (0, count * size - n), (0, 0), (0, 0)))
-        return x.reshape(b, count, size, x.shape[2], d).transpose(1, 0, 3, 2, 4)
-    qb = blocks(q * jnp.asarray(d ** -0.5, q.dtype), bq, tab.nq)
-    qb = qb.reshape(tab.nq, b, kvh, h // kvh, bq, d)
-    out = _flash(kern, qb, blocks(k, bk, tab.nk), blocks(v, bk, tab.nk), docs)
+    pad = lambda x, size: jnp.pad(_dot_ready(x), ((0, 0), (0, size - n), (0, 0), (0, 0)))  # noqa: E731
+    qb = pad(q * jnp.asarray(d ** -0.5, q.dtype), tab.nq * bq).reshape(b, tab.nq, bq, kvh, h // kvh, d)
+    kv = lambda x: pad(x, tab.nk * bk).transpose(0, 2, 1, 3)   # noqa: E731  [B, KVH, keys, D]
+    out = _flash(kern, qb.transpose(1, 0, 3, 4, 2, 5), kv(k), kv(v), docs)
     return out.transpose(1, 0, 4, 2, 3, 5).reshape(b, tab.nq * bq, h, d)[:, :n].astype(q.dtype)
 
 
