@@ -105,7 +105,7 @@ def main(argv=None):
     p.add_argument("--model", default="PHD-4", help="paper name of the variant (K from the name)")
     p.add_argument("--tokens", type=int, nargs="+", default=[4096, 8192, 16384, 32768],
                    help="T*K values for the compile-time table")
-    p.add_argument("--seq", type=int, nargs="+", default=[1024, 8192], help="T values, long-context table")
+    p.add_argument("--seq", type=int, nargs="*", default=[1024, 8192], help="T values, long-context table")
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--out", default=None, help="also write the markdown tables to this file")
     a = p.parse_args(argv)
