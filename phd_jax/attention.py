@@ -210,23 +210,25 @@ class _Kernel(NamedTuple):
     tables: _TileTables
     doc_fn: Callable | None   # (docs, rows, cols) -> [B, bq, bk]
 
-    def mask(self, i, t, j, partial: bool, docs):
-        """The mask of tile (query block i, key block j = entry t of its list), broadcastable
-        to the scores `[B, KVH, G, bq, bk]`, or None (a full tile without documents)."""
+    def mask(self, i, rows: int, t, j, partial: bool, docs):
+        """The mask of tile (query block i of `rows` rows, key block j = entry t of its list),
+        broadcastable to the scores `[B, KVH, G, rows, bk]`, or None (full, no documents)."""
         p, tab = self.pattern, self.tables
-        rows = i * p.block_q + jnp.arange(p.block_q, dtype=jnp.int32)[:, None]
+        rows = i * p.block_q + jnp.arange(rows, dtype=jnp.int32)[:, None]
         cols = j * p.block_kv + jnp.arange(p.block_kv, dtype=jnp.int32)[None, :]
         mask = None
         if partial and p.layout is not None:
             mask = p.layout.allowed_at(rows, cols) & (cols < tab.n)
         elif partial:
-            mask = jnp.asarray(tab.masks)[jnp.asarray(tab.slot)[i, t]]
-        if self.doc_fn is not None:
-            doc = self.doc_fn(docs, jnp.minimum(rows, tab.n - 1), jnp.minimum(cols, tab.n - 1))[:, None, None]
+            mask = jnp.asarray(tab.masks)[jnp.asarray(tab.slot)[i, t]][:rows.shape[0]]
+        if self.doc_fn is not None:   # always on whole blocks (one shape for any callable)
+            block = i * p.block_q + jnp.arange(p.block_q, dtype=jnp.int32)[:, None]
+            doc = self.doc_fn(docs, jnp.minimum(block, tab.n - 1), jnp.minimum(cols, tab.n - 1))
+            doc = doc[:, None, None, :rows.shape[0]]
             mask = doc if mask is None else mask & doc
         return mask
 
-    def tiles(self, i, body, carry, docs):
+    def tiles(self, i, rows: int, body, carry, docs):
         """Run `body(key block, mask, carry)` over query block i's full tiles, then its
         partial tiles (tables without any entry are skipped at trace time)."""
         tab = self.tables
@@ -237,7 +239,7 @@ class _Kernel(NamedTuple):
 
             def step(t, c, partial=partial, table=table):
                 j = table[i, t]
-                return body(j, self.mask(i, t, j, partial, docs), c)
+                return body(j, self.mask(i, rows, t, j, partial, docs), c)
             carry = jax.lax.fori_loop(0, jnp.asarray(count)[i], step, carry)
         return carry
 
@@ -252,9 +254,16 @@ def _tile(x, j, bk: int):
     return jax.lax.dynamic_slice_in_dim(x, j * bk, bk, axis=2)
 
 
-def _flash_forward(kern: _Kernel, q, k, v, docs):
-    """q `[nq, B, KVH, G, bq, D]` (scaled), k/v `[B, KVH, nk * bk, D]` -> out like q and the
-    row log-sum-exp `[nq, B, KVH, G, bq]`, with an online softmax over each block's tiles."""
+def _stacks(qs):
+    """`(first query block, stack)` of each stack of query blocks (whole blocks, then a ragged one)."""
+    first = np.cumsum([0] + [q.shape[0] for q in qs])
+    return zip(first.tolist(), qs)
+
+
+def _flash_forward(kern: _Kernel, qs, k, v, docs):
+    """qs: stacks of query blocks `[blocks, B, KVH, G, rows, D]` (scaled), k/v `[B, KVH, nk * bk, D]`
+    -> per stack the output (like it) and the row log-sum-exp `[blocks, B, KVH, G, rows]`,
+    with an online softmax over each block's tiles."""
     bk = kern.pattern.block_kv
 
     def block(_, x):
@@ -270,19 +279,18 @@ def _flash_forward(kern: _Kernel, q, k, v, docs):
             pv = jnp.einsum("bkgqs,bksd->bkgqd", p.astype(v.dtype), _tile(v, j, bk),
                             preferred_element_type=jnp.float32)
             return m_new, alpha * l + p.sum(axis=-1), alpha[..., None] * o + pv
-        m, l, o = kern.tiles(i, body, (m, jnp.zeros_like(m), o), docs)
+        m, l, o = kern.tiles(i, qi.shape[-2], body, (m, jnp.zeros_like(m), o), docs)
         seen = l > 0           # rows of a block without any tile get 0
         l = jnp.where(seen, l, 1.0)
         return None, ((o / l[..., None]).astype(qi.dtype), jnp.where(seen, m + jnp.log(l), 0.0))
-    _, (out, lse) = jax.lax.scan(block, None, (jnp.arange(q.shape[0]), q))
-    return out, lse
+    outs = [jax.lax.scan(block, None, (first + jnp.arange(q.shape[0]), q))[1] for first, q in _stacks(qs)]
+    return tuple(o for o, _ in outs), tuple(lse for _, lse in outs)
 
 
-def _flash_backward(kern: _Kernel, q, k, v, docs, out, lse, dout):
+def _flash_backward(kern: _Kernel, qs, k, v, docs, outs, lses, douts):
     """Recompute each tile's probabilities from the saved log-sum-exp: dq per query block,
     dk/dv accumulated in place (float32). O(N) memory."""
     bk = kern.pattern.block_kv
-    delta = jnp.einsum("nbkgqd,nbkgqd->nbkgq", out.astype(jnp.float32), dout.astype(jnp.float32))
 
     def block(acc, x):
         i, qi, di, lse_i, delta_i = x
@@ -301,12 +309,14 @@ def _flash_backward(kern: _Kernel, q, k, v, docs, out, lse, dout):
             add = lambda acc, x: jax.lax.dynamic_update_slice_in_dim(  # noqa: E731
                 acc, _tile(acc, j, bk) + x, j * bk, axis=2)
             return dq, add(dk, dk_j), add(dv, dv_j)
-        dq, dk, dv = kern.tiles(i, body, (jnp.zeros(qi.shape, jnp.float32), *acc), docs)
+        dq, dk, dv = kern.tiles(i, qi.shape[-2], body, (jnp.zeros(qi.shape, jnp.float32), *acc), docs)
         return (dk, dv), dq.astype(qi.dtype)
-    zeros = jnp.zeros(k.shape, jnp.float32)
-    (dk, dv), dq = jax.lax.scan(block, (zeros, zeros), (jnp.arange(q.shape[0]), q, dout.astype(q.dtype),
-                                                        lse, delta))
-    return dq, dk.astype(k.dtype), dv.astype(v.dtype)
+    acc, dqs = (jnp.zeros(k.shape, jnp.float32),) * 2, []
+    for (first, q), out, lse, dout in zip(_stacks(qs), outs, lses, douts):
+        delta = jnp.einsum("nbkgqd,nbkgqd->nbkgq", out.astype(jnp.float32), dout.astype(jnp.float32))
+        acc, dq = jax.lax.scan(block, acc, (first + jnp.arange(q.shape[0]), q, dout.astype(q.dtype), lse, delta))
+        dqs.append(dq)
+    return tuple(dqs), acc[0].astype(k.dtype), acc[1].astype(v.dtype)
 
 
 def _zero_cotangent(x):
@@ -316,21 +326,21 @@ def _zero_cotangent(x):
     return np.zeros(x.shape, jax.dtypes.float0)
 
 
-def _flash(kern: _Kernel, q, k, v, docs):
+def _flash(kern: _Kernel, qs, k, v, docs):
     @jax.custom_vjp
-    def attention(q, k, v, docs):
-        return _flash_forward(kern, q, k, v, docs)[0]
+    def attention(qs, k, v, docs):
+        return _flash_forward(kern, qs, k, v, docs)[0]
 
-    def fwd(q, k, v, docs):
-        out, lse = _flash_forward(kern, q, k, v, docs)
-        return out, (q, k, v, docs, out, lse)
+    def fwd(qs, k, v, docs):
+        outs, lses = _flash_forward(kern, qs, k, v, docs)
+        return outs, (qs, k, v, docs, outs, lses)
 
-    def bwd(res, dout):
-        q, k, v, docs, out, lse = res
-        return (*_flash_backward(kern, q, k, v, docs, out, lse, dout), jax.tree.map(_zero_cotangent, docs))
+    def bwd(res, douts):
+        qs, k, v, docs, outs, lses = res
+        return (*_flash_backward(kern, qs, k, v, docs, outs, lses, douts), jax.tree.map(_zero_cotangent, docs))
 
     attention.defvjp(fwd, bwd)
-    return attention(q, k, v, docs)
+    return attention(qs, k, v, docs)
 
 
 @jax.tree_util.register_dataclass
@@ -362,7 +372,8 @@ def blocksparse_attention(q, k, v, pattern: BlockPattern, doc_mask=None):
     an online softmax in float32. The program does not grow with the sequence, so compile
     time is bounded. A `custom_vjp` saves only q, k, v, the output and each row's
     log-sum-exp and recomputes every tile's scores in the backward pass: memory O(N), not
-    O(allowed pairs). Tiles are `block_q x block_kv`; a ragged last block is padded.
+    O(allowed pairs). Tiles are `block_q x block_kv`; a ragged last query block runs with
+    its own rows only, a ragged last key block is padded and masked.
 
     `doc_mask(rows, cols) -> [B, ...]` (packed documents, `document_mask`) is applied on top
     of the static pattern on every computed tile, full tiles included. Rows whose tiles
@@ -383,11 +394,16 @@ def blocksparse_attention(q, k, v, pattern: BlockPattern, doc_mask=None):
         doc_fn, docs = (lambda cs, r, c: fn(r, c, *cs)), tuple(consts)
     kern = _Kernel(pattern, tab, doc_fn)
 
-    pad = lambda x, size: jnp.pad(_dot_ready(x), ((0, 0), (0, size - n), (0, 0), (0, 0)))  # noqa: E731
-    qb = pad(q * jnp.asarray(d ** -0.5, q.dtype), tab.nq * bq).reshape(b, tab.nq, bq, kvh, h // kvh, d)
-    kv = lambda x: pad(x, tab.nk * bk).transpose(0, 2, 1, 3)   # noqa: E731  [B, KVH, keys, D]
-    out = _flash(kern, qb.transpose(1, 0, 3, 4, 2, 5), kv(k), kv(v), docs)
-    return out.transpose(1, 0, 4, 2, 3, 5).reshape(b, tab.nq * bq, h, d)[:, :n].astype(q.dtype)
+    # Queries: a stack of whole blocks, and a ragged last block as its own stack of one
+    # (so a few trailing rows, e.g. prefill's hidden tail, cost only themselves).
+    qs, whole = _dot_ready(q * jnp.asarray(d ** -0.5, q.dtype)), n // bq * bq
+    stacks = tuple(qs[:, lo:hi].reshape(b, -1, hi - lo if hi - lo < bq else bq, kvh, h // kvh, d)
+                   .transpose(1, 0, 3, 4, 2, 5) for lo, hi in ((0, whole), (whole, n)) if hi > lo)
+    pad = ((0, 0), (0, tab.nk * bk - n), (0, 0), (0, 0))
+    kv = lambda x: jnp.pad(_dot_ready(x), pad).transpose(0, 2, 1, 3)   # noqa: E731  [B, KVH, keys, D]
+    outs = _flash(kern, stacks, kv(k), kv(v), docs)
+    out = [o.transpose(1, 0, 4, 2, 3, 5).reshape(b, -1, h, d) for o in outs]
+    return (out[0] if len(out) == 1 else jnp.concatenate(out, axis=1)).astype(q.dtype)
 
 
 def splash_sizes(pattern: BlockPattern):

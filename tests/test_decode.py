@@ -232,7 +232,7 @@ def test_prefill_work_is_vanilla_plus_the_spec_tail(kw, T, tail):
     assert abs(_prefill_flops(cfg, T) - want) <= 0.01 * want
     # The block-sparse kernel computes whole tiles inside loops, which XLA's count cannot see:
     # count its tiles. The hidden copies add only the tiles of the query blocks that hold the
-    # tail's hidden rows (they pad a last block), not the hidden copies of every position.
+    # tail's hidden rows, not the hidden copies of every position.
     cfg, vanilla = tiny_config(**kw), tiny_config("vanilla", 1)
     tiles = lambda c: _prefill_layout(c, T).pattern(c.block_q, c.block_kv).num_nonempty  # noqa: E731
     n = T + hidden
