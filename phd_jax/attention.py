@@ -210,25 +210,25 @@ class _Kernel(NamedTuple):
     tables: _TileTables
     doc_fn: Callable | None   # (docs, rows, cols) -> [B, bq, bk]
 
-    def mask(self, i, rows: int, t, j, partial: bool, docs):
-        """The mask of tile (query block i of `rows` rows, key block j = entry t of its list),
-        broadcastable to the scores `[B, KVH, G, rows, bk]`, or None (full, no documents)."""
+    def mask(self, i, num_rows: int, t, j, partial: bool, docs):
+        """The mask of tile (query block i of `num_rows` rows, key block j = entry t of its
+        list), broadcastable to the scores `[B, KVH, G, num_rows, bk]`, or None (full, no documents)."""
         p, tab = self.pattern, self.tables
-        rows = i * p.block_q + jnp.arange(rows, dtype=jnp.int32)[:, None]
+        rows = i * p.block_q + jnp.arange(num_rows, dtype=jnp.int32)[:, None]
         cols = j * p.block_kv + jnp.arange(p.block_kv, dtype=jnp.int32)[None, :]
         mask = None
         if partial and p.layout is not None:
             mask = p.layout.allowed_at(rows, cols) & (cols < tab.n)
         elif partial:
-            mask = jnp.asarray(tab.masks)[jnp.asarray(tab.slot)[i, t]][:rows.shape[0]]
+            mask = jnp.asarray(tab.masks)[jnp.asarray(tab.slot)[i, t]][:num_rows]
         if self.doc_fn is not None:   # always on whole blocks (one shape for any callable)
             block = i * p.block_q + jnp.arange(p.block_q, dtype=jnp.int32)[:, None]
             doc = self.doc_fn(docs, jnp.minimum(block, tab.n - 1), jnp.minimum(cols, tab.n - 1))
-            doc = doc[:, None, None, :rows.shape[0]]
+            doc = doc[:, None, None, :num_rows]
             mask = doc if mask is None else mask & doc
         return mask
 
-    def tiles(self, i, rows: int, body, carry, docs):
+    def tiles(self, i, num_rows: int, body, carry, docs):
         """Run `body(key block, mask, carry)` over query block i's full tiles, then its
         partial tiles (tables without any entry are skipped at trace time)."""
         tab = self.tables
@@ -239,7 +239,7 @@ class _Kernel(NamedTuple):
 
             def step(t, c, partial=partial, table=table):
                 j = table[i, t]
-                return body(j, self.mask(i, rows, t, j, partial, docs), c)
+                return body(j, self.mask(i, num_rows, t, j, partial, docs), c)
             carry = jax.lax.fori_loop(0, jnp.asarray(count)[i], step, carry)
         return carry
 
@@ -375,8 +375,9 @@ def blocksparse_attention(q, k, v, pattern: BlockPattern, doc_mask=None):
     O(allowed pairs). Tiles are `block_q x block_kv`; a ragged last query block runs with
     its own rows only, a ragged last key block is padded and masked.
 
-    `doc_mask(rows, cols) -> [B, ...]` (packed documents, `document_mask`) is applied on top
-    of the static pattern on every computed tile, full tiles included. Rows whose tiles
+    `doc_mask(rows, cols) -> [B, ...]` (packed documents: a `DocumentMask`, or any function
+    of jax index arrays) is applied on top of the static pattern on every computed tile,
+    full tiles included. Rows whose tiles
     are all masked get a uniform (finite) softmax over those tiles' keys; rows of a query
     block without any tile get 0.
     """
