@@ -1,9 +1,9 @@
 """Attention backends. All consume the same static masks from `phd_jax.masks`.
 
 - `dense`: the literal reference; the full mask and a plain masked softmax.
-- `blocksparse`: pure JAX/XLA; computes only the non-empty tiles of the static
-  block pattern, as contiguous key runs (no gathers, no copies of K/V blocks,
-  no mask on full tiles). Default on CPU and GPU.
+- `blocksparse`: pure JAX/XLA, flash-style; loops over the non-empty tiles of the
+  static block pattern (masks only on partial tiles), recomputes them in a custom
+  backward pass: bounded compile time, O(N) memory. Default on CPU and GPU.
 - `splash`: the TPU Pallas splash-attention kernel fed with the same mask.
   Default on TPU; elsewhere it runs in Pallas interpret mode (for tests).
 
@@ -12,8 +12,9 @@ attention: H is a multiple of KVH), output `[B, N, H, D]`.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -21,7 +22,7 @@ import numpy as np
 from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as splash_mask_lib
 
 from phd_jax.config import ModelConfig
-from phd_jax.masks import EMPTY, FULL, BlockPattern, Layout, document_allowed
+from phd_jax.masks import EMPTY, FULL, PARTIAL, BlockPattern, Layout, document_allowed
 
 # Finite, so that a fully masked row gives a uniform (never NaN) softmax.
 MASK_VALUE = -0.7 * float(np.finfo(np.float32).max)
@@ -54,20 +55,15 @@ def static_config(config: ModelConfig, documents: bool) -> ModelConfig:
 
 
 def document_mask(config: ModelConfig, layout: Layout, docs):
-    """`mask(rows, cols) -> [B, *rows x cols]` of the packed-documents rule for token indices of
-    `layout` (static numpy index arrays that broadcast), or None without documents.
+    """`DocumentMask` of the packed-documents rule for token indices of `layout`
+    (`mask(rows, cols) -> [B, *rows x cols]`, numpy or jax index arrays), or None without documents.
 
     docs: `(doc, offset)`, each `[B, N]` in `layout`'s token order."""
     if docs is None:
         return None
     doc, off = docs
-    copy = layout.tokens[1]
-
-    def mask(rows, cols):
-        return document_allowed(config.variant, off[:, rows], copy[rows], doc[:, rows],
-                                off[:, cols], copy[cols], doc[:, cols], config.repeat,
-                                config.effective_window, config.effective_chunk)
-    return mask
+    return DocumentMask(jnp.asarray(doc), jnp.asarray(off), jnp.asarray(layout.tokens[1]), config.variant,
+                        config.repeat, config.effective_window, config.effective_chunk)
 
 
 def attend(q, k, v, layout: Layout, config: ModelConfig, docs=None):
@@ -155,77 +151,260 @@ def dense_attention(q, k, v, mask):
     return _ungrouped(combine(partial_attention(qg, [(k, v, mask)], "bskd")), q.dtype)
 
 
-def _band_partial(qg, kt, vt, pattern: BlockPattern, doc_mask=None):
-    """`(m, l, o)` of the band rows (from `band_start` on) at once: query blocks of
-    c rows, each over its own and the previous block of keys (one batched dot
-    instead of a thin run per query block). The blocks fold into the batch axis."""
-    c, band = pattern.band_blocks
-    start, n = pattern.band_start, qg.shape[3]
-    b, kvh, g, _, d = qg.shape
-    nb = band.shape[0]
-    pad = nb * c - (n - start)
-    qb = jnp.pad(qg[:, :, :, start:], ((0, 0),) * 3 + ((0, pad), (0, 0)))
-    qb = qb.reshape(b, kvh, g, nb, c, d).transpose(0, 3, 1, 2, 4, 5).reshape(b * nb, kvh, g, c, d)
-
-    def windows(x):  # [B, KVH, S, D] -> [B*nb, KVH, 2c, D]: block j and the one before it
-        blocks = jnp.pad(x[:, :, start:], ((0, 0),) * 2 + ((c, pad), (0, 0)))
-        blocks = blocks.reshape(b, kvh, nb + 1, c, d)
-        pairs = jnp.concatenate([blocks[:, :, :-1], blocks[:, :, 1:]], axis=3)
-        return pairs.transpose(0, 2, 1, 3, 4).reshape(b * nb, kvh, 2 * c, d)
-
-    mask = jnp.asarray(np.tile(band, (b, 1, 1))[:, None, None])   # [B*nb, 1, 1, c, 2c]
-    if doc_mask is not None:
-        _, r, col = pattern.band_index
-        mask = mask & doc_mask(r, col).reshape(b * nb, 1, 1, c, 2 * c)
-    parts = partial_attention(qb, [(windows(kt), windows(vt), mask)])
-    rows = lambda x: (x.reshape(b, nb, kvh, g, c, -1).transpose(0, 2, 3, 1, 4, 5)  # noqa: E731
-                      .reshape(b, kvh, g, nb * c, -1)[:, :, :, :n - start])
-    return tuple(rows(x) for x in parts)
+# ---------------------------------------------------------------------------
+# blocksparse: a flash-style kernel over the static block pattern, in pure JAX
+# ---------------------------------------------------------------------------
 
 
-def _run_mask(pattern: BlockPattern, q0: int, q1: int, run, doc_mask):
-    """The mask of one key run of one query block: static if partial, and the documents'."""
-    mask = jnp.asarray(pattern.tile_mask(q0, q1, run.start, run.stop)) if run.partial else None
-    if doc_mask is None:
+class _TileTables(NamedTuple):
+    """Static loop tables of a pattern, built once with numpy at trace time: per query
+    block, its non-empty key tiles as two lists padded to a fixed length, with counts:
+    full tiles (no static mask) and partial tiles. Patterns without a `Layout` also get
+    the stacked masks of their partial tiles (`masks[slot[i, t]]`); with a layout the
+    kernel computes a partial tile's mask from `allowed` inside the loop."""
+    n: int
+    nq: int
+    nk: int
+    full: np.ndarray          # [nq, F] int32 key block indices
+    full_count: np.ndarray    # [nq] int32
+    part: np.ndarray          # [nq, P] int32
+    part_count: np.ndarray    # [nq] int32
+    slot: np.ndarray | None   # [nq, P] int32 index into masks
+    masks: np.ndarray | None  # [partial tiles, bq, bk] bool
+
+
+def _padded(lists: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+    count = np.array([len(x) for x in lists], np.int32)
+    table = np.zeros((len(lists), max(1, int(count.max(initial=0)))), np.int32)
+    for i, x in enumerate(lists):
+        table[i, :len(x)] = x
+    return table, count
+
+
+@functools.lru_cache(maxsize=32)
+def _tile_tables(pattern: BlockPattern) -> _TileTables:
+    n, bq, bk = pattern.shape[0], pattern.block_q, pattern.block_kv
+    blocks = pattern.block_mask.copy()
+    if n % bk:   # a ragged last key block is always masked: its padding holds no keys
+        blocks[:, -1] = np.where(blocks[:, -1] == FULL, PARTIAL, blocks[:, -1])
+    full = [np.flatnonzero(row == FULL).tolist() for row in blocks]
+    partial = [np.flatnonzero(row == PARTIAL).tolist() for row in blocks]
+    slot = masks = None
+    if pattern.layout is None:
+        slot, tiles = np.zeros((len(partial), max(1, max(map(len, partial)))), np.int32), []
+        for i, cols in enumerate(partial):
+            q0, q1 = i * bq, min((i + 1) * bq, n)
+            for t, j in enumerate(cols):
+                k0, k1 = j * bk, min((j + 1) * bk, n)
+                tile = np.zeros((bq, bk), bool)
+                tile[:q1 - q0, :k1 - k0] = pattern.tile_mask(q0, q1, k0, k1)
+                slot[i, t] = len(tiles)
+                tiles.append(tile)
+        masks = np.stack(tiles) if tiles else np.zeros((1, bq, bk), bool)
+    return _TileTables(n, *blocks.shape, *_padded(full), *_padded(partial), slot, masks)
+
+
+class _Kernel(NamedTuple):
+    """What the loops need besides the arrays: the pattern, its tables and the run-time mask."""
+    pattern: BlockPattern
+    tables: _TileTables
+    doc_fn: Callable | None   # (docs, rows, cols) -> [B, bq, bk]
+
+    def mask(self, i, num_rows: int, t, j, partial: bool, docs):
+        """The mask of tile (query block i of `num_rows` rows, key block j = entry t of its
+        list), broadcastable to the scores `[B, KVH, G, num_rows, bk]`, or None (full, no documents)."""
+        p, tab = self.pattern, self.tables
+        rows = i * p.block_q + jnp.arange(num_rows, dtype=jnp.int32)[:, None]
+        cols = j * p.block_kv + jnp.arange(p.block_kv, dtype=jnp.int32)[None, :]
+        mask = None
+        if partial and p.layout is not None:
+            mask = p.layout.allowed_at(rows, cols) & (cols < tab.n)
+        elif partial:
+            mask = jnp.asarray(tab.masks)[jnp.asarray(tab.slot)[i, t]][:num_rows]
+        if self.doc_fn is not None:   # always on whole blocks (one shape for any callable)
+            block = i * p.block_q + jnp.arange(p.block_q, dtype=jnp.int32)[:, None]
+            doc = self.doc_fn(docs, jnp.minimum(block, tab.n - 1), jnp.minimum(cols, tab.n - 1))
+            doc = doc[:, None, None, :num_rows]
+            mask = doc if mask is None else mask & doc
         return mask
-    docs = doc_mask(np.arange(q0, q1)[:, None], np.arange(run.start, run.stop)[None, :])[:, None, None]
-    return docs if mask is None else mask & docs
+
+    def tiles(self, i, num_rows: int, body, carry, docs):
+        """Run `body(key block, mask, carry)` over query block i's full tiles, then its
+        partial tiles (tables without any entry are skipped at trace time)."""
+        tab = self.tables
+        for partial, table, count in ((False, tab.full, tab.full_count), (True, tab.part, tab.part_count)):
+            if not count.any():
+                continue
+            table = jnp.asarray(table)
+
+            def step(t, c, partial=partial, table=table):
+                j = table[i, t]
+                return body(j, self.mask(i, num_rows, t, j, partial, docs), c)
+            carry = jax.lax.fori_loop(0, jnp.asarray(count)[i], step, carry)
+        return carry
+
+
+def _scores(qi, kj, mask):
+    s = jnp.einsum("bkgqd,bksd->bkgqs", qi, kj, preferred_element_type=jnp.float32)
+    return s if mask is None else jnp.where(mask, s, MASK_VALUE)
+
+
+def _tile(x, j, bk: int):
+    """Key tile j `[B, KVH, bk, D]` of `[B, KVH, keys, D]`."""
+    return jax.lax.dynamic_slice_in_dim(x, j * bk, bk, axis=2)
+
+
+def _stacks(qs):
+    """`(first query block, stack)` of each stack of query blocks (whole blocks, then a ragged one)."""
+    first = np.cumsum([0] + [q.shape[0] for q in qs])
+    return zip(first.tolist(), qs)
+
+
+def _flash_forward(kern: _Kernel, qs, k, v, docs):
+    """qs: stacks of query blocks `[blocks, B, KVH, G, rows, D]` (scaled), k/v `[B, KVH, nk * bk, D]`
+    -> per stack the output (like it) and the row log-sum-exp `[blocks, B, KVH, G, rows]`,
+    with an online softmax over each block's tiles."""
+    bk = kern.pattern.block_kv
+
+    def block(_, x):
+        i, qi = x
+        m = jnp.full(qi.shape[:-1], -jnp.inf, jnp.float32)
+        o = jnp.zeros(qi.shape, jnp.float32)
+
+        def body(j, mask, c):
+            m, l, o = c
+            s = _scores(qi, _tile(k, j, bk), mask)
+            m_new = jnp.maximum(m, s.max(axis=-1))
+            alpha, p = jnp.exp(m - m_new), jnp.exp(s - m_new[..., None])
+            pv = jnp.einsum("bkgqs,bksd->bkgqd", p.astype(v.dtype), _tile(v, j, bk),
+                            preferred_element_type=jnp.float32)
+            return m_new, alpha * l + p.sum(axis=-1), alpha[..., None] * o + pv
+        m, l, o = kern.tiles(i, qi.shape[-2], body, (m, jnp.zeros_like(m), o), docs)
+        seen = l > 0           # rows of a block without any tile get 0
+        l = jnp.where(seen, l, 1.0)
+        return None, ((o / l[..., None]).astype(qi.dtype), jnp.where(seen, m + jnp.log(l), 0.0))
+    outs = [jax.lax.scan(block, None, (first + jnp.arange(q.shape[0]), q))[1] for first, q in _stacks(qs)]
+    return tuple(o for o, _ in outs), tuple(lse for _, lse in outs)
+
+
+def _flash_backward(kern: _Kernel, qs, k, v, docs, outs, lses, douts):
+    """Recompute each tile's probabilities from the saved log-sum-exp: dq per query block,
+    dk/dv accumulated in place (float32). O(N) memory."""
+    bk = kern.pattern.block_kv
+
+    def block(acc, x):
+        i, qi, di, lse_i, delta_i = x
+
+        def body(j, mask, c):
+            dq, dk, dv = c
+            kj, vj = _tile(k, j, bk), _tile(v, j, bk)
+            p = jnp.exp(_scores(qi, kj, mask) - lse_i[..., None])
+            dp = jnp.einsum("bkgqd,bksd->bkgqs", di, vj, preferred_element_type=jnp.float32)
+            ds = p * (dp - delta_i[..., None])
+            if mask is not None:
+                ds = jnp.where(mask, ds, 0.0)
+            dq = dq + jnp.einsum("bkgqs,bksd->bkgqd", ds.astype(kj.dtype), kj, preferred_element_type=jnp.float32)
+            dk_j = jnp.einsum("bkgqs,bkgqd->bksd", ds.astype(qi.dtype), qi, preferred_element_type=jnp.float32)
+            dv_j = jnp.einsum("bkgqs,bkgqd->bksd", p.astype(di.dtype), di, preferred_element_type=jnp.float32)
+            add = lambda acc, x: jax.lax.dynamic_update_slice_in_dim(  # noqa: E731
+                acc, _tile(acc, j, bk) + x, j * bk, axis=2)
+            return dq, add(dk, dk_j), add(dv, dv_j)
+        dq, dk, dv = kern.tiles(i, qi.shape[-2], body, (jnp.zeros(qi.shape, jnp.float32), *acc), docs)
+        return (dk, dv), dq.astype(qi.dtype)
+    acc, dqs = (jnp.zeros(k.shape, jnp.float32),) * 2, []
+    for (first, q), out, lse, dout in zip(_stacks(qs), outs, lses, douts):
+        delta = jnp.einsum("nbkgqd,nbkgqd->nbkgq", out.astype(jnp.float32), dout.astype(jnp.float32))
+        acc, dq = jax.lax.scan(block, acc, (first + jnp.arange(q.shape[0]), q, dout.astype(q.dtype), lse, delta))
+        dqs.append(dq)
+    return tuple(dqs), acc[0].astype(k.dtype), acc[1].astype(v.dtype)
+
+
+def _zero_cotangent(x):
+    x = jnp.asarray(x)
+    if jnp.issubdtype(x.dtype, jnp.inexact):
+        return jnp.zeros_like(x)
+    return np.zeros(x.shape, jax.dtypes.float0)
+
+
+def _flash(kern: _Kernel, qs, k, v, docs):
+    @jax.custom_vjp
+    def attention(qs, k, v, docs):
+        return _flash_forward(kern, qs, k, v, docs)[0]
+
+    def fwd(qs, k, v, docs):
+        outs, lses = _flash_forward(kern, qs, k, v, docs)
+        return outs, (qs, k, v, docs, outs, lses)
+
+    def bwd(res, douts):
+        qs, k, v, docs, outs, lses = res
+        return (*_flash_backward(kern, qs, k, v, docs, outs, lses, douts), jax.tree.map(_zero_cotangent, docs))
+
+    attention.defvjp(fwd, bwd)
+    return attention(qs, k, v, docs)
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class DocumentMask:
+    """The packed-documents rule (spec section 3) on token indices of a layout:
+    `mask(rows, cols) -> [B, *broadcast(rows, cols)]`, for numpy or jax index arrays.
+    A pytree (its arrays are leaves), so kernels can take it across `custom_vjp`."""
+    doc: jax.Array      # [B, N] document id per token
+    off: jax.Array      # [B, N] position counted from its document's start
+    copy: jax.Array     # [N] copy index per token
+    variant: str = dataclasses.field(metadata=dict(static=True))
+    repeat: int = dataclasses.field(metadata=dict(static=True))
+    window: int = dataclasses.field(metadata=dict(static=True))
+    chunk: int | None = dataclasses.field(metadata=dict(static=True))
+
+    def __call__(self, rows, cols):
+        doc, off, copy = jnp.asarray(self.doc), jnp.asarray(self.off), jnp.asarray(self.copy)
+        return document_allowed(self.variant, off[:, rows], copy[rows], doc[:, rows],
+                                off[:, cols], copy[cols], doc[:, cols], self.repeat, self.window, self.chunk)
 
 
 def blocksparse_attention(q, k, v, pattern: BlockPattern, doc_mask=None):
-    """Compute only the non-empty parts of `pattern`, forward and backward.
+    """Attention over the non-empty tiles of `pattern` only, forward and backward.
 
-    For each query block the allowed keys form a few contiguous runs (for PHD's
-    kernel layout: full originals, then a masked staircase). Each run is a
-    static slice of K/V, masked only if partial, and one softmax spans the
-    runs. PHD's hidden-to-hidden band is computed for all rows at once in
-    small blocks and merged in. Everything is static, so XLA sees plain dots
-    on slices; autodiff gives a backward pass over the same work.
+    A flash-style kernel in pure JAX (CPU, GPU, TPU; jit, grad, vmap): a `scan` over
+    query blocks, and per block a loop over its non-empty key tiles from static tables
+    (`_tile_tables`: full tiles unmasked, then partial tiles masked from `allowed`), with
+    an online softmax in float32. The program does not grow with the sequence, so compile
+    time is bounded. A `custom_vjp` saves only q, k, v, the output and each row's
+    log-sum-exp and recomputes every tile's scores in the backward pass: memory O(N), not
+    O(allowed pairs). Tiles are `block_q x block_kv`; a ragged last query block runs with
+    its own rows only, a ragged last key block is padded and masked.
 
-    `doc_mask(rows, cols) -> [B, ...]` (packed documents, `document_mask`) is applied on top
-    of the static pattern on every computed part, full runs included.
+    `doc_mask(rows, cols) -> [B, ...]` (packed documents: a `DocumentMask`, or any function
+    of jax index arrays) is applied on top of the static pattern on every computed tile,
+    full tiles included. Rows whose tiles
+    are all masked get a uniform (finite) softmax over those tiles' keys; rows of a query
+    block without any tile get 0.
     """
-    n = q.shape[1]
-    qg = _grouped(q, k.shape[2])
-    kt, vt = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)   # [B, KVH, S, D]
-    parts = []
-    for i, runs in enumerate(pattern.runs):
-        q0, q1 = i * pattern.block_q, min((i + 1) * pattern.block_q, n)
-        if not runs:  # no key before the band (or none at all)
-            shape = qg.shape[:3] + (q1 - q0, 1)
-            parts.append((jnp.full(shape, MASK_VALUE), jnp.zeros(shape),
-                          jnp.zeros(shape[:-1] + qg.shape[-1:])))
-            continue
-        groups = [(kt[:, :, r.start:r.stop], vt[:, :, r.start:r.stop],
-                   _run_mask(pattern, q0, q1, r, doc_mask)) for r in runs]
-        parts.append(partial_attention(qg[:, :, :, q0:q1], groups))
-    m, denom, o = (jnp.concatenate(x, axis=3) for x in zip(*parts))
-    if pattern.band_start is None:
-        return _ungrouped(o / denom, q.dtype)
-    s = pattern.band_start   # only band rows merge two partials
-    band = combine((m[:, :, :, s:], denom[:, :, :, s:], o[:, :, :, s:]),
-                   _band_partial(qg, kt, vt, pattern, doc_mask))
-    return _ungrouped(jnp.concatenate([o[:, :, :, :s] / denom[:, :, :, :s], band], axis=3), q.dtype)
+    b, n, h, d = q.shape
+    kvh = k.shape[2]
+    bq, bk = pattern.block_q, pattern.block_kv
+    tab = _tile_tables(pattern)
+    if doc_mask is None:
+        doc_fn, docs = None, ()
+    elif isinstance(doc_mask, DocumentMask):
+        doc_fn, docs = (lambda dm, r, c: dm(r, c)), doc_mask
+    else:   # any callable: hoist the arrays it closes over into explicit arguments
+        r0, c0 = jnp.zeros((bq, 1), jnp.int32), jnp.zeros((1, bk), jnp.int32)
+        fn, consts = jax.closure_convert(doc_mask, r0, c0)
+        doc_fn, docs = (lambda cs, r, c: fn(r, c, *cs)), tuple(consts)
+    kern = _Kernel(pattern, tab, doc_fn)
+
+    # Queries: a stack of whole blocks, and a ragged last block as its own stack of one
+    # (so a few trailing rows, e.g. prefill's hidden tail, cost only themselves).
+    qs, whole = _dot_ready(q * jnp.asarray(d ** -0.5, q.dtype)), n // bq * bq
+    stacks = tuple(qs[:, lo:hi].reshape(b, -1, hi - lo if hi - lo < bq else bq, kvh, h // kvh, d)
+                   .transpose(1, 0, 3, 4, 2, 5) for lo, hi in ((0, whole), (whole, n)) if hi > lo)
+    pad = ((0, 0), (0, tab.nk * bk - n), (0, 0), (0, 0))
+    kv = lambda x: jnp.pad(_dot_ready(x), pad).transpose(0, 2, 1, 3)   # noqa: E731  [B, KVH, keys, D]
+    outs = _flash(kern, stacks, kv(k), kv(v), docs)
+    out = [o.transpose(1, 0, 4, 2, 3, 5).reshape(b, -1, h, d) for o in outs]
+    return (out[0] if len(out) == 1 else jnp.concatenate(out, axis=1)).astype(q.dtype)
 
 
 def splash_sizes(pattern: BlockPattern):

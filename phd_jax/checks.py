@@ -32,9 +32,9 @@ from jax.experimental import checkify
 
 # Tokens one sequence may put through the layers in a static layout (forward: T*K;
 # prefill: the originals plus the tail's hidden copies). The block patterns no longer need
-# [N, N] memory (T = 65536, K = 4 builds in 31 MiB), but the `dense` backend's mask and the
-# blocksparse kernel's per-block unrolling still do not scale past this; the performance
-# issue (compile time, long context) is what raises it.
+# [N, N] memory (T = 65536, K = 4 builds in 31 MiB) and the blocksparse kernel's compile
+# time and memory no longer grow with N (benchmarks/long_context.py), but the `dense`
+# backend's mask still does not scale past this.
 MAX_TOKENS_PER_SEQUENCE = 65536
 
 

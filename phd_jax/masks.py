@@ -261,7 +261,11 @@ class BlockPattern:
     of `allowed` (O(block_q) work per block). Edge tiles may be smaller than the
     block size (no padding needed by the pure-JAX kernel).
 
-    `runs`: per query block, the contiguous key runs a kernel computes, in tokens.
+    `block_mask` is what the kernels read (`blocksparse` builds its loop tables from it,
+    splash its block lists). `runs` and the band describe the mask more finely (tests and
+    benchmarks; a kernel that computes thin runs could use them).
+
+    `runs`: per query block, the contiguous allowed key runs, in tokens.
     Refined below tile granularity: key columns are grouped by `RUN_ALIGN`
     (aligned slices keep the dots fast); a group is empty, full (every row of the
     block may attend to every column) or partial, and equal neighbours merge into
@@ -270,9 +274,8 @@ class BlockPattern:
     `band_start`: where a trailing diagonal band begins (PHD's hidden-to-hidden
     part of the kernel layout: own-position copies plus the window), or None.
     Rows before it never see columns after it, and inside it every allowed key
-    is at most `band_width - 1` rows below the query. A kernel computes the band
-    separately (`band_blocks`) and the `runs` then cover only the columns before
-    `band_start`.
+    is at most `band_width - 1` rows below the query. `band_blocks` holds the band
+    in small blocks, and the `runs` then cover only the columns before `band_start`.
 
     `tile_mask(q0, q1, k0, k1)` gives the mask of any sub-rectangle (from
     `allowed`); `mask` is the whole dense mask, for tests only.

@@ -46,3 +46,48 @@ VARIANT_GRID = {
     "PHD-CSWA-3-1-3": dict(variant="phd_cswa", repeat=3, window=1, chunk=3),
     "PHD-CSWA-3-4-3": dict(variant="phd_cswa", repeat=3, window=4, chunk=3),
 }
+
+
+ATTN_HEADS, ATTN_KV_HEADS, ATTN_HEAD_DIM = 4, 2, 16   # grouped-query attention in kernel tests
+
+
+def attention_inputs(n, seed=0, batch=2):
+    """q, k, v and an output cotangent `[batch, n, heads, head_dim]` for attention tests."""
+    ks = jax.random.split(jax.random.key(seed), 4)
+    q = jax.random.normal(ks[0], (batch, n, ATTN_HEADS, ATTN_HEAD_DIM))
+    k = jax.random.normal(ks[1], (batch, n, ATTN_KV_HEADS, ATTN_HEAD_DIM))
+    v = jax.random.normal(ks[2], (batch, n, ATTN_KV_HEADS, ATTN_HEAD_DIM))
+    ct = jax.random.normal(ks[3], (batch, n, ATTN_HEADS, ATTN_HEAD_DIM))
+    return q, k, v, ct
+
+
+def attention_value_and_grads(attn, q, k, v, ct):
+    """`(attn(q, k, v), (dq, dk, dv))` of the loss <attn(q, k, v), ct>, jitted."""
+    def loss(q, k, v):
+        out = attn(q, k, v)
+        return jnp.vdot(out.astype(jnp.float32), ct), out
+    (_, out), grads = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True))(q, k, v)
+    return out, grads
+
+
+def compare_attention_to_dense(cfg, T, kernel_attn, dtype=jnp.float32, tol=(1e-5, 1e-4)):
+    """Run `kernel_attn(q, k, v, layout)` in the kernel layout (inputs cast to `dtype`) and the
+    dense reference in the paper layout (float32); compare output and gradients in paper order."""
+    from phd_jax.attention import dense_attention
+    from phd_jax.masks import Layout
+
+    paper = Layout.for_config(cfg, T, "paper")
+    kernel = Layout.for_config(cfg, T, "kernel")
+    perm = kernel.permutation                   # kernel index -> paper index
+    inv = np.argsort(perm)
+    q, k, v, ct = attention_inputs(paper.size)
+    out_ref, g_ref = attention_value_and_grads(lambda q, k, v: dense_attention(q, k, v, paper.mask), q, k, v, ct)
+    to_kernel = lambda x: x[:, perm]  # noqa: E731
+    cast = lambda x: to_kernel(x).astype(dtype)  # noqa: E731
+    out, g = attention_value_and_grads(lambda q, k, v: kernel_attn(q, k, v, kernel),
+                                       cast(q), cast(k), cast(v), to_kernel(ct))
+    out, g = out[:, inv], tuple(x[:, inv] for x in g)
+    assert out.dtype == dtype and all(x.dtype == dtype for x in g)
+    assert np.isfinite(np.asarray(out, np.float32)).all()
+    assert max_diff(out, out_ref) <= tol[0]
+    assert max_diff(g, g_ref) <= tol[1]

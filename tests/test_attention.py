@@ -7,7 +7,7 @@ import pytest
 from phd_jax import ModelConfig
 from phd_jax.attention import blocksparse_attention, dense_attention, resolve_backend, splash_attention
 from phd_jax.masks import Layout
-from helpers import max_diff
+from helpers import attention_inputs as _inputs, compare_attention_to_dense as _compare_to_dense, max_diff
 
 CASES = [  # (variant, K, W, C): every variant, K in {1, 2, 3}
     ("vanilla", 1, 0, None), ("naive", 2, 0, None), ("naive", 3, 0, None),
@@ -15,42 +15,6 @@ CASES = [  # (variant, K, W, C): every variant, K in {1, 2, 3}
     ("phd_swa", 2, 3, None), ("phd_swa", 3, 5, None), ("phd_swa", 3, 0, None),
     ("phd_cswa", 2, 3, 4), ("phd_cswa", 3, 5, 3), ("phd_cswa", 1, 2, 2),
 ]
-HEADS, KV_HEADS, HEAD_DIM = 4, 2, 16   # grouped-query attention
-
-
-def _inputs(n, seed=0):
-    ks = jax.random.split(jax.random.key(seed), 4)
-    q = jax.random.normal(ks[0], (2, n, HEADS, HEAD_DIM))
-    k = jax.random.normal(ks[1], (2, n, KV_HEADS, HEAD_DIM))
-    v = jax.random.normal(ks[2], (2, n, KV_HEADS, HEAD_DIM))
-    ct = jax.random.normal(ks[3], (2, n, HEADS, HEAD_DIM))
-    return q, k, v, ct
-
-
-def _value_and_grads(attn, q, k, v, ct):
-    def loss(q, k, v):
-        out = attn(q, k, v)
-        return jnp.vdot(out, ct), out
-    (_, out), grads = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True))(q, k, v)
-    return out, grads
-
-
-def _compare_to_dense(cfg, T, kernel_attn):
-    """Run `kernel_attn` in the kernel layout and dense in the paper layout; compare in paper order."""
-    paper = Layout.for_config(cfg, T, "paper")
-    kernel = Layout.for_config(cfg, T, "kernel")
-    perm = kernel.permutation                   # kernel index -> paper index
-    inv = np.argsort(perm)
-    q, k, v, ct = _inputs(paper.size)
-    out_ref, g_ref = _value_and_grads(lambda q, k, v: dense_attention(q, k, v, paper.mask), q, k, v, ct)
-    to_kernel = lambda x: x[:, perm]  # noqa: E731
-    out, g = _value_and_grads(lambda q, k, v: kernel_attn(q, k, v, kernel), *map(to_kernel, (q, k, v, ct)))
-    out, g = out[:, inv], tuple(x[:, inv] for x in g)
-    assert max_diff(out, out_ref) <= 1e-5
-    assert max_diff(g, g_ref) <= 1e-4
-    assert np.isfinite(np.asarray(out)).all()
-
-
 @pytest.mark.parametrize("variant,K,W,C", CASES)
 @pytest.mark.parametrize("T,bq,bk", [(13, 16, 16), (21, 8, 16), (40, 32, 16)])
 def test_blocksparse_equals_dense(variant, K, W, C, T, bq, bk):
