@@ -1,0 +1,1 @@
+$py benchmarks/long_context.py --out "$out/long_context.md"
