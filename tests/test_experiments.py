@@ -12,7 +12,7 @@ import shutil
 import pytest
 
 from experiments import cli, report
-from experiments.studies import ALL, STUDIES, Claim
+from experiments.studies import ALL, FLOP_KS, STUDIES, Claim
 from experiments.sweep import REPO, Setting, is_finished, matched_depth, load_config_module, plan
 from phd_jax.checks import ConfigError
 from phd_jax.train.metrics import read_metrics
@@ -137,7 +137,8 @@ def test_dry_run_prints_the_grid_and_trains_nothing(tmp_path, capsys):
     out = capsys.readouterr().out
     n = len(ALL.settings) * 3
     assert f"{n} runs (0 finished), estimated " in out
-    assert "vanilla-x4tokens seed2" in out and f"{4 * cli.DEFAULT_STEPS} steps" in out   # 4 x the default
+    k = max(FLOP_KS)   # vanilla on K x the tokens trains K x the default steps
+    assert f"vanilla-x{k}tokens seed2" in out and f"{k * cli.DEFAULT_STEPS} steps" in out
     assert out.count(" new ") == n
     assert not os.path.exists(root)
 
