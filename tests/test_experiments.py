@@ -89,6 +89,24 @@ def test_report_replaces_only_the_results_section(sweep, tmp_path):
     assert "old results" not in text and "| vanilla | 2 | 1 |" in text
 
 
+def test_report_summary_in_the_readme_is_generated(sweep, tmp_path, capsys):
+    root, _ = sweep
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# Project\n{report.SUMMARY_BEGIN}\nold\n{report.SUMMARY_END}\nrest\n")
+    out = str(tmp_path / "docs" / "repro.md")
+    assert report.main([f"--root={root}", f"--out={out}", "--studies=loss_vs_k", f"--summary={readme}"]) == 0
+    text = readme.read_text()
+    assert text.startswith("# Project\n") and text.endswith(f"{report.SUMMARY_END}\nrest\n") and "old" not in text
+    finals = {n: read_metrics(os.path.join(root, n, "seed0"))[-1]["val_loss"] for n in ("vanilla", "PHD-2")}
+    row = next(line for line in text.splitlines() if "| PHD-2 (no window) beats vanilla |" in line)
+    assert f"| {finals['PHD-2'] - finals['vanilla']:+.4f} | – | 1 | **inconclusive (fewer than 2 seeds)** |" in row
+    assert "](docs/repro/loss_vs_k_tokens.png)" in text and (tmp_path / "docs/repro/loss_vs_k_tokens.png").exists()
+    plain = tmp_path / "plain.md"
+    plain.write_text("no markers\n")
+    assert report.main([f"--root={root}", f"--out={out}", f"--summary={plain}"]) == 2
+    assert "--summary=" in capsys.readouterr().err and plain.read_text() == "no markers\n"
+
+
 def test_rerun_skips_finished_runs(sweep, capsys):
     root, _ = sweep
     before = files_of(root)
