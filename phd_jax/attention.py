@@ -2,8 +2,9 @@
 
 - `dense`: the literal reference; the full mask and a plain masked softmax.
 - `blocksparse`: pure JAX/XLA, flash-style; loops over the non-empty tiles of the
-  static block pattern (masks only on partial tiles), recomputes them in a custom
-  backward pass: bounded compile time, O(N) memory. Default on CPU and GPU.
+  static block pattern (masks only on partial tiles; PHD's hidden-to-hidden band in
+  narrow sub-blocks), recomputes them in a custom backward pass: bounded compile time,
+  O(N) memory. Default on CPU and GPU.
 - `splash`: the TPU Pallas splash-attention kernel fed with the same mask.
   Default on TPU; elsewhere it runs in Pallas interpret mode (for tests).
 
@@ -156,21 +157,51 @@ def dense_attention(q, k, v, mask):
 # ---------------------------------------------------------------------------
 
 
-class _TileTables(NamedTuple):
-    """Static loop tables of a pattern, built once with numpy at trace time: per query
-    block, its non-empty key tiles as two lists padded to a fixed length, with counts:
-    full tiles (no static mask) and partial tiles. Patterns without a `Layout` also get
-    the stacked masks of their partial tiles (`masks[slot[i, t]]`); with a layout the
-    kernel computes a partial tile's mask from `allowed` inside the loop."""
+class _Band(NamedTuple):
+    """PHD's hidden-to-hidden keys (own-position copies and the window) for a stack of hidden
+    query blocks: each block's rows in sub-blocks of `sub` rows (whole positions), sub-block t
+    seeing the `sub + reach` hidden keys that end at its last row. A thin diagonal band costs
+    about its own width this way, where whole tiles would cost `block x block` for it."""
+    start: int   # layout index of the first hidden token (T)
+    sub: int
+    reach: int   # keys before a sub-block's first row it may see: 0 without a window
+
+    @property
+    def width(self) -> int:
+        return self.sub + self.reach
+
+    @property
+    def folds(self) -> int:
+        """A block's key windows are `folds` shifted views of its `sub`-row slices."""
+        return 1 + -(-self.reach // self.sub)
+
+
+class _Stack(NamedTuple):
+    """`count` query blocks of `rows` rows each from layout row `row0`, scanned as one, with
+    their static loop tables (numpy, built once at trace time): per block, its key tiles in two
+    lists padded to a fixed length, with counts: full tiles (no static mask) and partial tiles."""
+    row0: int
+    rows: int
+    count: int
+    full: np.ndarray          # [count, F] int32 key block indices
+    full_count: np.ndarray    # [count] int32
+    part: np.ndarray          # [count, P] int32
+    part_count: np.ndarray    # [count] int32
+    slot: np.ndarray | None   # [count, P] int32 index into `_Tables.masks` (no layout)
+    band: _Band | None
+
+
+class _Tables(NamedTuple):
+    """Everything static the kernel loops over. Tiles cover keys `[0, key_limit)`; a layout
+    with hidden tokens leaves the keys past it to the stacks' bands. Patterns without a
+    `Layout` carry the stacked masks of their partial tiles; with a layout the kernel
+    computes a partial tile's mask from `allowed` inside the loop."""
     n: int
-    nq: int
     nk: int
-    full: np.ndarray          # [nq, F] int32 key block indices
-    full_count: np.ndarray    # [nq] int32
-    part: np.ndarray          # [nq, P] int32
-    part_count: np.ndarray    # [nq] int32
-    slot: np.ndarray | None   # [nq, P] int32 index into masks
-    masks: np.ndarray | None  # [partial tiles, bq, bk] bool
+    key_limit: int
+    stacks: tuple[_Stack, ...]
+    masks: np.ndarray | None   # [partial tiles, bq, bk] bool
+    band_pad: tuple[int, int]  # zero keys before / after the hidden keys the bands slide over
 
 
 def _padded(lists: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
@@ -181,16 +212,65 @@ def _padded(lists: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
     return table, count
 
 
+def _split(lo: int, hi: int, rows: int) -> list[tuple[int, int, int]]:
+    """`(row0, rows, count)`: whole blocks of `rows` over `[lo, hi)`, then a ragged one (its own
+    stack, with only its rows: e.g. prefill's hidden tail costs only itself)."""
+    whole = (hi - lo) // rows
+    parts = [(lo, rows, whole), (lo + whole * rows, (hi - lo) % rows, 1)]
+    return [p for p in parts if p[1] and p[2]]
+
+
+# Rows per band sub-block: about this many, in whole positions.
+BAND_ROWS = 32
+
+
+def _hidden_tables(pattern: BlockPattern) -> _Tables:
+    """Tables of a kernel layout with hidden tokens, from its closed-form row spans (O(N)).
+
+    Rows `[0, T)` (originals) run in blocks of `block_q` over their causal keys. Hidden rows
+    run in blocks of the K-1 copies of `block_kv` positions: the K-1 hidden copies of a block
+    of positions see the same originals, so their tiles are exactly a causal pattern over
+    positions (one partial diagonal tile, as vanilla's) with K-1 times the rows, and larger
+    dots. Their hidden keys come from the band."""
+    lay, bq, bk = pattern.layout, pattern.block_q, pattern.block_kv
+    n, t_orig, k = lay.size, lay.band_start, lay.repeat
+    a, b, _ = lay.spans()
+    step = 1 << max(0, (max(1, BAND_ROWS // (k - 1))).bit_length() - 1)   # positions per sub-block
+    stacks, pad = [], [0, 0]
+    for lo, hi, rows in ((0, t_orig, bq), (t_orig, n, (k - 1) * bk)):
+        for row0, rws, cnt in _split(lo, hi, rows):
+            span = a[row0:row0 + rws * cnt].reshape(cnt, rws)
+            first, last = span.min(axis=1) // bk, -(-span.max(axis=1) // bk)
+            width = max(1, int((last - first).max()))
+            full = np.tile(np.arange(max(1, int(first.max())), dtype=np.int32), (cnt, 1))
+            part = np.minimum(first[:, None] + np.arange(width), -(-n // bk) - 1).astype(np.int32)
+            band = None
+            if lo == t_orig:
+                # Hidden-order index of each row's sub-block start, and of its first hidden key.
+                sub = int((k - 1) * np.gcd(step, rws // (k - 1)))
+                r = np.arange(rws * cnt)
+                first_key = b[row0:row0 + rws * cnt] - t_orig
+                reach = int(max(0, (row0 - t_orig + r // sub * sub - first_key).max()))
+                band = _Band(t_orig, sub, reach)
+                pad = [max(pad[0], reach), max(pad[1], (band.folds - 1) * band.sub - reach)]
+            stacks.append(_Stack(row0, rws, cnt, full, first.astype(np.int32), part,
+                                 (last - first).astype(np.int32), None, band))
+    return _Tables(n, -(-n // bk), t_orig, tuple(stacks), None, tuple(pad))
+
+
 @functools.lru_cache(maxsize=32)
-def _tile_tables(pattern: BlockPattern) -> _TileTables:
+def _tile_tables(pattern: BlockPattern) -> _Tables:
     n, bq, bk = pattern.shape[0], pattern.block_q, pattern.block_kv
+    lay = pattern.layout
+    if lay is not None and lay.band_start is not None and lay.band_start < n:
+        return _hidden_tables(pattern)
     blocks = pattern.block_mask.copy()
     if n % bk:   # a ragged last key block is always masked: its padding holds no keys
         blocks[:, -1] = np.where(blocks[:, -1] == FULL, PARTIAL, blocks[:, -1])
     full = [np.flatnonzero(row == FULL).tolist() for row in blocks]
     partial = [np.flatnonzero(row == PARTIAL).tolist() for row in blocks]
     slot = masks = None
-    if pattern.layout is None:
+    if lay is None:
         slot, tiles = np.zeros((len(partial), max(1, max(map(len, partial)))), np.int32), []
         for i, cols in enumerate(partial):
             q0, q1 = i * bq, min((i + 1) * bq, n)
@@ -201,45 +281,103 @@ def _tile_tables(pattern: BlockPattern) -> _TileTables:
                 slot[i, t] = len(tiles)
                 tiles.append(tile)
         masks = np.stack(tiles) if tiles else np.zeros((1, bq, bk), bool)
-    return _TileTables(n, *blocks.shape, *_padded(full), *_padded(partial), slot, masks)
+    stacks = []
+    for row0, rows, cnt in _split(0, n, bq):
+        sel = slice(row0 // bq, row0 // bq + cnt)
+        tabs = [x[sel] for x in (*_padded(full), *_padded(partial))]
+        stacks.append(_Stack(row0, rows, cnt, *tabs, None if slot is None else slot[sel], None))
+    return _Tables(n, blocks.shape[1], n, tuple(stacks), masks, (0, 0))
+
+
+def computed_pairs(pattern: BlockPattern) -> int:
+    """Query-key pairs `blocksparse` computes for `pattern` (whole tiles and band windows,
+    padding included): its attention work, against `allowed`'s pairs."""
+    bk = pattern.block_kv
+    return sum(int((st.full_count + st.part_count).sum()) * st.rows * bk
+               + (st.count * st.rows * st.band.width if st.band is not None else 0)
+               for st in _tile_tables(pattern).stacks)
+
+
+def _doc_rule(doc_mask, shapes):
+    """`(fn(docs, rows, cols) -> [B, *broadcast(rows, cols)], docs)` for a run-time mask: a
+    `DocumentMask` as it is, any other callable closure-converted once per index shape, so
+    that the arrays it closes over become explicit arguments (`docs`) of the custom_vjp."""
+    if doc_mask is None:
+        return None, ()
+    if isinstance(doc_mask, DocumentMask):
+        return (lambda dm, r, c: dm(r, c)), doc_mask
+    shapes = list(dict.fromkeys(shapes))
+    fns, consts = zip(*(jax.closure_convert(doc_mask, jnp.zeros(r, jnp.int32), jnp.zeros(c, jnp.int32))
+                        for r, c in shapes))
+
+    def call(docs, rows, cols):
+        at = shapes.index((rows.shape, cols.shape))
+        return fns[at](rows, cols, *docs[at])
+    return call, tuple(tuple(c) for c in consts)
 
 
 class _Kernel(NamedTuple):
     """What the loops need besides the arrays: the pattern, its tables and the run-time mask."""
     pattern: BlockPattern
-    tables: _TileTables
-    doc_fn: Callable | None   # (docs, rows, cols) -> [B, bq, bk]
+    tables: _Tables
+    doc_fn: Callable | None   # (docs, rows, cols) -> [B, *broadcast(rows, cols)]
 
-    def mask(self, i, num_rows: int, t, j, partial: bool, docs):
-        """The mask of tile (query block i of `num_rows` rows, key block j = entry t of its
-        list), broadcastable to the scores `[B, KVH, G, num_rows, bk]`, or None (full, no documents)."""
-        p, tab = self.pattern, self.tables
-        rows = i * p.block_q + jnp.arange(num_rows, dtype=jnp.int32)[:, None]
-        cols = j * p.block_kv + jnp.arange(p.block_kv, dtype=jnp.int32)[None, :]
-        mask = None
-        if partial and p.layout is not None:
-            mask = p.layout.allowed_at(rows, cols) & (cols < tab.n)
-        elif partial:
-            mask = jnp.asarray(tab.masks)[jnp.asarray(tab.slot)[i, t]][:num_rows]
-        if self.doc_fn is not None:   # always on whole blocks (one shape for any callable)
-            block = i * p.block_q + jnp.arange(p.block_q, dtype=jnp.int32)[:, None]
-            doc = self.doc_fn(docs, jnp.minimum(block, tab.n - 1), jnp.minimum(cols, tab.n - 1))
-            doc = doc[:, None, None, :num_rows]
+    def index_shapes(self):
+        """Every (rows, cols) shape the kernel evaluates masks on."""
+        bk = self.pattern.block_kv
+        for st in self.tables.stacks:
+            yield (st.rows, 1), (1, bk)
+            if st.band is not None:
+                yield (st.rows // st.band.sub, st.band.sub, 1), (st.rows // st.band.sub, 1, st.band.width)
+
+    def _masked(self, rows, cols, static, docs):
+        """`static` & the documents' mask, broadcastable to the scores `[B, KVH, G, *shape]`,
+        materialised once per tile (not re-evaluated per batch row and head), or None."""
+        mask = static
+        if self.doc_fn is not None:
+            n = self.tables.n
+            doc = self.doc_fn(docs, jnp.minimum(rows, n - 1), jnp.clip(cols, 0, n - 1))[:, None, None]
             mask = doc if mask is None else mask & doc
-        return mask
+        return None if mask is None else jax.lax.optimization_barrier(mask)
 
-    def tiles(self, i, num_rows: int, body, carry, docs):
+    def tile_mask(self, st: _Stack, i, t, j, partial: bool, docs):
+        """The mask of key tile j (entry t of its list) for query block i of stack `st`."""
+        p, tab = self.pattern, self.tables
+        rows = st.row0 + i * st.rows + jnp.arange(st.rows, dtype=jnp.int32)[:, None]
+        cols = j * p.block_kv + jnp.arange(p.block_kv, dtype=jnp.int32)[None, :]
+        static = None
+        if partial and p.layout is not None:
+            static = p.layout.allowed_at(rows, cols) & (cols < tab.key_limit)
+        elif partial:
+            static = jnp.asarray(tab.masks)[jnp.asarray(st.slot)[i, t]][:st.rows]
+        return self._masked(rows, cols, static, docs)
+
+    def band_mask(self, st: _Stack, i, docs):
+        """`[nsub, sub, width]` mask of query block i's band (sub-blocks over their key windows)."""
+        bd, n = st.band, self.tables.n
+        nsub = st.rows // bd.sub
+        row0 = st.row0 + i * st.rows
+        rows = row0 + jnp.arange(st.rows, dtype=jnp.int32).reshape(nsub, bd.sub, 1)
+        cols = (row0 - bd.reach + bd.sub * jnp.arange(nsub, dtype=jnp.int32)[:, None, None]
+                + jnp.arange(bd.width, dtype=jnp.int32)[None, None, :])
+        static = (cols >= bd.start) & (cols < n) & self.pattern.layout.allowed_at(rows, cols)
+        return self._masked(rows, cols, static, docs)
+
+    def band_start(self, st: _Stack, i):
+        """Where block i's key window starts in the padded hidden keys."""
+        return self.tables.band_pad[0] - st.band.reach + st.row0 - st.band.start + i * st.rows
+
+    def tiles(self, st: _Stack, i, body, carry, docs):
         """Run `body(key block, mask, carry)` over query block i's full tiles, then its
         partial tiles (tables without any entry are skipped at trace time)."""
-        tab = self.tables
-        for partial, table, count in ((False, tab.full, tab.full_count), (True, tab.part, tab.part_count)):
+        for partial, table, count in ((False, st.full, st.full_count), (True, st.part, st.part_count)):
             if not count.any():
                 continue
             table = jnp.asarray(table)
 
             def step(t, c, partial=partial, table=table):
                 j = table[i, t]
-                return body(j, self.mask(i, num_rows, t, j, partial, docs), c)
+                return body(j, self.tile_mask(st, i, t, j, partial, docs), c)
             carry = jax.lax.fori_loop(0, jnp.asarray(count)[i], step, carry)
         return carry
 
@@ -254,69 +392,132 @@ def _tile(x, j, bk: int):
     return jax.lax.dynamic_slice_in_dim(x, j * bk, bk, axis=2)
 
 
-def _stacks(qs):
-    """`(first query block, stack)` of each stack of query blocks (whole blocks, then a ragged one)."""
-    first = np.cumsum([0] + [q.shape[0] for q in qs])
-    return zip(first.tolist(), qs)
+def _windows(x, start, bd: _Band, nsub: int):
+    """Each sub-block's `width` keys `[B, KVH, nsub, width, D]`, from one slice of the padded
+    hidden keys `x` at `start` (overlapping windows, gathered as `folds` shifted views)."""
+    b, kvh, _, d = x.shape
+    w = jax.lax.dynamic_slice_in_dim(x, start, (nsub + bd.folds - 1) * bd.sub, axis=2)
+    w = w.reshape(b, kvh, nsub + bd.folds - 1, bd.sub, d)
+    return jnp.concatenate([w[:, :, f:f + nsub] for f in range(bd.folds)], axis=3)[:, :, :, :bd.width]
 
 
-def _flash_forward(kern: _Kernel, qs, k, v, docs):
-    """qs: stacks of query blocks `[blocks, B, KVH, G, rows, D]` (scaled), k/v `[B, KVH, nk * bk, D]`
-    -> per stack the output (like it) and the row log-sum-exp `[blocks, B, KVH, G, rows]`,
-    with an online softmax over each block's tiles."""
+def _fold(x, bd: _Band):
+    """The adjoint of `_windows`: sub-blocks' key gradients `[B, KVH, nsub, width, D]` summed
+    into the one slice they came from."""
+    b, kvh, nsub, _, d = x.shape
+    m, s = bd.folds, bd.sub
+    x = jnp.pad(x, ((0, 0), (0, 0), (0, 0), (0, m * s - bd.width), (0, 0)))
+    return sum(jnp.pad(x[:, :, :, f * s:(f + 1) * s].reshape(b, kvh, nsub * s, d),
+                       ((0, 0), (0, 0), (f * s, (m - 1 - f) * s), (0, 0))) for f in range(m))
+
+
+def _online(c, s, pv):
+    """One online-softmax step: carry `(m, l, o)`, masked scores `s [..., rows, keys]`,
+    `pv(p) -> [..., rows, D]`."""
+    m, l, o = c
+    m_new = jnp.maximum(m, s.max(axis=-1))
+    alpha, p = jnp.exp(m - m_new), jnp.exp(s - m_new[..., None])
+    return m_new, alpha * l + p.sum(axis=-1), alpha[..., None] * o + pv(p)
+
+
+def _sub_blocks(x, nsub: int):
+    """`[B, KVH, G, rows, ...]` -> `[B, KVH, G, nsub, rows / nsub, ...]`."""
+    return x.reshape(*x.shape[:3], nsub, x.shape[3] // nsub, *x.shape[4:])
+
+
+def _flash_forward(kern: _Kernel, qs, kv, docs):
+    """qs: per stack its query blocks `[blocks, B, KVH, G, rows, D]` (scaled); kv: k, v
+    `[B, KVH, nk * bk, D]` and the padded hidden keys/values of the band (or None) -> per stack
+    the output (like it) and the row log-sum-exp `[blocks, B, KVH, G, rows]`, with an online
+    softmax over each block's band and tiles."""
+    k, v, kh, vh = kv
     bk = kern.pattern.block_kv
+    outs = []
+    for st, q in zip(kern.tables.stacks, qs):
+        def block(_, x, st=st):
+            i, qi = x
+            m = jnp.full(qi.shape[:-1], -jnp.inf, jnp.float32)
+            c = (m, jnp.zeros_like(m), jnp.zeros(qi.shape, jnp.float32))
+            if st.band is not None:
+                nsub, start = st.rows // st.band.sub, kern.band_start(st, i)
+                kw, vw = _windows(kh, start, st.band, nsub), _windows(vh, start, st.band, nsub)
+                s = jnp.einsum("bkgtqd,bktsd->bkgtqs", _sub_blocks(qi, nsub), kw,
+                               preferred_element_type=jnp.float32)
+                s = jnp.where(kern.band_mask(st, i, docs), s, MASK_VALUE).reshape(*qi.shape[:-1], -1)
+                c = _online(c, s, lambda p: jnp.einsum(
+                    "bkgtqs,bktsd->bkgtqd", _sub_blocks(p, nsub).astype(vw.dtype), vw,
+                    preferred_element_type=jnp.float32).reshape(qi.shape))
 
-    def block(_, x):
-        i, qi = x
-        m = jnp.full(qi.shape[:-1], -jnp.inf, jnp.float32)
-        o = jnp.zeros(qi.shape, jnp.float32)
-
-        def body(j, mask, c):
-            m, l, o = c
-            s = _scores(qi, _tile(k, j, bk), mask)
-            m_new = jnp.maximum(m, s.max(axis=-1))
-            alpha, p = jnp.exp(m - m_new), jnp.exp(s - m_new[..., None])
-            pv = jnp.einsum("bkgqs,bksd->bkgqd", p.astype(v.dtype), _tile(v, j, bk),
-                            preferred_element_type=jnp.float32)
-            return m_new, alpha * l + p.sum(axis=-1), alpha[..., None] * o + pv
-        m, l, o = kern.tiles(i, qi.shape[-2], body, (m, jnp.zeros_like(m), o), docs)
-        seen = l > 0           # rows of a block without any tile get 0
-        l = jnp.where(seen, l, 1.0)
-        return None, ((o / l[..., None]).astype(qi.dtype), jnp.where(seen, m + jnp.log(l), 0.0))
-    outs = [jax.lax.scan(block, None, (first + jnp.arange(q.shape[0]), q))[1] for first, q in _stacks(qs)]
+            def body(j, mask, c):
+                return _online(c, _scores(qi, _tile(k, j, bk), mask), lambda p: jnp.einsum(
+                    "bkgqs,bksd->bkgqd", p.astype(v.dtype), _tile(v, j, bk), preferred_element_type=jnp.float32))
+            m, l, o = kern.tiles(st, i, body, c, docs)
+            seen = l > 0           # rows of a block without any tile get 0
+            l = jnp.where(seen, l, 1.0)
+            return None, ((o / l[..., None]).astype(qi.dtype), jnp.where(seen, m + jnp.log(l), 0.0))
+        outs.append(jax.lax.scan(block, None, (jnp.arange(st.count), q))[1])
     return tuple(o for o, _ in outs), tuple(lse for _, lse in outs)
 
 
-def _flash_backward(kern: _Kernel, qs, k, v, docs, outs, lses, douts):
+def _flash_backward(kern: _Kernel, qs, kv, docs, outs, lses, douts):
     """Recompute each tile's probabilities from the saved log-sum-exp: dq per query block,
-    dk/dv accumulated in place (float32). O(N) memory."""
+    dk/dv (and the band's, over the padded hidden keys) accumulated in place (float32). O(N) memory."""
+    k, v, kh, vh = kv
     bk = kern.pattern.block_kv
 
-    def block(acc, x):
-        i, qi, di, lse_i, delta_i = x
+    def add_at(acc, x, start):
+        return jax.lax.dynamic_update_slice_in_dim(
+            acc, jax.lax.dynamic_slice_in_dim(acc, start, x.shape[2], axis=2) + x, start, axis=2)
 
-        def body(j, mask, c):
-            dq, dk, dv = c
-            kj, vj = _tile(k, j, bk), _tile(v, j, bk)
-            p = jnp.exp(_scores(qi, kj, mask) - lse_i[..., None])
-            dp = jnp.einsum("bkgqd,bksd->bkgqs", di, vj, preferred_element_type=jnp.float32)
-            ds = p * (dp - delta_i[..., None])
-            if mask is not None:
-                ds = jnp.where(mask, ds, 0.0)
-            dq = dq + jnp.einsum("bkgqs,bksd->bkgqd", ds.astype(kj.dtype), kj, preferred_element_type=jnp.float32)
-            dk_j = jnp.einsum("bkgqs,bkgqd->bksd", ds.astype(qi.dtype), qi, preferred_element_type=jnp.float32)
-            dv_j = jnp.einsum("bkgqs,bkgqd->bksd", p.astype(di.dtype), di, preferred_element_type=jnp.float32)
-            add = lambda acc, x: jax.lax.dynamic_update_slice_in_dim(  # noqa: E731
-                acc, _tile(acc, j, bk) + x, j * bk, axis=2)
-            return dq, add(dk, dk_j), add(dv, dv_j)
-        dq, dk, dv = kern.tiles(i, qi.shape[-2], body, (jnp.zeros(qi.shape, jnp.float32), *acc), docs)
-        return (dk, dv), dq.astype(qi.dtype)
-    acc, dqs = (jnp.zeros(k.shape, jnp.float32),) * 2, []
-    for (first, q), out, lse, dout in zip(_stacks(qs), outs, lses, douts):
+    def grads(qi, di, lse_i, delta_i, s, kj, vj, mask, pv_dims):
+        """dq, dk, dv of one set of scores `s` (before masking) over keys kj/vj."""
+        q_, s_, k_ = pv_dims
+        p = jnp.exp(s - lse_i[..., None])
+        dp = jnp.einsum(f"{q_},{k_}->{s_}", di, vj, preferred_element_type=jnp.float32)
+        ds = p * (dp - delta_i[..., None])
+        if mask is not None:
+            ds = jnp.where(mask, ds, 0.0)
+        dq = jnp.einsum(f"{s_},{k_}->{q_}", ds.astype(kj.dtype), kj, preferred_element_type=jnp.float32)
+        dk = jnp.einsum(f"{s_},{q_}->{k_}", ds.astype(qi.dtype), qi, preferred_element_type=jnp.float32)
+        dv = jnp.einsum(f"{s_},{q_}->{k_}", p.astype(di.dtype), di, preferred_element_type=jnp.float32)
+        return dq, dk, dv
+
+    acc = tuple(jnp.zeros(x.shape, jnp.float32) for x in (k, v) + ((kh, vh) if kh is not None else ()))
+    dqs = []
+    for st, q, out, lse, dout in zip(kern.tables.stacks, qs, outs, lses, douts):
+        def block(acc, x, st=st):
+            i, qi, di, lse_i, delta_i = x
+            dq = jnp.zeros(qi.shape, jnp.float32)
+            if st.band is not None:
+                nsub, start = st.rows // st.band.sub, kern.band_start(st, i)
+                kw, vw = _windows(kh, start, st.band, nsub), _windows(vh, start, st.band, nsub)
+                mask = kern.band_mask(st, i, docs)
+                qsub = _sub_blocks(qi, nsub)
+                s = jnp.where(mask, jnp.einsum("bkgtqd,bktsd->bkgtqs", qsub, kw,
+                                               preferred_element_type=jnp.float32), MASK_VALUE)
+                dq_b, dkw, dvw = grads(qsub, _sub_blocks(di, nsub), _sub_blocks(lse_i, nsub),
+                                       _sub_blocks(delta_i, nsub), s, kw, vw, mask,
+                                       ("bkgtqd", "bkgtqs", "bktsd"))
+                dq = dq + dq_b.reshape(qi.shape)
+                acc = (*acc[:2], add_at(acc[2], _fold(dkw, st.band), start),
+                       add_at(acc[3], _fold(dvw, st.band), start))
+
+            def body(j, mask, c):
+                dq, *acc = c
+                kj, vj = _tile(k, j, bk), _tile(v, j, bk)
+                dq_j, dk_j, dv_j = grads(qi, di, lse_i, delta_i, _scores(qi, kj, mask), kj, vj, mask,
+                                         ("bkgqd", "bkgqs", "bksd"))
+                return (dq + dq_j, add_at(acc[0], dk_j, j * bk), add_at(acc[1], dv_j, j * bk), *acc[2:])
+            dq, *acc = kern.tiles(st, i, body, (dq, *acc), docs)
+            return tuple(acc), dq.astype(qi.dtype)
         delta = jnp.einsum("nbkgqd,nbkgqd->nbkgq", out.astype(jnp.float32), dout.astype(jnp.float32))
-        acc, dq = jax.lax.scan(block, acc, (first + jnp.arange(q.shape[0]), q, dout.astype(q.dtype), lse, delta))
+        acc, dq = jax.lax.scan(block, acc, (jnp.arange(st.count), q, dout.astype(q.dtype), lse, delta))
         dqs.append(dq)
-    return tuple(dqs), acc[0].astype(k.dtype), acc[1].astype(v.dtype)
+    dk, dv = acc[0].astype(k.dtype), acc[1].astype(v.dtype)
+    dkh = dvh = None
+    if kh is not None:
+        dkh, dvh = acc[2].astype(kh.dtype), acc[3].astype(vh.dtype)
+    return tuple(dqs), (dk, dv, dkh, dvh)
 
 
 def _zero_cotangent(x):
@@ -326,21 +527,21 @@ def _zero_cotangent(x):
     return np.zeros(x.shape, jax.dtypes.float0)
 
 
-def _flash(kern: _Kernel, qs, k, v, docs):
+def _flash(kern: _Kernel, qs, kv, docs):
     @jax.custom_vjp
-    def attention(qs, k, v, docs):
-        return _flash_forward(kern, qs, k, v, docs)[0]
+    def attention(qs, kv, docs):
+        return _flash_forward(kern, qs, kv, docs)[0]
 
-    def fwd(qs, k, v, docs):
-        outs, lses = _flash_forward(kern, qs, k, v, docs)
-        return outs, (qs, k, v, docs, outs, lses)
+    def fwd(qs, kv, docs):
+        outs, lses = _flash_forward(kern, qs, kv, docs)
+        return outs, (qs, kv, docs, outs, lses)
 
     def bwd(res, douts):
-        qs, k, v, docs, outs, lses = res
-        return (*_flash_backward(kern, qs, k, v, docs, outs, lses, douts), jax.tree.map(_zero_cotangent, docs))
+        qs, kv, docs, outs, lses = res
+        return (*_flash_backward(kern, qs, kv, docs, outs, lses, douts), jax.tree.map(_zero_cotangent, docs))
 
     attention.defvjp(fwd, bwd)
-    return attention(qs, k, v, docs)
+    return attention(qs, kv, docs)
 
 
 @jax.tree_util.register_dataclass
@@ -375,6 +576,12 @@ def blocksparse_attention(q, k, v, pattern: BlockPattern, doc_mask=None):
     O(allowed pairs). Tiles are `block_q x block_kv`; a ragged last query block runs with
     its own rows only, a ragged last key block is padded and masked.
 
+    In a kernel layout with hidden tokens, hidden rows run in blocks of the K-1 copies of
+    `block_kv` positions: over the originals that is a causal pattern over positions (one
+    partial tile per block, as vanilla's), and their thin hidden-to-hidden band runs in
+    sub-blocks of about `BAND_ROWS` rows over their own key windows, so that every PHD
+    variant computes about as many pairs per allowed pair as vanilla (`computed_pairs`).
+
     `doc_mask(rows, cols) -> [B, ...]` (packed documents: a `DocumentMask`, or any function
     of jax index arrays) is applied on top of the static pattern on every computed tile,
     full tiles included. Rows whose tiles
@@ -382,27 +589,24 @@ def blocksparse_attention(q, k, v, pattern: BlockPattern, doc_mask=None):
     block without any tile get 0.
     """
     b, n, h, d = q.shape
-    kvh = k.shape[2]
-    bq, bk = pattern.block_q, pattern.block_kv
+    kvh, bk = k.shape[2], pattern.block_kv
     tab = _tile_tables(pattern)
-    if doc_mask is None:
-        doc_fn, docs = None, ()
-    elif isinstance(doc_mask, DocumentMask):
-        doc_fn, docs = (lambda dm, r, c: dm(r, c)), doc_mask
-    else:   # any callable: hoist the arrays it closes over into explicit arguments
-        r0, c0 = jnp.zeros((bq, 1), jnp.int32), jnp.zeros((1, bk), jnp.int32)
-        fn, consts = jax.closure_convert(doc_mask, r0, c0)
-        doc_fn, docs = (lambda cs, r, c: fn(r, c, *cs)), tuple(consts)
-    kern = _Kernel(pattern, tab, doc_fn)
+    kern = _Kernel(pattern, tab, None)
+    doc_fn, docs = _doc_rule(doc_mask, list(kern.index_shapes()))
+    kern = kern._replace(doc_fn=doc_fn)
 
-    # Queries: a stack of whole blocks, and a ragged last block as its own stack of one
-    # (so a few trailing rows, e.g. prefill's hidden tail, cost only themselves).
-    qs, whole = _dot_ready(q * jnp.asarray(d ** -0.5, q.dtype)), n // bq * bq
-    stacks = tuple(qs[:, lo:hi].reshape(b, -1, hi - lo if hi - lo < bq else bq, kvh, h // kvh, d)
-                   .transpose(1, 0, 3, 4, 2, 5) for lo, hi in ((0, whole), (whole, n)) if hi > lo)
+    # Queries: per stack `[blocks, B, KVH, G, rows, D]`; keys `[B, KVH, keys, D]`, and the
+    # hidden keys the bands slide over, zero-padded at both ends.
+    qs = _dot_ready(q * jnp.asarray(d ** -0.5, q.dtype))
+    stacks = tuple(qs[:, st.row0:st.row0 + st.rows * st.count]
+                   .reshape(b, st.count, st.rows, kvh, h // kvh, d).transpose(1, 0, 3, 4, 2, 5)
+                   for st in tab.stacks)
     pad = ((0, 0), (0, tab.nk * bk - n), (0, 0), (0, 0))
-    kv = lambda x: jnp.pad(_dot_ready(x), pad).transpose(0, 2, 1, 3)   # noqa: E731  [B, KVH, keys, D]
-    outs = _flash(kern, stacks, kv(k), kv(v), docs)
+    k, v = (jnp.pad(_dot_ready(x), pad).transpose(0, 2, 1, 3) for x in (k, v))
+    kh = vh = None
+    if any(st.band is not None for st in tab.stacks):
+        kh, vh = (jnp.pad(x[:, :, tab.key_limit:n], ((0, 0), (0, 0), tab.band_pad, (0, 0))) for x in (k, v))
+    outs = _flash(kern, stacks, (k, v, kh, vh), docs)
     out = [o.transpose(1, 0, 4, 2, 3, 5).reshape(b, -1, h, d) for o in outs]
     return (out[0] if len(out) == 1 else jnp.concatenate(out, axis=1)).astype(q.dtype)
 

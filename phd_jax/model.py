@@ -16,6 +16,7 @@ Both return the new tokens' keys/values per layer when asked, so the caller
 from __future__ import annotations
 
 import functools
+import math
 
 import flax.linen as nn
 import jax
@@ -45,11 +46,28 @@ def _init(config: ModelConfig, names: tuple[str, ...]):
     return lambda *args, **kwargs: _Partitioned(init(*args, **kwargs), names)
 
 
+def token_matmul(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None):
+    """A projection's `dot_general` as one 2-D matmul `[tokens, in] @ [in, out]`: the token dims
+    (batch, length) flattened into one. Left as two contracted dims, the weight gradient makes
+    XLA:CPU transpose the whole activation gradient first (a third of a train step, and more
+    per token at K*T tokens); flattened, every dot of the backward pass is a plain GEMM.
+    Any other contraction goes to `lax.dot_general` unchanged."""
+    (lc, rc), (lb, rb) = dimension_numbers
+    lc, nc = tuple(d % lhs.ndim for d in lc), len(lc)
+    if lb or rb or lc != tuple(range(lhs.ndim - nc, lhs.ndim)) or tuple(rc) != tuple(range(nc)):
+        return jax.lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
+                                   preferred_element_type=preferred_element_type)
+    tokens, k = lhs.shape[:lhs.ndim - nc], math.prod(lhs.shape[lhs.ndim - nc:])
+    out = jax.lax.dot_general(lhs.reshape(-1, k), rhs.reshape(k, -1), (((1,), (0,)), ((), ())),
+                              precision=precision, preferred_element_type=preferred_element_type)
+    return out.reshape(tokens + rhs.shape[nc:])
+
+
 def _dense(config: ModelConfig, features, names: tuple[str, ...], name: str, axis=-1):
     """Bias-free projection whose kernel carries the logical axis `names`."""
     return nn.DenseGeneral(features, axis=axis, use_bias=False, dtype=config.compute_dtype,
                            param_dtype=config.weight_dtype, name=name,
-                           kernel_init=_init(config, names))
+                           kernel_init=_init(config, names), dot_general=token_matmul)
 
 
 def _constrain(x, *names):

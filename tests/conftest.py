@@ -12,3 +12,19 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 import jax  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "float32")
+
+import gc  # noqa: E402
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_executables():
+    """Drop each test module's compiled executables when it ends. XLA:CPU maps every JIT-compiled
+    function into memory; one process running the whole suite would otherwise keep thousands of
+    them and reach the kernel's limit on memory mappings (`vm.max_map_count`, 65530), where LLVM
+    fails with "Cannot allocate memory". The persistent compilation cache makes a later
+    recompile cheap."""
+    yield
+    jax.clear_caches()
+    gc.collect()

@@ -143,3 +143,56 @@ def test_long_context_fits_in_6_gib():
     r = _in_subprocess("import json; from benchmarks.long_context import run_once; "
                        "print(json.dumps(run_once('PHD-4', 8192, 1)))", 600)
     assert r["tokens"] == 32768 and r["peak_rss_bytes"] < 6 * 2**30, r
+
+
+BAND_CASES = [  # (variant, K, W, C, T, block_q, block_kv, BAND_ROWS): windows wider than a
+    ("phd_swa", 2, 37, None, 45, 16, 16, 4),    # sub-block (many folds), sub-blocks of one
+    ("phd_cswa", 3, 9, 5, 23, 8, 8, 2),         # position, ragged hidden blocks, one sub-block
+    ("phd", 5, 0, None, 19, 16, 8, 64),         # per block
+    ("phd_swa", 4, 2, None, 17, 8, 16, 8),
+]
+
+
+@pytest.mark.parametrize("variant,K,W,C,T,bq,bk,band_rows", BAND_CASES)
+def test_flash_band_sub_blocks_equal_dense(monkeypatch, variant, K, W, C, T, bq, bk, band_rows):
+    """The hidden-to-hidden band in sub-blocks of `BAND_ROWS` rows (each over its own key
+    window, gathered and folded back in the backward pass) equals the dense mask."""
+    import phd_jax.attention as attention
+    monkeypatch.setattr(attention, "BAND_ROWS", band_rows)
+    attention._tile_tables.cache_clear()
+    try:
+        cfg = ModelConfig(variant=variant, repeat=K, window=W, chunk=C)
+        compare_attention_to_dense(cfg, T, lambda q, k, v, lay: blocksparse_attention(q, k, v, lay.pattern(bq, bk)))
+    finally:
+        monkeypatch.undo()
+        attention._tile_tables.cache_clear()
+
+
+@pytest.mark.parametrize("hidden_from,bq,bk", [(5, 8, 4), (8, 16, 8), (12, 8, 8)])
+def test_flash_prefill_token_set_equals_dense(hidden_from, bq, bk):
+    """Prefill's layout (hidden tokens only from `hidden_from` on, hidden blocks not lined up
+    with key tiles) equals the dense mask of the same layout, output and gradients."""
+    cfg = ModelConfig(variant="phd_cswa", repeat=4, window=6, chunk=4)
+    lay = Layout.for_config(cfg, 13, "kernel", hidden_from=hidden_from)
+    q, k, v, ct = attention_inputs(lay.size)
+    out_ref, g_ref = attention_value_and_grads(lambda q, k, v: dense_attention(q, k, v, lay.mask), q, k, v, ct)
+    out, g = attention_value_and_grads(lambda q, k, v: blocksparse_attention(q, k, v, lay.pattern(bq, bk)),
+                                       q, k, v, ct)
+    assert max_diff(out, out_ref) <= 1e-5 and max_diff(g, g_ref) <= 1e-4
+
+
+@pytest.mark.parametrize("T", [512, 1024])
+def test_flash_hidden_rows_cost_what_vanilla_rows_cost(T):
+    """The work `blocksparse` does per allowed pair (tiles and band windows, padding counted) is
+    within 0.1 of vanilla's for every PHD variant: hidden rows run in blocks of the K-1 copies
+    of a tile of positions (a causal pattern over positions, like vanilla's), their thin band
+    in sub-blocks. (Tiles of 128 hidden rows cost 1.5-1.9x the allowed pairs.)"""
+    from phd_jax.attention import computed_pairs
+
+    def cost(name):
+        lay = Layout.for_config(ModelConfig.from_name(name), T, "kernel")
+        a, b, c = lay.spans()
+        return computed_pairs(lay.pattern(128, 128)) / int(a.sum() + (c - b).sum())
+    base = cost("vanilla")
+    for name in ("PHD-2", "PHD-3", "PHD-4", "PHD-SWA-2-16-inf", "PHD-SWA-4-16-inf", "PHD-CSWA-4-16-32"):
+        assert base <= cost(name) <= base + 0.1, name

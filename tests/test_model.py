@@ -213,3 +213,21 @@ def test_transformer_mode_is_named_and_checked():
         Transformer(cfg, mode="extend").init(jax.random.key(0), *args)
     with pytest.raises(ValueError, match="mode='full' .* pass layout="):
         Transformer(cfg).init(jax.random.key(0), *args)
+
+
+@pytest.mark.parametrize("x_shape,w_shape,dims", [
+    ((2, 5, 8), (8, 3, 4), (((2,), (0,)), ((), ()))),          # d -> (heads, head_dim)
+    ((2, 5, 3, 4), (3, 4, 8), (((2, 3), (0, 1)), ((), ()))),   # (heads, head_dim) -> d
+    ((2, 5, 8), (2, 8, 6), (((2,), (1,)), ((0,), (0,)))),      # batch dims: plain dot_general
+])
+def test_token_matmul_equals_dot_general(x_shape, w_shape, dims):
+    """The projections' flattened dot equals `lax.dot_general`, value and gradients."""
+    from phd_jax.model import token_matmul
+    kx, kw, kc = jax.random.split(jax.random.key(0), 3)
+    x, w = jax.random.normal(kx, x_shape), jax.random.normal(kw, w_shape)
+    ct = jax.random.normal(kc, jax.lax.dot_general(x, w, dims).shape)
+
+    def value_and_grads(dot):
+        return jax.value_and_grad(lambda x, w: jnp.vdot(dot(x, w, dims), ct), argnums=(0, 1))(x, w)
+    got, want = value_and_grads(token_matmul), value_and_grads(jax.lax.dot_general)
+    assert max_diff(got, want) <= 1e-5
