@@ -162,7 +162,6 @@ class _Band(NamedTuple):
     query blocks: each block's rows in sub-blocks of `sub` rows (whole positions), sub-block t
     seeing the `sub + reach` hidden keys that end at its last row. A thin diagonal band costs
     about its own width this way, where whole tiles would cost `block x block` for it."""
-    start: int   # layout index of the first hidden token (T)
     sub: int
     reach: int   # keys before a sub-block's first row it may see: 0 without a window
 
@@ -198,7 +197,7 @@ class _Tables(NamedTuple):
     computes a partial tile's mask from `allowed` inside the loop."""
     n: int
     nk: int
-    key_limit: int
+    key_limit: int             # also where the hidden keys (the bands' keys) begin: T
     stacks: tuple[_Stack, ...]
     masks: np.ndarray | None   # [partial tiles, bq, bk] bool
     band_pad: tuple[int, int]  # zero keys before / after the hidden keys the bands slide over
@@ -251,7 +250,7 @@ def _hidden_tables(pattern: BlockPattern) -> _Tables:
                 r = np.arange(rws * cnt)
                 first_key = b[row0:row0 + rws * cnt] - t_orig
                 reach = int(max(0, (row0 - t_orig + r // sub * sub - first_key).max()))
-                band = _Band(t_orig, sub, reach)
+                band = _Band(sub, reach)
                 pad = [max(pad[0], reach), max(pad[1], (band.folds - 1) * band.sub - reach)]
             stacks.append(_Stack(row0, rws, cnt, full, first.astype(np.int32), part,
                                  (last - first).astype(np.int32), None, band))
@@ -360,12 +359,12 @@ class _Kernel(NamedTuple):
         rows = row0 + jnp.arange(st.rows, dtype=jnp.int32).reshape(nsub, bd.sub, 1)
         cols = (row0 - bd.reach + bd.sub * jnp.arange(nsub, dtype=jnp.int32)[:, None, None]
                 + jnp.arange(bd.width, dtype=jnp.int32)[None, None, :])
-        static = (cols >= bd.start) & (cols < n) & self.pattern.layout.allowed_at(rows, cols)
+        static = (cols >= self.tables.key_limit) & (cols < n) & self.pattern.layout.allowed_at(rows, cols)
         return self._masked(rows, cols, static, docs)
 
     def band_start(self, st: _Stack, i):
         """Where block i's key window starts in the padded hidden keys."""
-        return self.tables.band_pad[0] - st.band.reach + st.row0 - st.band.start + i * st.rows
+        return self.tables.band_pad[0] - st.band.reach + st.row0 - self.tables.key_limit + i * st.rows
 
     def tiles(self, st: _Stack, i, body, carry, docs):
         """Run `body(key block, mask, carry)` over query block i's full tiles, then its
