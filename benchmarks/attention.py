@@ -26,6 +26,7 @@ except ImportError:  # python benchmarks/X.py: the script's directory comes firs
 from phd_jax.attention import blocksparse_attention, dense_attention
 from phd_jax.config import ModelConfig
 from phd_jax.masks import Layout
+from phd_jax.hostmem import reexec_with_tuned_malloc
 
 VARIANTS = {  # name -> (variant, window, chunk), PHD-SWA/CSWA as in the paper's tables
     "vanilla": ("vanilla", 0, None),
@@ -117,4 +118,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    reexec_with_tuned_malloc()   # phd_jax/hostmem.py: reuse XLA:CPU's temporaries
     main()

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import phd_jax.attention as attention
 from phd_jax import ModelConfig, forward, init_params
 from phd_jax.masks import Layout
+from phd_jax.hostmem import reexec_with_tuned_malloc
 
 MODEL = dict(num_layers=6, d_model=512, num_heads=8, num_kv_heads=4, head_dim=64, mlp_dim=1536, vocab_size=4096)
 
@@ -91,4 +92,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    reexec_with_tuned_malloc()   # phd_jax/hostmem.py: reuse XLA:CPU's temporaries
     main()

@@ -38,6 +38,7 @@ from phd_jax.attention import blocksparse_attention
 from phd_jax.config import ModelConfig
 from phd_jax.flops import attention_pairs
 from phd_jax.masks import Layout
+from phd_jax.hostmem import reexec_with_tuned_malloc
 
 HEADS, KV_HEADS, HEAD_DIM, BLOCK = 8, 2, 64, 128
 
@@ -141,4 +142,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    reexec_with_tuned_malloc()   # phd_jax/hostmem.py: reuse XLA:CPU's temporaries
     main()

@@ -39,8 +39,9 @@ try:                 # python -m benchmarks.train_throughput from the checkout
     from benchmarks.common import markdown_table
 except ImportError:  # python benchmarks/train_throughput.py: the script's directory comes first on the path
     from common import markdown_table
-from phd_jax import ModelConfig, forward, init_params, num_params
+from phd_jax import ModelConfig, forward, hostmem, init_params, num_params
 from phd_jax.flops import train_flops_per_sequence
+from phd_jax.hostmem import reexec_with_tuned_malloc
 
 # The model of the performance issue's table (used when configs/small.py is absent).
 ISSUE10_MODEL = dict(num_layers=6, d_model=512, num_heads=8, num_kv_heads=4, head_dim=64,
@@ -220,8 +221,8 @@ def main(argv=None):
              f"vocab {base.vocab_size} ({nparams / 1e6:.1f}M parameters, {source})")
     meta = (f"batch {a.batch}, {base.dtype}, attention `{base.attention}`, forward + backward + AdamW "
             f"(jitted, donated); median of {a.reps} interleaved rounds after one warm-up; "
-            f"device: {dev.device_kind} ({dev.platform}, {os.cpu_count()} host cores), "
-            f"jax {jax.__version__}, {platform.python_version()}; "
+            f"device: {dev.device_kind} ({dev.platform}, {os.cpu_count()} host cores, "
+            f"{hostmem.describe()}), jax {jax.__version__}, {platform.python_version()}; "
             f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC.\n\n"
             f"FLOPs / vanilla: analytic training FLOPs (`phd_jax.flops`, 3 x forward). "
             f"time ratio / FLOP ratio: 1.00 means the extra tokens cost exactly their FLOPs. "
@@ -249,4 +250,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    reexec_with_tuned_malloc()   # phd_jax/hostmem.py: reuse XLA:CPU's temporaries
     main()

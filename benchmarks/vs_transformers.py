@@ -41,6 +41,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 import phd_jax  # noqa: E402
+from phd_jax.hostmem import reexec_with_tuned_malloc
 try:                 # python -m benchmarks.vs_transformers from the checkout
     from benchmarks.common import markdown_table  # noqa: E402
 except ImportError:  # python benchmarks/vs_transformers.py: the script's directory comes first on the path
@@ -142,4 +143,5 @@ HEADERS = ["model", "batch", "prefill ms (ours)", "prefill ms (transformers)", "
            "tokens/s (ours)", "tokens/s (transformers)", "tokens/s ratio", "tokens agree"]
 
 if __name__ == "__main__":
+    reexec_with_tuned_malloc()   # phd_jax/hostmem.py: reuse XLA:CPU's temporaries
     main()

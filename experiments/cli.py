@@ -14,6 +14,7 @@ import argparse
 import sys
 
 from phd_jax.checks import ConfigError
+from phd_jax.hostmem import reexec_with_tuned_malloc
 
 from experiments import timing
 from experiments.studies import COMMANDS
@@ -69,6 +70,8 @@ def select(settings, only: str):
 
 
 def main(study: str, argv: list[str] | None = None) -> int:
+    if argv is None:   # the command line (never when called with arguments, e.g. from a test)
+        reexec_with_tuned_malloc()
     argv = sys.argv[1:] if argv is None else list(argv)
     overrides = [a for a in argv if a.startswith("--config.")]
     args = parser(study).parse_args([a for a in argv if not a.startswith("--config.")])

@@ -16,6 +16,8 @@ import sys
 
 from absl import app, flags
 
+from phd_jax.hostmem import reexec_with_tuned_malloc
+
 _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_CONFIG = "configs/default.py"
 _HELP_FLAGS = ("--help", "-?", "--helpshort", "--helpfull")
@@ -54,11 +56,15 @@ def _run(main, usage: str, argv=None, flags_parser=None):
 
 def train_main(argv=None):
     """Entry point of `phd-train` (the program is `phd_jax.train.cli`, as for train.py)."""
+    if argv is None:   # the console script (never when called with arguments, e.g. from a test)
+        reexec_with_tuned_malloc()
     from phd_jax.train import cli
     return _run(cli.main, cli.__doc__, argv, cli.parse_flags)
 
 
 def eval_main(argv=None):
     """Entry point of `phd-eval` (the program is `phd_jax.evaluation.cli`, as for eval.py)."""
+    if argv is None:   # the console script (never when called with arguments, e.g. from a test)
+        reexec_with_tuned_malloc()
     from phd_jax.evaluation import cli
     return _run(cli.main, cli.__doc__, argv, getattr(cli, "parse_flags", None))
