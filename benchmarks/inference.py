@@ -25,8 +25,9 @@ try:                 # python -m benchmarks.X from the checkout
     from benchmarks.common import markdown_table, time_fn
 except ImportError:  # python benchmarks/X.py: the script's directory comes first on the path
     from common import markdown_table, time_fn
-from phd_jax.decode import _prefill
-from phd_jax.sampling import _generate_loop
+from phd_jax.decode import prefill_unchecked
+from phd_jax.sampling import decode_loop
+from phd_jax.hostmem import reexec_with_tuned_malloc
 
 MODEL = dict(vocab_size=8192, num_layers=16, d_model=512, num_heads=8, num_kv_heads=4, head_dim=64,
              mlp_dim=1536, max_seq_len=8192)
@@ -43,13 +44,13 @@ def config(variant: str, k: int, **kw) -> phd_jax.ModelConfig:
 def prefill_time(cfg, params, t, reps):
     tokens = jax.random.randint(jax.random.key(0), (1, t), 0, cfg.vocab_size)
     lengths = jnp.full((1,), t, jnp.int32)
-    return time_fn(lambda: _prefill(params, cfg, tokens, lengths, t, False), repeats=reps)
+    return time_fn(lambda: prefill_unchecked(params, cfg, tokens, lengths, t, False), repeats=reps)
 
 
 def decode_latency(cfg, params, prompt_len, steps, reps):
     tokens = jax.random.randint(jax.random.key(0), (1, prompt_len), 0, cfg.vocab_size)
     logits, state = phd_jax.prefill(params, cfg, tokens, max_len=prompt_len + steps + 1)
-    run = lambda: _generate_loop(params, cfg, logits, state, jax.random.key(0), 0.0, 1.0,  # noqa: E731
+    run = lambda: decode_loop(params, cfg, logits, state, jax.random.key(0), 0.0, 1.0,  # noqa: E731
                                  max_new_tokens=steps + 1, greedy=True, top_k=0, use_top_p=False,
                                  eos_id=None, pad_id=0)
     return time_fn(run, repeats=reps) / steps
@@ -194,4 +195,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    reexec_with_tuned_malloc()   # phd_jax/hostmem.py: reuse XLA:CPU's temporaries
     main()

@@ -169,7 +169,7 @@ def _write(config: ModelConfig, state: DecodeState, new_k, new_v, pos, copy: np.
 # ---------------------------------------------------------------------------
 
 
-def _prefill_layout(config: ModelConfig, prompt_len: int) -> Layout:
+def prefill_layout(config: ModelConfig, prompt_len: int) -> Layout:
     """The static token set of prefill: the cached stream (originals; naive: every copy)
     plus the hidden copies of the last `prefill_tail` positions (spec section 5)."""
     if not config.is_phd:    # vanilla and naive: every token is cached
@@ -181,19 +181,21 @@ def _prefill_layout(config: ModelConfig, prompt_len: int) -> Layout:
 def prefill_token_counts(config: ModelConfig, prompt_len: int) -> dict:
     """Tokens an (equal-length) prefill runs through the layers: `cached` (originals, or
     every copy for naive) and `hidden` (the tail's hidden decoding tokens)."""
-    _, copy = _prefill_layout(config, prompt_len).tokens
+    _, copy = prefill_layout(config, prompt_len).tokens
     return {"cached": int((copy < config.cached_copies).sum()),
             "hidden": int((copy >= config.cached_copies).sum())}
 
 
 @functools.partial(jax.jit, static_argnames=("config", "max_len", "ragged"))
-def _prefill(params, config: ModelConfig, tokens, lengths, max_len: int, ragged: bool):
+def prefill_unchecked(params, config: ModelConfig, tokens, lengths, max_len: int, ragged: bool):
+    """`prefill`'s jitted computation without its argument checks (`prefill` checks, then calls
+    this): for callers that time or batch it and checked their arguments once."""
     b, t = tokens.shape
     state = init_state(config, b, max_len)
     if ragged:
         return _prefill_ragged(params, config, state, tokens, lengths)
     # One pass over a static token set, with its static block-sparse pattern.
-    layout = _prefill_layout(config, t)
+    layout = prefill_layout(config, t)
     pos, copy = layout.tokens
     logits, (k, v) = run_layout(params, config, layout, tokens, np.array([layout.size - 1]), True)
     pos_b = jnp.broadcast_to(pos, (b, pos.size))
@@ -248,7 +250,7 @@ def prefill(params, config: ModelConfig, tokens, max_len: int | None = None, len
         lengths = jnp.full((b,), t, jnp.int32)
     check_tokens_per_sequence(config, t * config.cached_copies + config.prefill_tail(t, ragged)
                               * (config.repeat - 1), f"prefill of {t} positions")
-    return _prefill(params, config, tokens, lengths, max_len, ragged)
+    return prefill_unchecked(params, config, tokens, lengths, max_len, ragged)
 
 
 # ---------------------------------------------------------------------------

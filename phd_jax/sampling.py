@@ -69,8 +69,11 @@ def sample_token(logits, rng, temperature=0.0, top_k: int = 0, top_p=1.0):
 
 @functools.partial(jax.jit, static_argnames=("config", "max_new_tokens", "greedy", "top_k",
                                              "use_top_p", "eos_id", "pad_id"))
-def _generate_loop(params, config, logits, state, rng, temperature, top_p, *, max_new_tokens, greedy,
-                   top_k, use_top_p, eos_id, pad_id):
+def decode_loop(params, config, logits, state, rng, temperature, top_p, *, max_new_tokens, greedy,
+                top_k, use_top_p, eos_id, pad_id):
+    """`generate` after prefill, unchecked: `max_new_tokens` tokens `[B, n]` from the prefill's
+    `logits` and `state`, one jitted `lax.scan` of decode steps. `generate` checks every argument
+    and calls this; benchmarks time it alone."""
     def emit(logits, rng, done):
         if greedy:
             tok = jnp.argmax(logits, axis=-1).astype(jnp.int32)
@@ -124,6 +127,6 @@ def generate(params, config: ModelConfig, prompt, max_new_tokens: int, *, rng=No
     rng = jax.random.key(0) if rng is None else as_rng("rng", rng)
     logits, state = prefill(params, config, prompt, max_len, lengths)
     use_top_p = is_traced(top_p) or top_p < 1.0
-    return _generate_loop(params, config, logits, state, rng, jnp.float32(0.0 if greedy else temperature),
+    return decode_loop(params, config, logits, state, rng, jnp.float32(0.0 if greedy else temperature),
                           jnp.float32(top_p), max_new_tokens=max_new_tokens, greedy=greedy, top_k=top_k,
                           use_top_p=use_top_p, eos_id=eos_id, pad_id=pad_id)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import phd_jax
-from phd_jax.decode import _prefill, _prefill_layout, state_for_comparison
+from phd_jax.decode import prefill_layout, prefill_unchecked, state_for_comparison
 from phd_jax.masks import Layout
 from phd_jax.model import run_layout
 from helpers import max_diff, named_config, random_tokens, tiny_config
@@ -210,7 +210,7 @@ def test_cached_originals_equal_a_vanilla_model(name):
 def _prefill_flops(cfg, t, max_len=64):
     params = phd_jax.init_params(cfg, 0)
     tokens = random_tokens(cfg, 1, t)
-    cost = _prefill.lower(params, cfg, tokens, jnp.full((1,), t, jnp.int32), max_len, False).compile().cost_analysis()
+    cost = prefill_unchecked.lower(params, cfg, tokens, jnp.full((1,), t, jnp.int32), max_len, False).compile().cost_analysis()
     return float((cost[0] if isinstance(cost, (list, tuple)) else cost)["flops"])
 
 
@@ -235,7 +235,7 @@ def test_prefill_work_is_vanilla_plus_the_spec_tail(kw, T, tail):
     # count its tiles. The hidden copies add only the tiles of the query blocks that hold the
     # tail's hidden rows, not the hidden copies of every position.
     cfg, vanilla = tiny_config(**kw), tiny_config("vanilla", 1)
-    tiles = lambda c: _prefill_layout(c, T).pattern(c.block_q, c.block_kv).num_nonempty  # noqa: E731
+    tiles = lambda c: prefill_layout(c, T).pattern(c.block_q, c.block_kv).num_nonempty  # noqa: E731
     n = T + hidden
     blocks_with_hidden = -(-n // cfg.block_q) - T // cfg.block_q
     assert 0 < tiles(cfg) - tiles(vanilla) <= blocks_with_hidden * -(-n // cfg.block_kv)

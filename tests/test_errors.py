@@ -15,7 +15,7 @@ import pytest
 import phd_jax
 from phd_jax import checks
 from phd_jax.model import param_shapes
-from phd_jax.sampling import _generate_loop, sample_token
+from phd_jax.sampling import decode_loop, sample_token
 from helpers import tiny_config
 
 INTERNALS = ("flax", "tracer", "scope", "jaxlib", "pjit", "non-hashable", "traceback")
@@ -249,14 +249,14 @@ def test_generate_accepts_numpy_and_jax_scalars_without_recompiling(model):
     prompt = jnp.ones((1, 3), jnp.int32)
     greedy = phd_jax.generate(params, cfg, prompt, 3, max_len=8)
     sampled = phd_jax.generate(params, cfg, prompt, 3, max_len=8, rng=5, temperature=0.8, top_k=7, top_p=0.9)
-    compiled = _generate_loop._cache_size()
+    compiled = decode_loop._cache_size()
     np.testing.assert_array_equal(
         phd_jax.generate(params, cfg, prompt, np.int64(3), max_len=np.int64(8), rng=np.int64(3),
                          temperature=jnp.float32(0.0)), greedy)
     np.testing.assert_array_equal(
         phd_jax.generate(params, cfg, prompt, np.int32(3), max_len=8, rng=np.int64(5),
                          temperature=jnp.float32(0.8), top_k=np.int64(7), top_p=np.float64(0.9)), sampled)
-    assert _generate_loop._cache_size() == compiled
+    assert decode_loop._cache_size() == compiled
     _, state = phd_jax.prefill(params, cfg, prompt, max_len=np.int64(8))
     assert state.max_len == 8
     np.testing.assert_array_equal(phd_jax.init_params(cfg, np.int64(0))["embed"]["embedding"],

@@ -104,14 +104,14 @@ def test_ragged_generate_equals_one_prompt_at_a_time():
 
 
 def test_changing_temperature_or_top_p_does_not_recompile():
-    from phd_jax.sampling import _generate_loop
+    from phd_jax.sampling import decode_loop
     cfg = tiny_config("phd", 2)
     params = phd_jax.init_params(cfg, 0)
     prompt = random_tokens(cfg, 1, 4)
     phd_jax.generate(params, cfg, prompt, 3, max_len=8, rng=1, temperature=0.7, top_p=0.9)
-    before = _generate_loop._cache_size()
+    before = decode_loop._cache_size()
     phd_jax.generate(params, cfg, prompt, 3, max_len=8, rng=2, temperature=1.3, top_p=0.5)
-    assert _generate_loop._cache_size() == before
+    assert decode_loop._cache_size() == before
 
 
 def test_generate_rejects_out_of_range_prompt():
