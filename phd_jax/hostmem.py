@@ -11,7 +11,10 @@ The cure is to keep what was freed: one malloc arena (`arena_max=1`), no `mmap` 
 blocks (`mmap_max=0`) and no trimming of the heap (`trim_threshold`), so after the first
 steps every temporary is reused memory (no faults, no zeroing), and, where the kernel leaves
 transparent huge pages to `madvise` (glibc >= 2.35), the heap on huge pages (`hugetlb=1`:
-fewer TLB misses). The process's memory then stays at its high-water mark.
+fewer TLB misses). The cost: the process's memory stays at its high-water mark, and a
+process that runs several large programs in turn (eight train steps of different models,
+interleaved) may hold the sum of their temporaries rather than the largest
+(`release_free_memory` between phases gives back what is free).
 
 glibc reads its tunables only when a process starts, so the command-line entry points
 (train.py, eval.py, `phd-train`, `phd-eval`, the benchmarks and experiments) execute
@@ -86,6 +89,16 @@ def describe(environ=None) -> str:
              for name in TUNABLES if name in present]
     mode = _thp_mode()
     return (f"malloc tuned: {' '.join(tuned)}" if tuned else "malloc untuned") + f", THP {mode or 'unknown'}"
+
+
+def release_free_memory() -> bool:
+    """Give the heap's free memory back to the system (glibc's `malloc_trim(0)`); True if any
+    was. A tuned process keeps what it freed, so its memory is the high-water mark of every
+    program it ran: call this between phases that run different programs (e.g. sizes)."""
+    if _glibc_version() is None:
+        return False
+    import ctypes   # noqa: PLC0415
+    return bool(ctypes.CDLL(None).malloc_trim(0))
 
 
 def reexec_with_tuned_malloc() -> None:
