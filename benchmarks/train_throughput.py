@@ -230,7 +230,8 @@ def main(argv=None):
             f"FLOPs / vanilla: analytic training FLOPs (`phd_jax.flops`, 3 x forward). "
             f"time ratio / FLOP ratio: 1.00 means the extra tokens cost exactly their FLOPs. "
             f"MFU: model FLOP/s over a {n}x{n} float32 matmul timed in the same rounds.")
-    cmd = "python benchmarks/train_throughput.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    cmd = ("PHD_JAX_TUNE_MALLOC=0 " if os.environ.get(hostmem.OPT_OUT) == "0" else "") + \
+        "python benchmarks/train_throughput.py " + " ".join(sys.argv[1:] if argv is None else argv)
     print(title + "\n\n" + meta + "\n", flush=True)
     rows, peaks = [], []
     for t in a.seq:
