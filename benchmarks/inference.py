@@ -51,8 +51,8 @@ def decode_latency(cfg, params, prompt_len, steps, reps):
     tokens = jax.random.randint(jax.random.key(0), (1, prompt_len), 0, cfg.vocab_size)
     logits, state = phd_jax.prefill(params, cfg, tokens, max_len=prompt_len + steps + 1)
     run = lambda: decode_loop(params, cfg, logits, state, jax.random.key(0), 0.0, 1.0,  # noqa: E731
-                                 max_new_tokens=steps + 1, greedy=True, top_k=0, use_top_p=False,
-                                 eos_id=None, pad_id=0)
+                              max_new_tokens=steps + 1, greedy=True, top_k=0, use_top_p=False,
+                              eos_id=None, pad_id=0)
     return time_fn(run, repeats=reps) / steps
 
 

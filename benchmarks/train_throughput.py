@@ -41,7 +41,6 @@ except ImportError:  # python benchmarks/train_throughput.py: the script's direc
     from common import markdown_table
 from phd_jax import ModelConfig, forward, hostmem, init_params, num_params
 from phd_jax.flops import train_flops_per_sequence
-from phd_jax.hostmem import reexec_with_tuned_malloc
 
 # The model of the performance issue's table (used when configs/small.py is absent).
 ISSUE10_MODEL = dict(num_layers=6, d_model=512, num_heads=8, num_kv_heads=4, head_dim=64,
@@ -255,5 +254,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    reexec_with_tuned_malloc()   # phd_jax/hostmem.py: reuse XLA:CPU's temporaries
+    hostmem.reexec_with_tuned_malloc()   # phd_jax/hostmem.py: reuse XLA:CPU's temporaries
     main()

@@ -128,5 +128,5 @@ def generate(params, config: ModelConfig, prompt, max_new_tokens: int, *, rng=No
     logits, state = prefill(params, config, prompt, max_len, lengths)
     use_top_p = is_traced(top_p) or top_p < 1.0
     return decode_loop(params, config, logits, state, rng, jnp.float32(0.0 if greedy else temperature),
-                          jnp.float32(top_p), max_new_tokens=max_new_tokens, greedy=greedy, top_k=top_k,
-                          use_top_p=use_top_p, eos_id=eos_id, pad_id=pad_id)
+                       jnp.float32(top_p), max_new_tokens=max_new_tokens, greedy=greedy, top_k=top_k,
+                       use_top_p=use_top_p, eos_id=eos_id, pad_id=pad_id)
