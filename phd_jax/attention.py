@@ -194,13 +194,16 @@ class _Tables(NamedTuple):
     """Everything static the kernel loops over. Tiles cover keys `[0, key_limit)`; a layout
     with hidden tokens leaves the keys past it to the stacks' bands. Patterns without a
     `Layout` carry the stacked masks of their partial tiles; with a layout the kernel
-    computes a partial tile's mask from `allowed` inside the loop."""
+    computes a partial tile's mask inside the loop: from the layout's row spans
+    (`Layout.spans`, the closed form of `allowed`: one or two compares per score) where it
+    has them, else from `allowed` itself."""
     n: int
     nk: int
     key_limit: int             # also where the hidden keys (the bands' keys) begin: T
     stacks: tuple[_Stack, ...]
     masks: np.ndarray | None   # [partial tiles, bq, bk] bool
     band_pad: tuple[int, int]  # zero keys before / after the hidden keys the bands slide over
+    spans: np.ndarray | None = None   # [3, N] int32: row r sees keys [0, a) | [b, c)
 
 
 def _padded(lists: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
@@ -254,7 +257,7 @@ def _hidden_tables(pattern: BlockPattern) -> _Tables:
                 pad = [max(pad[0], reach), max(pad[1], (band.folds - 1) * band.sub - reach)]
             stacks.append(_Stack(row0, rws, cnt, full, first.astype(np.int32), part,
                                  (last - first).astype(np.int32), None, band))
-    return _Tables(n, -(-n // bk), t_orig, tuple(stacks), None, tuple(pad))
+    return _Tables(n, -(-n // bk), t_orig, tuple(stacks), None, tuple(pad), _spans_table(lay))
 
 
 @functools.lru_cache(maxsize=32)
@@ -285,7 +288,12 @@ def _tile_tables(pattern: BlockPattern) -> _Tables:
         sel = slice(row0 // bq, row0 // bq + cnt)
         tabs = [x[sel] for x in (*_padded(full), *_padded(partial))]
         stacks.append(_Stack(row0, rows, cnt, *tabs, None if slot is None else slot[sel], None))
-    return _Tables(n, blocks.shape[1], n, tuple(stacks), masks, (0, 0))
+    return _Tables(n, blocks.shape[1], n, tuple(stacks), masks, (0, 0), _spans_table(lay))
+
+
+def _spans_table(layout: Layout | None) -> np.ndarray | None:
+    spans = None if layout is None else layout.spans()
+    return None if spans is None else np.stack(spans).astype(np.int32)
 
 
 def computed_pairs(pattern: BlockPattern) -> int:
@@ -339,13 +347,24 @@ class _Kernel(NamedTuple):
             mask = doc if mask is None else mask & doc
         return None if mask is None else jax.lax.optimization_barrier(mask)
 
+    def _spans(self, row0, rows: int):
+        """`(a, b, c)`, each `[rows, 1]`, of the query rows `[row0, row0 + rows)`."""
+        spans = jax.lax.dynamic_slice_in_dim(jnp.asarray(self.tables.spans), row0, rows, axis=1)
+        return tuple(spans[:, :, None])
+
     def tile_mask(self, st: _Stack, i, t, j, partial: bool, docs):
         """The mask of key tile j (entry t of its list) for query block i of stack `st`."""
         p, tab = self.pattern, self.tables
-        rows = st.row0 + i * st.rows + jnp.arange(st.rows, dtype=jnp.int32)[:, None]
+        row0 = st.row0 + i * st.rows
+        rows = row0 + jnp.arange(st.rows, dtype=jnp.int32)[:, None]
         cols = j * p.block_kv + jnp.arange(p.block_kv, dtype=jnp.int32)[None, :]
         static = None
-        if partial and p.layout is not None:
+        if partial and tab.spans is not None:
+            a, b, c = self._spans(row0, st.rows)
+            static = cols < a                    # a <= T with a band: originals only; never padding
+            if tab.key_limit == tab.n:           # tiles may hold hidden keys (no band)
+                static = static | ((cols >= b) & (cols < c))
+        elif partial and p.layout is not None:
             static = p.layout.allowed_at(rows, cols) & (cols < tab.key_limit)
         elif partial:
             static = jnp.asarray(tab.masks)[jnp.asarray(st.slot)[i, t]][:st.rows]
@@ -353,13 +372,14 @@ class _Kernel(NamedTuple):
 
     def band_mask(self, st: _Stack, i, docs):
         """`[nsub, sub, width]` mask of query block i's band (sub-blocks over their key windows)."""
-        bd, n = st.band, self.tables.n
+        bd = st.band
         nsub = st.rows // bd.sub
         row0 = st.row0 + i * st.rows
         rows = row0 + jnp.arange(st.rows, dtype=jnp.int32).reshape(nsub, bd.sub, 1)
         cols = (row0 - bd.reach + bd.sub * jnp.arange(nsub, dtype=jnp.int32)[:, None, None]
                 + jnp.arange(bd.width, dtype=jnp.int32)[None, None, :])
-        static = (cols >= self.tables.key_limit) & (cols < n) & self.pattern.layout.allowed_at(rows, cols)
+        _, b, c = (x.reshape(nsub, bd.sub, 1) for x in self._spans(row0, st.rows))
+        static = (cols >= b) & (cols < c)        # T <= b, c <= N: hidden keys only
         return self._masked(rows, cols, static, docs)
 
     def band_start(self, st: _Stack, i):
