@@ -8,9 +8,13 @@ unembedding over T), the measured time ratio to vanilla, the ratio of the two (1
 PHD's extra tokens cost exactly their FLOPs), model TFLOP/s and MFU against a dense
 square matmul timed in the same rounds.
 
-Variants are interleaved: each round times one step of every variant (and the matmul),
-so drift on a shared machine hits them alike; times are medians over rounds and ratios
-the median of per-round ratios, all from this one run.
+Variants are interleaved: each round times every variant (and the matmul), so drift on a
+shared machine hits them alike; times are medians over rounds and ratios the median of
+per-round ratios, all from this one run. Within a round each variant runs about as long
+as the largest one (`steps / round`: the largest analytic FLOPs over its own, rounded), so a
+short step such as vanilla's, the denominator of every ratio, is averaged over several
+steps instead of sampled once (`--no-balance`: one step each). `ratio range` is the
+spread of the per-round time ratio / FLOP ratio: how far one round can stray.
 
     python benchmarks/train_throughput.py                              # small config, T 512 1024
     python benchmarks/train_throughput.py --seq 128 --batch 2 --reps 3 \\
@@ -120,11 +124,13 @@ class Runner:
         self.compile_s = time.perf_counter() - t0
         self.times = []
 
-    def run(self) -> float:
+    def run(self, steps: int = 1) -> float:
+        """Seconds per step over `steps` consecutive steps."""
         t0 = time.perf_counter()
-        self.params, self.opt_state, loss = self.step(self.params, self.opt_state, self.batch)
+        for _ in range(steps):
+            self.params, self.opt_state, loss = self.step(self.params, self.opt_state, self.batch)
         jax.block_until_ready((self.params, self.opt_state, loss))
-        dt = time.perf_counter() - t0
+        dt = (time.perf_counter() - t0) / steps
         self.times.append(dt)
         return dt
 
@@ -148,11 +154,18 @@ class Matmul:
 # ---- the benchmark ----------------------------------------------------------------
 
 HEADERS = ["model", "T", "ms / step", "tokens/s", "processed tokens/s", "FLOPs / vanilla",
-           "time / vanilla", "time ratio / FLOP ratio", "TFLOP/s", "MFU", "compile s"]
+           "time / vanilla", "time ratio / FLOP ratio", "ratio range", "steps / round", "TFLOP/s",
+           "MFU", "compile s"]
+
+
+def steps_per_round(flops: dict[str, float], balance: bool) -> dict[str, int]:
+    """Steps each variant runs per round: about as long as the largest (by analytic FLOPs)."""
+    top = max(flops.values())
+    return {name: max(1, round(top / f)) if balance else 1 for name, f in flops.items()}
 
 
 def bench_length(base: ModelConfig, names: list[str], seq_len: int, batch: int, reps: int,
-                 matmul: Matmul, log) -> list[list]:
+                 matmul: Matmul, log, balance: bool = True, warmup: int = 2) -> tuple[list[list], float]:
     runners = {}
     params = init_params(base.replace(max_seq_len=max(base.max_seq_len, seq_len)), 0)
     data = jax.random.randint(jax.random.key(1), (batch, seq_len + 1), 0, base.vocab_size, jnp.int32)
@@ -164,31 +177,39 @@ def bench_length(base: ModelConfig, names: list[str], seq_len: int, batch: int, 
         runners[name] = Runner(cfg, params, data)
         log(f"  compiled {cfg.name} at T={seq_len} in {runners[name].compile_s:.1f}s")
     del params
+    flops = {name: train_flops_per_sequence(r.cfg, seq_len) for name, r in runners.items()}
+    steps = steps_per_round(flops, balance)
     # Warm-up round, not timed, largest step first: all variants share one heap (the tuned malloc
     # keeps what is freed), and warming up in growing sizes leaves each larger step to extend the
     # heap past the freed smaller ones, which slowed the variants that came last by up to 10%.
-    for r in sorted(runners.values(), key=lambda r: -train_flops_per_sequence(r.cfg, seq_len)):
-        r.run()
-        r.times.clear()
+    # Further warm-up rounds run like the timed ones: the heap can still grow in the first of
+    # those (page faults, 2 MiB pages compacted on the spot), which doubled single steps.
+    for name in sorted(runners, key=lambda name: -flops[name]):
+        runners[name].run()
     ratios = {name: [] for name in names}
-    for i in range(reps):
+    for i in range(-(warmup - 1), reps):
         matmul.run()
-        round_times = {name: r.run() for name, r in runners.items()}
+        round_times = {name: r.run(steps[name]) for name, r in runners.items()}
+        log(f"  {f'round {i + 1}/{reps}' if i >= 0 else 'warm-up'}: "
+            + ", ".join(f"{n} {t * 1e3:.0f}ms" for n, t in round_times.items()))
+        if i < 0:
+            continue
         ref = round_times[names[0]]
         for name, t in round_times.items():
             ratios[name].append(t / ref)
-        log(f"  round {i + 1}/{reps}: " + ", ".join(f"{n} {t * 1e3:.0f}ms" for n, t in round_times.items()))
+    for r in [*runners.values(), matmul]:
+        del r.times[:len(r.times) - reps]   # keep the timed rounds only
     peak = matmul.flops / statistics.median(matmul.times)
-    ref_flops = train_flops_per_sequence(runners[names[0]].cfg, seq_len)
     rows = []
     for name, r in runners.items():
         t = statistics.median(r.times)
-        flops = train_flops_per_sequence(r.cfg, seq_len)
-        flop_ratio, time_ratio = flops / ref_flops, statistics.median(ratios[name])
+        flop_ratio, time_ratio = flops[name] / flops[names[0]], statistics.median(ratios[name])
+        spread = [x / flop_ratio for x in ratios[name]]
         rows.append([r.cfg.name, seq_len, f"{t * 1e3:.0f}", f"{batch * seq_len / t:,.0f}",
                      f"{batch * seq_len * r.cfg.repeat / t:,.0f}", f"{flop_ratio:.2f}",
                      f"{time_ratio:.2f}", f"{time_ratio / flop_ratio:.2f}",
-                     f"{batch * flops / t / 1e12:.3f}", f"{batch * flops / t / peak:.1%}",
+                     f"{min(spread):.2f}-{max(spread):.2f}", steps[name],
+                     f"{batch * flops[name] / t / 1e12:.3f}", f"{batch * flops[name] / t / peak:.1%}",
                      f"{r.compile_s:.1f}"])
     return rows, peak
 
@@ -205,12 +226,17 @@ def main(argv=None):
     p.add_argument("--seq", type=int, nargs="+", default=[512, 1024])
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--reps", type=int, default=5, help="timed rounds (median over them)")
+    p.add_argument("--warmup", type=int, default=2,
+                   help="untimed rounds first (the first runs the largest step first)")
+    p.add_argument("--balance", action=argparse.BooleanOptionalAction, default=True,
+                   help="run each variant about as long per round as the largest (several steps of "
+                        "a short one); --no-balance: one step of each")
     p.add_argument("--matmul", type=int, default=None,
                    help="side of the reference matmul (default 2048 on CPU, 8192 on accelerators)")
     p.add_argument("--out", default=None, help="also write the markdown report to this file")
     a = p.parse_args(argv)
-    if a.reps < 1 or a.batch < 1:
-        raise SystemExit("--reps and --batch must be >= 1")
+    if a.reps < 1 or a.batch < 1 or a.warmup < 1:
+        raise SystemExit("--reps, --batch and --warmup must be >= 1")
 
     base, source = base_model(a.model, a.set)
     dev = jax.devices()[0]
@@ -222,7 +248,8 @@ def main(argv=None):
              f"{base.num_heads}/{base.num_kv_heads} heads, head_dim {base.head_dim}, mlp {base.mlp_dim}, "
              f"vocab {base.vocab_size} ({nparams / 1e6:.1f}M parameters, {source})")
     meta = (f"batch {a.batch}, {base.dtype}, attention `{base.attention}`, forward + backward + AdamW "
-            f"(jitted, donated); median of {a.reps} interleaved rounds after one warm-up; "
+            f"(jitted, donated); median of {a.reps} interleaved rounds after {a.warmup} warm-up rounds"
+            f"{', each variant as long as the largest per round' if a.balance else ', one step each'}; "
             f"device: {dev.device_kind} ({dev.platform}, {os.cpu_count()} host cores, "
             f"{hostmem.describe()}), jax {jax.__version__}, {platform.python_version()}; "
             f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC.\n\n"
@@ -235,7 +262,7 @@ def main(argv=None):
     rows, peaks = [], []
     for t in a.seq:
         log(f"T={t}")
-        r, peak = bench_length(base, a.variants, t, a.batch, a.reps, matmul, log)
+        r, peak = bench_length(base, a.variants, t, a.batch, a.reps, matmul, log, a.balance, a.warmup)
         rows += r
         peaks.append(peak)
         print(markdown_table(HEADERS, r) + "\n", flush=True)
