@@ -83,3 +83,33 @@ def test_tuned_programs_reuse_their_temporaries():
     assert untuned["tunables"] == "" and _names({hostmem.ENV: tuned["tunables"]}) >= ALL - {"glibc.malloc.hugetlb"}
     assert untuned["faults"] > 4000        # 64 MiB in 4 KiB pages is 16384 faults per call
     assert tuned["faults"] < untuned["faults"] / 50, (tuned, untuned)
+
+
+# A tuned program frees a 256 MiB array: the heap keeps it (no trimming) until it is released.
+CHILD_TRIM = """
+import json, os
+from phd_jax.hostmem import reexec_with_tuned_malloc, release_free_memory
+reexec_with_tuned_malloc()
+import numpy as np
+rss = lambda: int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+x = np.ones(32 << 20)
+x.sum()
+del x
+held = rss()
+released = release_free_memory()
+print(json.dumps(dict(held=held, after=rss(), released=released,
+                      tunables=os.environ.get("GLIBC_TUNABLES", ""))))
+"""
+
+
+@pytest.mark.skipif(hostmem._glibc_version() is None or hostmem._glibc_version() < (2, 26)
+                    or not os.path.exists("/proc/self/statm"),
+                    reason="malloc tunables need glibc >= 2.26; RSS is read from /proc")
+def test_release_free_memory_gives_back_what_a_tuned_heap_keeps():
+    base = {k: v for k, v in os.environ.items() if k not in (hostmem.ENV, hostmem.OPT_OUT)}
+    r = subprocess.run([sys.executable, "-c", CHILD_TRIM], env=base, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert "trim_threshold" in out["tunables"] and out["released"] is True
+    assert out["held"] - out["after"] > 200 << 20, out     # most of the 256 MiB comes back
