@@ -588,9 +588,9 @@ def blocksparse_attention(q, k, v, pattern: BlockPattern, doc_mask=None):
 
     A flash-style kernel in pure JAX (CPU, GPU, TPU; jit, grad, vmap): a `scan` over
     query blocks, and per block a loop over its non-empty key tiles from static tables
-    (`_tile_tables`: full tiles unmasked, then partial tiles masked from `allowed`), with
-    an online softmax in float32. The program does not grow with the sequence, so compile
-    time is bounded. A `custom_vjp` saves only q, k, v, the output and each row's
+    (`_tile_tables`: full tiles unmasked, then partial tiles masked from `Layout.spans`, the
+    closed form of `allowed`), with an online softmax in float32. The program does not grow
+    with the sequence, so compile time is bounded. A `custom_vjp` saves only q, k, v, the output and each row's
     log-sum-exp and recomputes every tile's scores in the backward pass: memory O(N), not
     O(allowed pairs). Tiles are `block_q x block_kv`; a ragged last query block runs with
     its own rows only, a ragged last key block is padded and masked.
