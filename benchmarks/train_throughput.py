@@ -59,7 +59,8 @@ def base_model(name: str, overrides: list[str]) -> tuple[ModelConfig, str]:
     """The benchmarked dimensions: `small` (configs/small.py's model if it exists, else
     the issue-10 model) or `issue10`, with `key=value` overrides of ModelConfig fields."""
     fields = {f.name: f for f in dataclasses.fields(ModelConfig)}
-    kw, source = dict(ISSUE10_MODEL), "issue 10's model" + (" (configs/small.py not found)" if name == "small" else "")
+    kw = dict(ISSUE10_MODEL)
+    source = "issue 10's model" + (" (configs/small.py not found)" if name == "small" else "")
     path = os.path.join(ROOT, "configs", "small.py")
     if name == "small" and os.path.exists(path):
         spec = importlib.util.spec_from_file_location("small_config", path)

@@ -236,7 +236,8 @@ def _hidden_tables(pattern: BlockPattern) -> _Tables:
     dots. Their hidden keys come from the band."""
     lay, bq, bk = pattern.layout, pattern.block_q, pattern.block_kv
     n, t_orig, k = lay.size, lay.band_start, lay.repeat
-    a, b, _ = lay.spans()
+    spans = lay.spans()
+    a, b, _ = spans
     step = 1 << max(0, (max(1, BAND_ROWS // (k - 1))).bit_length() - 1)   # positions per sub-block
     stacks, pad = [], [0, 0]
     for lo, hi, rows in ((0, t_orig, bq), (t_orig, n, (k - 1) * bk)):
@@ -257,7 +258,7 @@ def _hidden_tables(pattern: BlockPattern) -> _Tables:
                 pad = [max(pad[0], reach), max(pad[1], (band.folds - 1) * band.sub - reach)]
             stacks.append(_Stack(row0, rws, cnt, full, first.astype(np.int32), part,
                                  (last - first).astype(np.int32), None, band))
-    return _Tables(n, -(-n // bk), t_orig, tuple(stacks), None, tuple(pad), _spans_table(lay))
+    return _Tables(n, -(-n // bk), t_orig, tuple(stacks), None, tuple(pad), _spans_table(spans))
 
 
 @functools.lru_cache(maxsize=32)
@@ -288,11 +289,12 @@ def _tile_tables(pattern: BlockPattern) -> _Tables:
         sel = slice(row0 // bq, row0 // bq + cnt)
         tabs = [x[sel] for x in (*_padded(full), *_padded(partial))]
         stacks.append(_Stack(row0, rows, cnt, *tabs, None if slot is None else slot[sel], None))
-    return _Tables(n, blocks.shape[1], n, tuple(stacks), masks, (0, 0), _spans_table(lay))
+    return _Tables(n, blocks.shape[1], n, tuple(stacks), masks, (0, 0),
+                   _spans_table(None if lay is None else lay.spans()))
 
 
-def _spans_table(layout: Layout | None) -> np.ndarray | None:
-    spans = None if layout is None else layout.spans()
+def _spans_table(spans) -> np.ndarray | None:
+    """`Layout.spans()` (or None) as the kernel's `[3, N]` int32 table."""
     return None if spans is None else np.stack(spans).astype(np.int32)
 
 
@@ -590,10 +592,10 @@ def blocksparse_attention(q, k, v, pattern: BlockPattern, doc_mask=None):
     query blocks, and per block a loop over its non-empty key tiles from static tables
     (`_tile_tables`: full tiles unmasked, then partial tiles masked from `Layout.spans`, the
     closed form of `allowed`), with an online softmax in float32. The program does not grow
-    with the sequence, so compile time is bounded. A `custom_vjp` saves only q, k, v, the output and each row's
-    log-sum-exp and recomputes every tile's scores in the backward pass: memory O(N), not
-    O(allowed pairs). Tiles are `block_q x block_kv`; a ragged last query block runs with
-    its own rows only, a ragged last key block is padded and masked.
+    with the sequence, so compile time is bounded. A `custom_vjp` saves only q, k, v, the
+    output and each row's log-sum-exp and recomputes every tile's scores in the backward
+    pass: memory O(N), not O(allowed pairs). Tiles are `block_q x block_kv`; a ragged last
+    query block runs with its own rows only, a ragged last key block is padded and masked.
 
     In a kernel layout with hidden tokens, hidden rows run in blocks of the K-1 copies of
     `block_kv` positions: over the originals that is a causal pattern over positions (one

@@ -66,9 +66,10 @@ print(json.dumps(dict(faults=(resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 """
 
 
-def _child(**env):
+def _child(code=CHILD, **env):
+    """Run `code` as a program (its last stdout line is JSON) without the caller's tunables."""
     base = {k: v for k, v in os.environ.items() if k not in (hostmem.ENV, hostmem.OPT_OUT)}
-    r = subprocess.run([sys.executable, "-c", CHILD], env={**base, **env}, capture_output=True,
+    r = subprocess.run([sys.executable, "-c", code], env={**base, **env}, capture_output=True,
                        text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     return json.loads(r.stdout.strip().splitlines()[-1])
@@ -106,10 +107,6 @@ print(json.dumps(dict(held=held, after=rss(), released=released,
                     or not os.path.exists("/proc/self/statm"),
                     reason="malloc tunables need glibc >= 2.26; RSS is read from /proc")
 def test_release_free_memory_gives_back_what_a_tuned_heap_keeps():
-    base = {k: v for k, v in os.environ.items() if k not in (hostmem.ENV, hostmem.OPT_OUT)}
-    r = subprocess.run([sys.executable, "-c", CHILD_TRIM], env=base, capture_output=True, text=True,
-                       timeout=120)
-    assert r.returncode == 0, r.stderr[-2000:]
-    out = json.loads(r.stdout.strip().splitlines()[-1])
+    out = _child(CHILD_TRIM)
     assert "trim_threshold" in out["tunables"] and out["released"] is True
     assert out["held"] - out["after"] > 200 << 20, out     # most of the 256 MiB comes back
