@@ -1,4 +1,5 @@
 """Shared helpers for benchmarks: timing and markdown tables."""
+
 from __future__ import annotations
 
 import time

@@ -10,6 +10,7 @@ to --out.
     python benchmarks/inference.py                      # ~50M-parameter model, full sweep
     python benchmarks/inference.py --quick              # smaller sweep for a smoke run
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,21 +22,32 @@ import jax.numpy as jnp
 
 import phd_jax
 
-try:                 # python -m benchmarks.X from the checkout
+try:  # python -m benchmarks.X from the checkout
     from benchmarks.common import markdown_table, time_fn
 except ImportError:  # python benchmarks/X.py: the script's directory comes first on the path
     from common import markdown_table, time_fn
 from phd_jax.decode import prefill_unchecked
-from phd_jax.sampling import decode_loop
 from phd_jax.hostmem import reexec_with_tuned_malloc
+from phd_jax.sampling import decode_loop
 
-MODEL = dict(vocab_size=8192, num_layers=16, d_model=512, num_heads=8, num_kv_heads=4, head_dim=64,
-             mlp_dim=1536, max_seq_len=8192)
+MODEL = dict(
+    vocab_size=8192,
+    num_layers=16,
+    d_model=512,
+    num_heads=8,
+    num_kv_heads=4,
+    head_dim=64,
+    mlp_dim=1536,
+    max_seq_len=8192,
+)
 
 
 def config(variant: str, k: int, **kw) -> phd_jax.ModelConfig:
-    extra = {"phd_swa": dict(window=16), "phd_cswa": dict(window=16, chunk=32),
-             "naive": dict(position_mode="flat")}.get(variant, {})
+    extra = {
+        "phd_swa": dict(window=16),
+        "phd_cswa": dict(window=16, chunk=32),
+        "naive": dict(position_mode="flat"),
+    }.get(variant, {})
     if k == 1 and variant != "naive":
         variant, extra = "vanilla", {}
     return phd_jax.ModelConfig(variant=variant, repeat=k, **extra, **MODEL, **kw)
@@ -50,16 +62,30 @@ def prefill_time(cfg, params, t, reps):
 def decode_latency(cfg, params, prompt_len, steps, reps):
     tokens = jax.random.randint(jax.random.key(0), (1, prompt_len), 0, cfg.vocab_size)
     logits, state = phd_jax.prefill(params, cfg, tokens, max_len=prompt_len + steps + 1)
-    run = lambda: decode_loop(params, cfg, logits, state, jax.random.key(0), 0.0, 1.0,  # noqa: E731
-                              max_new_tokens=steps + 1, greedy=True, top_k=0, use_top_p=False,
-                              eos_id=None, pad_id=0)
+    run = lambda: decode_loop(
+        params,
+        cfg,
+        logits,
+        state,
+        jax.random.key(0),
+        0.0,
+        1.0,  # noqa: E731
+        max_new_tokens=steps + 1,
+        greedy=True,
+        top_k=0,
+        use_top_p=False,
+        eos_id=None,
+        pad_id=0,
+    )
     return time_fn(run, repeats=reps) / steps
 
 
 def plot(path, title, xlabel, ylabel, series, logx=True, logy=True):
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, (xs, ys) in series.items():
         ax.plot(xs, ys, marker="o", label=name)
@@ -87,17 +113,26 @@ def main(argv=None):
         MODEL.update(num_layers=4)
     else:
         lengths, ks, dec_ks, naive_max, t_k, dec_prompt, steps = (
-            [256, 512, 1024, 2048, 4096], [1, 2, 4, 8, 16], [1, 2, 4, 8, 16, 32, 64], 8192, 1024, 1024, 32)
+            [256, 512, 1024, 2048, 4096],
+            [1, 2, 4, 8, 16],
+            [1, 2, 4, 8, 16, 32, 64],
+            8192,
+            1024,
+            1024,
+            32,
+        )
     params = phd_jax.init_params(config("vanilla", 1), 0)
     n_params = phd_jax.num_params(params)
     variants = ["naive", "phd", "phd_swa", "phd_cswa"]
-    report = [f"# Inference benchmark\n\nModel: {n_params / 1e6:.1f}M parameters "
-              f"({MODEL['num_layers']} layers, d_model {MODEL['d_model']}, {MODEL['num_heads']} query / "
-              f"{MODEL['num_kv_heads']} KV heads, head_dim {MODEL['head_dim']}), float32, batch 1, "
-              f"`{jax.devices()[0].device_kind}` ({os.cpu_count()} cores). PHD-SWA: W = 16; "
-              f"PHD-CSWA: W = 16, C = 32. Median of {a.reps} runs (decode: {max(a.reps, 5)}) after a "
-              f"warm-up; vanilla re-timed next to every row.\n\n"
-              f"Command: `python benchmarks/inference.py{' --quick' if a.quick else ''}`\n"]
+    report = [
+        f"# Inference benchmark\n\nModel: {n_params / 1e6:.1f}M parameters "
+        f"({MODEL['num_layers']} layers, d_model {MODEL['d_model']}, {MODEL['num_heads']} query / "
+        f"{MODEL['num_kv_heads']} KV heads, head_dim {MODEL['head_dim']}), float32, batch 1, "
+        f"`{jax.devices()[0].device_kind}` ({os.cpu_count()} cores). PHD-SWA: W = 16; "
+        f"PHD-CSWA: W = 16, C = 32. Median of {a.reps} runs (decode: {max(a.reps, 5)}) after a "
+        f"warm-up; vanilla re-timed next to every row.\n\n"
+        f"Command: `python benchmarks/inference.py{' --quick' if a.quick else ''}`\n"
+    ]
     started = time.time()
 
     # 1. Prefill vs prompt length at K = 4.
@@ -119,10 +154,19 @@ def main(argv=None):
         rows.append(row)
         print(rows[-1], flush=True)
     headers = ["prompt T", "vanilla ms"] + [config(v, 4).name + " ms (x vanilla)" for v in variants]
-    report += ["## Prefill time vs prompt length (K = 4)\n", markdown_table(headers, rows), "",
-               "![prefill vs length](prefill_vs_length.png)\n"]
-    plot(os.path.join(a.out, "prefill_vs_length.png"), "Prefill time vs prompt length (K=4)",
-         "prompt length T", "ms", series)
+    report += [
+        "## Prefill time vs prompt length (K = 4)\n",
+        markdown_table(headers, rows),
+        "",
+        "![prefill vs length](prefill_vs_length.png)\n",
+    ]
+    plot(
+        os.path.join(a.out, "prefill_vs_length.png"),
+        "Prefill time vs prompt length (K=4)",
+        "prompt length T",
+        "ms",
+        series,
+    )
 
     # 2. Prefill vs K at T = t_k (vanilla re-timed next to each row: the machine drifts).
     rows, series = [], {}
@@ -139,11 +183,15 @@ def main(argv=None):
             series[v][0].append(k), series[v][1].append(dt / base)
         rows.append(row)
         print(rows[-1], flush=True)
-    report += [f"## Prefill time vs K (T = {t_k})\n",
-               markdown_table(["K", "vanilla ms"] + [f"{v} ms (x vanilla)" for v in variants], rows), "",
-               "![prefill vs K](prefill_vs_k.png)\n"]
-    plot(os.path.join(a.out, "prefill_vs_k.png"), f"Prefill time / vanilla vs K (T={t_k})", "K",
-         "time / vanilla", series)
+    report += [
+        f"## Prefill time vs K (T = {t_k})\n",
+        markdown_table(["K", "vanilla ms"] + [f"{v} ms (x vanilla)" for v in variants], rows),
+        "",
+        "![prefill vs K](prefill_vs_k.png)\n",
+    ]
+    plot(
+        os.path.join(a.out, "prefill_vs_k.png"), f"Prefill time / vanilla vs K (T={t_k})", "K", "time / vanilla", series
+    )
 
     # 3. Decode latency vs K, batch 1 (vanilla re-timed next to each row).
     rows, series = [], {}
@@ -151,21 +199,26 @@ def main(argv=None):
         base = decode_latency(config("vanilla", 1), params, dec_prompt, steps, max(a.reps, 5))
         row = [k, f"{base * 1e3:.1f}"]
         for v in variants:
-            if v == "naive" and k > 16:   # its cache grows K-fold
+            if v == "naive" and k > 16:  # its cache grows K-fold
                 row.append("-")
                 continue
-            dt = base if (k == 1 and v != "naive") else decode_latency(
-                config(v, k), params, dec_prompt, steps, max(a.reps, 5))
+            dt = (
+                base
+                if (k == 1 and v != "naive")
+                else decode_latency(config(v, k), params, dec_prompt, steps, max(a.reps, 5))
+            )
             row.append(f"{dt * 1e3:.1f} ({dt / base:.2f}x)")
             series.setdefault(v, ([], []))
             series[v][0].append(k), series[v][1].append(dt * 1e3)
         rows.append(row)
         print(rows[-1], flush=True)
-    report += [f"## Decode latency per token vs K (batch 1, context {dec_prompt})\n",
-               markdown_table(["K", "vanilla ms"] + [f"{v} ms (x vanilla)" for v in variants], rows), "",
-               "![decode vs K](decode_vs_k.png)\n"]
-    plot(os.path.join(a.out, "decode_vs_k.png"), "Decode latency per token vs K (batch 1)", "K",
-         "ms / token", series)
+    report += [
+        f"## Decode latency per token vs K (batch 1, context {dec_prompt})\n",
+        markdown_table(["K", "vanilla ms"] + [f"{v} ms (x vanilla)" for v in variants], rows),
+        "",
+        "![decode vs K](decode_vs_k.png)\n",
+    ]
+    plot(os.path.join(a.out, "decode_vs_k.png"), "Decode latency per token vs K (batch 1)", "K", "ms / token", series)
 
     # 4. KV cache bytes vs K (formula, checked against a real state).
     rows, series, max_len = [], {}, 4096
@@ -183,11 +236,20 @@ def main(argv=None):
                 series.setdefault(v, ([], []))
                 series[v][0].append(k), series[v][1].append(nbytes / 2**20)
         rows.append(row)
-    report += [f"## Persistent KV cache (MiB per sequence, max_len {max_len}, float32)\n",
-               markdown_table(["K", "vanilla"] + variants, rows), "",
-               "![cache vs K](cache_vs_k.png)\n"]
-    plot(os.path.join(a.out, "cache_vs_k.png"), f"KV cache per sequence (max_len {max_len})", "K",
-         "MiB", series, logy=False)
+    report += [
+        f"## Persistent KV cache (MiB per sequence, max_len {max_len}, float32)\n",
+        markdown_table(["K", "vanilla"] + variants, rows),
+        "",
+        "![cache vs K](cache_vs_k.png)\n",
+    ]
+    plot(
+        os.path.join(a.out, "cache_vs_k.png"),
+        f"KV cache per sequence (max_len {max_len})",
+        "K",
+        "MiB",
+        series,
+        logy=False,
+    )
     report.append(f"Total benchmark time: {(time.time() - started) / 60:.1f} min.\n")
     with open(os.path.join(a.out, "README.md"), "w") as f:
         f.write("\n".join(report))
@@ -195,5 +257,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    reexec_with_tuned_malloc()   # phd_jax/hostmem.py: reuse XLA:CPU's temporaries
+    reexec_with_tuned_malloc()  # phd_jax/hostmem.py: reuse XLA:CPU's temporaries
     main()

@@ -11,6 +11,7 @@ this checkout is faster.
     git show 96026d7:phd_jax/attention.py > /tmp/old_attention.py
     python benchmarks/kernel_vs_previous.py --previous /tmp/old_attention.py
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,8 +23,8 @@ import jax.numpy as jnp
 
 import phd_jax.attention as attention
 from phd_jax import ModelConfig, forward, init_params
-from phd_jax.masks import Layout
 from phd_jax.hostmem import reexec_with_tuned_malloc
+from phd_jax.masks import Layout
 
 MODEL = dict(num_layers=6, d_model=512, num_heads=8, num_kv_heads=4, head_dim=64, mlp_dim=1536, vocab_size=4096)
 
@@ -43,8 +44,12 @@ def layer(impls: dict, name: str, seq: int, reps: int) -> dict:
     pattern = Layout.for_config(cfg, seq, "kernel").pattern(128, 128)
     n = seq * cfg.repeat
     ks = jax.random.split(jax.random.key(0), 4)
-    args = [jax.random.normal(ks[0], (1, n, 8, 64)), jax.random.normal(ks[1], (1, n, 2, 64)),
-            jax.random.normal(ks[2], (1, n, 2, 64)), jax.random.normal(ks[3], (1, n, 8, 64))]
+    args = [
+        jax.random.normal(ks[0], (1, n, 8, 64)),
+        jax.random.normal(ks[1], (1, n, 2, 64)),
+        jax.random.normal(ks[2], (1, n, 2, 64)),
+        jax.random.normal(ks[3], (1, n, 8, 64)),
+    ]
     fns = {}
     for tag, impl in impls.items():
         loss = lambda q, k, v, ct, impl=impl: jnp.vdot(impl(q, k, v, pattern), ct)  # noqa: E731
@@ -61,9 +66,10 @@ def train_step(impls: dict, name: str, seq: int, reps: int) -> dict:
     def loss(p):
         logp = jax.nn.log_softmax(forward(p, cfg, tokens)[:, :-1].astype(jnp.float32))
         return -jnp.take_along_axis(logp, tokens[:, 1:, None], axis=-1).mean()
+
     fns, current = {}, attention.blocksparse_attention
     try:
-        for tag, impl in impls.items():   # `attend` looks the kernel up at trace time
+        for tag, impl in impls.items():  # `attend` looks the kernel up at trace time
             attention.blocksparse_attention = impl
             fns[tag] = jax.jit(jax.grad(loss))
             jax.block_until_ready(fns[tag](params))
@@ -83,14 +89,16 @@ def main(argv=None):
     previous = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(previous)
     impls = {"old": previous.blocksparse_attention, "new": attention.blocksparse_attention}
-    print(f"| model | T | what | old s | new s | new / old |\n|---|---|---|---|---|---|", flush=True)
+    print("| model | T | what | old s | new s | new / old |\n|---|---|---|---|---|---|", flush=True)
     for name in a.models:
         for what, fn in (("attention layer fwd+bwd", layer), ("train-step gradient", train_step)):
             t = fn(impls, name, a.seq, a.reps)
-            print(f"| {name} | {a.seq} | {what} | {t['old']:.4f} | {t['new']:.4f} | {t['new'] / t['old']:.2f}x |",
-                  flush=True)
+            print(
+                f"| {name} | {a.seq} | {what} | {t['old']:.4f} | {t['new']:.4f} | {t['new'] / t['old']:.2f}x |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":
-    reexec_with_tuned_malloc()   # phd_jax/hostmem.py: reuse XLA:CPU's temporaries
+    reexec_with_tuned_malloc()  # phd_jax/hostmem.py: reuse XLA:CPU's temporaries
     main()

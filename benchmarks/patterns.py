@@ -11,6 +11,7 @@ Then splash's host-side mask preprocessing (`process_mask` for forward / dQ and
     python benchmarks/patterns.py                       # writes benchmarks/results/patterns.md
     python benchmarks/patterns.py --seq 1024 4096 --splash-seq 4096
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,7 +24,7 @@ import tracemalloc
 from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as mask_lib
 from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask_info as mask_info
 
-try:                 # python -m benchmarks.patterns from the checkout
+try:  # python -m benchmarks.patterns from the checkout
     from benchmarks.common import markdown_table
 except ImportError:  # python benchmarks/patterns.py: the script's directory comes first on the path
     from common import markdown_table
@@ -43,13 +44,13 @@ def _fresh_layout(name: str, t: int) -> Layout:
 
 def _build(name: str, t: int) -> BlockPattern:
     pattern = BlockPattern.from_layout(_fresh_layout(name, t), BLOCK, BLOCK)
-    pattern.kv_indices, pattern.band_blocks
+    _ = pattern.kv_indices, pattern.band_blocks  # computed (cached) with the pattern
     return pattern
 
 
 def _build_dense(name: str, t: int) -> BlockPattern:
     pattern = reference_pattern(_fresh_layout(name, t), BLOCK, BLOCK)
-    pattern.kv_indices, pattern.band_blocks
+    _ = pattern.kv_indices, pattern.band_blocks  # computed (cached) with the pattern
     return pattern
 
 
@@ -70,9 +71,9 @@ def splash_preprocessing(name: str, t: int) -> tuple[float, float]:
     pattern = BlockPattern.from_layout(_fresh_layout(name, t), BLOCK, BLOCK)
     _, _, n_pad = splash_sizes(pattern)
     heads = mask_lib.MultiHeadMask([SplashPatternMask(pattern, n_pad)] * 8)
-    mask_info._process_mask.cache_clear()   # splash caches by mask: time a cold start
+    mask_info._process_mask.cache_clear()  # splash caches by mask: time a cold start
     t0 = time.perf_counter()
-    mask_info.process_mask(heads, (BLOCK, BLOCK))       # forward; dQ hits its cache
+    mask_info.process_mask(heads, (BLOCK, BLOCK))  # forward; dQ hits its cache
     t1 = time.perf_counter()
     mask_info.process_mask_dkv(heads, (BLOCK, BLOCK))
     t2 = time.perf_counter()
@@ -82,8 +83,9 @@ def splash_preprocessing(name: str, t: int) -> tuple[float, float]:
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seq", type=int, nargs="+", default=[1024, 2048, 4096, 8192, 16384, 32768, 65536])
-    p.add_argument("--dense-seq", type=int, nargs="+", default=[1024, 2048],
-                   help="T at which to also time the old dense-mask path")
+    p.add_argument(
+        "--dense-seq", type=int, nargs="+", default=[1024, 2048], help="T at which to also time the old dense-mask path"
+    )
     p.add_argument("--splash-seq", type=int, nargs="+", default=[4096, 8192, 16384, 32768])
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "patterns.md"))
@@ -93,8 +95,17 @@ def main():
     for t in args.seq:
         for name in NAMES:
             secs, peak, pattern = measure(_build, name, t, args.reps)
-            row = [name, t, 4 * t, pattern.num_nonempty, f"{pattern.nonempty_fraction:.4f}",
-                   f"{secs:.3f}", f"{peak / 2**20:.1f}", "", ""]
+            row = [
+                name,
+                t,
+                4 * t,
+                pattern.num_nonempty,
+                f"{pattern.nonempty_fraction:.4f}",
+                f"{secs:.3f}",
+                f"{peak / 2**20:.1f}",
+                "",
+                "",
+            ]
             if t in args.dense_seq:
                 d_secs, d_peak, d_pattern = measure(_build_dense, name, t, 1)
                 assert d_pattern.num_nonempty == pattern.num_nonempty
@@ -102,18 +113,27 @@ def main():
             rows.append(row)
             print(*row, flush=True)
     build_table = markdown_table(
-        ["model", "T", "N = T*K", "non-empty tiles", "fraction", "build s", "peak MiB",
-         "dense path s", "dense path MiB"], rows)
+        [
+            "model",
+            "T",
+            "N = T*K",
+            "non-empty tiles",
+            "fraction",
+            "build s",
+            "peak MiB",
+            "dense path s",
+            "dense path MiB",
+        ],
+        rows,
+    )
 
     splash_rows = []
     for t in args.splash_seq:
-        for name in (NAMES if t == max(args.splash_seq) else NAMES[-1:]):
+        for name in NAMES if t == max(args.splash_seq) else NAMES[-1:]:
             fwd, dkv = splash_preprocessing(name, t)
-            splash_rows.append([name, t, 4 * t, (4 * t // BLOCK) ** 2, f"{fwd:.1f}", f"{dkv:.1f}",
-                                f"{fwd + dkv:.1f}"])
+            splash_rows.append([name, t, 4 * t, (4 * t // BLOCK) ** 2, f"{fwd:.1f}", f"{dkv:.1f}", f"{fwd + dkv:.1f}"])
             print(*splash_rows[-1], flush=True)
-    splash_table = markdown_table(
-        ["model", "T", "N", "tiles", "fwd + dQ s", "dKV s", "total s"], splash_rows)
+    splash_table = markdown_table(["model", "T", "N", "tiles", "fwd + dQ s", "dKV s", "total s"], splash_rows)
 
     cmd = "python benchmarks/patterns.py " + " ".join(sys.argv[1:])
     load = " / ".join(f"{x:.1f}" for x in os.getloadavg())

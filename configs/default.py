@@ -6,6 +6,7 @@ Pick another variant by its paper name (0 means "none" for window / chunk):
     python train.py --config=configs/default.py:PHD-SWA-3-16-inf
     python train.py --config=configs/default.py:vanilla
 """
+
 from phd_jax.train.config import apply_model_name, base_config
 
 

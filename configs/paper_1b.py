@@ -12,6 +12,7 @@ The paper's PHD runs are one-line overrides (Table 1):
     python train.py --config=configs/paper_1b.py:PHD-CSWA-2-16-32
     python train.py --config=configs/paper_1b.py:PHD-CSWA-3-16-32
 """
+
 from phd_jax.train.config import apply_model_name, paper_config
 
 

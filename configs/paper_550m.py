@@ -9,6 +9,7 @@ The paper's PHD runs are one-line overrides (Table 2, PHD-SWA-K-16-inf):
     python train.py --config=configs/paper_550m.py:PHD-SWA-3-16-inf
     python train.py --config=configs/paper_550m.py:PHD-SWA-5-16-inf
 """
+
 from phd_jax.train.config import apply_model_name, paper_config
 
 

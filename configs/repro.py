@@ -16,6 +16,7 @@ window (W = 16 hidden tokens) and chunks (C = 16, 32 positions: 8 and 4 chunks a
 Everything is overridable (`--config.model.d_model=512 --config.model.num_layers=8 ...`),
 so the same sweep runs a larger model on a GPU or TPU.
 """
+
 from phd_jax.train.config import apply_model_name, base_config
 
 
@@ -29,5 +30,5 @@ def get_config(name: str | None = None):
     c.num_steps, c.learning_rate, c.warmup_steps = 250, 3e-3, 25
     c.log_every, c.eval_every, c.eval_batches = 5, 25, 8
     c.checkpoint_every, c.keep_checkpoints = 50, 2
-    c.sample_tokens = 0          # sweeps do not sample; train.py users can set it
+    c.sample_tokens = 0  # sweeps do not sample; train.py users can set it
     return apply_model_name(c, name)

@@ -5,6 +5,7 @@ padded to 384), tied embeddings, T = 512. Vanilla by default; PHD variants by pa
     python train.py --config=configs/small.py:PHD-CSWA-2-16-32 --workdir=runs/small-cswa
 On a GPU add --config.model.dtype=bfloat16.
 """
+
 from phd_jax.train.config import apply_model_name, base_config
 
 

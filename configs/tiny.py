@@ -2,6 +2,7 @@
 
 Compiles in seconds on a CPU; `python train.py --config=configs/tiny.py:PHD-3`.
 """
+
 from phd_jax.train.config import apply_model_name, base_config
 
 

@@ -4,6 +4,7 @@ to PHD-2 and vanilla from scratch. Prints the step-0 gap, how it closes, and a c
 
     python examples/uptrain.py [--vanilla_steps=200] [--phd_steps=100] [--root=/tmp/uptrain]
 """
+
 import argparse
 import json
 import os
@@ -51,14 +52,15 @@ def main():
     print(f"step-0 gap (PHD-2 minus vanilla, same weights): {gap:+.5f} nats/token")
     up = run_config(n, eval_every=max(1, n // 5), init_from=f"hf:{hf}")
     train_and_evaluate(up, f"{root}/up", progress=False)
-    curve = [(m["step"], m["val_loss"]) for m in map(json.loads, open(f"{root}/up/metrics.jsonl"))
-             if "val_loss" in m]
+    curve = [(m["step"], m["val_loss"]) for m in map(json.loads, open(f"{root}/up/metrics.jsonl")) if "val_loss" in m]
     print("up-training val_loss by step: " + ", ".join(f"{st}: {v:.3f}" for st, v in curve))
     cfg, params, _ = restore_params(f"{root}/up")
     loss["up-trained: S vanilla + N PHD-2 steps"] = evaluate_loss(params, cfg, batches)["loss"]
-    for name, folder, steps, extra in (("PHD-2 from scratch, N steps", "phd_n", n, {}),
-                                       ("PHD-2 from scratch, S + N steps", "phd_sn", s + n, {}),
-                                       ("vanilla from scratch, S + N steps", "vanilla_sn", s + n, vanilla)):
+    for name, folder, steps, extra in (
+        ("PHD-2 from scratch, N steps", "phd_n", n, {}),
+        ("PHD-2 from scratch, S + N steps", "phd_sn", s + n, {}),
+        ("vanilla from scratch, S + N steps", "vanilla_sn", s + n, vanilla),
+    ):
         train_and_evaluate(run_config(steps, **extra), f"{root}/{folder}", progress=False)
         cfg, params, _ = restore_params(f"{root}/{folder}")
         loss[name] = evaluate_loss(params, cfg, batches)["loss"]

@@ -8,36 +8,51 @@ trains nothing. `--config.KEY=VALUE` overrides reach every run (e.g. a bigger mo
 `--config.model.d_model=512 --config.model.num_layers=8 --config.batch_size=64`); with
 another size, use another `--root`.
 """
+
 from __future__ import annotations
 
 import argparse
 import sys
 
-from phd_jax.checks import ConfigError
-from phd_jax.hostmem import reexec_with_tuned_malloc
-
 from experiments import timing
 from experiments.studies import COMMANDS
 from experiments.sweep import DEFAULT_CONFIG, DEFAULT_ROOT, execute, plan
+from phd_jax.checks import ConfigError
+from phd_jax.hostmem import reexec_with_tuned_malloc
 
 DEFAULT_STEPS = 250
 DEFAULT_SEEDS = "0,1,2"
 
 
 def parser(study: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=f"python -m experiments.{study}", description=COMMANDS[study].title,
-                                epilog="Any --config.KEY=VALUE overrides that key of every run's config.")
+    p = argparse.ArgumentParser(
+        prog=f"python -m experiments.{study}",
+        description=COMMANDS[study].title,
+        epilog="Any --config.KEY=VALUE overrides that key of every run's config.",
+    )
     p.add_argument("--seeds", default=DEFAULT_SEEDS, help="seeds: 0,1,2 or a range 0-2")
-    p.add_argument("--steps", type=int, default=DEFAULT_STEPS,
-                   help="training steps of a 1x setting (vanilla on Kx tokens trains K times as many)")
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=DEFAULT_STEPS,
+        help="training steps of a 1x setting (vanilla on Kx tokens trains K times as many)",
+    )
     p.add_argument("--root", default=DEFAULT_ROOT, help="runs go to ROOT/<setting>/seed<k>")
     p.add_argument("--config", default=DEFAULT_CONFIG, help="config file with get_config(paper_name)")
     p.add_argument("--only", default="", help="comma-separated setting names (default: the whole study)")
     p.add_argument("--dry-run", action="store_true", help="print the grid and the estimated time; train nothing")
-    p.add_argument("--flops-per-s", type=float, default=0.0,
-                   help="training FLOP/s for the time estimate (default: the calibration in experiments/timing.py)")
-    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                   help="progress bars (default: only on a terminal)")
+    p.add_argument(
+        "--flops-per-s",
+        type=float,
+        default=0.0,
+        help="training FLOP/s for the time estimate (default: the calibration in experiments/timing.py)",
+    )
+    p.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bars (default: only on a terminal)",
+    )
     return p
 
 
@@ -70,7 +85,7 @@ def select(settings, only: str):
 
 
 def main(study: str, argv: list[str] | None = None) -> int:
-    if argv is None:   # the command line (never when called with arguments, e.g. from a test)
+    if argv is None:  # the command line (never when called with arguments, e.g. from a test)
         reexec_with_tuned_malloc()
     argv = sys.argv[1:] if argv is None else list(argv)
     overrides = [a for a in argv if a.startswith("--config.")]
@@ -78,8 +93,14 @@ def main(study: str, argv: list[str] | None = None) -> int:
     try:
         if args.steps < 1:
             raise ConfigError(f"--steps={args.steps} is invalid: must be >= 1")
-        runs = plan(select(COMMANDS[study].settings, args.only), parse_seeds(args.seeds), args.steps, args.root,
-                    args.config, overrides)
+        runs = plan(
+            select(COMMANDS[study].settings, args.only),
+            parse_seeds(args.seeds),
+            args.steps,
+            args.root,
+            args.config,
+            overrides,
+        )
         calibration = timing.calibration(args.flops_per_s)
         print(f"study {study}: {COMMANDS[study].title}")
         result = execute(runs, calibration, dry_run=args.dry_run, progress=args.progress)
@@ -88,8 +109,10 @@ def main(study: str, argv: list[str] | None = None) -> int:
         return 2
     if args.dry_run:
         return 0
-    print(f"\n{len(result['trained'])} trained, {len(result['skipped'])} already finished, "
-          f"{len(result['failed'])} failed; report: python -m experiments.report --root={args.root}")
+    print(
+        f"\n{len(result['trained'])} trained, {len(result['skipped'])} already finished, "
+        f"{len(result['failed'])} failed; report: python -m experiments.report --root={args.root}"
+    )
     for label, message in result["failed"]:
         print(f"  failed {label}: {message}")
     if result.get("preempted"):

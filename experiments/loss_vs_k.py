@@ -1,11 +1,14 @@
-"""Loss vs K at matched original tokens: `python -m experiments.loss_vs_k [--dry-run] [--seeds=0,1,2] [--steps=N] [--root=DIR] [--config.KEY=VALUE ...]`
+"""Loss vs K at matched original tokens:
+
+    python -m experiments.loss_vs_k [--dry-run] [--seeds=0,1,2] [--steps=N] [--root=DIR] [--config.KEY=VALUE ...]
 
 The settings and claims are in experiments/studies.py; the options in experiments/cli.py.
 """
+
 import os
 import sys
 
-if __package__ in (None, ""):   # python experiments/loss_vs_k.py
+if __package__ in (None, ""):  # python experiments/loss_vs_k.py
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from experiments.cli import main  # noqa: E402

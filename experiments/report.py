@@ -14,6 +14,7 @@ experiments/sweep.py); unfinished ones are listed. If `--out` exists and holds t
 plot between `<!-- reproduction:begin -->` / `<!-- reproduction:end -->` in FILE (the README),
 so the summary there is generated too.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,7 +28,7 @@ import sys
 
 import numpy as np
 
-if __package__ in (None, ""):   # python experiments/report.py
+if __package__ in (None, ""):  # python experiments/report.py
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from experiments.studies import STUDIES, Claim, Study  # noqa: E402
@@ -48,18 +49,19 @@ RULE = (
     "mean(vanilla) − mean(B) (the cost is bounded by a small part of what PHD gains), *not reproduced* "
     f"when Δ > 0 counts and exceeds {SAME_FRACTION:g} × that gain, else *inconclusive*. Comparisons the "
     "paper never made (FLOP-matched baselines) say which is lower when the difference counts, else "
-    "'no difference detected'.")
+    "'no difference detected'."
+)
 
 
 @dataclasses.dataclass
 class SettingResult:
     name: str
-    finals: dict            # seed -> final val_loss
-    curves: dict            # seed -> list of (step, tokens, flops, val_loss)
-    tokens: float | None    # original tokens of a finished run
-    flops: float | None     # training FLOPs of a finished run
+    finals: dict  # seed -> final val_loss
+    curves: dict  # seed -> list of (step, tokens, flops, val_loss)
+    tokens: float | None  # original tokens of a finished run
+    flops: float | None  # training FLOPs of a finished run
     layers: int | None
-    unfinished: list        # seeds with a workdir that is not finished
+    unfinished: list  # seeds with a workdir that is not finished
 
     @property
     def values(self) -> np.ndarray:
@@ -96,14 +98,16 @@ def collect(root: str, name: str) -> SettingResult:
             continue
         records = read_metrics(wd)
         res.finals[seed] = float(records[-1]["val_loss"])
-        res.curves[seed] = [(r["step"], r["tokens"], r["flops"], r["val_loss"]) for r in records
-                            if r.get("val_loss") is not None]
+        res.curves[seed] = [
+            (r["step"], r["tokens"], r["flops"], r["val_loss"]) for r in records if r.get("val_loss") is not None
+        ]
         res.tokens, res.flops = records[-1]["tokens"], records[-1]["flops"]
         res.layers = int(cfg["model"]["num_layers"])
     return res
 
 
 # ---- statistics and verdicts --------------------------------------------------------------------
+
 
 def difference(a: SettingResult, b: SettingResult) -> tuple[float, float, int, bool]:
     """(Δ, σ, n, paired): the rule's difference of final losses and its spread."""
@@ -112,7 +116,7 @@ def difference(a: SettingResult, b: SettingResult) -> tuple[float, float, int, b
         d = np.array([a.finals[s] - b.finals[s] for s in common])
         return float(d.mean()), float(d.std(ddof=1)), len(common), True
     n = min(a.n, b.n)
-    sigma = math.sqrt(a.std ** 2 + b.std ** 2) if n >= 2 else math.nan
+    sigma = math.sqrt(a.std**2 + b.std**2) if n >= 2 else math.nan
     return a.mean - b.mean, sigma, n, False
 
 
@@ -151,6 +155,7 @@ def verdict(claim: Claim, results: dict) -> tuple[str, str]:
 
 # ---- tables and plots ---------------------------------------------------------------------------
 
+
 def fmt(x: float, digits: int = 4) -> str:
     return "–" if x is None or not math.isfinite(x) else f"{x:.{digits}f}"
 
@@ -166,8 +171,10 @@ def si(x) -> str:
 
 def table(study: Study, results: dict, skip_missing: bool = False) -> str:
     ref = results.get("vanilla")
-    rows = ["| setting | layers | n | final val loss (mean ± std) | Δ vs vanilla | tokens | train FLOPs | per seed |",
-            "|---|---|---|---|---|---|---|---|"]
+    rows = [
+        "| setting | layers | n | final val loss (mean ± std) | Δ vs vanilla | tokens | train FLOPs | per seed |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for s in study.settings:
         r = results[s.name]
         if r.n == 0:
@@ -176,9 +183,11 @@ def table(study: Study, results: dict, skip_missing: bool = False) -> str:
             continue
         delta = r.mean - ref.mean if ref is not None and ref.n else math.nan
         per_seed = ", ".join(f"s{seed}: {fmt(v)}" for seed, v in sorted(r.finals.items()))
-        rows.append(f"| {s.name} | {r.layers} | {r.n} | {fmt(r.mean)} ± {fmt(r.std)} | "
-                    f"{'–' if not math.isfinite(delta) else f'{delta:+.4f}'} | {si(r.tokens)} | {si(r.flops)} | "
-                    f"{per_seed} |")
+        rows.append(
+            f"| {s.name} | {r.layers} | {r.n} | {fmt(r.mean)} ± {fmt(r.std)} | "
+            f"{'–' if not math.isfinite(delta) else f'{delta:+.4f}'} | {si(r.tokens)} | {si(r.flops)} | "
+            f"{per_seed} |"
+        )
     return "\n".join(rows)
 
 
@@ -203,6 +212,7 @@ def mean_curve(r: SettingResult, axis: int):
 
 def plot(study: Study, results: dict, path: str, axis: str) -> str | None:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -232,7 +242,7 @@ def plot(study: Study, results: dict, path: str, axis: str) -> str | None:
     lo = min(l.get_xdata()[0] for l in ax.get_lines())
     hi = max(l.get_xdata()[-1] for l in ax.get_lines())
     ends = [l.get_ydata() for l in ax.get_lines()]
-    tail = [y[len(y) // 3:] for y in ends if len(y)]
+    tail = [y[len(y) // 3 :] for y in ends if len(y)]
     if tail and axis == "tokens":
         ax.set_xlim(lo + 0.3 * (hi - lo), hi * 1.02)
         both = np.concatenate(tail)
@@ -246,6 +256,7 @@ def plot(study: Study, results: dict, path: str, axis: str) -> str | None:
 
 
 # ---- the page -----------------------------------------------------------------------------------
+
 
 def figure_path(out: str, study: str, axis: str) -> str:
     """Where the page `out` keeps a study's plot: `<out dir>/<out name>/<study>_<axis>.png`."""
@@ -262,8 +273,12 @@ def render(root: str, out: str, studies: list[str], skip_missing: bool = False) 
         cmd += f" --studies={','.join(studies)}"
     if skip_missing:
         cmd += " --skip-missing"
-    parts = [f"Generated by `{cmd}` from the runs' `metrics.jsonl` "
-             f"(final validation loss of every finished run; nats per byte).", "", f"**Verdict rule.** {RULE}"]
+    parts = [
+        f"Generated by `{cmd}` from the runs' `metrics.jsonl` "
+        f"(final validation loss of every finished run; nats per byte).",
+        "",
+        f"**Verdict rule.** {RULE}",
+    ]
     for name in studies:
         study = STUDIES[name]
         results = {s.name: collect(root, s.name) for s in study.settings}
@@ -302,9 +317,19 @@ def summary(root: str, out: str, studies: list[str], path: str) -> str:
             rows.append(f"| `{name}` | {c.text} | {c.a} | {c.b} | {nums} | **{v}** |")
     here = os.path.dirname(os.path.abspath(path))
     page, fig = os.path.relpath(out, here), os.path.relpath(figure_path(out, studies[0], "tokens"), here)
-    return "\n".join([f"Generated by `python -m experiments.report` from `{root}` (the rule and the "
-                      f"full tables: [{page}]({page})).", "", *rows, "",
-                      f"![{STUDIES[studies[0]].title}: validation loss vs original tokens]({fig})"]) + "\n"
+    return (
+        "\n".join(
+            [
+                f"Generated by `python -m experiments.report` from `{root}` (the rule and the "
+                f"full tables: [{page}]({page})).",
+                "",
+                *rows,
+                "",
+                f"![{STUDIES[studies[0]].title}: validation loss vs original tokens]({fig})",
+            ]
+        )
+        + "\n"
+    )
 
 
 def _replace_between(path: str, begin: str, end: str, body: str) -> str | None:
@@ -314,7 +339,7 @@ def _replace_between(path: str, begin: str, end: str, body: str) -> str | None:
     with open(path) as f:
         old = f.read()
     if begin in old and end in old and old.index(begin) < old.index(end):
-        return old[:old.index(begin) + len(begin)] + "\n" + body + old[old.index(end):]
+        return old[: old.index(begin) + len(begin)] + "\n" + body + old[old.index(end) :]
     return None
 
 
@@ -333,8 +358,9 @@ def write_summary(root: str, out: str, studies: list[str], path: str) -> str:
     """Replace the summary between the markers in `path`; a ValueError if it has none."""
     text = _replace_between(path, SUMMARY_BEGIN, SUMMARY_END, summary(root, out, studies, path))
     if text is None:
-        raise ValueError(f"--summary={path!r} is invalid: it must exist and hold the markers "
-                         f"{SUMMARY_BEGIN} and {SUMMARY_END}")
+        raise ValueError(
+            f"--summary={path!r} is invalid: it must exist and hold the markers {SUMMARY_BEGIN} and {SUMMARY_END}"
+        )
     with open(path, "w") as f:
         f.write(text)
     return text
@@ -345,10 +371,15 @@ def main(argv=None) -> int:
     p.add_argument("--root", default=DEFAULT_ROOT)
     p.add_argument("--out", default="docs/reproduction.md")
     p.add_argument("--studies", default=",".join(STUDIES))
-    p.add_argument("--skip-missing", action="store_true",
-                   help="leave settings and claims without finished runs out of the tables")
-    p.add_argument("--summary", default=None, metavar="FILE",
-                   help="also write the one-table summary and main plot between the reproduction markers in FILE")
+    p.add_argument(
+        "--skip-missing", action="store_true", help="leave settings and claims without finished runs out of the tables"
+    )
+    p.add_argument(
+        "--summary",
+        default=None,
+        metavar="FILE",
+        help="also write the one-table summary and main plot between the reproduction markers in FILE",
+    )
     args = p.parse_args(argv)
     names = [s for s in args.studies.split(",") if s]
     for s in names:
@@ -359,8 +390,11 @@ def main(argv=None) -> int:
         print(f"error: --root={args.root!r} is invalid: no such directory (run a study first)", file=sys.stderr)
         return 2
     if args.summary and _replace_between(args.summary, SUMMARY_BEGIN, SUMMARY_END, "") is None:
-        print(f"error: --summary={args.summary!r} is invalid: it must exist and hold the markers "
-              f"{SUMMARY_BEGIN} and {SUMMARY_END}", file=sys.stderr)
+        print(
+            f"error: --summary={args.summary!r} is invalid: it must exist and hold the markers "
+            f"{SUMMARY_BEGIN} and {SUMMARY_END}",
+            file=sys.stderr,
+        )
         return 2
     write(args.root, args.out, names, args.skip_missing)
     print(f"wrote {args.out}")

@@ -5,19 +5,20 @@ A claim compares two settings' final validation loss (`a` vs `b`):
 - `same`:   the paper says `a` costs (almost) nothing against `b` (chunking);
 - `which`:  no claim (the paper never ran it): the report says which is lower, if either.
 """
+
 from __future__ import annotations
 
 import dataclasses
 
 from experiments.sweep import Setting
 
-WINDOW = 16        # the paper's W (hidden tokens); fits 128-position sequences at every K
-CHUNK = 32         # the paper's C for PHD-CSWA (Table 1)
+WINDOW = 16  # the paper's W (hidden tokens); fits 128-position sequences at every K
+CHUNK = 32  # the paper's C for PHD-CSWA (Table 1)
 
 
 @dataclasses.dataclass(frozen=True)
 class Claim:
-    kind: str      # lower | same | which
+    kind: str  # lower | same | which
     a: str
     b: str
     text: str
@@ -29,7 +30,7 @@ class Study:
     title: str
     settings: tuple
     claims: tuple
-    x_axis: str = "tokens"      # the axis at which settings are matched: tokens or flops
+    x_axis: str = "tokens"  # the axis at which settings are matched: tokens or flops
     description: str = ""
 
 
@@ -51,12 +52,23 @@ def cswa(k, w=WINDOW, c=CHUNK):
 LOSS_VS_K = Study(
     name="loss_vs_k",
     title="Loss vs K at matched original tokens",
-    description=("Every setting trains the same number of steps on the same batches (same seed: same "
-                 "initial weights and data order), so each sees the same original tokens; PHD-K spends "
-                 "K times the compute on them. Paper: Table 2 (PHD-SWA-K-16-inf, loss falls with K), "
-                 "Table 1 (PHD-CSWA-K-16-32), Figure 1 (naive repetition)."),
-    settings=(VANILLA, S("PHD-2"), S("PHD-3"), S("PHD-4"), swa(2), swa(3), swa(4), cswa(2),
-              S("naive-2")),   # PHD-CSWA-3 trimmed to fit the CPU budget: K is tested with SWA
+    description=(
+        "Every setting trains the same number of steps on the same batches (same seed: same "
+        "initial weights and data order), so each sees the same original tokens; PHD-K spends "
+        "K times the compute on them. Paper: Table 2 (PHD-SWA-K-16-inf, loss falls with K), "
+        "Table 1 (PHD-CSWA-K-16-32), Figure 1 (naive repetition)."
+    ),
+    settings=(
+        VANILLA,
+        S("PHD-2"),
+        S("PHD-3"),
+        S("PHD-4"),
+        swa(2),
+        swa(3),
+        swa(4),
+        cswa(2),
+        S("naive-2"),
+    ),  # PHD-CSWA-3 trimmed to fit the CPU budget: K is tested with SWA
     claims=(
         Claim("lower", "PHD-SWA-2-16-inf", "vanilla", "PHD-SWA-2 beats vanilla at matched tokens (Table 2)"),
         Claim("lower", "PHD-SWA-3-16-inf", "PHD-SWA-2-16-inf", "K=3 beats K=2 (Table 2)"),
@@ -65,14 +77,17 @@ LOSS_VS_K = Study(
         Claim("lower", "PHD-4", "PHD-2", "PHD-4 beats PHD-2"),
         Claim("lower", "PHD-CSWA-2-16-32", "vanilla", "PHD-CSWA-2-16-32 beats vanilla (Table 1)"),
         Claim("which", "naive-2", "PHD-2", "naive repetition vs PHD at K=2 (Figure 1 baseline)"),
-    ))
+    ),
+)
 
 WINDOW_CHUNK = Study(
     name="window_chunk",
     title="Window and chunk ablations at K = 2",
-    description=("PHD-2 is W = 0. Windows W = 1, 4, 16 hidden tokens without chunks, and W = 16 cut at "
-                 "chunks of C = 16 and 32 positions. Paper: W from 1 to 4 recovers most of the gain, 16 a "
-                 "little more; chunking costs almost nothing."),
+    description=(
+        "PHD-2 is W = 0. Windows W = 1, 4, 16 hidden tokens without chunks, and W = 16 cut at "
+        "chunks of C = 16 and 32 positions. Paper: W from 1 to 4 recovers most of the gain, 16 a "
+        "little more; chunking costs almost nothing."
+    ),
     settings=(VANILLA, S("PHD-2"), swa(2, 1), swa(2, 4), swa(2, 16), cswa(2, 16, 16), cswa(2, 16, 32)),
     claims=(
         Claim("lower", "PHD-SWA-2-1-inf", "PHD-2", "a window of W=1 helps over none"),
@@ -80,7 +95,8 @@ WINDOW_CHUNK = Study(
         Claim("lower", "PHD-SWA-2-16-inf", "PHD-SWA-2-4-inf", "W=16 helps a little more than W=4"),
         Claim("same", "PHD-CSWA-2-16-32", "PHD-SWA-2-16-inf", "chunks of C=32 cost almost nothing"),
         Claim("same", "PHD-CSWA-2-16-16", "PHD-SWA-2-16-inf", "chunks of C=16 cost almost nothing"),
-    ))
+    ),
+)
 
 
 # K = 3 and 4 trimmed to fit the 3-hour CPU budget (K = 4's pair alone costs 10 min a seed);
@@ -91,18 +107,31 @@ FLOP_KS = (2,)
 def _flop_settings():
     out = [VANILLA]
     for k in FLOP_KS:
-        out += [S(f"PHD-{k}"), S(f"vanilla-x{k}tokens", model="vanilla", steps_factor=k),
-                S(f"vanilla-depth-PHD-{k}", model="vanilla", match_flops_of=f"PHD-{k}")]
+        out += [
+            S(f"PHD-{k}"),
+            S(f"vanilla-x{k}tokens", model="vanilla", steps_factor=k),
+            S(f"vanilla-depth-PHD-{k}", model="vanilla", match_flops_of=f"PHD-{k}"),
+        ]
     return tuple(out)
 
 
 def _flop_claims():
     out = []
     for k in FLOP_KS:
-        out += [Claim("which", f"PHD-{k}", f"vanilla-x{k}tokens",
-                      f"PHD-{k} vs vanilla trained on {k}x the tokens (equal training FLOPs)"),
-                Claim("which", f"PHD-{k}", f"vanilla-depth-PHD-{k}",
-                      f"PHD-{k} vs a deeper vanilla with PHD-{k}'s FLOPs per token (equal training FLOPs)")]
+        out += [
+            Claim(
+                "which",
+                f"PHD-{k}",
+                f"vanilla-x{k}tokens",
+                f"PHD-{k} vs vanilla trained on {k}x the tokens (equal training FLOPs)",
+            ),
+            Claim(
+                "which",
+                f"PHD-{k}",
+                f"vanilla-depth-PHD-{k}",
+                f"PHD-{k} vs a deeper vanilla with PHD-{k}'s FLOPs per token (equal training FLOPs)",
+            ),
+        ]
     return tuple(out)
 
 
@@ -110,12 +139,15 @@ FLOP_MATCHED = Study(
     name="flop_matched",
     title="FLOP-matched baselines (the comparison the paper leaves out)",
     x_axis="flops",
-    description=("PHD-K spends K times a vanilla model's FLOPs per token. Two ways to give vanilla the "
-                 "same training FLOPs: train it on K times as many tokens (K times the steps), or make it "
-                 "deeper until its FLOPs per token match PHD-K's (depth chosen with phd_jax.flops; "
-                 "width and sequence length unchanged)."),
+    description=(
+        "PHD-K spends K times a vanilla model's FLOPs per token. Two ways to give vanilla the "
+        "same training FLOPs: train it on K times as many tokens (K times the steps), or make it "
+        "deeper until its FLOPs per token match PHD-K's (depth chosen with phd_jax.flops; "
+        "width and sequence length unchanged)."
+    ),
     settings=_flop_settings(),
-    claims=_flop_claims())
+    claims=_flop_claims(),
+)
 
 STUDIES = {s.name: s for s in (LOSS_VS_K, WINDOW_CHUNK, FLOP_MATCHED)}
 
@@ -130,7 +162,11 @@ def _union(studies):
     return tuple(settings)
 
 
-ALL = Study(name="all", title="All three studies (each setting trained once)",
-            settings=_union(STUDIES.values()), claims=(),
-            description="Runs every setting of " + ", ".join(STUDIES) + " once per seed.")
+ALL = Study(
+    name="all",
+    title="All three studies (each setting trained once)",
+    settings=_union(STUDIES.values()),
+    claims=(),
+    description="Runs every setting of " + ", ".join(STUDIES) + " once per seed.",
+)
 COMMANDS = {**STUDIES, "all": ALL}

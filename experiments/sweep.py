@@ -15,6 +15,7 @@ is continued from its latest checkpoint (what `train_and_evaluate` does for an e
 workdir). A workdir trained with another config (another size, another step count) is an
 error naming the key, never silently overwritten or extended: pick another `--root`.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -25,7 +26,7 @@ import math
 import os
 import time
 
-from phd_jax.checks import ConfigError, as_int, fail
+from phd_jax.checks import ConfigError, fail
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_CONFIG = os.path.join(REPO, "configs", "repro.py")
@@ -38,18 +39,19 @@ class Setting:
     `steps_factor` multiplies the study's step count (vanilla on K times the tokens);
     `match_flops_of` names a paper model whose training FLOPs per sequence this (vanilla)
     setting matches by choosing `model.num_layers` (`phd_jax.flops`)."""
+
     name: str
     model: str
     steps_factor: int = 1
     match_flops_of: str | None = None
-    overrides: tuple = ()          # ((dotted key, value), ...) fixed by the study
+    overrides: tuple = ()  # ((dotted key, value), ...) fixed by the study
 
 
 @dataclasses.dataclass
 class Run:
     setting: Setting
     seed: int
-    config: object                 # the full ml_collections run config
+    config: object  # the full ml_collections run config
     workdir: str
 
     @property
@@ -58,6 +60,7 @@ class Run:
 
 
 # ---- configs ------------------------------------------------------------------------------------
+
 
 def load_config_module(path: str):
     path = os.path.abspath(path)
@@ -131,16 +134,24 @@ def parse_overrides(args: list[str], config) -> dict:
     for arg in args:
         if not arg.startswith("--config.") or "=" not in arg:
             fail("argument", arg, "expected --config.KEY=VALUE", ConfigError)
-        key, text = arg[len("--config."):].split("=", 1)
+        key, text = arg[len("--config.") :].split("=", 1)
         if key in ("num_steps", "seed"):
-            fail(f"--config.{key}", text, f"is set by the sweep: use --{'steps' if key == 'num_steps' else 'seeds'}",
-                 ConfigError)
+            fail(
+                f"--config.{key}",
+                text,
+                f"is set by the sweep: use --{'steps' if key == 'num_steps' else 'seeds'}",
+                ConfigError,
+            )
         try:
             current = get_key(config, key)
         except (KeyError, AttributeError):
             close = difflib.get_close_matches(key, _flat_keys(config), n=1)
-            fail(f"--config.{key}", text, "not a config key" + (f" (did you mean --config.{close[0]}?)"
-                                                                if close else ""), ConfigError)
+            fail(
+                f"--config.{key}",
+                text,
+                "not a config key" + (f" (did you mean --config.{close[0]}?)" if close else ""),
+                ConfigError,
+            )
         out[key] = parse_value(key, text, current)
     return out
 
@@ -149,9 +160,13 @@ def schedule_for(steps: int) -> dict:
     """Logging, evaluation, checkpoint and warmup intervals that scale with the run length
     (about 10 evaluations, 4 checkpoints and 10% warmup per run; `--config.*` overrides win)."""
     log_every = max(1, steps // 40)
-    eval_every = max(log_every, steps // 10 // log_every * log_every)   # the trainer evaluates at log steps
-    return {"warmup_steps": max(1, steps // 10), "eval_every": eval_every,
-            "log_every": log_every, "checkpoint_every": max(1, steps // 4)}
+    eval_every = max(log_every, steps // 10 // log_every * log_every)  # the trainer evaluates at log steps
+    return {
+        "warmup_steps": max(1, steps // 10),
+        "eval_every": eval_every,
+        "log_every": log_every,
+        "checkpoint_every": max(1, steps // 4),
+    }
 
 
 def base_run_config(module, model: str, overrides: dict, steps: int):
@@ -196,14 +211,20 @@ def run_config(module, setting: Setting, seed: int, steps: int, overrides: dict)
     return config
 
 
-def plan(settings: list[Setting], seeds: list[int], steps: int, root: str, config_path: str = DEFAULT_CONFIG,
-         overrides: list[str] | dict = ()) -> list[Run]:
+def plan(
+    settings: list[Setting],
+    seeds: list[int],
+    steps: int,
+    root: str,
+    config_path: str = DEFAULT_CONFIG,
+    overrides: list[str] | dict = (),
+) -> list[Run]:
     """Every run of a study: seeds x settings (seed-major), each with its config and workdir."""
     module = load_config_module(config_path)
     if not isinstance(overrides, dict):
         overrides = parse_overrides(list(overrides), module.get_config(None))
     runs = []
-    for seed in seeds:          # seed-major: a study stopped half-way has whole seeds to compare
+    for seed in seeds:  # seed-major: a study stopped half-way has whole seeds to compare
         for setting in settings:
             config = run_config(module, setting, seed, steps, overrides)
             runs.append(Run(setting, seed, config, os.path.join(root, setting.name, f"seed{seed}")))
@@ -212,9 +233,11 @@ def plan(settings: list[Setting], seeds: list[int], steps: int, root: str, confi
 
 # ---- run state ----------------------------------------------------------------------------------
 
+
 def final_record(workdir: str) -> dict | None:
     """The last record of the run's metrics.jsonl, or None."""
     from phd_jax.train.metrics import read_metrics
+
     try:
         records = read_metrics(workdir)
     except FileNotFoundError:
@@ -226,22 +249,29 @@ def is_finished(workdir: str, num_steps: int) -> bool:
     """Trained to `num_steps`: metrics.jsonl ends there with a validation loss, and its checkpoint
     is complete (orbax renames the temporary directory only once everything is written)."""
     last = final_record(workdir)
-    return (last is not None and last.get("step") == num_steps and last.get("val_loss") is not None
-            and os.path.isdir(os.path.join(workdir, "checkpoints", str(num_steps))))
+    return (
+        last is not None
+        and last.get("step") == num_steps
+        and last.get("val_loss") is not None
+        and os.path.isdir(os.path.join(workdir, "checkpoints", str(num_steps)))
+    )
 
 
 def run_state(run: Run) -> str:
     """'finished', 'partial' (has a config.json: will resume) or 'new'. Raises ConfigError when
     the workdir holds a run of another config (including another num_steps)."""
     from phd_jax.train.checkpoint import check_workdir
-    if not check_workdir(run.workdir, run.config):      # raises on a different model/data/optimiser
+
+    if not check_workdir(run.workdir, run.config):  # raises on a different model/data/optimiser
         return "new"
     with open(os.path.join(run.workdir, "config.json")) as f:
         saved = json.load(f).get("num_steps")
     if saved != run.config.num_steps:
-        raise ConfigError(f"workdir={run.workdir!r} holds {run.label} trained with num_steps={saved}, but "
-                          f"this sweep asks for num_steps={run.config.num_steps}: use another --root "
-                          f"(one root per --steps)")
+        raise ConfigError(
+            f"workdir={run.workdir!r} holds {run.label} trained with num_steps={saved}, but "
+            f"this sweep asks for num_steps={run.config.num_steps}: use another --root "
+            f"(one root per --steps)"
+        )
     return "finished" if is_finished(run.workdir, int(run.config.num_steps)) else "partial"
 
 
@@ -251,6 +281,7 @@ def steps_done(workdir: str) -> int:
 
 
 # ---- time estimate ------------------------------------------------------------------------------
+
 
 def estimate_seconds(run: Run, calibration: dict) -> float:
     """Seconds to train `run` from scratch: a fixed start-up/compile cost plus the analytic
@@ -275,35 +306,48 @@ def format_seconds(s: float) -> str:
 
 # ---- running ------------------------------------------------------------------------------------
 
-def execute(runs: list[Run], calibration: dict, dry_run: bool = False, progress: bool | None = None,
-            log=print) -> dict:
+
+def execute(runs: list[Run], calibration: dict, dry_run: bool = False, progress: bool | None = None, log=print) -> dict:
     """Train every run not finished yet, in order (resuming partial ones). Returns
     {"finished": [...], "trained": [...], "failed": [(label, message)], "skipped": [...]}
     (and "preempted": True when SIGTERM stopped a run)."""
     import jax
 
     from phd_jax.train import validate
+
     states = {}
-    for run in runs:                                  # every check before any training
+    for run in runs:  # every check before any training
         validate(run.config, jax.device_count())
         states[run.workdir] = run_state(run)
     todo = [r for r in runs if states[r.workdir] != "finished"]
-    remaining = sum(estimate_seconds(r, calibration) * (1 - steps_done(r.workdir) / int(r.config.num_steps))
-                    for r in todo)
+    remaining = sum(
+        estimate_seconds(r, calibration) * (1 - steps_done(r.workdir) / int(r.config.num_steps)) for r in todo
+    )
     total = sum(estimate_seconds(r, calibration) for r in runs)
     width = max(len(r.label) for r in runs)
-    log(f"{len(runs)} run{'s' if len(runs) != 1 else ''} ({len(runs) - len(todo)} finished), estimated {format_seconds(total)} in all, "
-        f"{format_seconds(remaining)} left ({calibration['description']})")
+    log(
+        f"{len(runs)} run{'s' if len(runs) != 1 else ''} ({len(runs) - len(todo)} finished), "
+        f"estimated {format_seconds(total)} in all, "
+        f"{format_seconds(remaining)} left ({calibration['description']})"
+    )
     for run in runs:
         c = run.config
-        log(f"  {run.label:<{width}}  {states[run.workdir]:<8}  {c.model.num_layers} layers, "
-            f"{c.num_steps} steps x {c.batch_size} x {c.seq_len} tokens  ~{format_seconds(estimate_seconds(run, calibration))}"
-            f"  {run.workdir}")
-    result = {"finished": [r.label for r in runs if states[r.workdir] == "finished"], "trained": [],
-              "failed": [], "skipped": [r.label for r in runs if states[r.workdir] == "finished"]}
+        log(
+            f"  {run.label:<{width}}  {states[run.workdir]:<8}  {c.model.num_layers} layers, "
+            f"{c.num_steps} steps x {c.batch_size} x {c.seq_len} tokens  "
+            f"~{format_seconds(estimate_seconds(run, calibration))}"
+            f"  {run.workdir}"
+        )
+    result = {
+        "finished": [r.label for r in runs if states[r.workdir] == "finished"],
+        "trained": [],
+        "failed": [],
+        "skipped": [r.label for r in runs if states[r.workdir] == "finished"],
+    }
     if dry_run:
         return result
     from phd_jax.train import TrainingError, train_and_evaluate
+
     for i, run in enumerate(todo, 1):
         log(f"\n=== [{i}/{len(todo)}] {run.label} ({states[run.workdir]}) -> {run.workdir}")
         t0 = time.perf_counter()

@@ -12,6 +12,7 @@ about its CPU time / 2 when XLA's two threads keep both cores busy; `IDLE_PARALL
 below is that divisor, measured where the machine was idle enough (else 2 is an
 upper bound: the estimate is then optimistic by at most that factor).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,8 +39,9 @@ CALIBRATION = {
     "flops_per_s": GFLOPS_PER_CPU_S * 1e9 * IDLE_PARALLELISM,
     "overhead_s": OVERHEAD_CPU_S / IDLE_PARALLELISM,
     "naive_efficiency": 1.0,
-    "description": (f"idle 2-core CPU at {GFLOPS_PER_CPU_S * IDLE_PARALLELISM:.0f} GFLOP/s, "
-                    "see experiments/timing.py; x0.75-x1.5"),
+    "description": (
+        f"idle 2-core CPU at {GFLOPS_PER_CPU_S * IDLE_PARALLELISM:.0f} GFLOP/s, see experiments/timing.py; x0.75-x1.5"
+    ),
 }
 
 
@@ -63,6 +65,7 @@ class _CpuAtSteps:
 
     def __init__(self, path: str, interval: float = 0.05):
         import threading
+
         self.path, self.interval, self.points = path, interval, []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll, daemon=True)
@@ -91,10 +94,9 @@ class _CpuAtSteps:
 
 def measure(models: list[str], steps: int, config_path: str, overrides: list[str], workroot: str) -> list[dict]:
     """Train each model `steps` steps (no evaluation until the end) and time it."""
+    from experiments.sweep import Setting, plan
     from phd_jax.flops import train_flops_per_sequence
     from phd_jax.train import model_config, train_and_evaluate
-
-    from experiments.sweep import Setting, plan
 
     out = []
     for name in models:
@@ -109,11 +111,21 @@ def measure(models: list[str], steps: int, config_path: str, overrides: list[str
         (s0, c0, w0), (s1, c1, w1) = probe.points[0], probe.points[-2]
         cpu_step, wall_step = (c1 - c0) / (s1 - s0), (w1 - w0) / (s1 - s0)
         flops = int(c.batch_size) * train_flops_per_sequence(model_config(c), int(c.seq_len))
-        out.append({"model": name, "steps": steps, "wall_s": wall, "cpu_s": cpu,
-                    "wall_per_step_s": wall_step, "cpu_per_step_s": cpu_step,
-                    "overhead_cpu_s": cpu - steps * cpu_step, "flops_per_step": flops,
-                    "gflops_per_wall_s": flops / wall_step / 1e9, "gflops_per_cpu_s": flops / cpu_step / 1e9,
-                    "load_avg_1m": os.getloadavg()[0]})
+        out.append(
+            {
+                "model": name,
+                "steps": steps,
+                "wall_s": wall,
+                "cpu_s": cpu,
+                "wall_per_step_s": wall_step,
+                "cpu_per_step_s": cpu_step,
+                "overhead_cpu_s": cpu - steps * cpu_step,
+                "flops_per_step": flops,
+                "gflops_per_wall_s": flops / wall_step / 1e9,
+                "gflops_per_cpu_s": flops / cpu_step / 1e9,
+                "load_avg_1m": os.getloadavg()[0],
+            }
+        )
         print("TIMING " + json.dumps(out[-1]), flush=True)
     return out
 
@@ -124,20 +136,27 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m experiments.timing", description=__doc__.split("\n")[0])
     p.add_argument("--models", default="vanilla,PHD-2,PHD-4,naive-2")
     p.add_argument("--steps", type=int, default=40)
-    p.add_argument("--config", default=os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                                    "configs", "repro.py"))
+    p.add_argument(
+        "--config",
+        default=os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "repro.py"),
+    )
     args = p.parse_args([a for a in argv if not a.startswith("--config.")])
     from phd_jax.checks import ConfigError
+
     try:
         with tempfile.TemporaryDirectory() as tmp:
             rows = measure(args.models.split(","), args.steps, args.config, overrides, tmp)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"\n{'model':<10} {'wall s/step':>11} {'cpu s/step':>10} {'GFLOP/cpu-s':>11} {'overhead cpu-s':>14} {'load':>5}")
+    print(
+        f"\n{'model':<10} {'wall s/step':>11} {'cpu s/step':>10} {'GFLOP/cpu-s':>11} {'overhead cpu-s':>14} {'load':>5}"
+    )
     for r in rows:
-        print(f"{r['model']:<10} {r['wall_per_step_s']:11.3f} {r['cpu_per_step_s']:10.3f} "
-              f"{r['gflops_per_cpu_s']:11.2f} {r['overhead_cpu_s']:14.1f} {r['load_avg_1m']:5.1f}")
+        print(
+            f"{r['model']:<10} {r['wall_per_step_s']:11.3f} {r['cpu_per_step_s']:10.3f} "
+            f"{r['gflops_per_cpu_s']:11.2f} {r['overhead_cpu_s']:14.1f} {r['load_avg_1m']:5.1f}"
+        )
     return 0
 
 

@@ -1,11 +1,14 @@
-"""Window and chunk ablations at K = 2: `python -m experiments.window_chunk [--dry-run] [--seeds=0,1,2] [--steps=N] [--root=DIR] [--config.KEY=VALUE ...]`
+"""Window and chunk ablations at K = 2:
+
+    python -m experiments.window_chunk [--dry-run] [--seeds=0,1,2] [--steps=N] [--root=DIR] [--config.KEY=VALUE ...]
 
 The settings and claims are in experiments/studies.py; the options in experiments/cli.py.
 """
+
 import os
 import sys
 
-if __package__ in (None, ""):   # python experiments/window_chunk.py
+if __package__ in (None, ""):  # python experiments/window_chunk.py
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from experiments.cli import main  # noqa: E402

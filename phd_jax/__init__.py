@@ -3,24 +3,37 @@
 The public names below are imported on first use (PEP 562), so that `import phd_jax.hostmem`
 (which command-line programs run before anything else) does not first import JAX and Flax.
 """
+
 from __future__ import annotations
 
 import importlib
 from typing import TYPE_CHECKING
 
-__version__ = "0.1.0"   # the one place: pyproject.toml reads it
+__version__ = "0.1.0"  # the one place: pyproject.toml reads it
 
 # public name -> the module that defines it
 _PUBLIC = {
-    "MAX_TOKENS_PER_SEQUENCE": "checks", "ConfigError": "checks", "check_params": "checks",
+    "MAX_TOKENS_PER_SEQUENCE": "checks",
+    "ConfigError": "checks",
+    "check_params": "checks",
     "checked": "checks",
     "ModelConfig": "config",
-    "DecodeState": "decode", "decode_step": "decode", "init_state": "decode",
-    "kv_cache_bytes": "decode", "prefill": "decode", "prefill_token_counts": "decode",
-    "load_hf_llama": "interop", "load_hf_tokenizer": "interop", "save_hf_llama": "interop",
+    "DecodeState": "decode",
+    "decode_step": "decode",
+    "init_state": "decode",
+    "kv_cache_bytes": "decode",
+    "prefill": "decode",
+    "prefill_token_counts": "decode",
+    "load_hf_llama": "interop",
+    "load_hf_tokenizer": "interop",
+    "save_hf_llama": "interop",
     "attention_mask": "masks",
-    "forward": "model", "init_params": "model", "num_params": "model", "param_logical_axes": "model",
-    "generate": "sampling", "sample_token": "sampling",
+    "forward": "model",
+    "init_params": "model",
+    "num_params": "model",
+    "param_logical_axes": "model",
+    "generate": "sampling",
+    "sample_token": "sampling",
 }
 __all__ = sorted(_PUBLIC)
 
@@ -30,7 +43,7 @@ def __getattr__(name: str):
     if module is None:
         raise AttributeError(f"module 'phd_jax' has no attribute {name!r}")
     value = getattr(importlib.import_module(f"phd_jax.{module}"), name)
-    globals()[name] = value   # later lookups skip this function
+    globals()[name] = value  # later lookups skip this function
     return value
 
 
@@ -38,11 +51,10 @@ def __dir__():
     return sorted(set(globals()) | set(_PUBLIC))
 
 
-if TYPE_CHECKING:   # for type checkers and IDEs: the same names, imported eagerly
+if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
     from phd_jax.checks import MAX_TOKENS_PER_SEQUENCE, ConfigError, check_params, checked
     from phd_jax.config import ModelConfig
-    from phd_jax.decode import (DecodeState, decode_step, init_state, kv_cache_bytes, prefill,
-                                prefill_token_counts)
+    from phd_jax.decode import DecodeState, decode_step, init_state, kv_cache_bytes, prefill, prefill_token_counts
     from phd_jax.interop import load_hf_llama, load_hf_tokenizer, save_hf_llama
     from phd_jax.masks import attention_mask
     from phd_jax.model import forward, init_params, num_params, param_logical_axes

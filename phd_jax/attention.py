@@ -11,11 +11,13 @@
 Shapes everywhere: q `[B, N, H, D]`, k/v `[B, N, KVH, D]` (grouped-query
 attention: H is a multiple of KVH), output `[B, N, H, D]`.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -63,8 +65,15 @@ def document_mask(config: ModelConfig, layout: Layout, docs):
     if docs is None:
         return None
     doc, off = docs
-    return DocumentMask(jnp.asarray(doc), jnp.asarray(off), jnp.asarray(layout.tokens[1]), config.variant,
-                        config.repeat, config.effective_window, config.effective_chunk)
+    return DocumentMask(
+        jnp.asarray(doc),
+        jnp.asarray(off),
+        jnp.asarray(layout.tokens[1]),
+        config.variant,
+        config.repeat,
+        config.effective_window,
+        config.effective_chunk,
+    )
 
 
 def attend(q, k, v, layout: Layout, config: ModelConfig, docs=None):
@@ -83,9 +92,11 @@ def attend(q, k, v, layout: Layout, config: ModelConfig, docs=None):
     if backend == "blocksparse":
         return blocksparse_attention(q, k, v, pattern, doc_mask)
     if docs is not None and chunks_matter(config):
-        raise ValueError(f"attention='splash' with segment_ids cannot count {config.name}'s chunks "
-                         f"from each document's start: use attention='blocksparse' or 'dense' "
-                         f"for document masking with phd_cswa")
+        raise ValueError(
+            f"attention='splash' with segment_ids cannot count {config.name}'s chunks "
+            f"from each document's start: use attention='blocksparse' or 'dense' "
+            f"for document masking with phd_cswa"
+        )
     return splash_attention(q, k, v, pattern, segment_ids=None if docs is None else docs[0])
 
 
@@ -99,7 +110,7 @@ def _dot_ready(x):
 def _grouped(q, num_kv_heads: int):
     """Scale q and split heads into (kv head, group): `[B, KVH, G, N, D]`."""
     b, n, h, d = q.shape
-    q = q * jnp.asarray(d ** -0.5, q.dtype)
+    q = q * jnp.asarray(d**-0.5, q.dtype)
     return q.reshape(b, n, num_kv_heads, h // num_kv_heads, d).transpose(0, 2, 3, 1, 4)
 
 
@@ -119,17 +130,24 @@ def partial_attention(qg, groups, kv_layout: str = "bksd"):
     """
     scores = []
     for k, _, mask in groups:
-        s = jnp.einsum(f"bkgqd,{kv_layout}->bkgqs", _dot_ready(qg), _dot_ready(k),
-                       preferred_element_type=jnp.float32)
+        s = jnp.einsum(f"bkgqd,{kv_layout}->bkgqs", _dot_ready(qg), _dot_ready(k), preferred_element_type=jnp.float32)
         scores.append(s if mask is None else jnp.where(mask, s, MASK_VALUE))
     m = functools.reduce(jnp.maximum, [s.max(axis=-1, keepdims=True) for s in scores])
     m = jax.lax.stop_gradient(m)  # softmax is invariant to the shift
     probs = [jnp.exp(s - m) for s in scores]
     denom = functools.reduce(jnp.add, [p.sum(axis=-1, keepdims=True) for p in probs])
-    out = functools.reduce(jnp.add, [
-        jnp.einsum(f"bkgqs,{kv_layout}->bkgqd", _dot_ready(p.astype(v.dtype)), _dot_ready(v),
-                   preferred_element_type=jnp.float32)
-        for p, (_, v, _) in zip(probs, groups)])
+    out = functools.reduce(
+        jnp.add,
+        [
+            jnp.einsum(
+                f"bkgqs,{kv_layout}->bkgqd",
+                _dot_ready(p.astype(v.dtype)),
+                _dot_ready(v),
+                preferred_element_type=jnp.float32,
+            )
+            for p, (_, v, _) in zip(probs, groups)
+        ],
+    )
     return m, denom, out
 
 
@@ -162,8 +180,9 @@ class _Band(NamedTuple):
     query blocks: each block's rows in sub-blocks of `sub` rows (whole positions), sub-block t
     seeing the `sub + reach` hidden keys that end at its last row. A thin diagonal band costs
     about its own width this way, where whole tiles would cost `block x block` for it."""
+
     sub: int
-    reach: int   # keys before a sub-block's first row it may see: 0 without a window
+    reach: int  # keys before a sub-block's first row it may see: 0 without a window
 
     @property
     def width(self) -> int:
@@ -179,14 +198,15 @@ class _Stack(NamedTuple):
     """`count` query blocks of `rows` rows each from layout row `row0`, scanned as one, with
     their static loop tables (numpy, built once at trace time): per block, its key tiles in two
     lists padded to a fixed length, with counts: full tiles (no static mask) and partial tiles."""
+
     row0: int
     rows: int
     count: int
-    full: np.ndarray          # [count, F] int32 key block indices
-    full_count: np.ndarray    # [count] int32
-    part: np.ndarray          # [count, P] int32
-    part_count: np.ndarray    # [count] int32
-    slot: np.ndarray | None   # [count, P] int32 index into `_Tables.masks` (no layout)
+    full: np.ndarray  # [count, F] int32 key block indices
+    full_count: np.ndarray  # [count] int32
+    part: np.ndarray  # [count, P] int32
+    part_count: np.ndarray  # [count] int32
+    slot: np.ndarray | None  # [count, P] int32 index into `_Tables.masks` (no layout)
     band: _Band | None
 
 
@@ -197,20 +217,21 @@ class _Tables(NamedTuple):
     computes a partial tile's mask inside the loop: from the layout's row spans
     (`Layout.spans`, the closed form of `allowed`: one or two compares per score) where it
     has them, else from `allowed` itself."""
+
     n: int
     nk: int
-    key_limit: int             # also where the hidden keys (the bands' keys) begin: T
+    key_limit: int  # also where the hidden keys (the bands' keys) begin: T
     stacks: tuple[_Stack, ...]
-    masks: np.ndarray | None   # [partial tiles, bq, bk] bool
+    masks: np.ndarray | None  # [partial tiles, bq, bk] bool
     band_pad: tuple[int, int]  # zero keys before / after the hidden keys the bands slide over
-    spans: np.ndarray | None = None   # [3, N] int32: row r sees keys [0, a) | [b, c)
+    spans: np.ndarray | None = None  # [3, N] int32: row r sees keys [0, a) | [b, c)
 
 
 def _padded(lists: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
     count = np.array([len(x) for x in lists], np.int32)
     table = np.zeros((len(lists), max(1, int(count.max(initial=0)))), np.int32)
     for i, x in enumerate(lists):
-        table[i, :len(x)] = x
+        table[i, : len(x)] = x
     return table, count
 
 
@@ -238,11 +259,11 @@ def _hidden_tables(pattern: BlockPattern) -> _Tables:
     n, t_orig, k = lay.size, lay.band_start, lay.repeat
     spans = lay.spans()
     a, b, _ = spans
-    step = 1 << max(0, (max(1, BAND_ROWS // (k - 1))).bit_length() - 1)   # positions per sub-block
+    step = 1 << max(0, (max(1, BAND_ROWS // (k - 1))).bit_length() - 1)  # positions per sub-block
     stacks, pad = [], [0, 0]
     for lo, hi, rows in ((0, t_orig, bq), (t_orig, n, (k - 1) * bk)):
         for row0, rws, cnt in _split(lo, hi, rows):
-            span = a[row0:row0 + rws * cnt].reshape(cnt, rws)
+            span = a[row0 : row0 + rws * cnt].reshape(cnt, rws)
             first, last = span.min(axis=1) // bk, -(-span.max(axis=1) // bk)
             width = max(1, int((last - first).max()))
             full = np.tile(np.arange(max(1, int(first.max())), dtype=np.int32), (cnt, 1))
@@ -252,12 +273,13 @@ def _hidden_tables(pattern: BlockPattern) -> _Tables:
                 # Hidden-order index of each row's sub-block start, and of its first hidden key.
                 sub = int((k - 1) * np.gcd(step, rws // (k - 1)))
                 r = np.arange(rws * cnt)
-                first_key = b[row0:row0 + rws * cnt] - t_orig
+                first_key = b[row0 : row0 + rws * cnt] - t_orig
                 reach = int(max(0, (row0 - t_orig + r // sub * sub - first_key).max()))
                 band = _Band(sub, reach)
                 pad = [max(pad[0], reach), max(pad[1], (band.folds - 1) * band.sub - reach)]
-            stacks.append(_Stack(row0, rws, cnt, full, first.astype(np.int32), part,
-                                 (last - first).astype(np.int32), None, band))
+            stacks.append(
+                _Stack(row0, rws, cnt, full, first.astype(np.int32), part, (last - first).astype(np.int32), None, band)
+            )
     return _Tables(n, -(-n // bk), t_orig, tuple(stacks), None, tuple(pad), _spans_table(spans))
 
 
@@ -268,7 +290,7 @@ def _tile_tables(pattern: BlockPattern) -> _Tables:
     if lay is not None and lay.band_start is not None and lay.band_start < n:
         return _hidden_tables(pattern)
     blocks = pattern.block_mask.copy()
-    if n % bk:   # a ragged last key block is always masked: its padding holds no keys
+    if n % bk:  # a ragged last key block is always masked: its padding holds no keys
         blocks[:, -1] = np.where(blocks[:, -1] == FULL, PARTIAL, blocks[:, -1])
     full = [np.flatnonzero(row == FULL).tolist() for row in blocks]
     partial = [np.flatnonzero(row == PARTIAL).tolist() for row in blocks]
@@ -280,7 +302,7 @@ def _tile_tables(pattern: BlockPattern) -> _Tables:
             for t, j in enumerate(cols):
                 k0, k1 = j * bk, min((j + 1) * bk, n)
                 tile = np.zeros((bq, bk), bool)
-                tile[:q1 - q0, :k1 - k0] = pattern.tile_mask(q0, q1, k0, k1)
+                tile[: q1 - q0, : k1 - k0] = pattern.tile_mask(q0, q1, k0, k1)
                 slot[i, t] = len(tiles)
                 tiles.append(tile)
         masks = np.stack(tiles) if tiles else np.zeros((1, bq, bk), bool)
@@ -289,8 +311,9 @@ def _tile_tables(pattern: BlockPattern) -> _Tables:
         sel = slice(row0 // bq, row0 // bq + cnt)
         tabs = [x[sel] for x in (*_padded(full), *_padded(partial))]
         stacks.append(_Stack(row0, rows, cnt, *tabs, None if slot is None else slot[sel], None))
-    return _Tables(n, blocks.shape[1], n, tuple(stacks), masks, (0, 0),
-                   _spans_table(None if lay is None else lay.spans()))
+    return _Tables(
+        n, blocks.shape[1], n, tuple(stacks), masks, (0, 0), _spans_table(None if lay is None else lay.spans())
+    )
 
 
 def _spans_table(spans) -> np.ndarray | None:
@@ -302,9 +325,11 @@ def computed_pairs(pattern: BlockPattern) -> int:
     """Query-key pairs `blocksparse` computes for `pattern` (whole tiles and band windows,
     padding included): its attention work, against `allowed`'s pairs."""
     bk = pattern.block_kv
-    return sum(int((st.full_count + st.part_count).sum()) * st.rows * bk
-               + (st.count * st.rows * st.band.width if st.band is not None else 0)
-               for st in _tile_tables(pattern).stacks)
+    return sum(
+        int((st.full_count + st.part_count).sum()) * st.rows * bk
+        + (st.count * st.rows * st.band.width if st.band is not None else 0)
+        for st in _tile_tables(pattern).stacks
+    )
 
 
 def _doc_rule(doc_mask, shapes):
@@ -316,20 +341,23 @@ def _doc_rule(doc_mask, shapes):
     if isinstance(doc_mask, DocumentMask):
         return (lambda dm, r, c: dm(r, c)), doc_mask
     shapes = list(dict.fromkeys(shapes))
-    fns, consts = zip(*(jax.closure_convert(doc_mask, jnp.zeros(r, jnp.int32), jnp.zeros(c, jnp.int32))
-                        for r, c in shapes))
+    fns, consts = zip(
+        *(jax.closure_convert(doc_mask, jnp.zeros(r, jnp.int32), jnp.zeros(c, jnp.int32)) for r, c in shapes)
+    )
 
     def call(docs, rows, cols):
         at = shapes.index((rows.shape, cols.shape))
         return fns[at](rows, cols, *docs[at])
+
     return call, tuple(tuple(c) for c in consts)
 
 
 class _Kernel(NamedTuple):
     """What the loops need besides the arrays: the pattern, its tables and the run-time mask."""
+
     pattern: BlockPattern
     tables: _Tables
-    doc_fn: Callable | None   # (docs, rows, cols) -> [B, *broadcast(rows, cols)]
+    doc_fn: Callable | None  # (docs, rows, cols) -> [B, *broadcast(rows, cols)]
 
     def index_shapes(self):
         """Every (rows, cols) shape the kernel evaluates masks on."""
@@ -363,13 +391,13 @@ class _Kernel(NamedTuple):
         static = None
         if partial and tab.spans is not None:
             a, b, c = self._spans(row0, st.rows)
-            static = cols < a                    # a <= T with a band: originals only; never padding
-            if tab.key_limit == tab.n:           # tiles may hold hidden keys (no band)
+            static = cols < a  # a <= T with a band: originals only; never padding
+            if tab.key_limit == tab.n:  # tiles may hold hidden keys (no band)
                 static = static | ((cols >= b) & (cols < c))
         elif partial and p.layout is not None:
             static = p.layout.allowed_at(rows, cols) & (cols < tab.key_limit)
         elif partial:
-            static = jnp.asarray(tab.masks)[jnp.asarray(st.slot)[i, t]][:st.rows]
+            static = jnp.asarray(tab.masks)[jnp.asarray(st.slot)[i, t]][: st.rows]
         return self._masked(rows, cols, static, docs)
 
     def band_mask(self, st: _Stack, i, docs):
@@ -378,10 +406,14 @@ class _Kernel(NamedTuple):
         nsub = st.rows // bd.sub
         row0 = st.row0 + i * st.rows
         rows = row0 + jnp.arange(st.rows, dtype=jnp.int32).reshape(nsub, bd.sub, 1)
-        cols = (row0 - bd.reach + bd.sub * jnp.arange(nsub, dtype=jnp.int32)[:, None, None]
-                + jnp.arange(bd.width, dtype=jnp.int32)[None, None, :])
+        cols = (
+            row0
+            - bd.reach
+            + bd.sub * jnp.arange(nsub, dtype=jnp.int32)[:, None, None]
+            + jnp.arange(bd.width, dtype=jnp.int32)[None, None, :]
+        )
         _, b, c = (x.reshape(nsub, bd.sub, 1) for x in self._spans(row0, st.rows))
-        static = (cols >= b) & (cols < c)        # T <= b, c <= N: hidden keys only
+        static = (cols >= b) & (cols < c)  # T <= b, c <= N: hidden keys only
         return self._masked(rows, cols, static, docs)
 
     def band_start(self, st: _Stack, i):
@@ -399,6 +431,7 @@ class _Kernel(NamedTuple):
             def step(t, c, partial=partial, table=table):
                 j = table[i, t]
                 return body(j, self.tile_mask(st, i, t, j, partial, docs), c)
+
             carry = jax.lax.fori_loop(0, jnp.asarray(count)[i], step, carry)
         return carry
 
@@ -419,7 +452,7 @@ def _windows(x, start, bd: _Band, nsub: int):
     b, kvh, _, d = x.shape
     w = jax.lax.dynamic_slice_in_dim(x, start, (nsub + bd.folds - 1) * bd.sub, axis=2)
     w = w.reshape(b, kvh, nsub + bd.folds - 1, bd.sub, d)
-    return jnp.concatenate([w[:, :, f:f + nsub] for f in range(bd.folds)], axis=3)[:, :, :, :bd.width]
+    return jnp.concatenate([w[:, :, f : f + nsub] for f in range(bd.folds)], axis=3)[:, :, :, : bd.width]
 
 
 def _fold(x, bd: _Band):
@@ -428,8 +461,13 @@ def _fold(x, bd: _Band):
     b, kvh, nsub, _, d = x.shape
     m, s = bd.folds, bd.sub
     x = jnp.pad(x, ((0, 0), (0, 0), (0, 0), (0, m * s - bd.width), (0, 0)))
-    return sum(jnp.pad(x[:, :, :, f * s:(f + 1) * s].reshape(b, kvh, nsub * s, d),
-                       ((0, 0), (0, 0), (f * s, (m - 1 - f) * s), (0, 0))) for f in range(m))
+    return sum(
+        jnp.pad(
+            x[:, :, :, f * s : (f + 1) * s].reshape(b, kvh, nsub * s, d),
+            ((0, 0), (0, 0), (f * s, (m - 1 - f) * s), (0, 0)),
+        )
+        for f in range(m)
+    )
 
 
 def _online(c, s, pv):
@@ -455,6 +493,7 @@ def _flash_forward(kern: _Kernel, qs, kv, docs):
     bk = kern.pattern.block_kv
     outs = []
     for st, q in zip(kern.tables.stacks, qs):
+
         def block(_, x, st=st):
             i, qi = x
             m = jnp.full(qi.shape[:-1], -jnp.inf, jnp.float32)
@@ -462,20 +501,33 @@ def _flash_forward(kern: _Kernel, qs, kv, docs):
             if st.band is not None:
                 nsub, start = st.rows // st.band.sub, kern.band_start(st, i)
                 kw, vw = _windows(kh, start, st.band, nsub), _windows(vh, start, st.band, nsub)
-                s = jnp.einsum("bkgtqd,bktsd->bkgtqs", _sub_blocks(qi, nsub), kw,
-                               preferred_element_type=jnp.float32)
+                s = jnp.einsum("bkgtqd,bktsd->bkgtqs", _sub_blocks(qi, nsub), kw, preferred_element_type=jnp.float32)
                 s = jnp.where(kern.band_mask(st, i, docs), s, MASK_VALUE).reshape(*qi.shape[:-1], -1)
-                c = _online(c, s, lambda p: jnp.einsum(
-                    "bkgtqs,bktsd->bkgtqd", _sub_blocks(p, nsub).astype(vw.dtype), vw,
-                    preferred_element_type=jnp.float32).reshape(qi.shape))
+                c = _online(
+                    c,
+                    s,
+                    lambda p: jnp.einsum(
+                        "bkgtqs,bktsd->bkgtqd",
+                        _sub_blocks(p, nsub).astype(vw.dtype),
+                        vw,
+                        preferred_element_type=jnp.float32,
+                    ).reshape(qi.shape),
+                )
 
             def body(j, mask, c):
-                return _online(c, _scores(qi, _tile(k, j, bk), mask), lambda p: jnp.einsum(
-                    "bkgqs,bksd->bkgqd", p.astype(v.dtype), _tile(v, j, bk), preferred_element_type=jnp.float32))
+                return _online(
+                    c,
+                    _scores(qi, _tile(k, j, bk), mask),
+                    lambda p: jnp.einsum(
+                        "bkgqs,bksd->bkgqd", p.astype(v.dtype), _tile(v, j, bk), preferred_element_type=jnp.float32
+                    ),
+                )
+
             m, l, o = kern.tiles(st, i, body, c, docs)
-            seen = l > 0           # rows of a block without any tile get 0
+            seen = l > 0  # rows of a block without any tile get 0
             l = jnp.where(seen, l, 1.0)
             return None, ((o / l[..., None]).astype(qi.dtype), jnp.where(seen, m + jnp.log(l), 0.0))
+
         outs.append(jax.lax.scan(block, None, (jnp.arange(st.count), q))[1])
     return tuple(o for o, _ in outs), tuple(lse for _, lse in outs)
 
@@ -488,7 +540,8 @@ def _flash_backward(kern: _Kernel, qs, kv, docs, outs, lses, douts):
 
     def add_at(acc, x, start):
         return jax.lax.dynamic_update_slice_in_dim(
-            acc, jax.lax.dynamic_slice_in_dim(acc, start, x.shape[2], axis=2) + x, start, axis=2)
+            acc, jax.lax.dynamic_slice_in_dim(acc, start, x.shape[2], axis=2) + x, start, axis=2
+        )
 
     def grads(qi, di, lse_i, delta_i, s, kj, vj, mask, pv_dims):
         """dq, dk, dv of one set of scores `s` (before masking) over keys kj/vj."""
@@ -506,6 +559,7 @@ def _flash_backward(kern: _Kernel, qs, kv, docs, outs, lses, douts):
     acc = tuple(jnp.zeros(x.shape, jnp.float32) for x in (k, v) + ((kh, vh) if kh is not None else ()))
     dqs = []
     for st, q, out, lse, dout in zip(kern.tables.stacks, qs, outs, lses, douts):
+
         def block(acc, x, st=st):
             i, qi, di, lse_i, delta_i = x
             dq = jnp.zeros(qi.shape, jnp.float32)
@@ -514,23 +568,34 @@ def _flash_backward(kern: _Kernel, qs, kv, docs, outs, lses, douts):
                 kw, vw = _windows(kh, start, st.band, nsub), _windows(vh, start, st.band, nsub)
                 mask = kern.band_mask(st, i, docs)
                 qsub = _sub_blocks(qi, nsub)
-                s = jnp.where(mask, jnp.einsum("bkgtqd,bktsd->bkgtqs", qsub, kw,
-                                               preferred_element_type=jnp.float32), MASK_VALUE)
-                dq_b, dkw, dvw = grads(qsub, _sub_blocks(di, nsub), _sub_blocks(lse_i, nsub),
-                                       _sub_blocks(delta_i, nsub), s, kw, vw, mask,
-                                       ("bkgtqd", "bkgtqs", "bktsd"))
+                s = jnp.where(
+                    mask, jnp.einsum("bkgtqd,bktsd->bkgtqs", qsub, kw, preferred_element_type=jnp.float32), MASK_VALUE
+                )
+                dq_b, dkw, dvw = grads(
+                    qsub,
+                    _sub_blocks(di, nsub),
+                    _sub_blocks(lse_i, nsub),
+                    _sub_blocks(delta_i, nsub),
+                    s,
+                    kw,
+                    vw,
+                    mask,
+                    ("bkgtqd", "bkgtqs", "bktsd"),
+                )
                 dq = dq + dq_b.reshape(qi.shape)
-                acc = (*acc[:2], add_at(acc[2], _fold(dkw, st.band), start),
-                       add_at(acc[3], _fold(dvw, st.band), start))
+                acc = (*acc[:2], add_at(acc[2], _fold(dkw, st.band), start), add_at(acc[3], _fold(dvw, st.band), start))
 
             def body(j, mask, c):
                 dq, *acc = c
                 kj, vj = _tile(k, j, bk), _tile(v, j, bk)
-                dq_j, dk_j, dv_j = grads(qi, di, lse_i, delta_i, _scores(qi, kj, mask), kj, vj, mask,
-                                         ("bkgqd", "bkgqs", "bksd"))
+                dq_j, dk_j, dv_j = grads(
+                    qi, di, lse_i, delta_i, _scores(qi, kj, mask), kj, vj, mask, ("bkgqd", "bkgqs", "bksd")
+                )
                 return (dq + dq_j, add_at(acc[0], dk_j, j * bk), add_at(acc[1], dv_j, j * bk), *acc[2:])
+
             dq, *acc = kern.tiles(st, i, body, (dq, *acc), docs)
             return tuple(acc), dq.astype(qi.dtype)
+
         delta = jnp.einsum("nbkgqd,nbkgqd->nbkgq", out.astype(jnp.float32), dout.astype(jnp.float32))
         acc, dq = jax.lax.scan(block, acc, (jnp.arange(st.count), q, dout.astype(q.dtype), lse, delta))
         dqs.append(dq)
@@ -571,9 +636,10 @@ class DocumentMask:
     """The packed-documents rule (spec section 3) on token indices of a layout:
     `mask(rows, cols) -> [B, *broadcast(rows, cols)]`, for numpy or jax index arrays.
     A pytree (its arrays are leaves), so kernels can take it across `custom_vjp`."""
-    doc: jax.Array      # [B, N] document id per token
-    off: jax.Array      # [B, N] position counted from its document's start
-    copy: jax.Array     # [N] copy index per token
+
+    doc: jax.Array  # [B, N] document id per token
+    off: jax.Array  # [B, N] position counted from its document's start
+    copy: jax.Array  # [N] copy index per token
     variant: str = dataclasses.field(metadata=dict(static=True))
     repeat: int = dataclasses.field(metadata=dict(static=True))
     window: int = dataclasses.field(metadata=dict(static=True))
@@ -581,8 +647,18 @@ class DocumentMask:
 
     def __call__(self, rows, cols):
         doc, off, copy = jnp.asarray(self.doc), jnp.asarray(self.off), jnp.asarray(self.copy)
-        return document_allowed(self.variant, off[:, rows], copy[rows], doc[:, rows],
-                                off[:, cols], copy[cols], doc[:, cols], self.repeat, self.window, self.chunk)
+        return document_allowed(
+            self.variant,
+            off[:, rows],
+            copy[rows],
+            doc[:, rows],
+            off[:, cols],
+            copy[cols],
+            doc[:, cols],
+            self.repeat,
+            self.window,
+            self.chunk,
+        )
 
 
 def blocksparse_attention(q, k, v, pattern: BlockPattern, doc_mask=None):
@@ -618,15 +694,18 @@ def blocksparse_attention(q, k, v, pattern: BlockPattern, doc_mask=None):
 
     # Queries: per stack `[blocks, B, KVH, G, rows, D]`; keys `[B, KVH, keys, D]`, and the
     # hidden keys the bands slide over, zero-padded at both ends.
-    qs = _dot_ready(q * jnp.asarray(d ** -0.5, q.dtype))
-    stacks = tuple(qs[:, st.row0:st.row0 + st.rows * st.count]
-                   .reshape(b, st.count, st.rows, kvh, h // kvh, d).transpose(1, 0, 3, 4, 2, 5)
-                   for st in tab.stacks)
+    qs = _dot_ready(q * jnp.asarray(d**-0.5, q.dtype))
+    stacks = tuple(
+        qs[:, st.row0 : st.row0 + st.rows * st.count]
+        .reshape(b, st.count, st.rows, kvh, h // kvh, d)
+        .transpose(1, 0, 3, 4, 2, 5)
+        for st in tab.stacks
+    )
     pad = ((0, 0), (0, tab.nk * bk - n), (0, 0), (0, 0))
     k, v = (jnp.pad(_dot_ready(x), pad).transpose(0, 2, 1, 3) for x in (k, v))
     kh = vh = None
     if any(st.band is not None for st in tab.stacks):
-        kh, vh = (jnp.pad(x[:, :, tab.key_limit:n], ((0, 0), (0, 0), tab.band_pad, (0, 0))) for x in (k, v))
+        kh, vh = (jnp.pad(x[:, :, tab.key_limit : n], ((0, 0), (0, 0), tab.band_pad, (0, 0))) for x in (k, v))
     outs = _flash(kern, stacks, (k, v, kh, vh), docs)
     out = [o.transpose(1, 0, 4, 2, 3, 5).reshape(b, -1, h, d) for o in outs]
     return (out[0] if len(out) == 1 else jnp.concatenate(out, axis=1)).astype(q.dtype)
@@ -635,8 +714,9 @@ def blocksparse_attention(q, k, v, pattern: BlockPattern, doc_mask=None):
 def splash_sizes(pattern: BlockPattern):
     bq, bk = pattern.block_q, pattern.block_kv
     if bq % 128 or bk % 128:
-        raise ValueError(f"splash attention needs block_q and block_kv that are multiples of 128, "
-                         f"got block_q={bq}, block_kv={bk}")
+        raise ValueError(
+            f"splash attention needs block_q and block_kv that are multiples of 128, got block_q={bq}, block_kv={bk}"
+        )
     n = pattern.shape[0]
     step = int(np.lcm(bq, bk))
     return bq, bk, -(-n // step) * step
@@ -668,14 +748,14 @@ class SplashPatternMask(splash_mask_lib._ComputableMask):
     def __init__(self, pattern: BlockPattern, n_pad: int):
         self.pattern, n, layout = pattern, pattern.shape[0], pattern.layout
 
-        def mask_function(q, k):   # numpy on the host, jax in the kernel: operators only
+        def mask_function(q, k):  # numpy on the host, jax in the kernel: operators only
             inside = (q < n) & (k < n)
             return (inside & layout.allowed_at(q, k)) | (~inside & (q == k))
 
         super().__init__((n_pad, n_pad), mask_function)
         self._bq, self._bk = pattern.block_q, pattern.block_kv
         # Tile classes of whole tiles inside the pattern (row-major bytes: fast lookups).
-        whole = pattern.block_mask[:n // self._bq, :n // self._bk]
+        whole = pattern.block_mask[: n // self._bq, : n // self._bk]
         self._rows = [row.tobytes() for row in whole]
         self._tiles = {}
         for status, value in ((EMPTY, False), (FULL, True)):
@@ -684,12 +764,20 @@ class SplashPatternMask(splash_mask_lib._ComputableMask):
             self._tiles[status] = tile
 
     def __getitem__(self, idx) -> np.ndarray:
-        try:   # splash's own reads: whole tiles, `[i*bq:(i+1)*bq, j*bk:(j+1)*bk]`
+        try:  # splash's own reads: whole tiles, `[i*bq:(i+1)*bq, j*bk:(j+1)*bk]`
             q, k = idx
             i, r = divmod(q.start, self._bq)
             j, c = divmod(k.start, self._bk)
-            if (r or c or q.start < 0 or k.start < 0 or q.step not in (None, 1) or k.step not in (None, 1)
-                    or q.stop - q.start != self._bq or k.stop - k.start != self._bk):
+            if (
+                r
+                or c
+                or q.start < 0
+                or k.start < 0
+                or q.step not in (None, 1)
+                or k.step not in (None, 1)
+                or q.stop - q.start != self._bq
+                or k.stop - k.start != self._bk
+            ):
                 raise ValueError
             tile = self._tiles.get(self._rows[i][j])
         except (TypeError, ValueError, IndexError, AttributeError):
@@ -697,8 +785,7 @@ class SplashPatternMask(splash_mask_lib._ComputableMask):
         return tile if tile is not None else super().__getitem__(idx)
 
     def __eq__(self, other: object):
-        return (type(other) is type(self) and self.shape == other.shape
-                and self.pattern.layout == other.pattern.layout)
+        return type(other) is type(self) and self.shape == other.shape and self.pattern.layout == other.pattern.layout
 
     def __hash__(self):
         return hash((type(self), self.shape, self.pattern.layout))
@@ -707,8 +794,10 @@ class SplashPatternMask(splash_mask_lib._ComputableMask):
 @functools.lru_cache(maxsize=8)
 def _splash_mask(pattern: BlockPattern):
     if pattern.layout is None:
-        raise ValueError("splash attention needs a pattern built from a Layout (Layout.pattern), "
-                         "whose mask it can compute inside the kernel")
+        raise ValueError(
+            "splash attention needs a pattern built from a Layout (Layout.pattern), "
+            "whose mask it can compute inside the kernel"
+        )
     return SplashPatternMask(pattern, splash_sizes(pattern)[2])
 
 
@@ -719,11 +808,18 @@ def _splash_kernel(pattern: BlockPattern, num_heads: int, interpret: bool):
 
     bq, bk, _ = splash_sizes(pattern)
     mask = _splash_mask(pattern)
-    sizes = sa.BlockSizes(block_q=bq, block_kv=bk, block_kv_compute=bk, block_q_dkv=bq,
-                          block_kv_dkv=bk, block_kv_dkv_compute=bk, block_q_dq=bq, block_kv_dq=bk)
+    sizes = sa.BlockSizes(
+        block_q=bq,
+        block_kv=bk,
+        block_kv_compute=bk,
+        block_q_dkv=bq,
+        block_kv_dkv=bk,
+        block_kv_dkv_compute=bk,
+        block_q_dq=bq,
+        block_kv_dq=bk,
+    )
     heads = sa.MultiHeadMask([mask] * num_heads)
-    return sa.make_splash_mha(heads, block_sizes=sizes, head_shards=1, q_seq_shards=1,
-                              interpret=interpret)
+    return sa.make_splash_mha(heads, block_sizes=sizes, head_shards=1, q_seq_shards=1, interpret=interpret)
 
 
 def splash_attention(q, k, v, pattern: BlockPattern, interpret: bool | None = None, segment_ids=None):
@@ -740,6 +836,7 @@ def splash_attention(q, k, v, pattern: BlockPattern, interpret: bool | None = No
     if mesh.empty or mesh.size == 1:
         return local(*args)
     import flax.linen as nn
+
     rules = nn.get_logical_axis_rules()
     if not rules:
         return local(*args)
@@ -757,7 +854,7 @@ def _splash_local(q, k, v, segment_ids=None, *, pattern: BlockPattern, interpret
     _, _, n_pad = splash_sizes(pattern)
     kernel = _splash_kernel(pattern, h, interpret)
     pad = lambda x: jnp.pad(x.transpose(0, 2, 1, 3), ((0, 0), (0, 0), (0, n_pad - n), (0, 0)))  # noqa: E731
-    qs = q * jnp.asarray(d ** -0.5, q.dtype)
+    qs = q * jnp.asarray(d**-0.5, q.dtype)
     if segment_ids is None:
         out = jax.vmap(kernel)(pad(qs), pad(k), pad(v))
     else:
@@ -765,7 +862,8 @@ def _splash_local(q, k, v, segment_ids=None, *, pattern: BlockPattern, interpret
 
         seg = jnp.pad(jnp.asarray(segment_ids, jnp.int32), ((0, 0), (0, n_pad - n)), constant_values=-1)
         out = jax.vmap(lambda q_, k_, v_, s_: kernel(q_, k_, v_, segment_ids=SegmentIds(q=s_, kv=s_)))(
-            pad(qs), pad(k), pad(v), seg)
+            pad(qs), pad(k), pad(v), seg
+        )
     return out[:, :, :n].transpose(0, 2, 1, 3).astype(q.dtype)
 
 
@@ -777,6 +875,7 @@ class KVCache(NamedTuple):
     before slots: the layout the attention dots read, so no decode step transposes the
     cache (a `[B, S, KVH, D]` cache cost a copy of every layer's cache per step).
     """
+
     k: jax.Array
     v: jax.Array
     window_k: jax.Array
@@ -793,8 +892,8 @@ def cached_attention(q, new_k, new_v, cache: KVCache, mask):
     s, w = cache.k.shape[2], cache.window_k.shape[2]
     qg = _grouped(q, cache.k.shape[1])
     m = mask[:, None, None]  # [B, 1, 1, Q, S+W+Q]
-    new = [(new_k.transpose(0, 2, 1, 3), new_v.transpose(0, 2, 1, 3), m[..., s + w:])]
+    new = [(new_k.transpose(0, 2, 1, 3), new_v.transpose(0, 2, 1, 3), m[..., s + w :])]
     groups = [(cache.k, cache.v, m[..., :s])] + new
     if w:
-        groups.insert(1, (cache.window_k, cache.window_v, m[..., s:s + w]))
+        groups.insert(1, (cache.window_k, cache.window_v, m[..., s : s + w]))
     return _ungrouped(combine(partial_attention(qg, groups, "bksd")), q.dtype)

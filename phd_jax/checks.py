@@ -19,6 +19,7 @@ the checked mode for compiled code (`checked`).
 Higher layers (`model`, `decode`) are imported inside the functions that need them:
 this module sits below everything else and may be imported by any of them.
 """
+
 from __future__ import annotations
 
 import functools
@@ -64,8 +65,8 @@ def _scalar(value):
         return value.item()
     if hasattr(value, "shape") and hasattr(value, "dtype") and getattr(value, "shape", None) == ():
         try:
-            return np.asarray(value).item()    # a concrete jax scalar
-        except Exception:                       # a tracer: leave it to the caller
+            return np.asarray(value).item()  # a concrete jax scalar
+        except Exception:  # a tracer: leave it to the caller
             return value
     return value
 
@@ -104,8 +105,16 @@ def as_int(name: str, value, low: int | None = None, high: int | None = None, er
     return v
 
 
-def as_float(name: str, value, low: float | None = None, high: float | None = None, *,
-             low_open: bool = False, high_open: bool = False, error=ValueError) -> float:
+def as_float(
+    name: str,
+    value,
+    low: float | None = None,
+    high: float | None = None,
+    *,
+    low_open: bool = False,
+    high_open: bool = False,
+    error=ValueError,
+) -> float:
     """`value` as a finite Python float in the given range (ints and numpy floats accepted)."""
     v = _scalar(value)
     if low is not None and high is not None:
@@ -119,8 +128,11 @@ def as_float(name: str, value, low: float | None = None, high: float | None = No
     if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Real):
         fail(name, value, f"must be a finite number{span} ({_got(value)})", _type_error(error))
     v = float(v)
-    if (not math.isfinite(v) or (low is not None and (v < low or (low_open and v == low)))
-            or (high is not None and (v > high or (high_open and v == high)))):
+    if (
+        not math.isfinite(v)
+        or (low is not None and (v < low or (low_open and v == low)))
+        or (high is not None and (v > high or (high_open and v == high)))
+    ):
         fail(name, value, f"must be a finite number{span}", error)
     return v
 
@@ -136,8 +148,12 @@ def as_bool(name: str, value, error=ValueError) -> bool:
 def one_of(name: str, value, allowed, error=ValueError) -> str:
     """`value` if it is one of `allowed`, else a ValueError listing them."""
     if not isinstance(value, str) or value not in allowed:
-        fail(name, value, f"allowed: {', '.join(map(str, allowed))}",
-             error if isinstance(value, str) else _type_error(error))
+        fail(
+            name,
+            value,
+            f"allowed: {', '.join(map(str, allowed))}",
+            error if isinstance(value, str) else _type_error(error),
+        )
     return value
 
 
@@ -158,12 +174,15 @@ def _range(low, high) -> str:
 
 def check_config(config, name: str = "config"):
     """`config` itself: a `ModelConfig`, and never a traced value (it is static under jit)."""
-    from phd_jax.config import ModelConfig   # noqa: PLC0415 (config imports this module)
+    from phd_jax.config import ModelConfig  # noqa: PLC0415 (config imports this module)
+
     if isinstance(config, ModelConfig):
         return config
     if is_traced(config):
-        raise TypeError(f"{name} is a traced value: a ModelConfig must be a static argument under "
-                        f"jax.jit, e.g. jax.jit(phd_jax.forward, static_argnums=1)")
+        raise TypeError(
+            f"{name} is a traced value: a ModelConfig must be a static argument under "
+            f"jax.jit, e.g. jax.jit(phd_jax.forward, static_argnums=1)"
+        )
     hint = " (build one with phd_jax.ModelConfig(**d))" if isinstance(config, dict) else ""
     raise TypeError(f"{name} must be a phd_jax.ModelConfig, got {type(config).__name__}{hint}")
 
@@ -173,13 +192,17 @@ def as_rng(name: str, value):
     if hasattr(value, "dtype") and jax.dtypes.issubdtype(value.dtype, jax.dtypes.prng_key):
         return value
     if hasattr(value, "dtype") and value.dtype == np.uint32 and np.shape(value) == (2,):
-        return value                                   # legacy jax.random.PRNGKey(seed)
+        return value  # legacy jax.random.PRNGKey(seed)
     if is_traced(value) and jnp.issubdtype(value.dtype, jnp.integer) and value.shape == ():
         return jax.random.key(value)
     if is_int(value):
         return jax.random.key(int(_scalar(value)))
-    fail(name, value, "must be a PRNG key (jax.random.key(0)) or an integer seed "
-         f"(got {type(value).__name__})", TypeError)
+    fail(
+        name,
+        value,
+        f"must be a PRNG key (jax.random.key(0)) or an integer seed (got {type(value).__name__})",
+        TypeError,
+    )
 
 
 def as_token_id(name: str, value, vocab_size: int) -> int:
@@ -198,31 +221,33 @@ def check_tokens(config, tokens, name: str = "tokens"):
     (`phd_jax.checked`).
     """
     if tokens.ndim != 2 or 0 in tokens.shape:
-        raise ValueError(f"{name} must have shape [batch, length] with both >= 1, "
-                         f"got shape {tuple(tokens.shape)}")
+        raise ValueError(f"{name} must have shape [batch, length] with both >= 1, got shape {tuple(tokens.shape)}")
     if not jnp.issubdtype(tokens.dtype, jnp.integer):
         raise ValueError(f"{name} must be integer token ids, got dtype {tokens.dtype}")
     v = config.vocab_size
     if is_traced(tokens):
         bad = jnp.where((tokens < 0) | (tokens >= v), tokens, 0)
         bad = jnp.where(jnp.min(bad) < 0, jnp.min(bad), jnp.max(bad))
-        checkify.debug_check(jnp.all((tokens >= 0) & (tokens < v)),
-                             f"{name} contains id {{}}, outside the allowed range [0, vocab_size={v})",
-                             bad)
+        checkify.debug_check(
+            jnp.all((tokens >= 0) & (tokens < v)),
+            f"{name} contains id {{}}, outside the allowed range [0, vocab_size={v})",
+            bad,
+        )
         return
-    values = np.asarray(tokens)   # concrete; np.min on a jax array inside a trace would stage
+    values = np.asarray(tokens)  # concrete; np.min on a jax array inside a trace would stage
     lo, hi = int(values.min()), int(values.max())
     if lo < 0 or hi >= v:
-        raise ValueError(f"{name} contains id {lo if lo < 0 else hi}, outside the allowed range "
-                         f"[0, vocab_size={v})")
+        raise ValueError(f"{name} contains id {lo if lo < 0 else hi}, outside the allowed range [0, vocab_size={v})")
 
 
 def check_tokens_per_sequence(config, tokens: int, what: str):
     """Refuse a static layout of more than `MAX_TOKENS_PER_SEQUENCE` tokens, before building it."""
     if tokens > MAX_TOKENS_PER_SEQUENCE:
-        raise ValueError(f"{what} needs {tokens} tokens per sequence through the layers "
-                         f"(K={config.repeat}), above the limit MAX_TOKENS_PER_SEQUENCE="
-                         f"{MAX_TOKENS_PER_SEQUENCE} of the static mask patterns")
+        raise ValueError(
+            f"{what} needs {tokens} tokens per sequence through the layers "
+            f"(K={config.repeat}), above the limit MAX_TOKENS_PER_SEQUENCE="
+            f"{MAX_TOKENS_PER_SEQUENCE} of the static mask patterns"
+        )
 
 
 def check_max_len(config, max_len, needed: int, what: str) -> int:
@@ -240,25 +265,36 @@ def check_max_len(config, max_len, needed: int, what: str) -> int:
 # ---------------------------------------------------------------------------
 
 # Logical axis name of a parameter dimension -> the config field that sets its size.
-AXIS_FIELDS = {"layers": "num_layers", "embed": "d_model", "heads": "num_heads",
-               "kv_heads": "num_kv_heads", "head_dim": "head_dim", "mlp": "mlp_dim",
-               "vocab": "vocab_size"}
+AXIS_FIELDS = {
+    "layers": "num_layers",
+    "embed": "d_model",
+    "heads": "num_heads",
+    "kv_heads": "num_kv_heads",
+    "head_dim": "head_dim",
+    "mlp": "mlp_dim",
+    "vocab": "vocab_size",
+}
 
 
 def _path(keys) -> str:
     """'layers/attention/query/kernel'; attribute steps (a boxed `nn.Partitioned(...).value`) are skipped."""
-    return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in keys
-                    if not isinstance(k, jax.tree_util.GetAttrKey))
+    return "/".join(
+        str(getattr(k, "key", getattr(k, "idx", k))) for k in keys if not isinstance(k, jax.tree_util.GetAttrKey)
+    )
 
 
 @functools.lru_cache(maxsize=64)
 def _expected_params(param_config):
     """{path: (shape, logical axis names)} of the parameters `param_config` makes."""
-    from phd_jax.model import param_logical_axes, param_shapes   # noqa: PLC0415 (higher layer)
-    shapes = {_path(p): tuple(x.shape) for p, x in
-              jax.tree_util.tree_flatten_with_path(param_shapes(param_config))[0]}
-    axes = {_path(p): tuple(a) for p, a in jax.tree_util.tree_flatten_with_path(
-        param_logical_axes(param_config), is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))[0]}
+    from phd_jax.model import param_logical_axes, param_shapes  # noqa: PLC0415 (higher layer)
+
+    shapes = {_path(p): tuple(x.shape) for p, x in jax.tree_util.tree_flatten_with_path(param_shapes(param_config))[0]}
+    axes = {
+        _path(p): tuple(a)
+        for p, a in jax.tree_util.tree_flatten_with_path(
+            param_logical_axes(param_config), is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec)
+        )[0]
+    }
     return {p: (shape, axes.get(p, (None,) * len(shape))) for p, shape in shapes.items()}
 
 
@@ -274,8 +310,10 @@ def _params_mismatch(param_config, treedef, shapes: tuple) -> str | None:
     expected = _expected_params(param_config)
     got = dict(got)
     if got and all(p.startswith("params/") for p in got):
-        return ("params looks like a variables dict {'params': ...}: pass variables['params'] "
-                "(the output of phd_jax.init_params)")
+        return (
+            "params looks like a variables dict {'params': ...}: pass variables['params'] "
+            "(the output of phd_jax.init_params)"
+        )
     missing = [p for p in expected if p not in got]
     extra = [p for p in got if p not in expected]
     wrong = [p for p in expected if p in got and got[p] != expected[p][0]]
@@ -285,8 +323,10 @@ def _params_mismatch(param_config, treedef, shapes: tuple) -> str | None:
     for p in wrong:
         shape, names = expected[p]
         if len(got[p]) != len(shape):
-            fields.setdefault("scan_layers" if "layers" in names or p.startswith("layers/") else "shape",
-                              f"config {getattr(param_config, 'scan_layers')}")
+            fields.setdefault(
+                "scan_layers" if "layers" in names or p.startswith("layers/") else "shape",
+                f"config {param_config.scan_layers}",
+            )
             continue
         for dim, (want, have) in enumerate(zip(shape, got[p])):
             field = AXIS_FIELDS.get(names[dim]) if dim < len(names) else None
@@ -297,20 +337,24 @@ def _params_mismatch(param_config, treedef, shapes: tuple) -> str | None:
             fields.setdefault("tie_embeddings", f"config {param_config.tie_embeddings}")
         elif "query_norm" in p or "key_norm" in p:
             fields.setdefault("qk_norm", f"config {param_config.qk_norm}")
-        elif p.startswith("layers_") or p.startswith("layers/"):
+        elif p.startswith(("layers_", "layers/")):
             scanned = any(q.startswith("layers/") for q in got)
             if scanned != param_config.scan_layers:
                 fields.setdefault("scan_layers", f"config {param_config.scan_layers}, params {scanned}")
             else:
                 n = len({q.split("/")[0] for q in got if q.startswith("layers_")})
                 fields.setdefault("num_layers", f"config {param_config.num_layers}, params {n}")
-    leaves = ([f"{p} has shape {got[p]}, expected {expected[p][0]}" for p in wrong]
-              + [f"{p} is missing" for p in missing] + [f"{p} is unexpected" for p in extra])
-    explain = ("; ".join(f"{f} ({why})" for f, why in fields.items())
-               or "leaves missing or unexpected (another model, or edited by hand?)")
+    leaves = (
+        [f"{p} has shape {got[p]}, expected {expected[p][0]}" for p in wrong]
+        + [f"{p} is missing" for p in missing]
+        + [f"{p} is unexpected" for p in extra]
+    )
+    explain = (
+        "; ".join(f"{f} ({why})" for f, why in fields.items())
+        or "leaves missing or unexpected (another model, or edited by hand?)"
+    )
     more = f" (+{len(leaves) - 2} more)" if len(leaves) > 2 else ""
-    return (f"params do not fit the config: {explain}. First mismatching leaves: "
-            f"{'; '.join(leaves[:2])}{more}")
+    return f"params do not fit the config: {explain}. First mismatching leaves: {'; '.join(leaves[:2])}{more}"
 
 
 def check_params(params, config):
@@ -321,17 +365,20 @@ def check_params(params, config):
     restored checkpoint can be checked before use. Raises a `ValueError` naming the
     first mismatching leaves and the config fields that explain them.
     """
-    from phd_jax.config import param_config   # noqa: PLC0415
+    from phd_jax.config import param_config  # noqa: PLC0415
+
     check_config(config)
     if not isinstance(params, dict):
-        raise TypeError(f"params must be a dict of arrays (the output of phd_jax.init_params), "
-                        f"got {type(params).__name__}")
+        raise TypeError(
+            f"params must be a dict of arrays (the output of phd_jax.init_params), got {type(params).__name__}"
+        )
     leaves, treedef = jax.tree.flatten(params)
     try:
         shapes = tuple(tuple(x.shape) for x in leaves)
     except AttributeError:
-        raise TypeError("params must be a tree of arrays (the output of phd_jax.init_params); "
-                        "some leaves have no shape") from None
+        raise TypeError(
+            "params must be a tree of arrays (the output of phd_jax.init_params); some leaves have no shape"
+        ) from None
     message = _params_mismatch(param_config(config), treedef, shapes)
     if message:
         raise ValueError(message)
@@ -343,58 +390,67 @@ def check_params(params, config):
 
 # Fields that change nothing a decode step computes from a state (backend and tiling of
 # the static patterns, how layers are stacked, init, the config's length bound).
-_STATE_IRRELEVANT = ("attention", "block_q", "block_kv", "scan_layers", "remat", "init_std",
-                     "max_seq_len")
+_STATE_IRRELEVANT = ("attention", "block_q", "block_kv", "scan_layers", "remat", "init_std", "max_seq_len")
 
 
 def check_state(state, config, name: str = "state"):
     """A `DecodeState` made by `init_state`/`prefill` for this config (fields that matter)."""
     import dataclasses  # noqa: PLC0415
+
     from phd_jax.decode import DecodeState  # noqa: PLC0415 (higher layer)
+
     if not isinstance(state, DecodeState):
-        raise TypeError(f"{name} must be a phd_jax.DecodeState (from prefill or init_state), "
-                        f"got {type(state).__name__}")
+        raise TypeError(
+            f"{name} must be a phd_jax.DecodeState (from prefill or init_state), got {type(state).__name__}"
+        )
     made = state.config
     if made is not config and made != config:
-        diff = [f"{f.name} (state {getattr(made, f.name)!r}, config {getattr(config, f.name)!r})"
-                for f in dataclasses.fields(config)
-                if f.name not in _STATE_IRRELEVANT and getattr(made, f.name) != getattr(config, f.name)]
+        diff = [
+            f"{f.name} (state {getattr(made, f.name)!r}, config {getattr(config, f.name)!r})"
+            for f in dataclasses.fields(config)
+            if f.name not in _STATE_IRRELEVANT and getattr(made, f.name) != getattr(config, f.name)
+        ]
         if diff:
-            raise ValueError(f"{name} was made for another model ({made.name}) than config "
-                             f"({config.name}): {', '.join(diff)}")
+            raise ValueError(
+                f"{name} was made for another model ({made.name}) than config ({config.name}): {', '.join(diff)}"
+            )
     b = state.pos.shape[0]
-    want = (config.num_layers, b, config.num_kv_heads, state.max_len * config.cached_copies,
-            config.head_dim)
-    if tuple(state.k.shape) != want or tuple(state.window_k.shape) != want[:3] + (
-            config.effective_window,) + want[4:]:
-        raise ValueError(f"{name} arrays do not have the shapes init_state makes for this config: "
-                         f"k {tuple(state.k.shape)} (expected {want}), window_k "
-                         f"{tuple(state.window_k.shape)}")
+    want = (config.num_layers, b, config.num_kv_heads, state.max_len * config.cached_copies, config.head_dim)
+    if tuple(state.k.shape) != want or tuple(state.window_k.shape) != want[:3] + (config.effective_window,) + want[4:]:
+        raise ValueError(
+            f"{name} arrays do not have the shapes init_state makes for this config: "
+            f"k {tuple(state.k.shape)} (expected {want}), window_k "
+            f"{tuple(state.window_k.shape)}"
+        )
     return state
 
 
 def check_room(state):
     """The state's cache has room for one more position (eager: waits for the previous step)."""
     if is_traced(state.pos):
-        checkify.debug_check(jnp.all(state.pos < state.max_len),
-                             f"the cache is full: a position does not fit max_len={state.max_len}")
+        checkify.debug_check(
+            jnp.all(state.pos < state.max_len), f"the cache is full: a position does not fit max_len={state.max_len}"
+        )
     elif int(state.pos.max()) >= state.max_len:
-        raise ValueError(f"the cache is full: position {int(state.pos.max())} does not fit "
-                         f"max_len={state.max_len}")
+        raise ValueError(f"the cache is full: position {int(state.pos.max())} does not fit max_len={state.max_len}")
 
 
 def check_lengths(lengths, batch: int, length: int):
     """True prompt lengths `[batch]` of a right-padded batch: integers in [1, length]."""
     lengths = jnp.asarray(lengths)
     if lengths.shape != (batch,) or not jnp.issubdtype(lengths.dtype, jnp.integer):
-        raise ValueError(f"lengths must be integers of shape ({batch},), got dtype {lengths.dtype}, "
-                         f"shape {tuple(lengths.shape)}")
+        raise ValueError(
+            f"lengths must be integers of shape ({batch},), got dtype {lengths.dtype}, shape {tuple(lengths.shape)}"
+        )
     if is_traced(lengths):
-        checkify.debug_check(jnp.all((lengths >= 1) & (lengths <= length)),
-                             f"lengths must be in [1, {length}] (the padded prompt length)")
+        checkify.debug_check(
+            jnp.all((lengths >= 1) & (lengths <= length)),
+            f"lengths must be in [1, {length}] (the padded prompt length)",
+        )
     elif lengths.min() < 1 or lengths.max() > length:
-        raise ValueError(f"lengths must be in [1, {length}] (the padded prompt length), got "
-                         f"{np.asarray(lengths).tolist()}")
+        raise ValueError(
+            f"lengths must be in [1, {length}] (the padded prompt length), got {np.asarray(lengths).tolist()}"
+        )
     return lengths
 
 
@@ -436,6 +492,7 @@ def checked(fn):
 
         logits = phd_jax.checked(jax.jit(phd_jax.forward, static_argnums=1))(params, cfg, tokens)
     """
+
     def is_array(x):
         leaves = jax.tree.leaves(x)
         return bool(leaves) and all(isinstance(leaf, (jax.Array, np.ndarray)) for leaf in leaves)
@@ -453,9 +510,11 @@ def checked(fn):
 
         # Jitted, so the arguments are traced and every check becomes a checkify check.
         err, out = checkify.checkify(jax.jit(inner), errors=checkify.user_checks)(
-            [args[i] for i in dyn_pos], [kwargs[k] for k in dyn_kw])
+            [args[i] for i in dyn_pos], [kwargs[k] for k in dyn_kw]
+        )
         message = err.get()
         if message:
             raise ValueError(message.split(" (`check` failed)")[0].split("\n")[0])
         return out
+
     return run

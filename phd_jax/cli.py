@@ -9,6 +9,7 @@ run the same modules. A relative `--config` path that does not exist in the work
 directory is looked up in the checkout the package was installed from (editable installs,
 Colab clones); a wheel installed elsewhere needs an explicit `--config=FILE`.
 """
+
 from __future__ import annotations
 
 import os
@@ -56,15 +57,17 @@ def _run(main, usage: str, argv=None, flags_parser=None):
 
 def train_main(argv=None):
     """Entry point of `phd-train` (the program is `phd_jax.train.cli`, as for train.py)."""
-    if argv is None:   # the console script (never when called with arguments, e.g. from a test)
+    if argv is None:  # the console script (never when called with arguments, e.g. from a test)
         reexec_with_tuned_malloc()
     from phd_jax.train import cli
+
     return _run(cli.main, cli.__doc__, argv, cli.parse_flags)
 
 
 def eval_main(argv=None):
     """Entry point of `phd-eval` (the program is `phd_jax.evaluation.cli`, as for eval.py)."""
-    if argv is None:   # the console script (never when called with arguments, e.g. from a test)
+    if argv is None:  # the console script (never when called with arguments, e.g. from a test)
         reexec_with_tuned_malloc()
     from phd_jax.evaluation import cli
+
     return _run(cli.main, cli.__doc__, argv, getattr(cli, "parse_flags", None))

@@ -4,6 +4,7 @@ Hashable (frozen) so that it can be a static argument of `jax.jit`; every
 derived quantity the masks, prefill and decode need lives here as a property,
 so the rest of the library never re-derives K-1, ceil(W/(K-1)) and friends.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -13,8 +14,16 @@ import re
 
 import jax.numpy as jnp
 
-from phd_jax.checks import (MAX_TOKENS_PER_SEQUENCE, ConfigError, ConfigTypeError, as_bool, as_float,
-                            as_int, fail, one_of)
+from phd_jax.checks import (
+    MAX_TOKENS_PER_SEQUENCE,
+    ConfigError,
+    ConfigTypeError,
+    as_bool,
+    as_float,
+    as_int,
+    fail,
+    one_of,
+)
 
 VARIANTS = ("vanilla", "naive", "phd", "phd_swa", "phd_cswa")
 BACKENDS = ("auto", "dense", "blocksparse", "splash")
@@ -26,9 +35,21 @@ REMAT_POLICIES = ("none", "full", "dots")
 PHD_VARIANTS = ("phd", "phd_swa", "phd_cswa")
 
 # Fields that shape the parameters (PHD adds none): `init_params` and `check_params` key on them.
-PARAM_FIELDS = ("vocab_size", "num_layers", "d_model", "num_heads", "num_kv_heads", "head_dim",
-                "mlp_dim", "tie_embeddings", "qk_norm", "dtype", "param_dtype", "scan_layers",
-                "init_std")
+PARAM_FIELDS = (
+    "vocab_size",
+    "num_layers",
+    "d_model",
+    "num_heads",
+    "num_kv_heads",
+    "head_dim",
+    "mlp_dim",
+    "tie_embeddings",
+    "qk_norm",
+    "dtype",
+    "param_dtype",
+    "scan_layers",
+    "init_std",
+)
 
 
 # ---- the variant predicates: the one definition every module uses ----------------
@@ -47,8 +68,18 @@ def is_chunked(variant: str) -> bool:
     return variant == "phd_cswa"
 
 
-_INT_FIELDS = ("vocab_size", "num_layers", "d_model", "num_heads", "num_kv_heads", "head_dim",
-               "mlp_dim", "max_seq_len", "block_q", "block_kv")
+_INT_FIELDS = (
+    "vocab_size",
+    "num_layers",
+    "d_model",
+    "num_heads",
+    "num_kv_heads",
+    "head_dim",
+    "mlp_dim",
+    "max_seq_len",
+    "block_q",
+    "block_kv",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,7 +110,7 @@ class ModelConfig:
     repeat: int = 1
     window: int = 0
     chunk: int | None = None
-    position_mode: str | None = None   # None: "flat" for naive (the literal repeated sequence), else "shared"
+    position_mode: str | None = None  # None: "flat" for naive (the literal repeated sequence), else "shared"
     rope_theta: float = 10000.0
     norm_eps: float = 1e-6
     tie_embeddings: bool = True
@@ -115,31 +146,39 @@ class ModelConfig:
         for f in ("rope_theta", "norm_eps", "init_std"):
             put(f, as_float(name(f), getattr(self, f), 0.0, low_open=True, error=ConfigError))
         if self.num_heads % self.num_kv_heads:
-            fail(name("num_kv_heads"), self.num_kv_heads,
-                 f"must divide num_heads={self.num_heads} (grouped-query attention)", ConfigError)
+            fail(
+                name("num_kv_heads"),
+                self.num_kv_heads,
+                f"must divide num_heads={self.num_heads} (grouped-query attention)",
+                ConfigError,
+            )
         if self.head_dim % 2:
-            fail(name("head_dim"), self.head_dim, "must be even (rotary embeddings rotate pairs)",
-                 ConfigError)
+            fail(name("head_dim"), self.head_dim, "must be even (rotary embeddings rotate pairs)", ConfigError)
         put("repeat", as_int(name("repeat"), self.repeat, 1, error=ConfigError))
         if self.repeat > MAX_TOKENS_PER_SEQUENCE:
-            fail(name("repeat"), self.repeat,
-                 f"one position alone needs K={self.repeat} tokens per sequence, above the limit "
-                 f"MAX_TOKENS_PER_SEQUENCE={MAX_TOKENS_PER_SEQUENCE}", ConfigError)
+            fail(
+                name("repeat"),
+                self.repeat,
+                f"one position alone needs K={self.repeat} tokens per sequence, above the limit "
+                f"MAX_TOKENS_PER_SEQUENCE={MAX_TOKENS_PER_SEQUENCE}",
+                ConfigError,
+            )
         if self.variant == "vanilla" and self.repeat != 1:
-            fail(name("repeat"), self.repeat, "variant 'vanilla' needs repeat=1 (use 'phd' for K > 1)",
-                 ConfigError)
+            fail(name("repeat"), self.repeat, "variant 'vanilla' needs repeat=1 (use 'phd' for K > 1)", ConfigError)
         put("window", as_int(name("window"), self.window, 0, error=ConfigError))
         if self.window and not has_window(self.variant):
-            fail(name("window"), self.window,
-                 f"variant {self.variant!r} has no sliding window; use 0, or phd_swa / phd_cswa",
-                 ConfigError)
+            fail(
+                name("window"),
+                self.window,
+                f"variant {self.variant!r} has no sliding window; use 0, or phd_swa / phd_cswa",
+                ConfigError,
+            )
         if is_chunked(self.variant):
             if self.chunk is None:
                 fail(name("chunk"), None, "phd_cswa needs an integer chunk C >= 1", ConfigError)
             put("chunk", as_int(name("chunk"), self.chunk, 1, error=ConfigError))
         elif self.chunk is not None:
-            fail(name("chunk"), self.chunk, f"only phd_cswa is chunked; use None for {self.variant!r}",
-                 ConfigError)
+            fail(name("chunk"), self.chunk, f"only phd_cswa is chunked; use None for {self.variant!r}", ConfigError)
 
     # ---- names -------------------------------------------------------------
     @property
@@ -155,27 +194,35 @@ class ModelConfig:
         }[self.variant]
 
     @classmethod
-    def from_name(cls, name: str, **kwargs) -> "ModelConfig":
+    def from_name(cls, name: str, **kwargs) -> ModelConfig:
         """Inverse of `name`: `ModelConfig.from_name("PHD-CSWA-3-16-32", d_model=...)`."""
         patterns = [
             (r"vanilla", lambda m: dict(variant="vanilla")),
             (r"naive-(\d+)", lambda m: dict(variant="naive", repeat=int(m[1]))),
             (r"phd-(\d+)", lambda m: dict(variant="phd", repeat=int(m[1]))),
             (r"phd-swa-(\d+)-(\d+)-inf", lambda m: dict(variant="phd_swa", repeat=int(m[1]), window=int(m[2]))),
-            (r"phd-cswa-(\d+)-(\d+)-(\d+)",
-             lambda m: dict(variant="phd_cswa", repeat=int(m[1]), window=int(m[2]), chunk=int(m[3]))),
+            (
+                r"phd-cswa-(\d+)-(\d+)-(\d+)",
+                lambda m: dict(variant="phd_cswa", repeat=int(m[1]), window=int(m[2]), chunk=int(m[3])),
+            ),
         ]
         if not isinstance(name, str):
-            fail("ModelConfig.from_name(name)", name, "must be a model name string such as 'PHD-3' "
-                 "(vanilla, naive-K, PHD-K, PHD-SWA-K-W-inf, PHD-CSWA-K-W-C)", ConfigTypeError)
+            fail(
+                "ModelConfig.from_name(name)",
+                name,
+                "must be a model name string such as 'PHD-3' "
+                "(vanilla, naive-K, PHD-K, PHD-SWA-K-W-inf, PHD-CSWA-K-W-C)",
+                ConfigTypeError,
+            )
         for pat, make in patterns:
             m = re.fullmatch(pat, name.strip().lower())
             if m:
                 return cls(**{**make(m), **kwargs})
         raise ConfigError(
-            f"model name {name!r} is not one of: vanilla, naive-K, PHD-K, PHD-SWA-K-W-inf, PHD-CSWA-K-W-C")
+            f"model name {name!r} is not one of: vanilla, naive-K, PHD-K, PHD-SWA-K-W-inf, PHD-CSWA-K-W-C"
+        )
 
-    def replace(self, **kwargs) -> "ModelConfig":
+    def replace(self, **kwargs) -> ModelConfig:
         return dataclasses.replace(self, **kwargs)
 
     # ---- derived PHD quantities -----------------------------------------------

@@ -14,6 +14,7 @@ Prompts of different lengths use the fact that originals never attend to
 hidden tokens: a vanilla pass fills the cache, then each prompt's tail runs
 against it like a decode step.
 """
+
 from __future__ import annotations
 
 import functools
@@ -24,8 +25,18 @@ import jax.numpy as jnp
 import numpy as np
 
 from phd_jax.attention import KVCache
-from phd_jax.checks import (as_bool, as_int, check_config, check_lengths, check_max_len, check_params,
-                            check_room, check_state, check_tokens, check_tokens_per_sequence)
+from phd_jax.checks import (
+    as_bool,
+    as_int,
+    check_config,
+    check_lengths,
+    check_max_len,
+    check_params,
+    check_room,
+    check_state,
+    check_tokens,
+    check_tokens_per_sequence,
+)
 from phd_jax.config import ModelConfig
 from phd_jax.masks import Layout, allowed
 from phd_jax.model import Transformer, rope_positions, run_layout
@@ -78,8 +89,7 @@ def kv_cache_bytes(config: ModelConfig, batch: int, max_len: int) -> int:
     check_config(config)
     batch, max_len = as_int("batch", batch, 1), as_int("max_len", max_len, 1)
     per_layer = 2 * (max_len * config.cached_copies + config.effective_window)
-    return (config.num_layers * batch * per_layer * config.num_kv_heads * config.head_dim
-            * config.compute_dtype.itemsize)
+    return config.num_layers * batch * per_layer * config.num_kv_heads * config.head_dim * config.compute_dtype.itemsize
 
 
 def init_state(config: ModelConfig, batch: int, max_len: int) -> DecodeState:
@@ -87,15 +97,19 @@ def init_state(config: ModelConfig, batch: int, max_len: int) -> DecodeState:
     check_config(config)
     batch = as_int("batch", batch, 1)
     max_len = check_max_len(config, max_len, 0, "")
-    cache = (config.num_layers, batch, config.num_kv_heads, max_len * config.cached_copies,
-             config.head_dim)
-    window = (config.num_layers, batch, config.num_kv_heads, config.effective_window,
-              config.head_dim)
+    cache = (config.num_layers, batch, config.num_kv_heads, max_len * config.cached_copies, config.head_dim)
+    window = (config.num_layers, batch, config.num_kv_heads, config.effective_window, config.head_dim)
     dt = config.compute_dtype
-    return DecodeState(k=jnp.zeros(cache, dt), v=jnp.zeros(cache, dt),
-                       window_k=jnp.zeros(window, dt), window_v=jnp.zeros(window, dt),
-                       window_hidx=jnp.full((batch, config.effective_window), -1, jnp.int32),
-                       pos=jnp.zeros((batch,), jnp.int32), max_len=max_len, config=config)
+    return DecodeState(
+        k=jnp.zeros(cache, dt),
+        v=jnp.zeros(cache, dt),
+        window_k=jnp.zeros(window, dt),
+        window_v=jnp.zeros(window, dt),
+        window_hidx=jnp.full((batch, config.effective_window), -1, jnp.int32),
+        pos=jnp.zeros((batch,), jnp.int32),
+        max_len=max_len,
+        config=config,
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -110,7 +124,7 @@ def _extend_mask(config: ModelConfig, state: DecodeState, pos, copy, valid):
     b = pos.shape[0]
     key_pos = [jnp.broadcast_to(slot // cc, (b, slot.size))]
     key_copy = [jnp.broadcast_to(slot % cc, (b, slot.size))]
-    key_valid = [slot[None, :] < (state.pos * cc)[:, None]]     # written before this step
+    key_valid = [slot[None, :] < (state.pos * cc)[:, None]]  # written before this step
     if config.effective_window:
         h = state.window_hidx
         key_pos.append(h // (k - 1))
@@ -120,21 +134,28 @@ def _extend_mask(config: ModelConfig, state: DecodeState, pos, copy, valid):
     key_copy.append(jnp.broadcast_to(copy, pos.shape))
     key_valid.append(valid)
     key_pos, key_copy, key_valid = (jnp.concatenate(a, axis=1) for a in (key_pos, key_copy, key_valid))
-    ok = allowed(config.variant, pos[:, :, None], jnp.broadcast_to(copy, pos.shape)[:, :, None],
-                 key_pos[:, None, :], key_copy[:, None, :], k, config.effective_window,
-                 config.effective_chunk)
+    ok = allowed(
+        config.variant,
+        pos[:, :, None],
+        jnp.broadcast_to(copy, pos.shape)[:, :, None],
+        key_pos[:, None, :],
+        key_copy[:, None, :],
+        k,
+        config.effective_window,
+        config.effective_chunk,
+    )
     return ok & key_valid[:, None, :]
 
 
-def _extend(params, config: ModelConfig, state: DecodeState, ids, pos, copy: np.ndarray, valid,
-            out_rows):
+def _extend(params, config: ModelConfig, state: DecodeState, ids, pos, copy: np.ndarray, valid, out_rows):
     """Run new tokens `(pos [B, Q], copy [Q] static)` through all layers against `state`.
 
     Returns logits at `out_rows` and the new tokens' keys/values `[L, B, Q, KVH, D]`.
     """
     mask = _extend_mask(config, state, pos, copy, valid)
     logits, (new_k, new_v) = Transformer(config, mode="extend").apply(
-        {"params": params}, ids, rope_positions(config, pos, copy), out_rows, mask, state.cache)
+        {"params": params}, ids, rope_positions(config, pos, copy), out_rows, mask, state.cache
+    )
     return logits, new_k, new_v
 
 
@@ -172,18 +193,16 @@ def _write(config: ModelConfig, state: DecodeState, new_k, new_v, pos, copy: np.
 def prefill_layout(config: ModelConfig, prompt_len: int) -> Layout:
     """The static token set of prefill: the cached stream (originals; naive: every copy)
     plus the hidden copies of the last `prefill_tail` positions (spec section 5)."""
-    if not config.is_phd:    # vanilla and naive: every token is cached
+    if not config.is_phd:  # vanilla and naive: every token is cached
         return Layout.for_config(config, prompt_len, "paper")
-    return Layout.for_config(config, prompt_len, "kernel",
-                             hidden_from=prompt_len - config.prefill_tail(prompt_len))
+    return Layout.for_config(config, prompt_len, "kernel", hidden_from=prompt_len - config.prefill_tail(prompt_len))
 
 
 def prefill_token_counts(config: ModelConfig, prompt_len: int) -> dict:
     """Tokens an (equal-length) prefill runs through the layers: `cached` (originals, or
     every copy for naive) and `hidden` (the tail's hidden decoding tokens)."""
     _, copy = prefill_layout(config, prompt_len).tokens
-    return {"cached": int((copy < config.cached_copies).sum()),
-            "hidden": int((copy >= config.cached_copies).sum())}
+    return {"cached": int((copy < config.cached_copies).sum()), "hidden": int((copy >= config.cached_copies).sum())}
 
 
 @functools.partial(jax.jit, static_argnames=("config", "max_len", "ragged"))
@@ -209,14 +228,16 @@ def _prefill_ragged(params, config: ModelConfig, state, tokens, lengths):
     (padding after a prompt is never attended), then (2) each prompt's tail of
     hidden copies against that cache, like a decode step."""
     b, t = tokens.shape
-    kind = "paper" if config.cached_copies > 1 else "originals"   # naive caches every copy
+    kind = "paper" if config.cached_copies > 1 else "originals"  # naive caches every copy
     layout = Layout.for_config(config, t, kind)
     last = (lengths - 1) * config.cached_copies + config.cached_copies - 1
     out_rows = np.zeros((b, 0), np.int32) if config.is_phd else last[:, None]
     logits, (k, v) = run_layout(params, config, layout, tokens, out_rows, True)
-    state = state.replace(k=jax.lax.dynamic_update_slice_in_dim(state.k, k.swapaxes(2, 3), 0, axis=3),
-                          v=jax.lax.dynamic_update_slice_in_dim(state.v, v.swapaxes(2, 3), 0, axis=3),
-                          pos=lengths.astype(jnp.int32))
+    state = state.replace(
+        k=jax.lax.dynamic_update_slice_in_dim(state.k, k.swapaxes(2, 3), 0, axis=3),
+        v=jax.lax.dynamic_update_slice_in_dim(state.v, v.swapaxes(2, 3), 0, axis=3),
+        pos=lengths.astype(jnp.int32),
+    )
     if not config.is_phd:
         return logits[:, 0], state
     tail = config.prefill_tail(t, ragged=True)
@@ -225,8 +246,7 @@ def _prefill_ragged(params, config: ModelConfig, state, tokens, lengths):
     pos = lengths[:, None].astype(jnp.int32) + rel[None, :]
     valid = pos >= 0
     ids = jnp.take_along_axis(tokens, jnp.maximum(pos, 0), axis=1)
-    logits, new_k, new_v = _extend(params, config, state, ids, pos, copy, valid,
-                                   np.array([copy.size - 1]))
+    logits, new_k, new_v = _extend(params, config, state, ids, pos, copy, valid, np.array([copy.size - 1]))
     return logits[:, 0], _write(config, state, new_k, new_v, pos, copy, valid)
 
 
@@ -248,8 +268,11 @@ def prefill(params, config: ModelConfig, tokens, max_len: int | None = None, len
         lengths = check_lengths(lengths, b, t)
     else:
         lengths = jnp.full((b,), t, jnp.int32)
-    check_tokens_per_sequence(config, t * config.cached_copies + config.prefill_tail(t, ragged)
-                              * (config.repeat - 1), f"prefill of {t} positions")
+    check_tokens_per_sequence(
+        config,
+        t * config.cached_copies + config.prefill_tail(t, ragged) * (config.repeat - 1),
+        f"prefill of {t} positions",
+    )
     return prefill_unchecked(params, config, tokens, lengths, max_len, ragged)
 
 
@@ -293,8 +316,10 @@ def decode_step(params, config: ModelConfig, state: DecodeState, tokens, *, dona
     donate = as_bool("donate", donate)
     tokens = jnp.asarray(tokens)
     if tokens.shape != state.pos.shape:
-        raise ValueError(f"tokens must have shape {tuple(state.pos.shape)} (one per sequence: the "
-                         f"state holds batch={state.batch_size}), got {tuple(tokens.shape)}")
+        raise ValueError(
+            f"tokens must have shape {tuple(state.pos.shape)} (one per sequence: the "
+            f"state holds batch={state.batch_size}), got {tuple(tokens.shape)}"
+        )
     check_tokens(config, tokens[:, None])
     check_room(state)
     return (_decode_step_donating if donate else _decode_step_copying)(params, config, state, tokens)
@@ -307,13 +332,16 @@ def state_for_comparison(config: ModelConfig, state: DecodeState):
     next position's (phd_cswa) are never attended again, so they are zeroed.
     """
     cc = config.cached_copies
-    live = jnp.arange(state.k.shape[3])[None, :] < (state.pos * cc)[:, None]   # [B, S]
+    live = jnp.arange(state.k.shape[3])[None, :] < (state.pos * cc)[:, None]  # [B, S]
     zero_dead = lambda x, m: jnp.where(m[None, :, None, :, None], x, 0)  # noqa: E731
     h = state.window_hidx
     wlive = h >= 0
     if config.effective_chunk is not None and h.size:
         wlive &= (h // (config.repeat - 1)) // config.chunk == (state.pos // config.chunk)[:, None]
     return state.replace(
-        k=zero_dead(state.k, live), v=zero_dead(state.v, live),
-        window_k=zero_dead(state.window_k, wlive), window_v=zero_dead(state.window_v, wlive),
-        window_hidx=jnp.where(wlive, h, -1))
+        k=zero_dead(state.k, live),
+        v=zero_dead(state.v, live),
+        window_k=zero_dead(state.window_k, wlive),
+        window_v=zero_dead(state.window_v, wlive),
+        window_hidx=jnp.where(wlive, h, -1),
+    )

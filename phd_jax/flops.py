@@ -16,6 +16,7 @@ optimizer (all O(tokens * d_model), a few percent at most).
 `peak_flops` gives the denominator of MFU: a number from the user (the accelerator's
 datasheet) or, by default, a quick dense matmul measured on this machine.
 """
+
 from __future__ import annotations
 
 import functools
@@ -38,16 +39,16 @@ def attention_pairs(config: ModelConfig, seq_len: int) -> int:
     """
     t = as_int("seq_len", seq_len, low=1)
     k = config.repeat
-    if config.variant == "naive":                # causal over the K*T repeated tokens
+    if config.variant == "naive":  # causal over the K*T repeated tokens
         n = t * k
         return n * (n + 1) // 2
-    originals = k * (t * (t + 1) // 2)           # every copy of position n sees n + 1 originals
+    originals = k * (t * (t + 1) // 2)  # every copy of position n sees n + 1 originals
     if not config.is_phd:
         return originals
     n = np.arange(t, dtype=np.int64)[:, None]
     s = np.arange(1, k, dtype=np.int64)[None, :]
-    h = n * (k - 1) + (s - 1)                    # hidden order of the query (spec section 3)
-    own = n * (k - 1)                            # first hidden copy of the query's position
+    h = n * (k - 1) + (s - 1)  # hidden order of the query (spec section 3)
+    own = n * (k - 1)  # first hidden copy of the query's position
     w = config.effective_window
     if w >= 1:
         chunk = config.effective_chunk
@@ -65,15 +66,16 @@ def forward_flops(config: ModelConfig, seq_len: int) -> dict[str, float]:
     """
     t = as_int("seq_len", seq_len, low=1)
     d, h, kvh, hd = config.d_model, config.num_heads, config.num_kv_heads, config.head_dim
-    per_token = 2 * (d * h * hd            # query
-                     + 2 * d * kvh * hd    # key, value
-                     + h * hd * d          # out
-                     + 3 * d * config.mlp_dim)  # SwiGLU gate, up, down
+    per_token = 2 * (
+        d * h * hd  # query
+        + 2 * d * kvh * hd  # key, value
+        + h * hd * d  # out
+        + 3 * d * config.mlp_dim
+    )  # SwiGLU gate, up, down
     layers = float(config.num_layers * per_token * t * config.repeat)
     attention = float(config.num_layers * 4 * hd * h * attention_pairs(config, t))
     unembed = float(2 * d * config.vocab_size * t)
-    return {"layers": layers, "attention": attention, "unembed": unembed,
-            "total": layers + attention + unembed}
+    return {"layers": layers, "attention": attention, "unembed": unembed, "total": layers + attention + unembed}
 
 
 def train_flops_per_sequence(config: ModelConfig, seq_len: int) -> float:
@@ -92,7 +94,7 @@ def peak_flops(peak_tflops: float | None = None, dtype: str = "float32") -> floa
     return _measured_peak(one_of("dtype", dtype, ("float32", "bfloat16", "float16")))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _measured_peak(dtype: str) -> float:
     import jax
     import jax.numpy as jnp
@@ -102,10 +104,10 @@ def _measured_peak(dtype: str) -> float:
     a = jax.random.normal(jax.random.key(0), (n, n), dtype)
     b = jax.random.normal(jax.random.key(1), (n, n), dtype)
     matmul = jax.jit(jnp.matmul)
-    jax.block_until_ready(matmul(a, b))       # compile
+    jax.block_until_ready(matmul(a, b))  # compile
     best = float("inf")
     for _ in range(5):
         t0 = time.perf_counter()
         jax.block_until_ready(matmul(a, b))
         best = min(best, time.perf_counter() - t0)
-    return 2.0 * n ** 3 / best
+    return 2.0 * n**3 / best

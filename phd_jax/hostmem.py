@@ -22,6 +22,7 @@ themselves again once with `GLIBC_TUNABLES` set. Library code never does: a note
 or a test process keeps its malloc. Set `PHD_JAX_TUNE_MALLOC=0` to opt out; tunables the
 user set already are kept as they are.
 """
+
 from __future__ import annotations
 
 import os
@@ -35,7 +36,7 @@ TUNABLES = {
     "glibc.malloc.arena_max": ("1", (2, 26)),
     "glibc.malloc.mmap_max": ("0", (2, 26)),
     "glibc.malloc.trim_threshold": (str(1 << 62), (2, 26)),
-    "glibc.malloc.hugetlb": ("1", (2, 35)),   # only where THP is left to madvise
+    "glibc.malloc.hugetlb": ("1", (2, 35)),  # only where THP is left to madvise
 }
 
 
@@ -44,7 +45,7 @@ def _glibc_version() -> tuple[int, int] | None:
         name, version = os.confstr("CS_GNU_LIBC_VERSION").split()
         major, minor = version.split(".")[:2]
         return (int(major), int(minor)) if name == "glibc" else None
-    except (AttributeError, ValueError, OSError):   # not Linux, or not glibc (musl)
+    except (AttributeError, ValueError, OSError):  # not Linux, or not glibc (musl)
         return None
 
 
@@ -56,7 +57,7 @@ def _thp_mode(path: str = THP_SETTING) -> str | None:
     except OSError:
         return None
     start, end = text.find("["), text.find("]")
-    return text[start + 1:end] if 0 <= start < end else None
+    return text[start + 1 : end] if 0 <= start < end else None
 
 
 def _set_tunables(value: str) -> dict[str, str]:
@@ -72,9 +73,11 @@ def tuned_env(environ, thp_mode: str | None, glibc: tuple[int, int] | None) -> d
         return None
     current = environ.get(ENV, "")
     present = _set_tunables(current)
-    add = [f"{name}={value}" for name, (value, since) in TUNABLES.items()
-           if name not in present and glibc >= since
-           and (name != "glibc.malloc.hugetlb" or thp_mode == "madvise")]
+    add = [
+        f"{name}={value}"
+        for name, (value, since) in TUNABLES.items()
+        if name not in present and glibc >= since and (name != "glibc.malloc.hugetlb" or thp_mode == "madvise")
+    ]
     if not add:
         return None
     env = dict(environ)
@@ -85,8 +88,11 @@ def tuned_env(environ, thp_mode: str | None, glibc: tuple[int, int] | None) -> d
 def describe(environ=None) -> str:
     """How this process's malloc is set up, for benchmark reports."""
     present = _set_tunables((os.environ if environ is None else environ).get(ENV, ""))
-    tuned = [f"{name.rsplit('.', 1)[1]}={present[name] if len(present[name]) < 8 else 'max'}"
-             for name in TUNABLES if name in present]
+    tuned = [
+        f"{name.rsplit('.', 1)[1]}={present[name] if len(present[name]) < 8 else 'max'}"
+        for name in TUNABLES
+        if name in present
+    ]
     mode = _thp_mode()
     return (f"malloc tuned: {' '.join(tuned)}" if tuned else "malloc untuned") + f", THP {mode or 'unknown'}"
 
@@ -97,7 +103,8 @@ def release_free_memory() -> bool:
     program it ran: call this between phases that run different programs (e.g. sizes)."""
     if _glibc_version() is None:
         return False
-    import ctypes   # noqa: PLC0415
+    import ctypes  # noqa: PLC0415
+
     return bool(ctypes.CDLL(None).malloc_trim(0))
 
 
@@ -105,7 +112,7 @@ def reexec_with_tuned_malloc() -> None:
     """Execute this program again with the malloc tunables (see the module docstring); returns
     only when there is nothing to do. Call it first thing in a command-line `__main__`."""
     argv = list(getattr(sys, "orig_argv", []))
-    if len(argv) < 2 or argv[1] in ("-", "-i"):   # stdin or interactive: cannot run it again
+    if len(argv) < 2 or argv[1] in ("-", "-i"):  # stdin or interactive: cannot run it again
         return
     env = tuned_env(os.environ, _thp_mode(), _glibc_version())
     if env is None:

@@ -13,11 +13,13 @@ On top of it:
 - `BlockPattern`: the static block-sparse pattern of a mask (empty / partial /
   full tiles, index lists, contiguous runs) that every fast backend consumes.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import numpy as np
 
@@ -26,19 +28,18 @@ from phd_jax.config import VARIANTS, ModelConfig, has_hidden_tokens, has_window,
 EMPTY, PARTIAL, FULL = 0, 1, 2
 
 
-def allowed(variant: str, q_pos, q_copy, k_pos, k_copy, repeat: int, window: int = 0,
-            chunk: int | None = None):
+def allowed(variant: str, q_pos, q_copy, k_pos, k_copy, repeat: int, window: int = 0, chunk: int | None = None):
     """May query (n, s) attend to key (m, r)? Spec section 3, broadcasting.
 
     Works on numpy and jax arrays alike (only operators, no library calls).
     """
     if variant == "naive":
         return k_pos * repeat + k_copy <= q_pos * repeat + q_copy
-    ok = (k_copy == 0) & (k_pos <= q_pos)                                  # rule 1: global
+    ok = (k_copy == 0) & (k_pos <= q_pos)  # rule 1: global
     if not has_hidden_tokens(variant, repeat):
         return ok
-    ok = ok | ((k_pos == q_pos) & (k_copy >= 1) & (k_copy <= q_copy))     # rule 2: own position
-    if has_window(variant) and window >= 1:                                # rule 3: window
+    ok = ok | ((k_pos == q_pos) & (k_copy >= 1) & (k_copy <= q_copy))  # rule 2: own position
+    if has_window(variant) and window >= 1:  # rule 3: window
         h_q = q_pos * (repeat - 1) + (q_copy - 1)
         h_k = k_pos * (repeat - 1) + (k_copy - 1)
         win = (q_copy >= 1) & (k_copy >= 1) & (h_k >= h_q - window) & (h_k <= h_q)
@@ -48,8 +49,9 @@ def allowed(variant: str, q_pos, q_copy, k_pos, k_copy, repeat: int, window: int
     return ok
 
 
-def document_allowed(variant: str, q_off, q_copy, q_doc, k_off, k_copy, k_doc, repeat: int,
-                     window: int = 0, chunk: int | None = None):
+def document_allowed(
+    variant: str, q_off, q_copy, q_doc, k_off, k_copy, k_doc, repeat: int, window: int = 0, chunk: int | None = None
+):
     """Packed documents (spec section 3): `allowed` on positions counted from each document's
     start (`*_off`), and only within one document (`*_doc`). Chunks follow the offsets; the
     window depends only on `n - m`, so it is unchanged. Numpy or jax arrays, broadcasting."""
@@ -66,8 +68,7 @@ def _check_mask_args(variant, seq_len, repeat, window, chunk):
         raise ValueError(f"chunk={chunk!r} is invalid: must be None or an integer >= 1")
 
 
-def attention_mask(variant: str, seq_len: int, repeat: int, window: int = 0,
-                   chunk: int | None = None) -> np.ndarray:
+def attention_mask(variant: str, seq_len: int, repeat: int, window: int = 0, chunk: int | None = None) -> np.ndarray:
     """Dense boolean mask `[T*K, T*K]`, paper layout (flat index n*K + s), rows = queries.
 
     `chunk=None` means no chunking. The window only applies to phd_swa / phd_cswa.
@@ -75,8 +76,7 @@ def attention_mask(variant: str, seq_len: int, repeat: int, window: int = 0,
     _check_mask_args(variant, seq_len, repeat, window, chunk)
     i = np.arange(seq_len * repeat)
     pos, copy = i // repeat, i % repeat
-    return allowed(variant, pos[:, None], copy[:, None], pos[None, :], copy[None, :],
-                   repeat, window, chunk)
+    return allowed(variant, pos[:, None], copy[:, None], pos[None, :], copy[None, :], repeat, window, chunk)
 
 
 # ---------------------------------------------------------------------------
@@ -111,11 +111,12 @@ class Layout:
     hidden_from: int = 0
 
     @classmethod
-    def for_config(cls, config: ModelConfig, seq_len: int, kind: str, hidden_from: int = 0) -> "Layout":
+    def for_config(cls, config: ModelConfig, seq_len: int, kind: str, hidden_from: int = 0) -> Layout:
         if kind not in LAYOUT_KINDS:
             raise ValueError(f"layout kind={kind!r} is invalid: allowed: {', '.join(LAYOUT_KINDS)}")
-        return _layout(kind, config.variant, seq_len, config.repeat,
-                       config.effective_window, config.effective_chunk, hidden_from)
+        return _layout(
+            kind, config.variant, seq_len, config.repeat, config.effective_window, config.effective_chunk, hidden_from
+        )
 
     @functools.cached_property
     def tokens(self) -> tuple[np.ndarray, np.ndarray]:
@@ -155,8 +156,9 @@ class Layout:
         """Dense boolean mask `[N, N]` of this layout (rows = queries). For the `dense`
         backend and tests only: the block-sparse backends never build it."""
         pos, copy = self.tokens
-        return allowed(self.variant, pos[:, None], copy[:, None], pos[None, :], copy[None, :],
-                       self.repeat, self.window, self.chunk)
+        return allowed(
+            self.variant, pos[:, None], copy[:, None], pos[None, :], copy[None, :], self.repeat, self.window, self.chunk
+        )
 
     @property
     def _regrouped(self) -> bool:
@@ -171,8 +173,8 @@ class Layout:
             return i, i * 0
         if not self._regrouped:
             return i // K, i % K
-        hidden = i >= T                                   # [originals | hidden in hidden order]
-        h = i - T + self.hidden_from * (K - 1)            # hidden-order index h(n, s)
+        hidden = i >= T  # [originals | hidden in hidden order]
+        h = i - T + self.hidden_from * (K - 1)  # hidden-order index h(n, s)
         return i + hidden * (h // (K - 1) - i), hidden * (h % (K - 1) + 1)
 
     def allowed_at(self, rows, cols):
@@ -198,27 +200,27 @@ class Layout:
         T, K, n_tok = self.seq_len, self.repeat, self.size
         i = np.arange(n_tok, dtype=np.int64)
         if self.kind == "originals" or (not self._regrouped and (self.variant == "naive" or K == 1)):
-            return i + 1, i * 0, i * 0                    # causal over this layout
+            return i + 1, i * 0, i * 0  # causal over this layout
         if not self._regrouped:
             return None
         pos, copy = self.token_at(i)
-        if self.variant == "vanilla":                     # rule 1 only
+        if self.variant == "vanilla":  # rule 1 only
             return pos + 1, i * 0, i * 0
         h = pos * (K - 1) + copy - 1
-        lo = pos * (K - 1)                                # rule 2: own position, copies 1..s
+        lo = pos * (K - 1)  # rule 2: own position, copies 1..s
         if self.variant in ("phd_swa", "phd_cswa") and self.window >= 1:
-            win = h - self.window                         # rule 3: the window ...
+            win = h - self.window  # rule 3: the window ...
             if self.variant == "phd_cswa" and self.chunk is not None:
                 win = np.maximum(win, (pos // self.chunk) * self.chunk * (K - 1))  # ... in the chunk
             lo = np.minimum(lo, win)
-        first = self.hidden_from * (K - 1)                # earlier hidden tokens are absent
+        first = self.hidden_from * (K - 1)  # earlier hidden tokens are absent
         lo = np.maximum(lo, first)
         hidden = copy > 0
         b = np.where(hidden, T + lo - first, 0)
         c = np.where(hidden, T + h + 1 - first, 0)
         return pos + 1, b, c
 
-    def pattern(self, block_q: int, block_kv: int) -> "BlockPattern":
+    def pattern(self, block_q: int, block_kv: int) -> BlockPattern:
         return _pattern(self, block_q, block_kv)
 
     @property
@@ -243,6 +245,7 @@ def _layout(kind, variant, seq_len, repeat, window, chunk, hidden_from) -> Layou
 
 class Run(NamedTuple):
     """A contiguous key range `[start, stop)` of one query block, all partial or all full."""
+
     start: int
     stop: int
     partial: bool
@@ -281,19 +284,19 @@ class BlockPattern:
     `allowed`); `mask` is the whole dense mask, for tests only.
     """
 
-    shape: tuple[int, int]    # (query tokens, key tokens)
+    shape: tuple[int, int]  # (query tokens, key tokens)
     block_q: int
     block_kv: int
-    block_mask: np.ndarray    # [nq, nk] int8 of EMPTY / PARTIAL / FULL
+    block_mask: np.ndarray  # [nq, nk] int8 of EMPTY / PARTIAL / FULL
     runs: tuple[tuple[Run, ...], ...]
     band_start: int | None = None
     band_width: int = 0
-    band_pairs: int = 0       # allowed pairs in `[band_start:, band_start:]`
+    band_pairs: int = 0  # allowed pairs in `[band_start:, band_start:]`
     pairs: Callable = dataclasses.field(default=None, repr=False)  # (rows, cols) -> allowed
-    layout: "Layout | None" = None   # the layout this pattern was derived from, if any
+    layout: Layout | None = None  # the layout this pattern was derived from, if any
 
     @classmethod
-    def from_layout(cls, layout: Layout, block_q: int, block_kv: int) -> "BlockPattern":
+    def from_layout(cls, layout: Layout, block_q: int, block_kv: int) -> BlockPattern:
         """The pattern of `layout` without its dense mask: from row spans where the layout
         has them (every layout a kernel runs), else one `[block_q, N]` strip at a time."""
         spans = layout.spans()
@@ -319,11 +322,21 @@ class BlockPattern:
             for lo, hi, status in _group_segments(full, any_, block_kv, n):
                 block_mask[i, lo:hi] = status
             runs.append(_runs(_group_segments(full, any_, RUN_ALIGN, run_cols), run_cols))
-        return cls((n, n), block_q, block_kv, block_mask, tuple(runs), band_start, band_width,
-                   band_pairs, layout.allowed_at, layout)
+        return cls(
+            (n, n),
+            block_q,
+            block_kv,
+            block_mask,
+            tuple(runs),
+            band_start,
+            band_width,
+            band_pairs,
+            layout.allowed_at,
+            layout,
+        )
 
     @classmethod
-    def _from_strips(cls, layout: Layout, block_q: int, block_kv: int) -> "BlockPattern":
+    def _from_strips(cls, layout: Layout, block_q: int, block_kv: int) -> BlockPattern:
         """Any layout, one `[block_q, N]` strip of `allowed` at a time (O(N) per block):
         the interleaved paper layout of PHD, which no kernel runs."""
         assert layout.band_start is None
@@ -335,12 +348,10 @@ class BlockPattern:
             for lo, hi, status in _strip_segments(strip, block_kv):
                 block_mask[i, lo:hi] = status
             runs.append(_runs(_strip_segments(strip, RUN_ALIGN), n))
-        return cls((n, n), block_q, block_kv, block_mask, tuple(runs),
-                   pairs=layout.allowed_at, layout=layout)
+        return cls((n, n), block_q, block_kv, block_mask, tuple(runs), pairs=layout.allowed_at, layout=layout)
 
     @classmethod
-    def from_mask(cls, mask: np.ndarray, block_q: int, block_kv: int,
-                  band_start: int | None = None) -> "BlockPattern":
+    def from_mask(cls, mask: np.ndarray, block_q: int, block_kv: int, band_start: int | None = None) -> BlockPattern:
         """The pattern of a dense mask: the reference the layout builder is tested against."""
         mask = np.asarray(mask, bool)
         nq_tok, nk_tok = mask.shape
@@ -354,13 +365,16 @@ class BlockPattern:
         if band_start is not None:
             band_width = _band_width(mask, band_start)
             if not 0 < band_width <= block_q:
-                band_start, band_width = None, 0   # no thin band here: runs cover everything
+                band_start, band_width = None, 0  # no thin band here: runs cover everything
         cols = mask if band_start is None else mask[:, :band_start]
-        runs = tuple(_runs(_strip_segments(cols[q0:q0 + block_q], RUN_ALIGN), cols.shape[1])
-                     for q0 in range(0, nq_tok, block_q))
+        runs = tuple(
+            _runs(_strip_segments(cols[q0 : q0 + block_q], RUN_ALIGN), cols.shape[1])
+            for q0 in range(0, nq_tok, block_q)
+        )
         band_pairs = 0 if band_start is None else int(mask[band_start:, band_start:].sum())
-        return cls(mask.shape, block_q, block_kv, block_mask, runs, band_start, band_width,
-                   band_pairs, lambda r, c: mask[r, c])
+        return cls(
+            mask.shape, block_q, block_kv, block_mask, runs, band_start, band_width, band_pairs, lambda r, c: mask[r, c]
+        )
 
     def tile_mask(self, q0: int, q1: int, k0: int, k1: int) -> np.ndarray:
         """The boolean mask of queries `[q0, q1)` x keys `[k0, k1)` (what a partial run needs)."""
@@ -390,7 +404,7 @@ class BlockPattern:
         nonempty = self.block_mask != EMPTY
         counts = nonempty.sum(axis=1).astype(np.int32)
         idx = np.full((self.block_mask.shape[0], max(int(counts.max()), 1)), -1, np.int32)
-        rows, cols = np.nonzero(nonempty)                  # row-major: each row's in order
+        rows, cols = np.nonzero(nonempty)  # row-major: each row's in order
         idx[rows, np.arange(rows.size) - np.repeat(np.cumsum(counts) - counts, counts)] = cols
         return idx, counts
 
@@ -402,13 +416,13 @@ class BlockPattern:
         c = max(8, -(-(self.band_width - 1) // 8) * 8)
         nb = -(-(n - start) // c)
         band = np.zeros((nb, c, 2 * c), bool)
-        step = max(1, (1 << 20) // (2 * c * c))            # bounded temporaries
+        step = max(1, (1 << 20) // (2 * c * c))  # bounded temporaries
         for j0 in range(0, nb, step):
             j = np.arange(j0, min(j0 + step, nb))[:, None, None]
             r = start + j * c + np.arange(c)[None, :, None]
             col = start + (j - 1) * c + np.arange(2 * c)[None, None, :]
             valid = (r < n) & (col >= start) & (col < n)
-            band[j0:j0 + step] = valid & self.pairs(np.minimum(r, n - 1), np.clip(col, 0, n - 1))
+            band[j0 : j0 + step] = valid & self.pairs(np.minimum(r, n - 1), np.clip(col, 0, n - 1))
         assert band.sum() == self.band_pairs, "band blocks must cover the band"
         return c, band
 
@@ -442,7 +456,7 @@ def _group_segments(full, any_, g: int, n: int) -> list[tuple[int, int, int]]:
     ng = -(-n // g)
     clip = lambda ivs: _merge((max(lo, 0), min(hi, n)) for lo, hi in ivs)  # noqa: E731
     fulls = [(-(-lo // g), ng if hi >= n else hi // g) for lo, hi in clip(full)]
-    fulls = [(lo, hi) for lo, hi in fulls if hi > lo]     # groups wholly inside
+    fulls = [(lo, hi) for lo, hi in fulls if hi > lo]  # groups wholly inside
     anys = [(lo // g, -(-hi // g)) for lo, hi in clip(any_)]  # groups touched
     cuts = sorted({0, ng, *(x for iv in fulls + anys for x in iv)})
     out = []
@@ -465,14 +479,16 @@ def _strip_segments(rows: np.ndarray, g: int) -> list[tuple[int, int, int]]:
     any_ = np.pad(rows.any(0), (0, pad), constant_values=False).reshape(-1, g).any(1)
     status = np.where(full, FULL, np.where(any_, PARTIAL, EMPTY))
     edges = np.flatnonzero(np.diff(status)) + 1
-    return [(int(lo), int(hi), int(status[lo])) for lo, hi in zip(np.r_[0, edges], np.r_[edges, len(status)])
-            if status[lo] != EMPTY]
+    return [
+        (int(lo), int(hi), int(status[lo]))
+        for lo, hi in zip(np.r_[0, edges], np.r_[edges, len(status)])
+        if status[lo] != EMPTY
+    ]
 
 
 def _runs(segments, n: int) -> tuple[Run, ...]:
     """Group segments (of `RUN_ALIGN` columns) as runs in tokens, clipped to n."""
-    return tuple(Run(lo * RUN_ALIGN, min(hi * RUN_ALIGN, n), status == PARTIAL)
-                 for lo, hi, status in segments)
+    return tuple(Run(lo * RUN_ALIGN, min(hi * RUN_ALIGN, n), status == PARTIAL) for lo, hi, status in segments)
 
 
 def _band_width(mask: np.ndarray, start: int) -> int:

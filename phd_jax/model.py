@@ -13,6 +13,7 @@ The same modules run in two modes, named by `Transformer.mode` (`MODES`):
 Both return the new tokens' keys/values per layer when asked, so the caller
 (`phd_jax.decode`) owns every cache write.
 """
+
 from __future__ import annotations
 
 import functools
@@ -24,8 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from phd_jax.attention import KVCache, attend, cached_attention, layout_kind, static_config
-from phd_jax.checks import (as_rng, check_config, check_params, check_tokens,
-                            check_tokens_per_sequence)
+from phd_jax.checks import as_rng, check_config, check_params, check_tokens, check_tokens_per_sequence
 from phd_jax.config import ModelConfig, param_config
 from phd_jax.masks import Layout
 
@@ -55,19 +55,32 @@ def token_matmul(lhs, rhs, dimension_numbers, precision=None, preferred_element_
     (lc, rc), (lb, rb) = dimension_numbers
     lc, nc = tuple(d % lhs.ndim for d in lc), len(lc)
     if lb or rb or lc != tuple(range(lhs.ndim - nc, lhs.ndim)) or tuple(rc) != tuple(range(nc)):
-        return jax.lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
-                                   preferred_element_type=preferred_element_type)
-    tokens, k = lhs.shape[:lhs.ndim - nc], math.prod(lhs.shape[lhs.ndim - nc:])
-    out = jax.lax.dot_general(lhs.reshape(-1, k), rhs.reshape(k, -1), (((1,), (0,)), ((), ())),
-                              precision=precision, preferred_element_type=preferred_element_type)
+        return jax.lax.dot_general(
+            lhs, rhs, dimension_numbers, precision=precision, preferred_element_type=preferred_element_type
+        )
+    tokens, k = lhs.shape[: lhs.ndim - nc], math.prod(lhs.shape[lhs.ndim - nc :])
+    out = jax.lax.dot_general(
+        lhs.reshape(-1, k),
+        rhs.reshape(k, -1),
+        (((1,), (0,)), ((), ())),
+        precision=precision,
+        preferred_element_type=preferred_element_type,
+    )
     return out.reshape(tokens + rhs.shape[nc:])
 
 
 def _dense(config: ModelConfig, features, names: tuple[str, ...], name: str, axis=-1):
     """Bias-free projection whose kernel carries the logical axis `names`."""
-    return nn.DenseGeneral(features, axis=axis, use_bias=False, dtype=config.compute_dtype,
-                           param_dtype=config.weight_dtype, name=name,
-                           kernel_init=_init(config, names), dot_general=token_matmul)
+    return nn.DenseGeneral(
+        features,
+        axis=axis,
+        use_bias=False,
+        dtype=config.compute_dtype,
+        param_dtype=config.weight_dtype,
+        name=name,
+        kernel_init=_init(config, names),
+        dot_general=token_matmul,
+    )
 
 
 def _constrain(x, *names):
@@ -76,9 +89,13 @@ def _constrain(x, *names):
 
 
 def _norm(config: ModelConfig, axis_name: str, name: str):
-    return nn.RMSNorm(epsilon=config.norm_eps, dtype=config.compute_dtype,
-                      param_dtype=config.weight_dtype, name=name,
-                      scale_init=nn.with_logical_partitioning(nn.initializers.ones, (axis_name,)))
+    return nn.RMSNorm(
+        epsilon=config.norm_eps,
+        dtype=config.compute_dtype,
+        param_dtype=config.weight_dtype,
+        name=name,
+        scale_init=nn.with_logical_partitioning(nn.initializers.ones, (axis_name,)),
+    )
 
 
 def rope_positions(config: ModelConfig, pos, copy):
@@ -114,8 +131,7 @@ class Attention(nn.Module):
         q = apply_rope(q, positions, cfg.rope_theta)
         k = apply_rope(k, positions, cfg.rope_theta)
         q = _constrain(q, "activation_batch", "activation_length", "activation_heads", None)
-        k, v = (_constrain(x, "activation_batch", "activation_length", "activation_kv_heads", None)
-                for x in (k, v))
+        k, v = (_constrain(x, "activation_batch", "activation_length", "activation_kv_heads", None) for x in (k, v))
         if self.mode == "full":
             o = attend(q, k, v, self.layout, cfg, docs)
         else:
@@ -127,6 +143,7 @@ class Attention(nn.Module):
 
 class Mlp(nn.Module):
     """SwiGLU feed-forward."""
+
     config: ModelConfig
 
     @nn.compact
@@ -140,6 +157,7 @@ class Mlp(nn.Module):
 
 class DecoderLayer(nn.Module):
     """Pre-norm block: x + attn(norm(x)), then x + mlp(norm(x))."""
+
     config: ModelConfig
     layout: Layout | None = None
     collect_kv: bool = False
@@ -149,7 +167,8 @@ class DecoderLayer(nn.Module):
     def __call__(self, x, positions, mask=None, cache=None, docs=None):
         cfg = self.config
         h, kv = Attention(cfg, self.layout, self.mode, name="attention")(
-            _norm(cfg, "embed", "attention_norm")(x), positions, mask, cache, docs)
+            _norm(cfg, "embed", "attention_norm")(x), positions, mask, cache, docs
+        )
         x = x + h
         x = x + Mlp(cfg, name="mlp")(_norm(cfg, "embed", "mlp_norm")(x))
         x = _constrain(x, "activation_batch", "activation_length", "activation_embed")
@@ -167,6 +186,7 @@ class Transformer(nn.Module):
 
     mode `full` needs `layout` (the static token set); mode `extend` needs `mask` and `cache`
     at call time and always returns the new tokens' keys/values (the caller writes them)."""
+
     config: ModelConfig
     layout: Layout | None = None
     collect_kv: bool = False
@@ -188,29 +208,40 @@ class Transformer(nn.Module):
             raise ValueError("Transformer mode='full' runs a static token layout: pass layout=, not cache=")
         if self.mode == "extend" and (cache is None or mask is None):
             raise ValueError("Transformer mode='extend' runs new tokens against a cache: pass cache= and mask=")
-        embed = nn.Embed(cfg.vocab_size, cfg.d_model, dtype=cfg.compute_dtype,
-                         param_dtype=cfg.weight_dtype, name="embed",
-                         embedding_init=_init(cfg, ("vocab", "embed")))
+        embed = nn.Embed(
+            cfg.vocab_size,
+            cfg.d_model,
+            dtype=cfg.compute_dtype,
+            param_dtype=cfg.weight_dtype,
+            name="embed",
+            embedding_init=_init(cfg, ("vocab", "embed")),
+        )
         # Ids outside the vocabulary cannot raise inside compiled code: clamp them (documented;
         # eager entry points refuse them first, `phd_jax.checked` reports them under jit).
-        x = _constrain(embed(jnp.clip(tokens, 0, cfg.vocab_size - 1)),
-                       "activation_batch", "activation_length", "activation_embed")
+        x = _constrain(
+            embed(jnp.clip(tokens, 0, cfg.vocab_size - 1)), "activation_batch", "activation_length", "activation_embed"
+        )
 
         layer = DecoderLayer
         if cfg.remat != "none":
             layer = nn.remat(layer, policy=_REMAT_POLICIES[cfg.remat], prevent_cse=not cfg.scan_layers)
         if cfg.scan_layers:
-            stack = nn.scan(layer, variable_axes={"params": 0}, split_rngs={"params": True},
-                            in_axes=(nn.broadcast, nn.broadcast, 0, nn.broadcast), length=cfg.num_layers,
-                            metadata_params={nn.PARTITION_NAME: "layers"})
-            x, kv = stack(cfg, self.layout, self.collect_kv, self.mode, name="layers")(
-                x, positions, mask, cache, docs)
+            stack = nn.scan(
+                layer,
+                variable_axes={"params": 0},
+                split_rngs={"params": True},
+                in_axes=(nn.broadcast, nn.broadcast, 0, nn.broadcast),
+                length=cfg.num_layers,
+                metadata_params={nn.PARTITION_NAME: "layers"},
+            )
+            x, kv = stack(cfg, self.layout, self.collect_kv, self.mode, name="layers")(x, positions, mask, cache, docs)
         else:
             kvs = []
             for i in range(cfg.num_layers):
                 layer_cache = None if cache is None else jax.tree.map(lambda c: c[i], cache)
                 x, kv_i = layer(cfg, self.layout, self.collect_kv, self.mode, name=f"layers_{i}")(
-                    x, positions, mask, layer_cache, docs)
+                    x, positions, mask, layer_cache, docs
+                )
                 kvs.append(kv_i)
             kv = None if kvs[0] is None else jax.tree.map(lambda *a: jnp.stack(a), *kvs)
 
@@ -231,7 +262,8 @@ class Transformer(nn.Module):
 def _init_boxed(config: ModelConfig, rng):
     layout = Layout.for_config(config, 1, "originals")
     return Transformer(config, layout).init(
-        rng, jnp.zeros((1, 1), jnp.int32), jnp.zeros((1,), jnp.int32), np.zeros((1,), np.int32))["params"]
+        rng, jnp.zeros((1, 1), jnp.int32), jnp.zeros((1,), jnp.int32), np.zeros((1,), np.int32)
+    )["params"]
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -271,8 +303,7 @@ def num_params(params) -> int:
     return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
 
 
-def run_layout(params, config: ModelConfig, layout: Layout, tokens, out_rows, collect_kv: bool = False,
-               documents=None):
+def run_layout(params, config: ModelConfig, layout: Layout, tokens, out_rows, collect_kv: bool = False, documents=None):
     """Run the static token set `layout` built from `tokens [B, T]`: (logits at `out_rows`,
     per-layer keys/values `[L, B, N, KVH, D]` if `collect_kv`).
 
@@ -285,7 +316,8 @@ def run_layout(params, config: ModelConfig, layout: Layout, tokens, out_rows, co
         doc, off = documents
         positions, docs = rope_positions(config, off[:, pos], copy), (doc[:, pos], off[:, pos])
     return Transformer(config, layout, collect_kv).apply(
-        {"params": params}, tokens[:, pos], positions, out_rows, docs=docs)
+        {"params": params}, tokens[:, pos], positions, out_rows, docs=docs
+    )
 
 
 def document_positions(segment_ids):
@@ -320,8 +352,10 @@ def forward(params, config: ModelConfig, tokens, segment_ids=None):
     if segment_ids is not None:
         segment_ids = jnp.asarray(segment_ids)
         if segment_ids.shape != tokens.shape or not jnp.issubdtype(segment_ids.dtype, jnp.integer):
-            raise ValueError(f"segment_ids must be integers of the tokens' shape {tuple(tokens.shape)}, "
-                             f"got {segment_ids.dtype} {tuple(segment_ids.shape)}")
+            raise ValueError(
+                f"segment_ids must be integers of the tokens' shape {tuple(tokens.shape)}, "
+                f"got {segment_ids.dtype} {tuple(segment_ids.shape)}"
+            )
         documents = document_positions(segment_ids)
     layout = Layout.for_config(static_config(config, documents is not None), t, layout_kind(config))
     return run_layout(params, config, layout, tokens, layout.logit_rows, documents=documents)[0]

@@ -7,10 +7,11 @@ the same calls save PNGs from scripts and display inline in notebooks:
     plotting.plot_masks(["vanilla", "PHD-3", "PHD-CSWA-3-4-8"], path="masks.png")
     plotting.plot_metrics(["runs/vanilla", "runs/cswa"], path="loss.png", x="tokens")
 """
+
 from __future__ import annotations
 
 import os
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
@@ -22,6 +23,7 @@ X_AXES = {"step": "step", "tokens": "tokens (original, cumulative)", "flops": "t
 
 def _figure(width: float, height: float):
     from matplotlib.figure import Figure
+
     return Figure(figsize=(width, height))
 
 
@@ -30,8 +32,7 @@ def _as_config(config) -> ModelConfig:
         return config
     if isinstance(config, str):
         return ModelConfig.from_name(config)
-    fail("plot_masks config", config, "must be a ModelConfig or a paper name like 'PHD-CSWA-3-4-8'",
-         TypeError)
+    fail("plot_masks config", config, "must be a ModelConfig or a paper name like 'PHD-CSWA-3-4-8'", TypeError)
 
 
 def draw_mask(ax, config, seq_len: int = 24, kind: str = "paper", block: int = 8):
@@ -46,21 +47,33 @@ def draw_mask(ax, config, seq_len: int = 24, kind: str = "paper", block: int = 8
     ax.imshow(layout.mask, cmap="Greys", interpolation="nearest")
     ax.set_xticks([]), ax.set_yticks([])
     if kind != "kernel":
-        ax.set_title(f"{cfg.name}, {kind} layout (T={seq_len}, K={cfg.repeat})\n"
-                     f"{int(layout.mask.sum())} allowed pairs", fontsize=9)
+        ax.set_title(
+            f"{cfg.name}, {kind} layout (T={seq_len}, K={cfg.repeat})\n{int(layout.mask.sum())} allowed pairs",
+            fontsize=9,
+        )
         return layout
     pattern = layout.pattern(block, block)
     for (i, j), state in np.ndenumerate(pattern.block_mask):
         if state != EMPTY:
-            ax.add_patch(Rectangle((j * block - .5, i * block - .5), block, block, fill=False, lw=1,
-                                   ec="tab:green" if state == FULL else "tab:orange"))
-    if layout.band_start is not None:     # the border between originals and hidden tokens
-        ax.axhline(layout.band_start - .5, color="tab:blue", lw=.8)
-        ax.axvline(layout.band_start - .5, color="tab:blue", lw=.8)
+            ax.add_patch(
+                Rectangle(
+                    (j * block - 0.5, i * block - 0.5),
+                    block,
+                    block,
+                    fill=False,
+                    lw=1,
+                    ec="tab:green" if state == FULL else "tab:orange",
+                )
+            )
+    if layout.band_start is not None:  # the border between originals and hidden tokens
+        ax.axhline(layout.band_start - 0.5, color="tab:blue", lw=0.8)
+        ax.axvline(layout.band_start - 0.5, color="tab:blue", lw=0.8)
     order = "[originals | hidden]" if layout.band_start is not None else "(= paper layout)"
-    ax.set_title(f"{cfg.name}, kernel layout {order}\n{pattern.num_nonempty}/"
-                 f"{pattern.num_blocks} tiles of {block}x{block} computed (green full, orange partial)",
-                 fontsize=9)
+    ax.set_title(
+        f"{cfg.name}, kernel layout {order}\n{pattern.num_nonempty}/"
+        f"{pattern.num_blocks} tiles of {block}x{block} computed (green full, orange partial)",
+        fontsize=9,
+    )
     return layout
 
 
@@ -87,14 +100,22 @@ def plot_masks(configs: Iterable, seq_len: int = 24, block: int = 8, path: str |
 def run_label(workdir: str) -> str:
     """The model's paper name from `WORKDIR/model_config.json`, else the directory's name."""
     from phd_jax.train.checkpoint import load_model_config
+
     try:
         return load_model_config(workdir).name
-    except (ValueError, TypeError):        # no model_config.json, or an older / foreign one
+    except (ValueError, TypeError):  # no model_config.json, or an older / foreign one
         return os.path.basename(os.path.normpath(workdir))
 
 
-def plot_metrics(workdirs: Sequence[str], path: str | None = None, x: str = "step", metric: str = "loss",
-                 labels: Sequence[str] | None = None, title: str | None = None, log_x: bool | None = None):
+def plot_metrics(
+    workdirs: Sequence[str],
+    path: str | None = None,
+    x: str = "step",
+    metric: str = "loss",
+    labels: Sequence[str] | None = None,
+    title: str | None = None,
+    log_x: bool | None = None,
+):
     """`metric` against `x` (`step`, `tokens` or `flops`) for one or several runs' `metrics.jsonl`
     on one chart, labelled with the models' names. Saves a PNG to `path` if given."""
     from phd_jax.train.metrics import read_metrics, series
@@ -107,7 +128,7 @@ def plot_metrics(workdirs: Sequence[str], path: str | None = None, x: str = "ste
     if labels is not None and len(labels) != len(workdirs):
         fail("labels", labels, f"must give one label per workdir ({len(workdirs)})")
     labels = list(labels) if labels is not None else [run_label(w) for w in workdirs]
-    if len(set(labels)) < len(labels):     # same model in several runs: say which run is which
+    if len(set(labels)) < len(labels):  # same model in several runs: say which run is which
         labels = [f"{lab} ({os.path.basename(os.path.normpath(w))})" for lab, w in zip(labels, workdirs)]
     fig = _figure(7, 4.5)
     ax = fig.subplots()
@@ -123,7 +144,7 @@ def plot_metrics(workdirs: Sequence[str], path: str | None = None, x: str = "ste
     ax.set_ylabel(metric)
     if log_x if log_x is not None else x == "flops":
         ax.set_xscale("log")
-    ax.grid(alpha=.3)
+    ax.grid(alpha=0.3)
     ax.legend()
     ax.set_title(title or f"{metric} vs {x}")
     fig.tight_layout()

@@ -4,6 +4,7 @@ Sampling methods are small functions of the logits; `generate` composes
 prefill, a scan of decode steps, and sticky per-sequence EOS handling
 (after a sequence emits `eos_id`, every later token is `pad_id`).
 """
+
 from __future__ import annotations
 
 import functools
@@ -11,8 +12,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from phd_jax.checks import (as_int, as_rng, as_token_id, check_config, check_max_len, check_sampling,
-                            fail, is_traced)
+from phd_jax.checks import as_int, as_rng, as_token_id, check_config, check_max_len, check_sampling, fail, is_traced
 from phd_jax.config import ModelConfig
 from phd_jax.decode import prefill, step
 
@@ -21,7 +21,7 @@ def top_k_filter(logits, k: int):
     """Keep the k largest logits per row (k = 0: keep all)."""
     if k <= 0 or k >= logits.shape[-1]:
         return logits
-    _, idx = jax.lax.top_k(logits, k)   # exactly k, even with ties
+    _, idx = jax.lax.top_k(logits, k)  # exactly k, even with ties
     keep = jnp.zeros(logits.shape, bool).at[jnp.arange(logits.shape[0])[:, None], idx].set(True)
     return jnp.where(keep, logits, -jnp.inf)
 
@@ -39,7 +39,7 @@ def top_p_filter(logits, p):
     sorted_logits = jnp.take_along_axis(logits, order, axis=-1)
     probs = jax.nn.softmax(sorted_logits, axis=-1)
     before = jnp.cumsum(probs, axis=-1) - probs  # mass strictly before each token
-    keep = (before < p) | (jnp.arange(logits.shape[-1]) == 0)   # the top token always stays
+    keep = (before < p) | (jnp.arange(logits.shape[-1]) == 0)  # the top token always stays
     sorted_logits = jnp.where(keep, sorted_logits, -jnp.inf)
     inverse = jnp.argsort(order, axis=-1)
     return jnp.take_along_axis(sorted_logits, inverse, axis=-1)
@@ -67,13 +67,16 @@ def sample_token(logits, rng, temperature=0.0, top_k: int = 0, top_p=1.0):
     return jnp.where(ok, jax.random.categorical(rng, logits, axis=-1).astype(jnp.int32), greedy)
 
 
-@functools.partial(jax.jit, static_argnames=("config", "max_new_tokens", "greedy", "top_k",
-                                             "use_top_p", "eos_id", "pad_id"))
-def decode_loop(params, config, logits, state, rng, temperature, top_p, *, max_new_tokens, greedy,
-                top_k, use_top_p, eos_id, pad_id):
+@functools.partial(
+    jax.jit, static_argnames=("config", "max_new_tokens", "greedy", "top_k", "use_top_p", "eos_id", "pad_id")
+)
+def decode_loop(
+    params, config, logits, state, rng, temperature, top_p, *, max_new_tokens, greedy, top_k, use_top_p, eos_id, pad_id
+):
     """`generate` after prefill, unchecked: `max_new_tokens` tokens `[B, n]` from the prefill's
     `logits` and `state`, one jitted `lax.scan` of decode steps. `generate` checks every argument
     and calls this; benchmarks time it alone."""
+
     def emit(logits, rng, done):
         if greedy:
             tok = jnp.argmax(logits, axis=-1).astype(jnp.int32)
@@ -98,9 +101,21 @@ def decode_loop(params, config, logits, state, rng, temperature, top_p, *, max_n
     return jnp.concatenate([first[:, None], rest.T], axis=1)
 
 
-def generate(params, config: ModelConfig, prompt, max_new_tokens: int, *, rng=None,
-             temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, eos_id: int | None = None,
-             pad_id: int = 0, max_len: int | None = None, lengths=None):
+def generate(
+    params,
+    config: ModelConfig,
+    prompt,
+    max_new_tokens: int,
+    *,
+    rng=None,
+    temperature: float = 0.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    eos_id: int | None = None,
+    pad_id: int = 0,
+    max_len: int | None = None,
+    lengths=None,
+):
     """Continue `prompt [B, T]` by `max_new_tokens` tokens; returns `[B, max_new_tokens]` int32.
 
     Greedy by default; `temperature > 0` samples (after `top_k` / `top_p`
@@ -122,11 +137,24 @@ def generate(params, config: ModelConfig, prompt, max_new_tokens: int, *, rng=No
     pad_id = as_token_id("pad_id", pad_id, config.vocab_size)
     prompt = jnp.asarray(prompt)
     t = prompt.shape[-1]
-    max_len = check_max_len(config, max_len, t + max_new_tokens,
-                            f"a prompt of length {t} plus max_new_tokens={max_new_tokens}")
+    max_len = check_max_len(
+        config, max_len, t + max_new_tokens, f"a prompt of length {t} plus max_new_tokens={max_new_tokens}"
+    )
     rng = jax.random.key(0) if rng is None else as_rng("rng", rng)
     logits, state = prefill(params, config, prompt, max_len, lengths)
     use_top_p = is_traced(top_p) or top_p < 1.0
-    return decode_loop(params, config, logits, state, rng, jnp.float32(0.0 if greedy else temperature),
-                       jnp.float32(top_p), max_new_tokens=max_new_tokens, greedy=greedy, top_k=top_k,
-                       use_top_p=use_top_p, eos_id=eos_id, pad_id=pad_id)
+    return decode_loop(
+        params,
+        config,
+        logits,
+        state,
+        rng,
+        jnp.float32(0.0 if greedy else temperature),
+        jnp.float32(top_p),
+        max_new_tokens=max_new_tokens,
+        greedy=greedy,
+        top_k=top_k,
+        use_top_p=use_top_p,
+        eos_id=eos_id,
+        pad_id=pad_id,
+    )

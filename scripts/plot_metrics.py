@@ -3,6 +3,7 @@
 
     python scripts/plot_metrics.py runs/a runs/b -o loss.png [--x step|tokens|flops] [--metric loss|val_loss]
 """
+
 import argparse
 
 from phd_jax.plotting import X_AXES, plot_metrics

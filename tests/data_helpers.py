@@ -1,5 +1,6 @@
 """Shared setup of the data tests: one prepared Shakespeare TFDS dataset and one token cache
 per test session (under pytest's tmp dir), small local corpora, run configs."""
+
 import json
 import os
 
@@ -29,8 +30,16 @@ def run_config(root, seq_len=32, batch_size=4, seed=0, eval_batches=2, val_fract
     d.data_dir, d.cache_dir = root["tfds"], root["cache"]
     d.num_threads = 1
     d.update(data)
-    return ConfigDict({"seq_len": seq_len, "batch_size": batch_size, "seed": seed,
-                       "eval_batches": eval_batches, "val_fraction": val_fraction, "data": d})
+    return ConfigDict(
+        {
+            "seq_len": seq_len,
+            "batch_size": batch_size,
+            "seed": seed,
+            "eval_batches": eval_batches,
+            "val_fraction": val_fraction,
+            "data": d,
+        }
+    )
 
 
 def random_documents(n, seed=0, max_len=90):

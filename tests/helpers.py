@@ -1,4 +1,5 @@
 """Small models and comparison helpers shared by the tests."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -8,29 +9,52 @@ from phd_jax import ModelConfig
 
 def tiny_config(variant="phd", repeat=3, window=0, chunk=None, **kw) -> ModelConfig:
     """A 2-layer GQA model small enough to compile in a second or two."""
-    base = dict(vocab_size=61, num_layers=2, d_model=32, num_heads=4, num_kv_heads=2, head_dim=8,
-                mlp_dim=64, max_seq_len=64, block_q=16, block_kv=16, attention="blocksparse")
+    base = dict(
+        vocab_size=61,
+        num_layers=2,
+        d_model=32,
+        num_heads=4,
+        num_kv_heads=2,
+        head_dim=8,
+        mlp_dim=64,
+        max_seq_len=64,
+        block_q=16,
+        block_kv=16,
+        attention="blocksparse",
+    )
     base.update(kw)
     return ModelConfig(variant=variant, repeat=repeat, window=window, chunk=chunk, **base)
 
 
 def named_config(name: str, **kw) -> ModelConfig:
     """A paper-named variant (`PHD-CSWA-3-4-3`) with the tiny model's dimensions."""
-    dims = ("vocab_size", "num_layers", "d_model", "num_heads", "num_kv_heads", "head_dim", "mlp_dim",
-            "max_seq_len", "block_q", "block_kv", "attention")
+    dims = (
+        "vocab_size",
+        "num_layers",
+        "d_model",
+        "num_heads",
+        "num_kv_heads",
+        "head_dim",
+        "mlp_dim",
+        "max_seq_len",
+        "block_q",
+        "block_kv",
+        "attention",
+    )
     base = tiny_config()
     return ModelConfig.from_name(name, **{**{k: getattr(base, k) for k in dims}, **kw})
 
 
 def random_tokens(config, batch, length, seed=0):
-    return jax.random.randint(jax.random.key(seed), (batch, length), 0, config.vocab_size,
-                              dtype=jnp.int32)
+    return jax.random.randint(jax.random.key(seed), (batch, length), 0, config.vocab_size, dtype=jnp.int32)
 
 
 def max_diff(a, b) -> float:
     leaves = zip(jax.tree.leaves(a), jax.tree.leaves(b))
-    return max((float(np.max(np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64)), initial=0))
-                for x, y in leaves), default=0.0)
+    return max(
+        (float(np.max(np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64)), initial=0)) for x, y in leaves),
+        default=0.0,
+    )
 
 
 # Every distinct variant the spec names, with small K / W / C (name -> kwargs).
@@ -48,7 +72,7 @@ VARIANT_GRID = {
 }
 
 
-ATTN_HEADS, ATTN_KV_HEADS, ATTN_HEAD_DIM = 4, 2, 16   # grouped-query attention in kernel tests
+ATTN_HEADS, ATTN_KV_HEADS, ATTN_HEAD_DIM = 4, 2, 16  # grouped-query attention in kernel tests
 
 
 def attention_inputs(n, seed=0, batch=2):
@@ -63,9 +87,11 @@ def attention_inputs(n, seed=0, batch=2):
 
 def attention_value_and_grads(attn, q, k, v, ct):
     """`(attn(q, k, v), (dq, dk, dv))` of the loss <attn(q, k, v), ct>, jitted."""
+
     def loss(q, k, v):
         out = attn(q, k, v)
         return jnp.vdot(out.astype(jnp.float32), ct), out
+
     (_, out), grads = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True))(q, k, v)
     return out, grads
 
@@ -78,14 +104,15 @@ def compare_attention_to_dense(cfg, T, kernel_attn, dtype=jnp.float32, tol=(1e-5
 
     paper = Layout.for_config(cfg, T, "paper")
     kernel = Layout.for_config(cfg, T, "kernel")
-    perm = kernel.permutation                   # kernel index -> paper index
+    perm = kernel.permutation  # kernel index -> paper index
     inv = np.argsort(perm)
     q, k, v, ct = attention_inputs(paper.size)
     out_ref, g_ref = attention_value_and_grads(lambda q, k, v: dense_attention(q, k, v, paper.mask), q, k, v, ct)
     to_kernel = lambda x: x[:, perm]  # noqa: E731
     cast = lambda x: to_kernel(x).astype(dtype)  # noqa: E731
-    out, g = attention_value_and_grads(lambda q, k, v: kernel_attn(q, k, v, kernel),
-                                       cast(q), cast(k), cast(v), to_kernel(ct))
+    out, g = attention_value_and_grads(
+        lambda q, k, v: kernel_attn(q, k, v, kernel), cast(q), cast(k), cast(v), to_kernel(ct)
+    )
     out, g = out[:, inv], tuple(x[:, inv] for x in g)
     assert out.dtype == dtype and all(x.dtype == dtype for x in g)
     assert np.isfinite(np.asarray(out, np.float32)).all()

@@ -1,20 +1,32 @@
 """Every attention backend equals the dense reference, forward and gradients."""
+
 import jax
 import jax.numpy as jnp
-import numpy as np
 import pytest
+from helpers import attention_inputs as _inputs
+from helpers import compare_attention_to_dense as _compare_to_dense
+from helpers import max_diff
 
 from phd_jax import ModelConfig
 from phd_jax.attention import blocksparse_attention, dense_attention, resolve_backend, splash_attention
 from phd_jax.masks import Layout
-from helpers import attention_inputs as _inputs, compare_attention_to_dense as _compare_to_dense, max_diff
 
 CASES = [  # (variant, K, W, C): every variant, K in {1, 2, 3}
-    ("vanilla", 1, 0, None), ("naive", 2, 0, None), ("naive", 3, 0, None),
-    ("phd", 1, 0, None), ("phd", 2, 0, None), ("phd", 3, 0, None),
-    ("phd_swa", 2, 3, None), ("phd_swa", 3, 5, None), ("phd_swa", 3, 0, None),
-    ("phd_cswa", 2, 3, 4), ("phd_cswa", 3, 5, 3), ("phd_cswa", 1, 2, 2),
+    ("vanilla", 1, 0, None),
+    ("naive", 2, 0, None),
+    ("naive", 3, 0, None),
+    ("phd", 1, 0, None),
+    ("phd", 2, 0, None),
+    ("phd", 3, 0, None),
+    ("phd_swa", 2, 3, None),
+    ("phd_swa", 3, 5, None),
+    ("phd_swa", 3, 0, None),
+    ("phd_cswa", 2, 3, 4),
+    ("phd_cswa", 3, 5, 3),
+    ("phd_cswa", 1, 2, 2),
 ]
+
+
 @pytest.mark.parametrize("variant,K,W,C", CASES)
 @pytest.mark.parametrize("T,bq,bk", [(13, 16, 16), (21, 8, 16), (40, 32, 16)])
 def test_blocksparse_equals_dense(variant, K, W, C, T, bq, bk):
@@ -27,8 +39,7 @@ def test_splash_equals_dense(variant, K, W, C):
     """The TPU kernel in Pallas interpret mode, tiles of 128, a sequence that needs padding."""
     cfg = ModelConfig(variant=variant, repeat=K, window=W, chunk=C)
     T = 150 // K
-    _compare_to_dense(cfg, T, lambda q, k, v, lay: splash_attention(q, k, v, lay.pattern(128, 128),
-                                                                    interpret=True))
+    _compare_to_dense(cfg, T, lambda q, k, v, lay: splash_attention(q, k, v, lay.pattern(128, 128), interpret=True))
 
 
 def test_splash_rejects_small_tiles():

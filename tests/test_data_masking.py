@@ -1,26 +1,27 @@
 """Document masking (spec section 3, packed documents): a token's logits do not change when
 another document of the same window changes, and equal those of its document run alone, for
 every variant, with the dense reference and the block-sparse kernel."""
+
 import jax
 import numpy as np
 import pytest
-
-from phd_jax import forward, init_params
-from phd_jax.attention import splash_attention, dense_attention
-from phd_jax.masks import Layout, attention_mask, document_allowed
-from phd_jax.model import document_positions
 from helpers import VARIANT_GRID, max_diff, tiny_config
 
-LENGTHS = (5, 4, 6)    # documents start at 0, 5, 9: off the chunk grid of C = 2 and 3
+from phd_jax import forward, init_params
+from phd_jax.attention import dense_attention, splash_attention
+from phd_jax.masks import Layout, attention_mask, document_allowed
+from phd_jax.model import document_positions
+
+LENGTHS = (5, 4, 6)  # documents start at 0, 5, 9: off the chunk grid of C = 2 and 3
 T = sum(LENGTHS)
 STARTS = np.cumsum((0,) + LENGTHS[:-1])
-SEGMENTS = np.repeat(np.arange(len(LENGTHS)) + 7, LENGTHS)[None].astype(np.int32)   # any ids work
+SEGMENTS = np.repeat(np.arange(len(LENGTHS)) + 7, LENGTHS)[None].astype(np.int32)  # any ids work
 
 
 def test_document_positions():
     seg = np.array([[3, 3, 3, 1, 1, 3, 3], [0, 0, 0, 0, 0, 0, 0]])
     doc, off = document_positions(seg)
-    np.testing.assert_array_equal(doc, [[0, 0, 0, 1, 1, 2, 2], [0] * 7])   # runs, not ids
+    np.testing.assert_array_equal(doc, [[0, 0, 0, 1, 1, 2, 2], [0] * 7])  # runs, not ids
     np.testing.assert_array_equal(off, [[0, 1, 2, 0, 1, 0, 1], list(range(7))])
 
 
@@ -32,9 +33,18 @@ def test_document_rule_is_the_spec_per_document():
         doc, off = (np.asarray(x)[0] for x in document_positions(SEGMENTS))
         i = np.arange(T * K)
         pos, copy = i // K, i % K
-        mask = document_allowed(cfg.variant, off[pos][:, None], copy[:, None], doc[pos][:, None],
-                                off[pos][None], copy[None], doc[pos][None], K, cfg.effective_window,
-                                cfg.effective_chunk)
+        mask = document_allowed(
+            cfg.variant,
+            off[pos][:, None],
+            copy[:, None],
+            doc[pos][:, None],
+            off[pos][None],
+            copy[None],
+            doc[pos][None],
+            K,
+            cfg.effective_window,
+            cfg.effective_chunk,
+        )
         expected = np.zeros_like(mask)
         for s, n in zip(STARTS, LENGTHS):
             block = slice(s * K, (s + n) * K)
@@ -49,19 +59,19 @@ def test_documents_do_not_see_each_other(name):
     params = init_params(dense, 0)
     rng = np.random.default_rng(0)
     tokens = rng.integers(0, dense.vocab_size, (1, T)).astype(np.int32)
-    changed = tokens.copy()                      # documents 0 and 2 replaced, document 1 kept
+    changed = tokens.copy()  # documents 0 and 2 replaced, document 1 kept
     changed[0, :5] = rng.integers(0, dense.vocab_size, 5)
     changed[0, 9:] = rng.integers(0, dense.vocab_size, 6)
     batch, segs = np.concatenate([tokens, changed]), np.repeat(SEGMENTS, 2, axis=0)
-    alone = rng.integers(0, dense.vocab_size, (3, T)).astype(np.int32)   # doc j first, then filler
+    alone = rng.integers(0, dense.vocab_size, (3, T)).astype(np.int32)  # doc j first, then filler
     for j, (s, n) in enumerate(zip(STARTS, LENGTHS)):
-        alone[j, :n] = tokens[0, s:s + n]
-    ref = jax.jit(forward, static_argnums=1)(params, dense, alone)       # causal: filler comes after
+        alone[j, :n] = tokens[0, s : s + n]
+    ref = jax.jit(forward, static_argnums=1)(params, dense, alone)  # causal: filler comes after
     for cfg in (dense, sparse):
         out = jax.jit(forward, static_argnums=1)(params, cfg, batch, segs)
         assert max_diff(out[0, 5:9], out[1, 5:9]) <= 1e-5, cfg.attention
         for j, (s, n) in enumerate(zip(STARTS, LENGTHS)):
-            assert max_diff(out[0, s:s + n], ref[j, :n]) <= 1e-4, (cfg.attention, j)
+            assert max_diff(out[0, s : s + n], ref[j, :n]) <= 1e-4, (cfg.attention, j)
         assert max_diff(out[1, 5:9], out[0, 5:9]) <= 1e-5
 
 
@@ -72,8 +82,17 @@ def test_splash_with_segment_ids_and_its_limits():
     lay = Layout.for_config(cfg, T, "kernel")
     pos, copy = lay.tokens
     doc, off = (np.asarray(x)[0] for x in document_positions(SEGMENTS))
-    mask = document_allowed(cfg.variant, off[pos][:, None], copy[:, None], doc[pos][:, None],
-                            off[pos][None], copy[None], doc[pos][None], 2, 3)
+    mask = document_allowed(
+        cfg.variant,
+        off[pos][:, None],
+        copy[:, None],
+        doc[pos][:, None],
+        off[pos][None],
+        copy[None],
+        doc[pos][None],
+        2,
+        3,
+    )
     ks = jax.random.split(jax.random.key(0), 3)
     n = lay.size
     q = jax.random.normal(ks[0], (1, n, 4, 16))
@@ -96,7 +115,7 @@ def test_blocksparse_document_mask_gradients_equal_dense(name):
     from phd_jax.attention import blocksparse_attention, document_mask, static_config
 
     cfg = tiny_config(**VARIANT_GRID[name])
-    lay = Layout.for_config(static_config(cfg, True), T, "kernel")     # PHD-SWA's pattern for CSWA
+    lay = Layout.for_config(static_config(cfg, True), T, "kernel")  # PHD-SWA's pattern for CSWA
     pos, _ = lay.tokens
     doc, off = (np.asarray(x)[:, pos] for x in document_positions(np.repeat(SEGMENTS, 2, axis=0)))
     rule = document_mask(cfg, lay, (jnp.asarray(doc), jnp.asarray(off)))
@@ -106,7 +125,7 @@ def test_blocksparse_document_mask_gradients_equal_dense(name):
     k, v = (jax.random.normal(x, (2, lay.size, 2, 16)) for x in ks[2:])
 
     def grads(attn):
-        f = lambda q, k, v: jnp.vdot(attn(q, k, v), ct)   # noqa: E731
+        f = lambda q, k, v: jnp.vdot(attn(q, k, v), ct)  # noqa: E731
         return jax.jit(jax.value_and_grad(f, argnums=(0, 1, 2)))(q, k, v)
 
     ref = grads(lambda q, k, v: dense_attention(q, k, v, rule(n[:, None], n[None, :])))

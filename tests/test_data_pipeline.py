@@ -1,15 +1,16 @@
 """The grain pipeline: packing (every token once per epoch, in order, EOS between documents),
 determinism, 1/2/4 simulated processes, exact resume, fixed eval batches, config errors."""
+
 import json
 import os
 
 import numpy as np
 import pytest
+from data_helpers import random_documents, run_config, write_text_corpus
 
 from phd_jax.checks import ConfigError
 from phd_jax.data import make_pipeline, make_tokenizer, shakespeare, validate_data_config
 from phd_jax.data.sources import held_out
-from data_helpers import data_root, random_documents, run_config, write_text_corpus  # noqa: F401
 
 EOS = 257
 
@@ -34,22 +35,21 @@ def _rows(pipe, steps, start=None):
 
 def test_packing_every_token_once_per_epoch_in_order(data_root, corpus):
     docs, source = corpus
-    pipe = make_pipeline(run_config(data_root, source=source, seq_len=15, batch_size=4,
-                                    document_masking=True))
+    pipe = make_pipeline(run_config(data_root, source=source, seq_len=15, batch_size=4, document_masking=True))
     train_docs = [d for d, v in zip(docs, held_out(len(docs), 0.2)) if not v]
-    stream = [t for d in train_docs for t in list(d.encode()) + [EOS]]   # EOS after every document
+    stream = [t for d in train_docs for t in list(d.encode()) + [EOS]]  # EOS after every document
     w, L = pipe.windows_per_epoch, pipe.length
     assert w == len(stream) // L
-    assert [t for win in _windows(pipe) for t in win] == stream[:w * L]   # windows in order = the stream
+    assert [t for win in _windows(pipe) for t in win] == stream[: w * L]  # windows in order = the stream
 
-    steps = -(-2 * w // 4)                      # two epochs of global batches
+    steps = -(-2 * w // 4)  # two epochs of global batches
     batches = _rows(pipe, steps)
     rows = [tuple(r) for b in batches for r in b["tokens"]]
-    epoch0, epoch1 = rows[:w], rows[w:2 * w]
-    assert sorted(epoch0) == sorted(_windows(pipe)) == sorted(epoch1)   # each window exactly once
-    assert epoch0 != epoch1                                             # reshuffled every epoch
-    assert epoch0 != _windows(pipe)                                     # shuffled at all
-    for b in batches:                           # a new document starts right after each EOS
+    epoch0, epoch1 = rows[:w], rows[w : 2 * w]
+    assert sorted(epoch0) == sorted(_windows(pipe)) == sorted(epoch1)  # each window exactly once
+    assert epoch0 != epoch1  # reshuffled every epoch
+    assert epoch0 != _windows(pipe)  # shuffled at all
+    for b in batches:  # a new document starts right after each EOS
         assert b["tokens"].dtype == np.int32 and b["tokens"].shape == (4, 16) == b["segment_ids"].shape
         new_doc = np.diff(b["segment_ids"], axis=1) != 0
         np.testing.assert_array_equal(new_doc, b["tokens"][:, :-1] == EOS)
@@ -64,7 +64,7 @@ def test_default_shakespeare_pipeline(data_root):
 
     train = tfds.data_source(shakespeare.NAME, split="train", data_dir=data_root["tfds"])
     assert pipe.train_stream.num_documents == len(train)
-    for d in range(len(train)):                 # the stream holds every document, then EOS
+    for d in range(len(train)):  # the stream holds every document, then EOS
         doc = pipe.train_stream.document(d)
         assert bytes(doc[:-1].astype(np.uint8)) == train[d]["text"] and doc[-1] == EOS
     it = pipe.train_iterator()
@@ -74,14 +74,14 @@ def test_default_shakespeare_pipeline(data_root):
     assert it.get_state() == json.loads(json.dumps(it.get_state()))
     assert it.get_state()["position"] == 8
 
-    ev = pipe.eval_batches()                    # the first held-out windows, in order, any seed
+    ev = pipe.eval_batches()  # the first held-out windows, in order, any seed
     val = pipe.eval_stream
     assert len(ev) == 3
     for i, e in enumerate(ev):
         np.testing.assert_array_equal(e["tokens"], [val.window(i * 8 + r, 65) for r in range(8)])
     other = make_pipeline(run_config(data_root, seq_len=64, batch_size=8, eval_batches=3, seed=5))
     assert all((a["tokens"] == b["tokens"]).all() for a, b in zip(ev, other.eval_batches()))
-    assert not (next(other.train_iterator())["tokens"] == b["tokens"]).all()   # seeds differ
+    assert not (next(other.train_iterator())["tokens"] == b["tokens"]).all()  # seeds differ
 
 
 def test_same_seed_same_batches_across_process_counts(data_root, corpus):
@@ -93,15 +93,15 @@ def test_same_seed_same_batches_across_process_counts(data_root, corpus):
     steps = -(-ref.windows_per_epoch // 4)
     global_batches = [b["tokens"] for b in _rows(ref, steps)]
     again = [b["tokens"] for b in _rows(make_pipeline(cfg), steps)]
-    np.testing.assert_array_equal(global_batches, again)                 # deterministic
+    np.testing.assert_array_equal(global_batches, again)  # deterministic
     for count in (2, 4):
-        parts = [_rows(make_pipeline(cfg, process_index=p, process_count=count), steps)
-                 for p in range(count)]
+        parts = [_rows(make_pipeline(cfg, process_index=p, process_count=count), steps) for p in range(count)]
         for s in range(steps):
             assert all(parts[p][s]["tokens"].shape == (4 // count, 16) for p in range(count))
             np.testing.assert_array_equal(
-                np.concatenate([parts[p][s]["tokens"] for p in range(count)]), global_batches[s])
-    rows = [tuple(r) for b in global_batches for r in b][:ref.windows_per_epoch]
+                np.concatenate([parts[p][s]["tokens"] for p in range(count)]), global_batches[s]
+            )
+    rows = [tuple(r) for b in global_batches for r in b][: ref.windows_per_epoch]
     assert sorted(rows) == sorted(_windows(ref))
 
 
@@ -112,15 +112,16 @@ def test_resume_continues_with_exactly_the_next_batch(data_root, corpus):
     it = make_pipeline(cfg, 1, 2).train_iterator()
     for _ in range(5):
         next(it)
-    state = json.loads(json.dumps(it.get_state()))     # as the checkpoint stores it
+    state = json.loads(json.dumps(it.get_state()))  # as the checkpoint stores it
     assert state == make_pipeline(cfg, 0, 2).train_iterator().get_state() | {"position": 20}
-    for count in (1, 2, 4):                             # restore on another number of processes
+    for count in (1, 2, 4):  # restore on another number of processes
         parts = [_rows(make_pipeline(cfg, p, count), 4, start=state) for p in range(count)]
         for s in range(4):
             for key in ("tokens", "segment_ids"):
                 np.testing.assert_array_equal(
-                    np.concatenate([parts[p][s][key] for p in range(count)]), uninterrupted[5 + s][key])
-    it = make_pipeline(cfg).train_iterator()            # the interim contract's state still works
+                    np.concatenate([parts[p][s][key] for p in range(count)]), uninterrupted[5 + s][key]
+                )
+    it = make_pipeline(cfg).train_iterator()  # the interim contract's state still works
     it.set_state({"step": 5})
     np.testing.assert_array_equal(next(it)["tokens"], uninterrupted[5]["tokens"])
 
@@ -130,12 +131,15 @@ def test_token_cache_follows_the_files(data_root, tmp_path):
     source = "text:" + write_text_corpus(tmp_path / "c", docs)
     cfg = run_config(data_root, source=source, seq_len=7, batch_size=2, cache_dir=str(tmp_path / "cache"))
     first = make_pipeline(cfg).train_stream
-    assert make_pipeline(cfg).train_stream.fingerprint == first.fingerprint   # read from the cache
+    assert make_pipeline(cfg).train_stream.fingerprint == first.fingerprint  # read from the cache
     changed = [d + "!" * 9 for d in docs]
     write_text_corpus(tmp_path / "c", changed)
     second = make_pipeline(cfg).train_stream
-    assert second.fingerprint != first.fingerprint and second.num_tokens == first.num_tokens + 9 * (~held_out(6, 0.2)).sum()
-    assert len(os.listdir(tmp_path / "cache")) == 4      # train and eval, before and after
+    assert (
+        second.fingerprint != first.fingerprint
+        and second.num_tokens == first.num_tokens + 9 * (~held_out(6, 0.2)).sum()
+    )
+    assert len(os.listdir(tmp_path / "cache")) == 4  # train and eval, before and after
 
 
 def test_other_tokenizers_pack_their_ids(data_root, corpus, tmp_path):
@@ -154,18 +158,38 @@ def test_other_tokenizers_pack_their_ids(data_root, corpus, tmp_path):
     np.testing.assert_array_equal(pipe.train_stream.tokens, stream)
 
 
-@pytest.mark.parametrize("change,match", [
-    (lambda c: c.data.update({"sorce": "x"}), r"config.data.sorce='x' is invalid: not a data setting \(a typo\?\); known: cache_dir, data_dir"),
-    (lambda c: setattr(c, "data", type(c.data)({**c.data.to_dict(), "shuffle": 1})),
-     r"config.data.shuffle=1 is invalid: must be True or False"),
-    (lambda c: c.data.update({"num_threads": 0}), r"config.data.num_threads=0 is invalid: must be an integer >= 1"),
-    (lambda c: c.data.update({"tokenizer": "gpt2"}), r"config.data.tokenizer='gpt2' is invalid: allowed: byte"),
-    (lambda c: c.data.update({"eval_source": "s3://x"}), r"config.data.eval_source='s3://x' is invalid: allowed"),
-    (lambda c: c.update({"val_fraction": 1.0}), r"config.val_fraction=1.0 is invalid: must be a finite number in \(0, 1\)"),
-    (lambda c: c.update({"batch_size": 6}), r"config.batch_size=6 is invalid: must be a multiple of the number of processes \(4\)"),
-    (lambda c: c.update({"model": {"vocab_size": 200}}), r"config.model.vocab_size=200 is invalid: the tokenizer byte has 259 ids"),
-    (lambda c: c.update({"seq_len": 10 ** 7}), r"config.data.source='shakespeare' is invalid: .* fewer than one window"),
-])
+@pytest.mark.parametrize(
+    "change,match",
+    [
+        (
+            lambda c: c.data.update({"sorce": "x"}),
+            r"config.data.sorce='x' is invalid: not a data setting \(a typo\?\); known: cache_dir, data_dir",
+        ),
+        (
+            lambda c: setattr(c, "data", type(c.data)({**c.data.to_dict(), "shuffle": 1})),
+            r"config.data.shuffle=1 is invalid: must be True or False",
+        ),
+        (lambda c: c.data.update({"num_threads": 0}), r"config.data.num_threads=0 is invalid: must be an integer >= 1"),
+        (lambda c: c.data.update({"tokenizer": "gpt2"}), r"config.data.tokenizer='gpt2' is invalid: allowed: byte"),
+        (lambda c: c.data.update({"eval_source": "s3://x"}), r"config.data.eval_source='s3://x' is invalid: allowed"),
+        (
+            lambda c: c.update({"val_fraction": 1.0}),
+            r"config.val_fraction=1.0 is invalid: must be a finite number in \(0, 1\)",
+        ),
+        (
+            lambda c: c.update({"batch_size": 6}),
+            r"config.batch_size=6 is invalid: must be a multiple of the number of processes \(4\)",
+        ),
+        (
+            lambda c: c.update({"model": {"vocab_size": 200}}),
+            r"config.model.vocab_size=200 is invalid: the tokenizer byte has 259 ids",
+        ),
+        (
+            lambda c: c.update({"seq_len": 10**7}),
+            r"config.data.source='shakespeare' is invalid: .* fewer than one window",
+        ),
+    ],
+)
 def test_config_errors_name_the_key(data_root, change, match):
     cfg = run_config(data_root, batch_size=8)
     change(cfg)

@@ -1,30 +1,30 @@
 """Sources: the embedded TFDS builder prepares offline and reads back every document byte for
 byte; tfds/text/jsonl sources; each bad input is a clear error."""
+
 import json
 import os
 import shutil
 
 import pytest
 import tensorflow_datasets as tfds
+from data_helpers import random_documents, run_config, write_jsonl_corpus, write_text_corpus
 
 from phd_jax.checks import ConfigError
 from phd_jax.data import documents, make_pipeline, shakespeare, validate_data_config
 from phd_jax.data.sources import held_out
-from data_helpers import data_root, random_documents, run_config, write_jsonl_corpus, write_text_corpus  # noqa: F401
 
 
 def test_embedded_builder_reads_back_every_document_byte_for_byte(data_root):
-    files = {os.path.basename(f)[:-4]: open(f, "rb").read().replace(b"\r\n", b"\n")
-             for f in shakespeare.text_files()}
+    files = {os.path.basename(f)[:-4]: open(f, "rb").read().replace(b"\r\n", b"\n") for f in shakespeare.text_files()}
     seen = {}
     for split in ("train", "validation"):
         source = tfds.data_source(shakespeare.NAME, split=split, data_dir=data_root["tfds"])
         ids = [source[i]["id"].decode() for i in range(len(source))]
         for i, key in enumerate(ids):
-            assert source[i]["text"] == files[key], key        # byte for byte
+            assert source[i]["text"] == files[key], key  # byte for byte
         seen[split] = set(ids)
-    assert not seen["train"] & seen["validation"]             # disjoint, by document
-    assert seen["train"] | seen["validation"] == set(files)   # and together every work
+    assert not seen["train"] & seen["validation"]  # disjoint, by document
+    assert seen["train"] | seen["validation"] == set(files)  # and together every work
     assert seen["validation"] == set(shakespeare.VALIDATION)
     builder = tfds.builder(shakespeare.NAME, data_dir=data_root["tfds"])
     assert builder.info.file_format.value == "array_record"
@@ -35,7 +35,7 @@ def test_sources_by_name_and_glob(data_root, tmp_path):
     cfg = run_config(data_root, source=f"tfds:{shakespeare.NAME}:{shakespeare.VERSION}")
     docs = documents(cfg, cfg.data.source, "eval")
     assert len(docs) == 3 and all(len(docs[i]) > 10_000 for i in range(3))
-    cfg.data.train_split = "train[:5]"                          # TFDS slicing
+    cfg.data.train_split = "train[:5]"  # TFDS slicing
     assert len(documents(cfg, cfg.data.source, "train")) == 5
 
     texts = random_documents(10, seed=1)
@@ -48,7 +48,7 @@ def test_sources_by_name_and_glob(data_root, tmp_path):
 
     path = write_jsonl_corpus(tmp_path / "c.jsonl", texts, key="body")
     cfg = run_config(data_root, source=f"jsonl:{path}", text_key="body", eval_source=f"jsonl:{path}")
-    every = documents(cfg, cfg.data.eval_source, "eval_source")   # an eval source: all of it
+    every = documents(cfg, cfg.data.eval_source, "eval_source")  # an eval source: all of it
     assert [every[i] for i in range(len(every))] == texts
 
 
@@ -75,25 +75,41 @@ def _error(cfg, match):
 
 
 def test_bad_sources_are_clear_errors(data_root, tmp_path):
-    _error(run_config(data_root, source="tfds:no_such_dataset"),
-           r"config.data.source='tfds:no_such_dataset' is invalid: no TFDS dataset 'no_such_dataset' "
-           r"under data_dir=.*Prepare it first, as array_record: `tfds build no_such_dataset")
-    _error(run_config(data_root, source="tfds:mnist"),
-           r"the TFDS dataset 'mnist' is not prepared under data_dir=.*--file_format=array_record")
-    _error(run_config(data_root, source=f"tfds:{shakespeare.NAME}", text_key="body"),
-           r"config.data.text_key='body' is invalid: the TFDS dataset 'shakespeare_corpus' has features id, title, text")
-    _error(run_config(data_root, source=f"tfds:{shakespeare.NAME}", eval_split="test"),
-           r"config.data.eval_split='test' is invalid: the TFDS dataset 'shakespeare_corpus' has splits train, validation")
-    _error(run_config(data_root, source=f"text:{tmp_path}/nothing/*.txt"),
-           r"config.data.source='text:.* is invalid: the glob '.*/nothing/\*.txt' matches no files")
-    _error(run_config(data_root, source="csv:x"), r"config.data.source='csv:x' is invalid: allowed: shakespeare, tfds:NAME")
+    _error(
+        run_config(data_root, source="tfds:no_such_dataset"),
+        r"config.data.source='tfds:no_such_dataset' is invalid: no TFDS dataset 'no_such_dataset' "
+        r"under data_dir=.*Prepare it first, as array_record: `tfds build no_such_dataset",
+    )
+    _error(
+        run_config(data_root, source="tfds:mnist"),
+        r"the TFDS dataset 'mnist' is not prepared under data_dir=.*--file_format=array_record",
+    )
+    _error(
+        run_config(data_root, source=f"tfds:{shakespeare.NAME}", text_key="body"),
+        r"config.data.text_key='body' is invalid: the TFDS dataset 'shakespeare_corpus' has features id, title, text",
+    )
+    _error(
+        run_config(data_root, source=f"tfds:{shakespeare.NAME}", eval_split="test"),
+        r"config.data.eval_split='test' is invalid: the TFDS dataset 'shakespeare_corpus' has splits train, validation",
+    )
+    _error(
+        run_config(data_root, source=f"text:{tmp_path}/nothing/*.txt"),
+        r"config.data.source='text:.* is invalid: the glob '.*/nothing/\*.txt' matches no files",
+    )
+    _error(
+        run_config(data_root, source="csv:x"), r"config.data.source='csv:x' is invalid: allowed: shakespeare, tfds:NAME"
+    )
     path = write_jsonl_corpus(tmp_path / "c.jsonl", ["a", "b"], key="body")
-    _error(run_config(data_root, source=f"jsonl:{path}"),
-           r"config.data.text_key='text' is invalid: JSON line 0 of 'jsonl:.*c.jsonl' has keys body, meta")
+    _error(
+        run_config(data_root, source=f"jsonl:{path}"),
+        r"config.data.text_key='text' is invalid: JSON line 0 of 'jsonl:.*c.jsonl' has keys body, meta",
+    )
     one = write_text_corpus(tmp_path / "one", ["just one document"])
     _error(run_config(data_root, source=f"text:{one}"), "holds a single document, so none can be held out")
-    _error(run_config(data_root, source=f"text:{one}", eval_source=f"text:{one}"),
-           r"config.data.source='text:.*' is invalid: .* fewer than one window of seq_len \+ 1 = 33")
+    _error(
+        run_config(data_root, source=f"text:{one}", eval_source=f"text:{one}"),
+        r"config.data.source='text:.*' is invalid: .* fewer than one window of seq_len \+ 1 = 33",
+    )
 
 
 def test_a_tfrecord_dataset_is_refused(data_root, tmp_path):
@@ -101,5 +117,7 @@ def test_a_tfrecord_dataset_is_refused(data_root, tmp_path):
     shutil.copytree(os.path.join(data_root["tfds"], shakespeare.NAME), tmp_path / shakespeare.NAME)
     info = tmp_path / shakespeare.NAME / shakespeare.VERSION / "dataset_info.json"
     info.write_text(json.dumps({**json.loads(info.read_text()), "fileFormat": "tfrecord"}))
-    _error(run_config(data_root, source=f"tfds:{shakespeare.NAME}", data_dir=str(tmp_path)),
-           r"is prepared as tfrecord, which has no random access: prepare it again with --file_format=array_record")
+    _error(
+        run_config(data_root, source=f"tfds:{shakespeare.NAME}", data_dir=str(tmp_path)),
+        r"is prepared as tfrecord, which has no random access: prepare it again with --file_format=array_record",
+    )

@@ -1,21 +1,24 @@
 """Tokenizers: byte round trips; SentencePiece and tokenizer.json trained on the fly (no
 downloads) round-trip text and agree with their libraries; bad specs are clear errors."""
+
 import io
 import json
 
 import numpy as np
 import pytest
+from data_helpers import random_documents
 
 from phd_jax.checks import ConfigError
 from phd_jax.data import ByteTokenizer, check_vocab_size, make_tokenizer, padded_vocab_size
-from data_helpers import random_documents
 
-CORPUS = ["To be, or not to be, that is the question:",
-          "Whether 'tis nobler in the mind to suffer",
-          "The slings and arrows of outrageous fortune,",
-          "Or to take arms against a sea of troubles",
-          "And by opposing end them. To die—to sleep,",
-          "No more; and by a sleep to say we end"] * 20
+CORPUS = [
+    "To be, or not to be, that is the question:",
+    "Whether 'tis nobler in the mind to suffer",
+    "The slings and arrows of outrageous fortune,",
+    "Or to take arms against a sea of troubles",
+    "And by opposing end them. To die—to sleep,",
+    "No more; and by a sleep to say we end",
+] * 20
 TEXTS = ["To be, or not to be", "arrows of fortune; and by opposing end them", "sleep, to die"]
 
 
@@ -36,8 +39,14 @@ def sentencepiece_model(tmp_path_factory):
     import sentencepiece as spm
 
     model = io.BytesIO()
-    spm.SentencePieceTrainer.train(sentence_iterator=iter(CORPUS), model_writer=model, vocab_size=60,
-                                   model_type="bpe", character_coverage=1.0, minloglevel=2)
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(CORPUS),
+        model_writer=model,
+        vocab_size=60,
+        model_type="bpe",
+        character_coverage=1.0,
+        minloglevel=2,
+    )
     path = tmp_path_factory.mktemp("sp") / "tok.model"
     path.write_bytes(model.getvalue())
     return str(path)
@@ -50,11 +59,11 @@ def test_sentencepiece_round_trips_and_matches_the_library(sentencepiece_model):
     ref = spm.SentencePieceProcessor(model_file=sentencepiece_model)
     assert tok.vocab_size == ref.get_piece_size() == 60
     assert (tok.bos_id, tok.eos_id) == (ref.bos_id(), ref.eos_id())
-    assert tok.pad_id == tok.eos_id          # no PAD piece: pads with EOS
+    assert tok.pad_id == tok.eos_id  # no PAD piece: pads with EOS
     for text in TEXTS:
         assert tok.encode(text) == ref.encode(text)
         assert tok.decode(tok.encode(text)) == text
-        assert tok.eos_id not in tok.encode(text)   # the pipeline adds EOS, not encode
+        assert tok.eos_id not in tok.encode(text)  # the pipeline adds EOS, not encode
 
 
 def _train_tokenizer_json(directory, with_config):
@@ -64,13 +73,18 @@ def _train_tokenizer_json(directory, with_config):
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     specials = ["<unk>", "<s>", "</s>", "<pad>"] if with_config else ["<unk>", "<|endoftext|>"]
-    tok.train_from_iterator(CORPUS, trainers.BpeTrainer(vocab_size=300, special_tokens=specials,
-                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok.train_from_iterator(
+        CORPUS,
+        trainers.BpeTrainer(
+            vocab_size=300, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+        ),
+    )
     directory.mkdir(parents=True, exist_ok=True)
     tok.save(str(directory / "tokenizer.json"))
     if with_config:
-        (directory / "tokenizer_config.json").write_text(json.dumps(
-            {"bos_token": "<s>", "eos_token": {"content": "</s>"}, "pad_token": "<pad>"}))
+        (directory / "tokenizer_config.json").write_text(
+            json.dumps({"bos_token": "<s>", "eos_token": {"content": "</s>"}, "pad_token": "<pad>"})
+        )
     return tok
 
 
@@ -86,23 +100,29 @@ def test_tokenizer_json_round_trips_and_matches_the_library(tmp_path, with_confi
     for text in TEXTS + ["naïve 漢字 🙂"]:
         assert tok.encode(text) == ref.encode(text, add_special_tokens=False).ids
         assert tok.decode(tok.encode(text)) == text
-    assert make_tokenizer(f"hf:{tmp_path}").encode(TEXTS[0]) == tok.encode(TEXTS[0])   # a directory works
+    assert make_tokenizer(f"hf:{tmp_path}").encode(TEXTS[0]) == tok.encode(TEXTS[0])  # a directory works
 
 
 def test_vocab_size_checks_and_padding():
     tok = ByteTokenizer()
     check_vocab_size(259, tok)
     assert padded_vocab_size(tok) == 384
-    with pytest.raises(ConfigError, match=r"config.model.vocab_size=256 is invalid: the tokenizer byte "
-                                          r"has 259 ids, more than the model can embed: use vocab_size >= 259"):
+    with pytest.raises(
+        ConfigError,
+        match=r"config.model.vocab_size=256 is invalid: the tokenizer byte "
+        r"has 259 ids, more than the model can embed: use vocab_size >= 259",
+    ):
         check_vocab_size(256, tok)
 
 
 def test_bad_tokenizer_specs_are_clear_errors(tmp_path):
     with pytest.raises(ConfigError, match=r"config.data.tokenizer='bpe' is invalid: allowed: byte, sentencepiece:PATH"):
         make_tokenizer("bpe")
-    with pytest.raises(ConfigError, match=r"config.data.tokenizer='hf:/no/such/tokenizer.json' is invalid: "
-                                          r"/no/such/tokenizer.json does not exist"):
+    with pytest.raises(
+        ConfigError,
+        match=r"config.data.tokenizer='hf:/no/such/tokenizer.json' is invalid: "
+        r"/no/such/tokenizer.json does not exist",
+    ):
         make_tokenizer("hf:/no/such/tokenizer.json")
     junk = tmp_path / "junk.model"
     junk.write_bytes(b"not a model")

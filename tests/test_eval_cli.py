@@ -1,5 +1,6 @@
 """eval.py on a checkpoint written by a tiny training run: its numbers against direct
 recomputation, the JSON it writes, and clear errors that change nothing on disk."""
+
 import json
 import os
 import shutil
@@ -19,6 +20,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def tiny_run_config(**changes):
     sys.path.insert(0, ROOT)
     from configs.tiny import get_config
+
     c = get_config()
     c.num_steps, c.checkpoint_every, c.log_every, c.eval_every = 4, 4, 4, 4
     c.compilation_cache = ""
@@ -34,6 +36,7 @@ def tiny_run_config(**changes):
 @pytest.fixture(scope="session")
 def run_dir(tmp_path_factory):
     from phd_jax.train import train_and_evaluate
+
     workdir = str(tmp_path_factory.mktemp("evalrun") / "run")
     train_and_evaluate(tiny_run_config(), workdir, progress=False)
     return workdir
@@ -51,9 +54,20 @@ def _snapshot(folder):
 @pytest.fixture(scope="session")
 def cli_result(run_dir):
     """One real `python eval.py` run asking for every kind of evaluation."""
-    cmd = [sys.executable, os.path.join(ROOT, "eval.py"), f"--workdir={run_dir}", "--loss",
-           "--tasks=shakespeare_mc", "--limit=4", "--generate=ROMEO.", "--generate=JULIET.",
-           "--max_new_tokens=8", "--report", "--report_lengths=8", "--config.model.attention=dense"]
+    cmd = [
+        sys.executable,
+        os.path.join(ROOT, "eval.py"),
+        f"--workdir={run_dir}",
+        "--loss",
+        "--tasks=shakespeare_mc",
+        "--limit=4",
+        "--generate=ROMEO.",
+        "--generate=JULIET.",
+        "--max_new_tokens=8",
+        "--report",
+        "--report_lengths=8",
+        "--config.model.attention=dense",
+    ]
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_backend_optimization_level=0"}
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -64,6 +78,7 @@ def cli_result(run_dir):
 def test_eval_loss_equals_direct_forward(run_dir, cli_result):
     from phd_jax.data import make_pipeline
     from phd_jax.train import load_run_config, restore_params
+
     _, saved = cli_result
     cfg, params, step = restore_params(run_dir)
     nll = []
@@ -93,9 +108,13 @@ def test_eval_json_holds_every_requested_metric(cli_result):
 
 def test_bad_requests_are_clear_errors_and_change_nothing(run_dir, cli_result, tmp_path):
     from phd_jax.evaluation.run import evaluate_checkpoint, resolve_run
+
     before = _snapshot(run_dir)
-    with pytest.raises(ConfigError, match=r"config.model.repeat=3 is invalid: contradicts the checkpoint, "
-                                          r"which is PHD-2 with repeat=2"):
+    with pytest.raises(
+        ConfigError,
+        match=r"config.model.repeat=3 is invalid: contradicts the checkpoint, "
+        r"which is PHD-2 with repeat=2",
+    ):
         evaluate_checkpoint(run_dir, overrides={"model.repeat": 3}, loss=True)
     with pytest.raises(ConfigError, match="config.learning_rate=.*does not affect evaluation"):
         evaluate_checkpoint(run_dir, overrides={"learning_rate": 0.1}, loss=True)
@@ -120,15 +139,21 @@ def test_bad_requests_are_clear_errors_and_change_nothing(run_dir, cli_result, t
         evaluate_checkpoint(checkpoint=os.path.join(other, "checkpoints", "4"), loss=True)
     assert _snapshot(other) == before
     # An inference-only change is allowed, and said.
-    run = resolve_run(run_dir, overrides={"model.attention": "dense", "model.repeat": 2,
-                                          "data.source": "text:/nowhere/*.txt"})
+    run = resolve_run(
+        run_dir, overrides={"model.attention": "dense", "model.repeat": 2, "data.source": "text:/nowhere/*.txt"}
+    )
     assert run.changes == {"attention": ("auto", "dense")} and run.model_config.attention == "dense"
     assert run.config.data.source == "text:/nowhere/*.txt"
 
 
 def test_cli_error_exits_2_with_one_line(run_dir, cli_result):
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "eval.py"), f"--workdir={run_dir}",
-                           "--loss", "--config.model.d_model=64"], capture_output=True, text=True,
-                          cwd=ROOT, env={**os.environ, "JAX_PLATFORMS": "cpu"}, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "eval.py"), f"--workdir={run_dir}", "--loss", "--config.model.d_model=64"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+        timeout=300,
+    )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "config.model.d_model=64 is invalid: contradicts the checkpoint" in proc.stderr

@@ -3,6 +3,7 @@
 One session fixture trains two variants of the tiny config for 3 steps (one seed) through
 the study command; the other tests read those runs, copy them, or only plan.
 """
+
 import json
 import math
 import os
@@ -13,7 +14,7 @@ import pytest
 
 from experiments import cli, report
 from experiments.studies import ALL, FLOP_KS, STUDIES, Claim
-from experiments.sweep import REPO, Setting, is_finished, matched_depth, load_config_module, plan
+from experiments.sweep import REPO, Setting, is_finished, load_config_module, matched_depth, plan
 from phd_jax.checks import ConfigError
 from phd_jax.train.metrics import read_metrics
 
@@ -67,7 +68,7 @@ def test_report_numbers_equal_the_runs_metrics(sweep, tmp_path):
     assert set(rows) == {"vanilla", "PHD-2"}
     finals = {n: read_metrics(os.path.join(root, n, "seed0"))[-1]["val_loss"] for n in rows}
     for name, m in rows.items():
-        assert int(m.group(3)) == 1                                   # n seeds
+        assert int(m.group(3)) == 1  # n seeds
         assert float(m.group(4)) == pytest.approx(finals[name], abs=5e-5)
         assert m.group(7) == f"s0: {finals[name]:.4f}"
     assert float(rows["PHD-2"].group(6)) == pytest.approx(finals["PHD-2"] - finals["vanilla"], abs=1e-4)
@@ -155,7 +156,7 @@ def test_dry_run_prints_the_grid_and_trains_nothing(tmp_path, capsys):
     out = capsys.readouterr().out
     n = len(ALL.settings) * 3
     assert f"{n} runs (0 finished), estimated " in out
-    k = max(FLOP_KS)   # vanilla on K x the tokens trains K x the default steps
+    k = max(FLOP_KS)  # vanilla on K x the tokens trains K x the default steps
     assert f"vanilla-x{k}tokens seed2" in out and f"{k * cli.DEFAULT_STEPS} steps" in out
     assert out.count(" new ") == n
     assert not os.path.exists(root)
@@ -182,13 +183,19 @@ def test_vanilla_depth_matches_phd_flops_per_token():
         assert run.config.model.num_layers == layers
         assert got == train_flops_per_sequence(model_config(run.config), 128)
         per_layer = got / layers
-        assert abs(got - target) <= per_layer / 2                     # the nearest depth
+        assert abs(got - target) <= per_layer / 2  # the nearest depth
         assert abs(got / target - 1) < 0.1
 
 
 def test_overrides_reach_every_run_and_bad_ones_name_the_key():
-    runs = plan(STUDIES["window_chunk"].settings, [0, 1], 10, "/r", TINY, ["--config.model.d_model=48",
-                                                                          "--config.learning_rate=0.002"])
+    runs = plan(
+        STUDIES["window_chunk"].settings,
+        [0, 1],
+        10,
+        "/r",
+        TINY,
+        ["--config.model.d_model=48", "--config.learning_rate=0.002"],
+    )
     assert {(r.config.model.d_model, r.config.learning_rate) for r in runs} == {(48, 0.002)}
     assert {r.config.seed for r in runs} == {0, 1}
     assert runs[0].workdir == os.path.join("/r", "vanilla", "seed0")
@@ -205,15 +212,18 @@ def _result(name, values):
     return report.SettingResult(name, dict(enumerate(values)), {}, None, None, None, [])
 
 
-@pytest.mark.parametrize("a, b, kind, expected", [
-    ([1.00, 1.01, 1.02], [1.10, 1.11, 1.12], "lower", "reproduced"),
-    ([1.10, 1.11, 1.12], [1.00, 1.01, 1.02], "lower", "not reproduced"),
-    ([1.00, 1.05, 1.01], [1.03, 1.00, 1.05], "lower", "inconclusive at this scale"),
-    ([1.00], [1.10], "lower", "inconclusive (fewer than 2 seeds)"),
-    ([1.00, 1.01, 1.02], [1.10, 1.11, 1.12], "which", "A lower"),
-    ([1.0001, 1.0101, 1.0201], [1.0, 1.01, 1.02], "same", "reproduced"),   # vanilla 1.5: gain 0.49
-    ([1.30, 1.31, 1.32], [1.0, 1.01, 1.02], "same", "not reproduced"),
-])
+@pytest.mark.parametrize(
+    "a, b, kind, expected",
+    [
+        ([1.00, 1.01, 1.02], [1.10, 1.11, 1.12], "lower", "reproduced"),
+        ([1.10, 1.11, 1.12], [1.00, 1.01, 1.02], "lower", "not reproduced"),
+        ([1.00, 1.05, 1.01], [1.03, 1.00, 1.05], "lower", "inconclusive at this scale"),
+        ([1.00], [1.10], "lower", "inconclusive (fewer than 2 seeds)"),
+        ([1.00, 1.01, 1.02], [1.10, 1.11, 1.12], "which", "A lower"),
+        ([1.0001, 1.0101, 1.0201], [1.0, 1.01, 1.02], "same", "reproduced"),  # vanilla 1.5: gain 0.49
+        ([1.30, 1.31, 1.32], [1.0, 1.01, 1.02], "same", "not reproduced"),
+    ],
+)
 def test_verdict_rule(a, b, kind, expected):
     results = {"A": _result("A", a), "B": _result("B", b), "vanilla": _result("vanilla", [1.5, 1.5, 1.5])}
     verdict, numbers = report.verdict(Claim(kind, "A", "B", "claim"), results)
@@ -237,7 +247,8 @@ def test_report_can_leave_out_settings_without_runs(sweep, tmp_path):
 @pytest.mark.parametrize("steps", [1, 3, 7, 60, 250, 1000, 12345])
 def test_every_evaluation_falls_on_a_logged_step(steps):
     from experiments.sweep import schedule_for
+
     s = schedule_for(steps)
     assert s["eval_every"] % s["log_every"] == 0 and 1 <= s["eval_every"] <= max(1, steps)
-    assert 8 <= steps // s["eval_every"] <= 12 or steps < 40          # about 10 evaluations a run
+    assert 8 <= steps // s["eval_every"] <= 12 or steps < 40  # about 10 evaluations a run
     assert 1 <= s["warmup_steps"] <= steps and 1 <= s["checkpoint_every"] <= steps

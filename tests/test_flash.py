@@ -4,6 +4,7 @@ gradients) in every case it must handle, bounded compile time, O(N) memory.
 (tests/test_attention.py covers every variant with K = 1..3; here K = 4, tile shapes,
 patterns without a layout, rows without keys, documents, bf16, vmap, and the long-context
 bounds of the performance issue.)"""
+
 import json
 import os
 import subprocess
@@ -13,11 +14,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import attention_inputs, attention_value_and_grads, compare_attention_to_dense, max_diff
 
 from phd_jax import ModelConfig
 from phd_jax.attention import blocksparse_attention, dense_attention, document_mask
 from phd_jax.masks import BlockPattern, Layout, reference_pattern
-from helpers import attention_inputs, attention_value_and_grads, compare_attention_to_dense, max_diff
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -39,8 +40,13 @@ def test_flash_equals_dense(variant, K, W, C, T, bq, bk):
 def test_flash_bfloat16_gradients():
     """bf16 inputs (upcast for the dots on CPU, float32 softmax): output and gradients in bf16."""
     cfg = ModelConfig(variant="phd_cswa", repeat=4, window=5, chunk=4)
-    compare_attention_to_dense(cfg, 12, lambda q, k, v, lay: blocksparse_attention(q, k, v, lay.pattern(16, 8)),
-                               dtype=jnp.bfloat16, tol=(0.05, 0.1))
+    compare_attention_to_dense(
+        cfg,
+        12,
+        lambda q, k, v, lay: blocksparse_attention(q, k, v, lay.pattern(16, 8)),
+        dtype=jnp.bfloat16,
+        tol=(0.05, 0.1),
+    )
 
 
 def test_flash_pattern_without_layout_uses_stacked_tile_masks():
@@ -58,12 +64,12 @@ def test_flash_rows_without_allowed_keys_stay_finite():
     n = 37
     rng = np.random.default_rng(0)
     mask = np.tril(rng.random((n, n)) < 0.5)
-    mask[:8] = False                       # query block 0: no tile at all
-    mask[11] = mask[20] = False            # rows of computed blocks without any key
+    mask[:8] = False  # query block 0: no tile at all
+    mask[11] = mask[20] = False  # rows of computed blocks without any key
     pattern = BlockPattern.from_mask(mask, 8, 8)
     q, k, v, ct = attention_inputs(n)
     has_key = mask.any(axis=1)
-    ct = ct * jnp.asarray(has_key)[None, :, None, None]    # rows without keys carry no gradient
+    ct = ct * jnp.asarray(has_key)[None, :, None, None]  # rows without keys carry no gradient
     out_ref, g_ref = attention_value_and_grads(lambda q, k, v: dense_attention(q, k, v, mask), q, k, v, ct)
     out, g = attention_value_and_grads(lambda q, k, v: blocksparse_attention(q, k, v, pattern), q, k, v, ct)
     assert np.isfinite(np.asarray(out)).all() and all(np.isfinite(np.asarray(x)).all() for x in g)
@@ -92,6 +98,7 @@ def test_flash_document_mask_equals_dense(wrap):
         def loss(q, k, v, doc, off):
             rule = document_mask(cfg, lay, (doc, off))
             return jnp.vdot(attn(q, k, v, (lambda r, c: rule(r, c)) if wrap else rule), ct)
+
         return jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))(q, k, v, doc, off)
 
     ref = grads(lambda q, k, v, rule: dense_attention(q, k, v, rule(idx[:, None], idx[None, :]) & lay.mask))
@@ -105,8 +112,9 @@ def test_flash_vmap_of_gradients():
     lay = Layout.for_config(cfg, 10, "kernel")
     pattern = lay.pattern(8, 8)
     q, k, v, ct = attention_inputs(lay.size, batch=3)
-    grad = jax.grad(lambda q, k, v: jnp.vdot(blocksparse_attention(q[None], k[None], v[None], pattern), ct[:1]),
-                    argnums=(0, 1, 2))
+    grad = jax.grad(
+        lambda q, k, v: jnp.vdot(blocksparse_attention(q[None], k[None], v[None], pattern), ct[:1]), argnums=(0, 1, 2)
+    )
     batched = jax.jit(jax.vmap(grad))(q, k, v)
     one = jax.jit(grad)
     for i in range(3):
@@ -115,10 +123,14 @@ def test_flash_vmap_of_gradients():
 
 def _in_subprocess(code: str, timeout: int):
     """Run `code` in a fresh interpreter without the persistent compilation cache; its JSON."""
-    env = {**os.environ, "JAX_ENABLE_COMPILATION_CACHE": "false",
-           "PYTHONPATH": os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    env = {
+        **os.environ,
+        "JAX_ENABLE_COMPILATION_CACHE": "false",
+        "PYTHONPATH": os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]),
+    }
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -129,8 +141,11 @@ def test_compile_time_bounded_and_memory_linear():
     the compiled program's buffers (arguments, outputs, temporaries) stay far below 6 GiB
     (O(N): the previous unrolled kernel needed 9.3 GiB of temporaries there; the scores of
     a single head alone would be 4 GiB)."""
-    stats = _in_subprocess("import json; from benchmarks.long_context import compile_stats; "
-                           "print(json.dumps([compile_stats('PHD-4', t) for t in (1024, 4096, 8192)]))", 600)
+    stats = _in_subprocess(
+        "import json; from benchmarks.long_context import compile_stats; "
+        "print(json.dumps([compile_stats('PHD-4', t) for t in (1024, 4096, 8192)]))",
+        600,
+    )
     small, large, longest = stats
     assert large["compile_s"] < 3 * small["compile_s"] and large["compile_s"] < 60, stats
     total = longest["temp_bytes"] + longest["argument_bytes"] + longest["output_bytes"]
@@ -140,15 +155,16 @@ def test_compile_time_bounded_and_memory_linear():
 @pytest.mark.slow
 def test_long_context_fits_in_6_gib():
     """Forward+backward of one layer at T = 8192, K = 4 runs, with a peak RSS under 6 GiB."""
-    r = _in_subprocess("import json; from benchmarks.long_context import run_once; "
-                       "print(json.dumps(run_once('PHD-4', 8192, 1)))", 600)
+    r = _in_subprocess(
+        "import json; from benchmarks.long_context import run_once; print(json.dumps(run_once('PHD-4', 8192, 1)))", 600
+    )
     assert r["tokens"] == 32768 and r["peak_rss_bytes"] < 6 * 2**30, r
 
 
 BAND_CASES = [  # (variant, K, W, C, T, block_q, block_kv, BAND_ROWS): windows wider than a
-    ("phd_swa", 2, 37, None, 45, 16, 16, 4),    # sub-block (many folds), sub-blocks of one
-    ("phd_cswa", 3, 9, 5, 23, 8, 8, 2),         # position, ragged hidden blocks, one sub-block
-    ("phd", 5, 0, None, 19, 16, 8, 64),         # per block
+    ("phd_swa", 2, 37, None, 45, 16, 16, 4),  # sub-block (many folds), sub-blocks of one
+    ("phd_cswa", 3, 9, 5, 23, 8, 8, 2),  # position, ragged hidden blocks, one sub-block
+    ("phd", 5, 0, None, 19, 16, 8, 64),  # per block
     ("phd_swa", 4, 2, None, 17, 8, 16, 8),
 ]
 
@@ -158,6 +174,7 @@ def test_flash_band_sub_blocks_equal_dense(monkeypatch, variant, K, W, C, T, bq,
     """The hidden-to-hidden band in sub-blocks of `BAND_ROWS` rows (each over its own key
     window, gathered and folded back in the backward pass) equals the dense mask."""
     import phd_jax.attention as attention
+
     monkeypatch.setattr(attention, "BAND_ROWS", band_rows)
     attention._tile_tables.cache_clear()
     try:
@@ -176,8 +193,7 @@ def test_flash_prefill_token_set_equals_dense(hidden_from, bq, bk):
     lay = Layout.for_config(cfg, 13, "kernel", hidden_from=hidden_from)
     q, k, v, ct = attention_inputs(lay.size)
     out_ref, g_ref = attention_value_and_grads(lambda q, k, v: dense_attention(q, k, v, lay.mask), q, k, v, ct)
-    out, g = attention_value_and_grads(lambda q, k, v: blocksparse_attention(q, k, v, lay.pattern(bq, bk)),
-                                       q, k, v, ct)
+    out, g = attention_value_and_grads(lambda q, k, v: blocksparse_attention(q, k, v, lay.pattern(bq, bk)), q, k, v, ct)
     assert max_diff(out, out_ref) <= 1e-5 and max_diff(g, g_ref) <= 1e-4
 
 
@@ -193,6 +209,7 @@ def test_flash_hidden_rows_cost_what_vanilla_rows_cost(T):
         lay = Layout.for_config(ModelConfig.from_name(name), T, "kernel")
         a, b, c = lay.spans()
         return computed_pairs(lay.pattern(128, 128)) / int(a.sum() + (c - b).sum())
+
     base = cost("vanilla")
     for name in ("PHD-2", "PHD-3", "PHD-4", "PHD-SWA-2-16-inf", "PHD-SWA-4-16-inf", "PHD-CSWA-4-16-32"):
         assert base <= cost(name) <= base + 0.1, name

@@ -1,4 +1,5 @@
 """phd_jax.hostmem: the malloc tunables the command-line programs run with."""
+
 import json
 import os
 import subprocess
@@ -8,8 +9,7 @@ import pytest
 
 from phd_jax import hostmem
 
-ALL = {"glibc.malloc.arena_max", "glibc.malloc.mmap_max", "glibc.malloc.trim_threshold",
-       "glibc.malloc.hugetlb"}
+ALL = {"glibc.malloc.arena_max", "glibc.malloc.mmap_max", "glibc.malloc.trim_threshold", "glibc.malloc.hugetlb"}
 
 
 def _names(env):
@@ -19,7 +19,7 @@ def _names(env):
 def test_tuned_env_adds_every_tunable_once():
     env = hostmem.tuned_env({"PATH": "/bin"}, "madvise", (2, 36))
     assert env["PATH"] == "/bin" and _names(env) == ALL
-    assert hostmem.tuned_env(env, "madvise", (2, 36)) is None   # an executed program does not run again
+    assert hostmem.tuned_env(env, "madvise", (2, 36)) is None  # an executed program does not run again
 
 
 def test_tuned_env_keeps_what_the_user_set():
@@ -29,19 +29,27 @@ def test_tuned_env_keeps_what_the_user_set():
     assert env[hostmem.ENV].count("arena_max") == 1 and set(tunables) == ALL | {"glibc.rtld.nns"}
 
 
-@pytest.mark.parametrize("thp, glibc, expected", [
-    ("always", (2, 36), ALL - {"glibc.malloc.hugetlb"}),    # huge pages without asking
-    ("never", (2, 36), ALL - {"glibc.malloc.hugetlb"}),
-    (None, (2, 36), ALL - {"glibc.malloc.hugetlb"}),        # no THP setting readable
-    ("madvise", (2, 31), ALL - {"glibc.malloc.hugetlb"}),   # glibc before the hugetlb tunable
-])
+@pytest.mark.parametrize(
+    "thp, glibc, expected",
+    [
+        ("always", (2, 36), ALL - {"glibc.malloc.hugetlb"}),  # huge pages without asking
+        ("never", (2, 36), ALL - {"glibc.malloc.hugetlb"}),
+        (None, (2, 36), ALL - {"glibc.malloc.hugetlb"}),  # no THP setting readable
+        ("madvise", (2, 31), ALL - {"glibc.malloc.hugetlb"}),  # glibc before the hugetlb tunable
+    ],
+)
 def test_tuned_env_adds_huge_pages_only_where_they_are_asked_for(thp, glibc, expected):
     assert _names(hostmem.tuned_env({}, thp, glibc)) == expected
 
 
-@pytest.mark.parametrize("environ, glibc", [({hostmem.OPT_OUT: "0"}, (2, 36)),   # opted out
-                                            ({}, None),                          # musl, macOS
-                                            ({}, (2, 17))])                      # too old
+@pytest.mark.parametrize(
+    "environ, glibc",
+    [
+        ({hostmem.OPT_OUT: "0"}, (2, 36)),  # opted out
+        ({}, None),  # musl, macOS
+        ({}, (2, 17)),
+    ],
+)  # too old
 def test_tuned_env_leaves_the_environment_alone(environ, glibc):
     assert hostmem.tuned_env(environ, "madvise", glibc) is None
 
@@ -69,20 +77,20 @@ print(json.dumps(dict(faults=(resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 def _child(code=CHILD, **env):
     """Run `code` as a program (its last stdout line is JSON) without the caller's tunables."""
     base = {k: v for k, v in os.environ.items() if k not in (hostmem.ENV, hostmem.OPT_OUT)}
-    r = subprocess.run([sys.executable, "-c", code], env={**base, **env}, capture_output=True,
-                       text=True, timeout=300)
+    r = subprocess.run([sys.executable, "-c", code], env={**base, **env}, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.skipif(hostmem._glibc_version() is None or hostmem._glibc_version() < (2, 26),
-                    reason="malloc tunables need glibc >= 2.26")
+@pytest.mark.skipif(
+    hostmem._glibc_version() is None or hostmem._glibc_version() < (2, 26), reason="malloc tunables need glibc >= 2.26"
+)
 def test_tuned_programs_reuse_their_temporaries():
     """The reason for the module: untuned, each call faults its temporaries in again (XLA:CPU's
     worker threads get them from fresh mmaps); tuned, the freed memory is reused."""
     untuned, tuned = _child(**{hostmem.OPT_OUT: "0"}), _child()
     assert untuned["tunables"] == "" and _names({hostmem.ENV: tuned["tunables"]}) >= ALL - {"glibc.malloc.hugetlb"}
-    assert untuned["faults"] > 4000        # 64 MiB in 4 KiB pages is 16384 faults per call
+    assert untuned["faults"] > 4000  # 64 MiB in 4 KiB pages is 16384 faults per call
     assert tuned["faults"] < untuned["faults"] / 50, (tuned, untuned)
 
 
@@ -103,10 +111,11 @@ print(json.dumps(dict(held=held, after=rss(), released=released,
 """
 
 
-@pytest.mark.skipif(hostmem._glibc_version() is None or hostmem._glibc_version() < (2, 26)
-                    or not os.path.exists("/proc/self/statm"),
-                    reason="malloc tunables need glibc >= 2.26; RSS is read from /proc")
+@pytest.mark.skipif(
+    hostmem._glibc_version() is None or hostmem._glibc_version() < (2, 26) or not os.path.exists("/proc/self/statm"),
+    reason="malloc tunables need glibc >= 2.26; RSS is read from /proc",
+)
 def test_release_free_memory_gives_back_what_a_tuned_heap_keeps():
     out = _child(CHILD_TRIM)
     assert "trim_threshold" in out["tunables"] and out["released"] is True
-    assert out["held"] - out["after"] > 200 << 20, out     # most of the 256 MiB comes back
+    assert out["held"] - out["after"] > 200 << 20, out  # most of the 256 MiB comes back

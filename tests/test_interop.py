@@ -1,4 +1,5 @@
 """Hugging Face Llama interop: logits equal transformers', save/load round trips, clear errors."""
+
 import json
 import os
 import shutil
@@ -14,9 +15,17 @@ from tests.helpers import max_diff, tiny_config
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-HF_DIMS = dict(vocab_size=96, hidden_size=32, intermediate_size=80, num_hidden_layers=2,
-               num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-               rms_norm_eps=1e-5, rope_parameters={"rope_type": "default", "rope_theta": 5000.0})
+HF_DIMS = dict(
+    vocab_size=96,
+    hidden_size=32,
+    intermediate_size=80,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=64,
+    rms_norm_eps=1e-5,
+    rope_parameters={"rope_type": "default", "rope_theta": 5000.0},
+)
 
 
 def _random_llama(path, tie: bool, dtype=torch.float32, seed=0, **save_kw):
@@ -59,8 +68,9 @@ def test_vanilla_logits_equal_transformers(hf_models, tokens, tie):
 
 
 def test_save_load_roundtrip_keeps_params_and_phd_fields(hf_models, tmp_path):
-    cfg, params = phd_jax.load_hf_llama(hf_models[False][0], variant="phd_cswa", repeat=3, window=4,
-                                        chunk=8, scan_layers=False, block_q=16, block_kv=16)
+    cfg, params = phd_jax.load_hf_llama(
+        hf_models[False][0], variant="phd_cswa", repeat=3, window=4, chunk=8, scan_layers=False, block_q=16, block_kv=16
+    )
     assert cfg.name == "PHD-CSWA-3-4-8" and "layers_1" in params
     out = phd_jax.save_hf_llama(params, cfg, str(tmp_path / "out"))
     cfg2, params2 = phd_jax.load_hf_llama(out, scan_layers=False)
@@ -70,8 +80,10 @@ def test_save_load_roundtrip_keeps_params_and_phd_fields(hf_models, tmp_path):
     assert written["phd_jax"]["variant"] == "phd_cswa" and written["model_type"] == "llama"
     # scanned and unscanned layouts hold the same weights
     cfg3, params3 = phd_jax.load_hf_llama(out, scan_layers=True)
-    assert cfg3.scan_layers and max_diff(params3["layers"]["mlp"]["up"]["kernel"][1],
-                                          params["layers_1"]["mlp"]["up"]["kernel"]) == 0
+    assert (
+        cfg3.scan_layers
+        and max_diff(params3["layers"]["mlp"]["up"]["kernel"][1], params["layers_1"]["mlp"]["up"]["kernel"]) == 0
+    )
     with pytest.raises(FileExistsError, match="already holds a checkpoint"):
         phd_jax.save_hf_llama(params, cfg, out)
 
@@ -100,7 +112,7 @@ def test_sharded_and_bfloat16_checkpoints_load(tmp_path, tokens):
     assert np.array_equal(np.asarray(params["embed"]["embedding"], np.float32), ref_embed)
     cfg32, params32 = phd_jax.load_hf_llama(path, dtype="float32", param_dtype="float32")
     ref_model = transformers.LlamaForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-    with torch.no_grad():   # (model.float() would keep RoPE's inv_freq rounded to bfloat16)
+    with torch.no_grad():  # (model.float() would keep RoPE's inv_freq rounded to bfloat16)
         ref = ref_model(torch.from_numpy(tokens.astype(np.int64))).logits.numpy()
     assert np.abs(np.asarray(phd_jax.forward(params32, cfg32, tokens)) - ref).max() < 1e-4
 
@@ -128,17 +140,22 @@ def _edit_config(path, **changes):
     json.dump(hf, open(file, "w"))
 
 
-@pytest.mark.parametrize("changes, error, match", [
-    (dict(model_type="mistral", architectures=["MistralForCausalLM"]), ConfigError,
-     "only Llama checkpoints"),
-    (dict(hidden_size=None), ConfigError, "missing required key.*hidden_size"),
-    (dict(rope_parameters={"rope_type": "llama3", "rope_theta": 1e4, "factor": 8.0}), ConfigError,
-     "rope_type='llama3' is invalid"),
-    (dict(rope_scaling={"type": "linear", "factor": 2.0}), ConfigError, "rope_scaling"),
-    (dict(attention_bias=True), ConfigError, "attention_bias=True is invalid"),
-    (dict(hidden_act="gelu"), ConfigError, "hidden_act='gelu'"),
-    (dict(intermediate_size=64), ConfigError, r"mlp.gate_proj.weight.*shape \(80, 32\).*needs \(64, 32\)"),
-])
+@pytest.mark.parametrize(
+    "changes, error, match",
+    [
+        (dict(model_type="mistral", architectures=["MistralForCausalLM"]), ConfigError, "only Llama checkpoints"),
+        (dict(hidden_size=None), ConfigError, "missing required key.*hidden_size"),
+        (
+            dict(rope_parameters={"rope_type": "llama3", "rope_theta": 1e4, "factor": 8.0}),
+            ConfigError,
+            "rope_type='llama3' is invalid",
+        ),
+        (dict(rope_scaling={"type": "linear", "factor": 2.0}), ConfigError, "rope_scaling"),
+        (dict(attention_bias=True), ConfigError, "attention_bias=True is invalid"),
+        (dict(hidden_act="gelu"), ConfigError, "hidden_act='gelu'"),
+        (dict(intermediate_size=64), ConfigError, r"mlp.gate_proj.weight.*shape \(80, 32\).*needs \(64, 32\)"),
+    ],
+)
 def test_bad_config_is_a_clear_error(hf_models, tmp_path, changes, error, match):
     path = _copy(hf_models[False][0], tmp_path / "bad")
     _edit_config(path, **changes)
@@ -162,7 +179,7 @@ def test_missing_shard_and_tensor_and_bad_override(tmp_path, hf_models):
     with pytest.raises(ConfigError, match="num_layers=3 is invalid: is read from the checkpoint"):
         phd_jax.load_hf_llama(hf_models[True][0], num_layers=3)
     with pytest.raises(ConfigError, match="repeat"):
-        phd_jax.load_hf_llama(hf_models[True][0], repeat=2)   # vanilla with K=2: say so
+        phd_jax.load_hf_llama(hf_models[True][0], repeat=2)  # vanilla with K=2: say so
     with pytest.raises(FileNotFoundError, match="does not exist"):
         phd_jax.load_hf_llama(str(tmp_path / "nowhere"))
 
@@ -174,19 +191,23 @@ def test_save_refuses_wrong_params_and_leaves_disk_unchanged(tmp_path):
         phd_jax.save_hf_llama(params, cfg, str(tmp_path / "x"))
     assert not os.path.exists(tmp_path / "x") and os.listdir(tmp_path) == []
     with pytest.raises(ConfigError, match="qk_norm"):
-        phd_jax.save_hf_llama(phd_jax.init_params(cfg.replace(qk_norm=True), 0), cfg.replace(qk_norm=True),
-                              str(tmp_path / "x"))
+        phd_jax.save_hf_llama(
+            phd_jax.init_params(cfg.replace(qk_norm=True), 0), cfg.replace(qk_norm=True), str(tmp_path / "x")
+        )
 
 
 def test_tokenizer_from_tokenizer_json(tmp_path):
     from tokenizers import Tokenizer, models, pre_tokenizers
+
     vocab = {"<s>": 0, "</s>": 1, "<pad>": 2, "[UNK]": 3, "to": 4, "be": 5, "or": 6, "not": 7}
     tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     tok.add_special_tokens(["<s>", "</s>", "<pad>"])
     tok.save(str(tmp_path / "tokenizer.json"))
-    json.dump({"bos_token": "<s>", "eos_token": {"content": "</s>"}, "pad_token": "<pad>"},
-              open(tmp_path / "tokenizer_config.json", "w"))
+    json.dump(
+        {"bos_token": "<s>", "eos_token": {"content": "</s>"}, "pad_token": "<pad>"},
+        open(tmp_path / "tokenizer_config.json", "w"),
+    )
     t = phd_jax.load_hf_tokenizer(str(tmp_path))
     assert (t.vocab_size, t.bos_id, t.eos_id, t.pad_id) == (8, 0, 1, 2)
     assert t.encode("to be or not to be") == [4, 5, 6, 7, 4, 5]
@@ -202,8 +223,10 @@ UP_VANILLA_STEPS, UP_PHD_STEPS = 200, 100
 
 def _run_config(**changes):
     import sys
+
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     from configs.tiny import get_config
+
     c = get_config()
     c.compilation_cache, c.eval_batches = "", 8
     for k, v in changes.items():
@@ -224,16 +247,22 @@ def uptraining(tmp_path_factory):
     from phd_jax.data import make_pipeline
     from phd_jax.evaluation import evaluate_loss
     from phd_jax.train import restore_params, train_and_evaluate
+
     root = tmp_path_factory.mktemp("uptrain")
-    train_and_evaluate(_run_config(**{"model.variant": "vanilla", "model.repeat": 1,
-                                      "num_steps": UP_VANILLA_STEPS}), str(root / "vanilla"), progress=False)
+    train_and_evaluate(
+        _run_config(**{"model.variant": "vanilla", "model.repeat": 1, "num_steps": UP_VANILLA_STEPS}),
+        str(root / "vanilla"),
+        progress=False,
+    )
     vcfg, vparams, _ = restore_params(str(root / "vanilla"))
     hf_dir = phd_jax.save_hf_llama(vparams, vcfg, str(root / "hf"))
     up_config = _run_config(num_steps=UP_PHD_STEPS, init_from=f"hf:{hf_dir}")
     batches = make_pipeline(up_config).eval_batches()
     pcfg = vcfg.replace(variant="phd", repeat=2)
-    out = {"vanilla": evaluate_loss(vparams, vcfg, batches)["loss"],
-           "phd_step0": evaluate_loss(vparams, pcfg, batches)["loss"]}
+    out = {
+        "vanilla": evaluate_loss(vparams, vcfg, batches)["loss"],
+        "phd_step0": evaluate_loss(vparams, pcfg, batches)["loss"],
+    }
     train_and_evaluate(up_config, str(root / "up"), progress=False)
     train_and_evaluate(_run_config(num_steps=UP_PHD_STEPS), str(root / "scratch"), progress=False)
     for name in ("up", "scratch"):

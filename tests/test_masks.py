@@ -1,4 +1,5 @@
 """The mask against a literal reading of spec section 3, and its block-sparse patterns."""
+
 import itertools
 
 import numpy as np
@@ -35,11 +36,10 @@ def spec_mask(variant, T, K, W, C):
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_attention_mask_equals_brute_force_on_grid(variant):
-    for T, K, W, C in itertools.product(range(1, 10), range(1, 6), range(0, 8), [1, 2, 3, 4, None]):
+    for T, K, W, C in itertools.product(range(1, 10), range(1, 6), range(8), [1, 2, 3, 4, None]):
         got = attention_mask(variant, T, K, window=W, chunk=C)
         assert got.shape == (T * K, T * K) and got.dtype == bool
-        np.testing.assert_array_equal(got, spec_mask(variant, T, K, W, C),
-                                      err_msg=f"{variant} T={T} K={K} W={W} C={C}")
+        np.testing.assert_array_equal(got, spec_mask(variant, T, K, W, C), err_msg=f"{variant} T={T} K={K} W={W} C={C}")
 
 
 def test_worked_example_from_spec():
@@ -73,17 +73,29 @@ def test_spec_consequences(T, K, W, C):
         np.testing.assert_array_equal(attention_mask(v, T, 1, W, C), np.tril(np.ones((T, T), bool)))
 
 
-@pytest.mark.parametrize("args,field", [
-    (("bogus", 3, 2), "variant"), (("phd", 0, 2), "seq_len"), (("phd", 3, 0), "repeat"),
-    (("phd_swa", 3, 2, -1), "window"), (("phd_cswa", 3, 2, 1, 0), "chunk"),
-])
+@pytest.mark.parametrize(
+    "args,field",
+    [
+        (("bogus", 3, 2), "variant"),
+        (("phd", 0, 2), "seq_len"),
+        (("phd", 3, 0), "repeat"),
+        (("phd_swa", 3, 2, -1), "window"),
+        (("phd_cswa", 3, 2, 1, 0), "chunk"),
+    ],
+)
 def test_attention_mask_rejects_bad_arguments(args, field):
     with pytest.raises(ValueError, match=field):
         attention_mask(*args)
 
 
-LAYOUT_CASES = [("vanilla", 1, 0, None), ("naive", 3, 0, None), ("phd", 3, 0, None),
-                ("phd_swa", 3, 4, None), ("phd_cswa", 4, 5, 3), ("phd", 1, 0, None)]
+LAYOUT_CASES = [
+    ("vanilla", 1, 0, None),
+    ("naive", 3, 0, None),
+    ("phd", 3, 0, None),
+    ("phd_swa", 3, 4, None),
+    ("phd_cswa", 4, 5, 3),
+    ("phd", 1, 0, None),
+]
 
 
 @pytest.mark.parametrize("variant,K,W,C", LAYOUT_CASES)
@@ -100,7 +112,7 @@ def test_layouts_are_permutations_of_the_paper_mask(variant, K, W, C):
         np.testing.assert_array_equal(pos[lay.logit_rows], np.arange(T))
         assert (copy[lay.logit_rows] == K - 1).all()
     kernel = Layout.for_config(cfg, T, "kernel")
-    if variant not in ("vanilla", "naive") and K > 1:   # [originals | hidden in hidden order]
+    if variant not in ("vanilla", "naive") and K > 1:  # [originals | hidden in hidden order]
         pos, copy = kernel.tokens
         assert (copy[:T] == 0).all() and (copy[T:] > 0).all()
         hidx = pos[T:] * (K - 1) + copy[T:] - 1
@@ -111,7 +123,7 @@ def test_layouts_are_permutations_of_the_paper_mask(variant, K, W, C):
     for start in (1, 5, T - 1):
         lay = Layout.for_config(cfg, T, "kernel", hidden_from=start)
         pos, copy = lay.tokens
-        if variant == "naive":   # every copy is an input of its cache: nothing is dropped
+        if variant == "naive":  # every copy is an input of its cache: nothing is dropped
             assert lay.size == T * K
         else:
             assert ((copy == 0) | (pos >= start)).all()
@@ -124,20 +136,20 @@ def _check_pattern(mask, pattern: BlockPattern):
     nq, nk = pattern.block_mask.shape
     # Tile classification against the tiles themselves.
     for i, j in itertools.product(range(nq), range(nk)):
-        tile = mask[i * bq:(i + 1) * bq, j * bk:(j + 1) * bk]
+        tile = mask[i * bq : (i + 1) * bq, j * bk : (j + 1) * bk]
         want = FULL if tile.all() else PARTIAL if tile.any() else EMPTY
         assert pattern.block_mask[i, j] == want
     idx, counts = pattern.kv_indices
     for i in range(nq):
-        np.testing.assert_array_equal(idx[i, :counts[i]], np.nonzero(pattern.block_mask[i])[0])
+        np.testing.assert_array_equal(idx[i, : counts[i]], np.nonzero(pattern.block_mask[i])[0])
     # Runs (plus the band) cover exactly the allowed pairs; full runs need no mask.
     covered = np.zeros_like(mask, dtype=int)
     for i, runs in enumerate(pattern.runs):
         rows = slice(i * bq, (i + 1) * bq)
         for r in runs:
-            covered[rows, r.start:r.stop] += 1
+            covered[rows, r.start : r.stop] += 1
             if not r.partial:
-                assert mask[rows, r.start:r.stop].all()
+                assert mask[rows, r.start : r.stop].all()
     if pattern.band_start is not None:
         c, band = pattern.band_blocks
         s = pattern.band_start
@@ -162,7 +174,7 @@ def test_kernel_layout_is_sparse_and_band_is_found():
     kernel = Layout.for_config(cfg, T, "kernel").pattern(128, 128)
     paper = Layout.for_config(cfg, T, "paper").pattern(128, 128)
     vanilla = Layout.for_config(ModelConfig(), T, "kernel").pattern(128, 128)
-    assert kernel.band_start == T and kernel.band_width == 17   # W + 1
+    assert kernel.band_start == T and kernel.band_width == 17  # W + 1
     # The regrouping is what makes PHD cheap: far fewer tiles than the interleaved layout.
     assert kernel.num_nonempty < 0.4 * paper.num_nonempty
     # About K times the attention work of vanilla (4.5x in tiles at this size, 4x in pairs).

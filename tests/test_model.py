@@ -1,24 +1,26 @@
 """The model against independent references: dense backend, vanilla, K=1, causality."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import VARIANT_GRID, max_diff, random_tokens, tiny_config
 
 import phd_jax
 from phd_jax.masks import Layout
 from phd_jax.model import run_layout
-from helpers import VARIANT_GRID, max_diff, random_tokens, tiny_config
 
 fwd = jax.jit(phd_jax.forward, static_argnums=1)
 
 
 def _logits_loss_grads(params, cfg, tokens):
     """(logits, loss, parameter gradients) of next-token cross-entropy, in one compile."""
+
     def loss(p):
         logits = phd_jax.forward(p, cfg, tokens)
-        nll = -jnp.mean(jax.nn.log_softmax(logits)[:, :-1] *
-                        jax.nn.one_hot(tokens[:, 1:], cfg.vocab_size))
+        nll = -jnp.mean(jax.nn.log_softmax(logits)[:, :-1] * jax.nn.one_hot(tokens[:, 1:], cfg.vocab_size))
         return nll, logits
+
     (nll, logits), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
     return logits, nll, grads
 
@@ -64,8 +66,9 @@ def test_original_token_stream_is_a_vanilla_model(name, attention):
     assert max_diff(v[:, :, copy == 0], v0) <= 1e-5
 
 
-@pytest.mark.parametrize("variant,extra", [("phd", {}), ("phd_swa", dict(window=3)),
-                                           ("phd_cswa", dict(window=3, chunk=2)), ("naive", {})])
+@pytest.mark.parametrize(
+    "variant,extra", [("phd", {}), ("phd_swa", dict(window=3)), ("phd_cswa", dict(window=3, chunk=2)), ("naive", {})]
+)
 def test_any_variant_with_k1_is_vanilla(variant, extra):
     cfg = tiny_config(variant, 1, position_mode="shared", **extra)
     params = phd_jax.init_params(cfg, 0)
@@ -82,7 +85,7 @@ def test_window_zero_is_phd_and_large_chunk_is_swa():
     swa = fwd(params, tiny_config("phd_swa", 3, 4), tokens)
     assert max_diff(fwd(params, tiny_config("phd_cswa", 3, 4, 12), tokens), swa) <= 1e-6
     assert max_diff(fwd(params, tiny_config("phd_cswa", 3, 4, 50), tokens), swa) <= 1e-6
-    assert max_diff(swa, phd) > 1e-3   # the window matters
+    assert max_diff(swa, phd) > 1e-3  # the window matters
 
 
 def test_naive_equals_vanilla_on_the_literally_repeated_sequence():
@@ -103,10 +106,10 @@ def test_causality(name):
     tokens = random_tokens(cfg, 1, 12, seed=3)
     base = fwd(params, cfg, tokens)
     for n in (0, 4, 7, 10):
-        changed = tokens.at[:, n + 1:].set((tokens[:, n + 1:] + 7) % cfg.vocab_size)
+        changed = tokens.at[:, n + 1 :].set((tokens[:, n + 1 :] + 7) % cfg.vocab_size)
         out = fwd(params, cfg, changed)
-        assert max_diff(out[:, :n + 1], base[:, :n + 1]) == 0.0, f"position <= {n} saw the future"
-        assert max_diff(out[:, n + 1:], base[:, n + 1:]) > 0.0
+        assert max_diff(out[:, : n + 1], base[:, : n + 1]) == 0.0, f"position <= {n} saw the future"
+        assert max_diff(out[:, n + 1 :], base[:, n + 1 :]) > 0.0
 
 
 def test_phd_adds_no_parameters_and_repeat_changes_outputs():
@@ -123,18 +126,20 @@ def test_unembedding_runs_for_the_last_copy_only():
     params = phd_jax.init_params(cfg, 0)
     tokens = random_tokens(cfg, 2, 10)
     jaxpr = str(jax.make_jaxpr(lambda p, t: phd_jax.forward(p, cfg, t))(params, tokens))
-    vocab_outputs = [line for line in jaxpr.splitlines()
-                     if "dot_general" in line and f",{cfg.vocab_size}]" in line.split("=")[0]]
+    vocab_outputs = [
+        line for line in jaxpr.splitlines() if "dot_general" in line and f",{cfg.vocab_size}]" in line.split("=")[0]
+    ]
     assert vocab_outputs and all("[2,10,61]" in line for line in vocab_outputs), vocab_outputs
 
 
-@pytest.mark.parametrize("option", [dict(scan_layers=False), dict(remat="full"), dict(remat="dots"),
-                                    dict(remat="full", scan_layers=False)])
+@pytest.mark.parametrize(
+    "option", [dict(scan_layers=False), dict(remat="full"), dict(remat="dots"), dict(remat="full", scan_layers=False)]
+)
 def test_scan_and_remat_do_not_change_the_function(option):
     cfg = tiny_config("phd_swa", 3, 2)
     other = cfg.replace(**option)
     params = phd_jax.init_params(cfg, 0)
-    if not other.scan_layers:   # the same weights, one subtree per layer
+    if not other.scan_layers:  # the same weights, one subtree per layer
         layers = params["layers"]
         params_other = {k: v for k, v in params.items() if k != "layers"}
         for i in range(cfg.num_layers):
@@ -170,7 +175,7 @@ def test_bfloat16_compute_matches_float32_loosely():
     tokens = random_tokens(cfg, 2, 16)
     ref = fwd(params, cfg, tokens)
     out = fwd(params, cfg.replace(dtype="bfloat16"), tokens)
-    assert out.dtype == jnp.float32   # logits are always float32
+    assert out.dtype == jnp.float32  # logits are always float32
     assert max_diff(out, ref) < 0.05
     assert float(jnp.mean(jnp.argmax(out, -1) == jnp.argmax(ref, -1))) >= 0.9
     bf_params = phd_jax.init_params(cfg.replace(param_dtype="bfloat16"), 0)
@@ -187,14 +192,17 @@ def test_logical_axis_names():
     assert tuple(axes["layers"]["mlp"]["gate"]["kernel"]) == ("layers", "embed", "mlp")
 
 
-@pytest.mark.parametrize("tokens,message", [
-    (np.array([[1, 2, 61]]), r"contains id 61, outside the allowed range \[0, vocab_size=61\)"),
-    (np.array([[1, -1]]), r"contains id -1"),
-    (np.array([1, 2, 3]), r"must have shape \[batch, length\]"),
-    (np.zeros((1, 0), np.int32), r"with both >= 1, got shape \(1, 0\)"),
-    (np.array([[1.0, 2.0]]), r"must be integer token ids"),
-    (np.zeros((1, 65), np.int32), r"sequence length 65 exceeds ModelConfig.max_seq_len=64"),
-])
+@pytest.mark.parametrize(
+    "tokens,message",
+    [
+        (np.array([[1, 2, 61]]), r"contains id 61, outside the allowed range \[0, vocab_size=61\)"),
+        (np.array([[1, -1]]), r"contains id -1"),
+        (np.array([1, 2, 3]), r"must have shape \[batch, length\]"),
+        (np.zeros((1, 0), np.int32), r"with both >= 1, got shape \(1, 0\)"),
+        (np.array([[1.0, 2.0]]), r"must be integer token ids"),
+        (np.zeros((1, 65), np.int32), r"sequence length 65 exceeds ModelConfig.max_seq_len=64"),
+    ],
+)
 def test_forward_rejects_bad_tokens(tokens, message):
     cfg = tiny_config()
     params = phd_jax.init_params(cfg, 0)
@@ -204,6 +212,7 @@ def test_forward_rejects_bad_tokens(tokens, message):
 
 def test_transformer_mode_is_named_and_checked():
     from phd_jax.model import Transformer
+
     cfg = tiny_config(variant="phd", repeat=2)
     layout = Layout.for_config(cfg, 2, "kernel")
     args = (jnp.zeros((1, 2), jnp.int32), jnp.zeros((2,), jnp.int32), np.zeros((1,), np.int32))
@@ -215,19 +224,24 @@ def test_transformer_mode_is_named_and_checked():
         Transformer(cfg).init(jax.random.key(0), *args)
 
 
-@pytest.mark.parametrize("x_shape,w_shape,dims", [
-    ((2, 5, 8), (8, 3, 4), (((2,), (0,)), ((), ()))),          # d -> (heads, head_dim)
-    ((2, 5, 3, 4), (3, 4, 8), (((2, 3), (0, 1)), ((), ()))),   # (heads, head_dim) -> d
-    ((2, 5, 8), (2, 8, 6), (((2,), (1,)), ((0,), (0,)))),      # batch dims: plain dot_general
-])
+@pytest.mark.parametrize(
+    "x_shape,w_shape,dims",
+    [
+        ((2, 5, 8), (8, 3, 4), (((2,), (0,)), ((), ()))),  # d -> (heads, head_dim)
+        ((2, 5, 3, 4), (3, 4, 8), (((2, 3), (0, 1)), ((), ()))),  # (heads, head_dim) -> d
+        ((2, 5, 8), (2, 8, 6), (((2,), (1,)), ((0,), (0,)))),  # batch dims: plain dot_general
+    ],
+)
 def test_token_matmul_equals_dot_general(x_shape, w_shape, dims):
     """The projections' flattened dot equals `lax.dot_general`, value and gradients."""
     from phd_jax.model import token_matmul
+
     kx, kw, kc = jax.random.split(jax.random.key(0), 3)
     x, w = jax.random.normal(kx, x_shape), jax.random.normal(kw, w_shape)
     ct = jax.random.normal(kc, jax.lax.dot_general(x, w, dims).shape)
 
     def value_and_grads(dot):
         return jax.value_and_grad(lambda x, w: jnp.vdot(dot(x, w, dims), ct), argnums=(0, 1))(x, w)
+
     got, want = value_and_grads(token_matmul), value_and_grads(jax.lax.dot_general)
     assert max_diff(got, want) <= 1e-5

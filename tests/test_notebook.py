@@ -1,10 +1,11 @@
 """The quick-start notebook runs top to bottom (with 3 training steps) and says what it should."""
+
 import os
 import re
-import tomllib
 
 import nbformat
 import pytest
+import tomllib
 from nbclient import NotebookClient
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -31,7 +32,7 @@ def test_committed_notebook_has_a_full_run_and_the_colab_links():
     nb = nbformat.read(NOTEBOOK, as_version=4)
     steps = int(re.search(r"\d+", _parameter_cell(nb).source).group())
     assert steps >= 100
-    assert f"after {steps} steps" in _text(_cell(nb, "phd_jax.generate("))     # executed with that setting
+    assert f"after {steps} steps" in _text(_cell(nb, "phd_jax.generate("))  # executed with that setting
     assert any("image/png" in o.get("data", {}) for o in _cell(nb, "plot_metrics(").outputs)
     url = tomllib.load(open(os.path.join(REPO, "pyproject.toml"), "rb"))["project"]["urls"]["Repository"]
     colab = url.replace("https://github.com/", "https://colab.research.google.com/github/")
@@ -48,10 +49,9 @@ def test_notebook_runs_top_to_bottom(tmp_path, monkeypatch):
     # The kernel imports phd_jax from this checkout (what scripts/venv.sh's editable install does);
     # it runs in tmp_path, so its runs/ go there.
     monkeypatch.setenv("PYTHONPATH", REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    NotebookClient(nb, timeout=300, kernel_name="python3",
-                   resources={"metadata": {"path": str(tmp_path)}}).execute()
+    NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
 
-    assert _text(nb.cells[1]) == ""                                         # not Colab: installs nothing
+    assert _text(nb.cells[1]) == ""  # not Colab: installs nothing
     masks = _cell(nb, "plot_masks(")
     assert any("image/png" in o.get("data", {}) for o in masks.outputs)
     assert os.path.getsize(tmp_path / "runs" / "quickstart" / "loss.png") > 10_000
@@ -61,9 +61,8 @@ def test_notebook_runs_top_to_bottom(tmp_path, monkeypatch):
     # KV cache, MiB per sequence (16 layers x 8 KV heads x 64 x 4096 positions x K/V x 2 bytes = 128 MiB):
     # naive is K times vanilla, PHD equals vanilla, PHD-CSWA adds a window of W = 16 hidden tokens.
     table = _text(_cell(nb, "kv_cache_bytes("))
-    rows = {int(r.split("|")[0]): [float(x) for x in r.split("|")[1:]]
-            for r in table.splitlines()[1:] if r.strip()}
-    vanilla = 16 * 8 * 64 * 4096 * 2 * 2 / 2 ** 20
-    window = 16 * 8 * 64 * 16 * 2 * 2 / 2 ** 20
+    rows = {int(r.split("|")[0]): [float(x) for x in r.split("|")[1:]] for r in table.splitlines()[1:] if r.strip()}
+    vanilla = 16 * 8 * 64 * 4096 * 2 * 2 / 2**20
+    window = 16 * 8 * 64 * 16 * 2 * 2 / 2**20
     for k in (2, 4, 8, 16):
         assert rows[k] == pytest.approx([vanilla, k * vanilla, vanilla, vanilla + window], abs=0.005)

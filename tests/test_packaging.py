@@ -5,6 +5,7 @@ venv's site-packages after the fresh one, so the already-installed dependencies 
 found without network while the freshly installed `phd_jax` and its metadata come first.
 Everything is imported from a directory outside the checkout.
 """
+
 import json
 import os
 import re
@@ -18,8 +19,9 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_IGNORE = shutil.ignore_patterns(".git", ".venv", "runs", "build", "*.egg-info", "__pycache__",
-                                 ".pytest_cache", "*.pyc")
+_IGNORE = shutil.ignore_patterns(
+    ".git", ".venv", "runs", "build", "*.egg-info", "__pycache__", ".pytest_cache", "*.pyc"
+)
 
 
 def _pins(filename):
@@ -42,24 +44,42 @@ def _pinned_version(req):
 def _venv(path):
     """A venv with no packages of its own; the test venv's site-packages come after its own."""
     subprocess.run([sys._base_executable, "-m", "venv", "--without-pip", str(path)], check=True)
-    purelib = subprocess.run([str(path / "bin" / "python"), "-c",
-                              "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                             check=True, capture_output=True, text=True).stdout.strip()
+    purelib = subprocess.run(
+        [str(path / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
     with open(os.path.join(purelib, "_test_dependencies.pth"), "w") as f:
         f.write(sysconfig.get_paths()["purelib"] + "\n")
     return purelib
 
 
 def _pip_install(venv, *args, cwd, env):
-    subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--no-deps", "--no-index",
-                    "--no-build-isolation", "--disable-pip-version-check", *args], check=True, cwd=cwd, env=env)
+    subprocess.run(
+        [
+            str(venv / "bin" / "python"),
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            "--no-index",
+            "--no-build-isolation",
+            "--disable-pip-version-check",
+            *args,
+        ],
+        check=True,
+        cwd=cwd,
+        env=env,
+    )
 
 
 @pytest.fixture(scope="module")
 def fresh(tmp_path_factory):
     root = tmp_path_factory.mktemp("packaging")
     src, venv, outside = root / "src", root / "venv", root / "elsewhere"
-    shutil.copytree(REPO, src, ignore=_IGNORE)          # build from a copy: no build/ in the checkout
+    shutil.copytree(REPO, src, ignore=_IGNORE)  # build from a copy: no build/ in the checkout
     outside.mkdir()
     purelib = _venv(venv)
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
@@ -68,8 +88,9 @@ def fresh(tmp_path_factory):
 
 
 def _run(fresh, *cmd):
-    return subprocess.run(list(cmd), cwd=fresh["outside"], env=fresh["env"], capture_output=True, text=True,
-                          timeout=120)
+    return subprocess.run(
+        list(cmd), cwd=fresh["outside"], env=fresh["env"], capture_output=True, text=True, timeout=120
+    )
 
 
 def test_installed_package_imports_outside_the_checkout(fresh):
@@ -84,22 +105,30 @@ def test_installed_package_imports_outside_the_checkout(fresh):
     r = _run(fresh, str(fresh["venv"] / "bin" / "python"), "-c", code)
     assert r.returncode == 0, r.stderr
     info = json.loads(r.stdout.strip().splitlines()[-1])
-    assert info["file"].startswith(fresh["purelib"]), info["file"]          # not the checkout
+    assert info["file"].startswith(fresh["purelib"]), info["file"]  # not the checkout
     init = open(os.path.join(REPO, "phd_jax", "__init__.py")).read()
     version = re.search(r'^__version__ = "([^"]+)"', init, re.M).group(1)
     assert info["version"] == info["dist_version"] == version
     assert info["scripts"] == ["phd-eval", "phd-train"]
     assert any(u.startswith("Repository, https://github.com/") for u in info["urls"])
     # Every module of the source tree (all subpackages) is in the wheel, and nothing else top-level.
-    source = sorted(os.path.relpath(os.path.join(d, f), REPO) for d, _, fs in os.walk(os.path.join(REPO, "phd_jax"))
-                    for f in fs if f.endswith(".py"))
+    source = sorted(
+        os.path.relpath(os.path.join(d, f), REPO)
+        for d, _, fs in os.walk(os.path.join(REPO, "phd_jax"))
+        for f in fs
+        if f.endswith(".py")
+    )
     assert [f for f in info["files"] if not f.startswith("../")] == source
 
 
 def test_declared_dependencies_match_the_pins(fresh):
     """Every requirements*.txt pin is declared in pyproject.toml (runtime or extra) and lies in its range."""
-    r = _run(fresh, str(fresh["venv"] / "bin" / "python"), "-c",
-             "import importlib.metadata as md, json; print(json.dumps(md.requires('phd-jax')))")
+    r = _run(
+        fresh,
+        str(fresh["venv"] / "bin" / "python"),
+        "-c",
+        "import importlib.metadata as md, json; print(json.dumps(md.requires('phd-jax')))",
+    )
     assert r.returncode == 0, r.stderr
     declared = [Requirement(s) for s in json.loads(r.stdout)]
     runtime = {canonicalize_name(q.name): q for q in declared if q.marker is None}
@@ -136,6 +165,7 @@ def test_console_scripts_run(fresh):
 
 def test_readme_links_are_built_from_the_repository_url():
     import tomllib
+
     url = tomllib.load(open(os.path.join(REPO, "pyproject.toml"), "rb"))["project"]["urls"]["Repository"]
     owner_repo = url.removeprefix("https://github.com/")
     readme = open(os.path.join(REPO, "README.md")).read()
@@ -150,8 +180,10 @@ def test_editable_install_serves_scripts_and_benchmarks(fresh):
             if f.endswith(".py"):
                 text = open(os.path.join(REPO, d, f)).read()
                 assert not re.search(r"sys\.path\s*(\.|\+?=|\[)", text), f"{d}/{f} edits sys.path"
-    assert "pip install -q --disable-pip-version-check --no-deps -e ." in open(
-        os.path.join(REPO, "scripts", "venv.sh")).read()
+    assert (
+        "pip install -q --disable-pip-version-check --no-deps -e ."
+        in open(os.path.join(REPO, "scripts", "venv.sh")).read()
+    )
     venv = fresh["root"] / "editable"
     _venv(venv)
     _pip_install(venv, "-e", str(fresh["src"]), cwd=fresh["outside"], env=fresh["env"])

@@ -1,5 +1,6 @@
 """Block patterns built per query block from `allowed` (no dense [N, N] mask) equal the
 classification of the dense mask, at every size; splash gets a computable mask."""
+
 import itertools
 import time
 import tracemalloc
@@ -15,17 +16,28 @@ from phd_jax.config import ModelConfig
 from phd_jax.masks import EMPTY, BlockPattern, Layout, reference_pattern
 
 # (variant, K, W, C): every variant, windows below / above K-1, chunks that cut the window.
-VARIANT_CASES = [("vanilla", 1, 0, None), ("naive", 3, 0, None), ("phd", 1, 0, None), ("phd", 2, 0, None),
-                 ("phd", 4, 0, None), ("phd_swa", 3, 0, None), ("phd_swa", 2, 1, None),
-                 ("phd_swa", 3, 4, None), ("phd_swa", 4, 16, None), ("phd_cswa", 2, 3, 5),
-                 ("phd_cswa", 3, 7, 2), ("phd_cswa", 4, 5, 3), ("phd_cswa", 3, 4, 1)]
+VARIANT_CASES = [
+    ("vanilla", 1, 0, None),
+    ("naive", 3, 0, None),
+    ("phd", 1, 0, None),
+    ("phd", 2, 0, None),
+    ("phd", 4, 0, None),
+    ("phd_swa", 3, 0, None),
+    ("phd_swa", 2, 1, None),
+    ("phd_swa", 3, 4, None),
+    ("phd_swa", 4, 16, None),
+    ("phd_cswa", 2, 3, 5),
+    ("phd_cswa", 3, 7, 2),
+    ("phd_cswa", 4, 5, 3),
+    ("phd_cswa", 3, 4, 1),
+]
 TILES = [(8, 8), (16, 16), (8, 32), (32, 16), (24, 40), (128, 128)]
 
 
 def _layouts(cfg, T):
     yield Layout.for_config(cfg, T, "originals")
-    yield Layout.for_config(cfg, T, "paper")          # PHD: the strip fallback
-    for start in sorted({0, 1, T // 2, T - 1, T}):     # prefill's token sets
+    yield Layout.for_config(cfg, T, "paper")  # PHD: the strip fallback
+    for start in sorted({0, 1, T // 2, T - 1, T}):  # prefill's token sets
         yield Layout.for_config(cfg, T, "kernel", hidden_from=start)
 
 
@@ -35,8 +47,7 @@ def assert_same_pattern(got: BlockPattern, want: BlockPattern):
     np.testing.assert_array_equal(got.block_mask, want.block_mask)
     assert got.block_mask.dtype == want.block_mask.dtype
     assert got.runs == want.runs
-    assert (got.band_start, got.band_width, got.band_pairs) == (want.band_start, want.band_width,
-                                                                 want.band_pairs)
+    assert (got.band_start, got.band_width, got.band_pairs) == (want.band_start, want.band_width, want.band_pairs)
     if want.band_start is not None:
         (c1, band1), (c2, band2) = got.band_blocks, want.band_blocks
         assert c1 == c2
@@ -61,9 +72,10 @@ def test_builder_equals_dense_classification(variant, K, W, C):
                 for i, runs in enumerate(got.runs):
                     q0, q1 = i * bq, min((i + 1) * bq, lay.size)
                     for r in runs:
-                        np.testing.assert_array_equal(got.tile_mask(q0, q1, r.start, r.stop),
-                                                      lay.mask[q0:q1, r.start:r.stop])
-    assert bands > 0 or K == 1 or variant in ("vanilla", "naive")   # the band path is exercised
+                        np.testing.assert_array_equal(
+                            got.tile_mask(q0, q1, r.start, r.stop), lay.mask[q0:q1, r.start : r.stop]
+                        )
+    assert bands > 0 or K == 1 or variant in ("vanilla", "naive")  # the band path is exercised
 
 
 @pytest.mark.parametrize("variant,K,W,C", VARIANT_CASES)
@@ -75,7 +87,7 @@ def test_spans_and_tokens_are_closed_forms_of_allowed(variant, K, W, C):
             np.testing.assert_array_equal(pos, lay.tokens[0])
             np.testing.assert_array_equal(copy, lay.tokens[1])
             spans = lay.spans()
-            if spans is None:   # only the interleaved paper layout of a PHD model has none
+            if spans is None:  # only the interleaved paper layout of a PHD model has none
                 assert lay.kind == "paper" and variant not in ("vanilla", "naive") and K > 1
                 continue
             a, b, c = spans
@@ -90,7 +102,7 @@ def test_kernel_path_never_builds_the_dense_mask():
     pattern = lay.pattern(16, 16)
     pattern.runs, pattern.band_blocks, pattern.kv_indices, pattern.tile_mask(16, 32, 0, 48)
     assert "mask" not in vars(lay) and "mask" not in vars(pattern)
-    np.testing.assert_array_equal(pattern.mask, lay.mask)   # still there for tests, on request
+    np.testing.assert_array_equal(pattern.mask, lay.mask)  # still there for tests, on request
 
 
 # Closed form for the kernel layout, K = 4, tiles B = 128, T = 128 * nb, hidden_from = 0,
@@ -136,8 +148,8 @@ def test_long_context_pattern_without_dense_memory(name):
     try:
         t0 = time.perf_counter()
         lay = Layout.for_config(cfg, T, "kernel")
-        pattern = BlockPattern.from_layout(lay, 128, 128)   # what lay.pattern(128, 128) caches
-        pattern.kv_indices, pattern.band_blocks
+        pattern = BlockPattern.from_layout(lay, 128, 128)  # what lay.pattern(128, 128) caches
+        _ = pattern.kv_indices, pattern.band_blocks
         seconds = time.perf_counter() - t0
         peak = tracemalloc.get_traced_memory()[1]
     finally:
@@ -145,23 +157,30 @@ def test_long_context_pattern_without_dense_memory(name):
     assert pattern.shape == (4 * T, 4 * T) and pattern.block_mask.shape == (1024, 1024)
     assert pattern.num_nonempty == closed_form_nonempty(name, T)
     assert peak < 100 * 2**20, f"peak host memory {peak / 2**20:.0f} MiB"
-    assert seconds < 30   # a loose bound (shared CI cores); benchmarks/patterns.py measures
+    assert seconds < 30  # a loose bound (shared CI cores); benchmarks/patterns.py measures
     assert pattern.band_start == T and pattern.band_width == (3 if name == "PHD-4" else 17)
     assert "mask" not in vars(lay)
 
 
 def _padded_dense(lay: Layout, n_pad: int) -> np.ndarray:
     want = np.eye(n_pad, dtype=bool)
-    want[:lay.size, :lay.size] = lay.mask
+    want[: lay.size, : lay.size] = lay.mask
     return want
 
 
-@pytest.mark.parametrize("name,T,hidden_from", [("PHD-CSWA-3-4-8", 150, 0), ("PHD-SWA-2-3-inf", 128, 0),
-                                                ("PHD-SWA-3-5-inf", 100, 93), ("naive-2", 70, 0),
-                                                ("vanilla", 300, 0)])
+@pytest.mark.parametrize(
+    "name,T,hidden_from",
+    [
+        ("PHD-CSWA-3-4-8", 150, 0),
+        ("PHD-SWA-2-3-inf", 128, 0),
+        ("PHD-SWA-3-5-inf", 100, 93),
+        ("naive-2", 70, 0),
+        ("vanilla", 300, 0),
+    ],
+)
 def test_splash_mask_is_computed_from_allowed(name, T, hidden_from):
     cfg = ModelConfig.from_name(name)
-    lay = Layout.for_config(cfg, T, "kernel", hidden_from=hidden_from)   # prefill's token sets too
+    lay = Layout.for_config(cfg, T, "kernel", hidden_from=hidden_from)  # prefill's token sets too
     pattern = lay.pattern(128, 128)
     _, _, n_pad = splash_sizes(pattern)
     mask = SplashPatternMask(pattern, n_pad)
@@ -169,10 +188,10 @@ def test_splash_mask_is_computed_from_allowed(name, T, hidden_from):
     want = _padded_dense(lay, n_pad)
     # Whole tiles (the fast path, uniform tiles answer any/all without a scan) and odd slices.
     for i, j in itertools.product(range(n_pad // 128), repeat=2):
-        tile = mask[i * 128:(i + 1) * 128, j * 128:(j + 1) * 128]
-        np.testing.assert_array_equal(tile, want[i * 128:(i + 1) * 128, j * 128:(j + 1) * 128])
-        assert tile.any() == want[i * 128:(i + 1) * 128, j * 128:(j + 1) * 128].any()
-        assert tile.all() == want[i * 128:(i + 1) * 128, j * 128:(j + 1) * 128].all()
+        tile = mask[i * 128 : (i + 1) * 128, j * 128 : (j + 1) * 128]
+        np.testing.assert_array_equal(tile, want[i * 128 : (i + 1) * 128, j * 128 : (j + 1) * 128])
+        assert tile.any() == want[i * 128 : (i + 1) * 128, j * 128 : (j + 1) * 128].any()
+        assert tile.all() == want[i * 128 : (i + 1) * 128, j * 128 : (j + 1) * 128].all()
     for q0, q1, k0, k1 in [(0, n_pad, 0, n_pad), (5, 77, 3, min(200, n_pad)), (n_pad - 9, n_pad, 0, n_pad)]:
         np.testing.assert_array_equal(mask[q0:q1, k0:k1], want[q0:q1, k0:k1])
     # In the kernel the same function runs on jax arrays.
@@ -183,21 +202,20 @@ def test_splash_mask_is_computed_from_allowed(name, T, hidden_from):
     assert hash(mask) == hash(SplashPatternMask(lay.pattern(128, 128), n_pad))
     assert mask != SplashPatternMask(Layout.for_config(cfg, T + 1, "kernel").pattern(128, 128), n_pad)
     # Splash's preprocessing sees the same tiles as the pattern (no mask data: computed in-kernel).
-    info, fn = splash_info.process_mask(splash_mask_lib.MultiHeadMask([mask]), (128, 128),
-                                        shrink_grid=False)
+    info, fn = splash_info.process_mask(splash_mask_lib.MultiHeadMask([mask]), (128, 128), shrink_grid=False)
     assert fn is not None and info.partial_mask_blocks is None
     nq = pattern.block_mask.shape[0]
-    whole = pattern.block_mask[:lay.size // 128, :lay.size // 128]
-    np.testing.assert_array_equal(info.block_mask[0][:whole.shape[0], :whole.shape[1]], whole)
+    whole = pattern.block_mask[: lay.size // 128, : lay.size // 128]
+    np.testing.assert_array_equal(info.block_mask[0][: whole.shape[0], : whole.shape[1]], whole)
     assert (info.block_mask[0] != EMPTY).sum() >= (pattern.block_mask[:nq] != EMPTY).sum()
 
 
 def test_uniform_tiles_answer_only_for_themselves():
     lay = Layout.for_config(ModelConfig.from_name("PHD-2"), 128, "kernel")
     mask = SplashPatternMask(lay.pattern(128, 128), 256)
-    empty = mask[0:128, 128:256]              # a whole empty tile: answers from its class
+    empty = mask[0:128, 128:256]  # a whole empty tile: answers from its class
     assert type(empty).__name__ == "_UniformTile" and not empty.any() and not empty.all()
-    assert (empty | True).all() and (empty[:5] | ~empty[:5]).all()   # derived arrays scan
+    assert (empty | True).all() and (empty[:5] | ~empty[:5]).all()  # derived arrays scan
     mixed = empty.copy()
     mixed[0, 0] = True
     assert mixed.any() and not mixed.all()
@@ -205,6 +223,7 @@ def test_uniform_tiles_answer_only_for_themselves():
 
 def test_splash_needs_a_layout_pattern():
     from phd_jax.attention import splash_attention
+
     pattern = BlockPattern.from_mask(np.tril(np.ones((128, 128), bool)), 128, 128)
     x = jnp.zeros((1, 128, 2, 8))
     with pytest.raises(ValueError, match="pattern built from a Layout"):

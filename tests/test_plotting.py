@@ -1,4 +1,5 @@
 """Plots: masks of every variant and loss curves of several runs become PNGs (library and scripts)."""
+
 import dataclasses
 import json
 import os
@@ -16,15 +17,21 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _script(name, *args, cwd):
-    env = {**os.environ, "PYTHONPATH": REPO}     # what the editable install of scripts/venv.sh provides
-    return subprocess.run([sys.executable, os.path.join(REPO, "scripts", name), *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=120)
+    env = {**os.environ, "PYTHONPATH": REPO}  # what the editable install of scripts/venv.sh provides
+    return subprocess.run(
+        [sys.executable, os.path.join(REPO, "scripts", name), *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def _assert_png(path, min_pixels=100_000):
     image = imread(path)
     assert image.shape[0] * image.shape[1] >= min_pixels
-    assert np.ptp(image[..., :3]) > 0.5, "blank image"     # something dark drawn on white
+    assert np.ptp(image[..., :3]) > 0.5, "blank image"  # something dark drawn on white
 
 
 def _write_run(workdir, config, records):
@@ -40,11 +47,20 @@ def runs(tmp_path_factory):
     """Two hand-written runs: a vanilla and a PHD-CSWA model, loss every 10 steps, val_loss every 20."""
     root = tmp_path_factory.mktemp("runs")
     out = []
-    for name, variant, scale in (("a", dict(variant="vanilla", repeat=1), 1.0),
-                                 ("b", dict(variant="phd_cswa", repeat=3, window=4, chunk=8), 0.9)):
-        records = [dict(step=s, loss=scale * 3 / np.sqrt(s), tokens=s * 2048, flops=s * 1e9 * (1 + 2 * (scale < 1)),
-                        **({"val_loss": scale * 3.1 / np.sqrt(s)} if s % 20 == 0 else {}))
-                   for s in range(10, 101, 10)]
+    for name, variant, scale in (
+        ("a", dict(variant="vanilla", repeat=1), 1.0),
+        ("b", dict(variant="phd_cswa", repeat=3, window=4, chunk=8), 0.9),
+    ):
+        records = [
+            dict(
+                step=s,
+                loss=scale * 3 / np.sqrt(s),
+                tokens=s * 2048,
+                flops=s * 1e9 * (1 + 2 * (scale < 1)),
+                **({"val_loss": scale * 3.1 / np.sqrt(s)} if s % 20 == 0 else {}),
+            )
+            for s in range(10, 101, 10)
+        ]
         _write_run(str(root / name), named_config("vanilla").replace(**variant), records)
         out.append(str(root / name))
     return out
@@ -58,8 +74,9 @@ def test_masks_of_every_variant(tmp_path):
         _assert_png(path, 50_000)
         titles = [ax.get_title() for ax in fig.axes]
         assert all(t.startswith(named_config(name).name) for t in titles), titles
-    r = _script("plot_masks.py", "--out", "m/masks.png", "--models", "vanilla", "naive-2", "PHD-CSWA-3-4-8",
-                cwd=tmp_path)
+    r = _script(
+        "plot_masks.py", "--out", "m/masks.png", "--models", "vanilla", "naive-2", "PHD-CSWA-3-4-8", cwd=tmp_path
+    )
     assert r.returncode == 0, r.stderr
     _assert_png(str(tmp_path / "m" / "masks.png"))
 
@@ -67,6 +84,7 @@ def test_masks_of_every_variant(tmp_path):
 def test_kernel_layout_counts_the_tiles_it_draws():
     fig = plotting.plot_masks(["PHD-CSWA-3-4-8"], seq_len=24, block=8)
     from phd_jax.masks import Layout
+
     pattern = Layout.for_config(named_config("PHD-CSWA-3-4-8"), 24, "kernel").pattern(8, 8)
     kernel_ax = fig.axes[1]
     assert len(kernel_ax.patches) == pattern.num_nonempty < pattern.num_blocks
@@ -91,11 +109,11 @@ def test_loss_curves_of_two_runs(runs, tmp_path):
 def test_labels_fall_back_to_the_directory(runs, tmp_path):
     os.makedirs(tmp_path / "plain")
     with open(tmp_path / "plain" / "metrics.jsonl", "w") as f:
-        f.write(json.dumps(dict(step=1, loss=2.0)) + "\n" + json.dumps(dict(step=2, loss=1.5)) + "\n{\"step\": 3, ")
+        f.write(json.dumps(dict(step=1, loss=2.0)) + "\n" + json.dumps(dict(step=2, loss=1.5)) + '\n{"step": 3, ')
     ax = plotting.plot_metrics([runs[0], str(tmp_path / "plain")]).axes[0]
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["vanilla", "plain"]
-    assert list(ax.lines[1].get_data()[1]) == [2.0, 1.5]          # the torn last line is skipped
-    ax = plotting.plot_metrics([runs[0], runs[0]]).axes[0]         # same model twice: runs named
+    assert list(ax.lines[1].get_data()[1]) == [2.0, 1.5]  # the torn last line is skipped
+    ax = plotting.plot_metrics([runs[0], runs[0]]).axes[0]  # same model twice: runs named
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["vanilla (a)", "vanilla (a)"]
 
 

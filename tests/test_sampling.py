@@ -1,21 +1,28 @@
 """generate: greedy against a loop of full forward passes; sampling methods; EOS; errors."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import random_tokens, tiny_config
 
 import phd_jax
 from phd_jax.sampling import sample_token, top_k_filter, top_p_filter
-from helpers import random_tokens, tiny_config
 
 fwd = jax.jit(phd_jax.forward, static_argnums=1)
 
 
-@pytest.mark.parametrize("kw", [dict(variant="vanilla", repeat=1), dict(variant="phd", repeat=3),
-                                dict(variant="phd_cswa", repeat=3, window=4, chunk=3),
-                                dict(variant="naive", repeat=2)])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(variant="vanilla", repeat=1),
+        dict(variant="phd", repeat=3),
+        dict(variant="phd_cswa", repeat=3, window=4, chunk=3),
+        dict(variant="naive", repeat=2),
+    ],
+)
 def test_greedy_generate_equals_argmax_over_forward(kw):
-    cfg = tiny_config(**kw, init_std=0.2)   # larger weights: less flat logits, fewer near-ties
+    cfg = tiny_config(**kw, init_std=0.2)  # larger weights: less flat logits, fewer near-ties
     params = phd_jax.init_params(cfg, 0)
     prompt = random_tokens(cfg, 2, 5)
     out = phd_jax.generate(params, cfg, prompt, 8, max_len=16)
@@ -34,7 +41,7 @@ def test_eos_is_sticky_and_pads_afterwards():
     params = phd_jax.init_params(cfg, 0)
     prompt = random_tokens(cfg, 3, 4, seed=5)
     free = np.asarray(phd_jax.generate(params, cfg, prompt, 10, max_len=16))
-    eos = int(free[0, 3])   # a token sequence 0 emits at step 3
+    eos = int(free[0, 3])  # a token sequence 0 emits at step 3
     out = np.asarray(phd_jax.generate(params, cfg, prompt, 10, max_len=16, eos_id=eos, pad_id=60))
     for b in range(3):
         hits = np.nonzero(free[b] == eos)[0]
@@ -42,8 +49,8 @@ def test_eos_is_sticky_and_pads_afterwards():
             np.testing.assert_array_equal(out[b], free[b])
             continue
         end = hits[0]
-        np.testing.assert_array_equal(out[b, :end + 1], free[b, :end + 1])
-        assert (out[b, end + 1:] == 60).all()
+        np.testing.assert_array_equal(out[b, : end + 1], free[b, : end + 1])
+        assert (out[b, end + 1 :] == 60).all()
     assert (out[0, 4:] == 60).all()
 
 
@@ -58,14 +65,14 @@ def test_top_k_one_is_greedy_and_sampling_is_reproducible():
     b = phd_jax.generate(params, cfg, prompt, 6, max_len=12, rng=jax.random.key(7), temperature=1.0)
     c = phd_jax.generate(params, cfg, prompt, 6, max_len=12, rng=jax.random.key(8), temperature=1.0)
     np.testing.assert_array_equal(a, b)
-    assert not np.array_equal(a, c)   # 12 draws from ~61 near-uniform tokens
+    assert not np.array_equal(a, c)  # 12 draws from ~61 near-uniform tokens
 
 
 def test_filters_and_sampler_distribution():
     logits = jnp.log(jnp.array([[0.5, 0.3, 0.15, 0.05]]))
     np.testing.assert_array_equal(np.isfinite(top_k_filter(logits, 2)), [[True, True, False, False]])
     ties = jnp.array([[1.0, 2.0, 2.0, 2.0, 0.0]])
-    assert int(np.isfinite(top_k_filter(ties, 2)).sum()) == 2   # exactly k, even with ties
+    assert int(np.isfinite(top_k_filter(ties, 2)).sum()) == 2  # exactly k, even with ties
     np.testing.assert_array_equal(np.isfinite(top_p_filter(logits, 0.7)), [[True, True, False, False]])
     np.testing.assert_array_equal(np.isfinite(top_p_filter(logits, 0.85)), [[True, True, True, False]])
     np.testing.assert_array_equal(np.isfinite(top_p_filter(logits, 0.01)), [[True, False, False, False]])
@@ -75,16 +82,21 @@ def test_filters_and_sampler_distribution():
     np.testing.assert_allclose(freq, [0.5 / 0.95, 0.3 / 0.95, 0.15 / 0.95, 0.0], atol=0.03)
 
 
-@pytest.mark.parametrize("kwargs,message", [
-    (dict(max_new_tokens=20),
-     r"a prompt of length 5 plus max_new_tokens=20 needs 25 positions but the cache holds max_len=16"),
-    (dict(max_new_tokens=0), r"max_new_tokens=0 is invalid"),
-    (dict(max_new_tokens=2, temperature=-1.0), r"temperature=-1.0 is invalid"),
-    (dict(max_new_tokens=2, top_p=0.0), r"top_p=0.0 is invalid"),
-    (dict(max_new_tokens=2, top_k=-2), r"top_k=-2 is invalid"),
-    (dict(max_new_tokens=2, temperature=1.0), r"needs rng=jax.random.key"),
-    (dict(max_new_tokens=2, eos_id=61), r"eos_id=61 is invalid: must be a token id in \[0, vocab_size=61\)"),
-])
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        (
+            dict(max_new_tokens=20),
+            r"a prompt of length 5 plus max_new_tokens=20 needs 25 positions but the cache holds max_len=16",
+        ),
+        (dict(max_new_tokens=0), r"max_new_tokens=0 is invalid"),
+        (dict(max_new_tokens=2, temperature=-1.0), r"temperature=-1.0 is invalid"),
+        (dict(max_new_tokens=2, top_p=0.0), r"top_p=0.0 is invalid"),
+        (dict(max_new_tokens=2, top_k=-2), r"top_k=-2 is invalid"),
+        (dict(max_new_tokens=2, temperature=1.0), r"needs rng=jax.random.key"),
+        (dict(max_new_tokens=2, eos_id=61), r"eos_id=61 is invalid: must be a token id in \[0, vocab_size=61\)"),
+    ],
+)
 def test_generate_errors(kwargs, message):
     cfg = tiny_config()
     params = phd_jax.init_params(cfg, 0)
@@ -99,12 +111,13 @@ def test_ragged_generate_equals_one_prompt_at_a_time():
     lengths = jnp.array([7, 4])
     out = phd_jax.generate(params, cfg, tokens, 5, max_len=16, lengths=lengths)
     for b in range(2):
-        alone = phd_jax.generate(params, cfg, tokens[b:b + 1, :int(lengths[b])], 5, max_len=16)
+        alone = phd_jax.generate(params, cfg, tokens[b : b + 1, : int(lengths[b])], 5, max_len=16)
         np.testing.assert_array_equal(out[b], alone[0])
 
 
 def test_changing_temperature_or_top_p_does_not_recompile():
     from phd_jax.sampling import decode_loop
+
     cfg = tiny_config("phd", 2)
     params = phd_jax.init_params(cfg, 0)
     prompt = random_tokens(cfg, 1, 4)

@@ -1,6 +1,7 @@
 """The trainer in-process on 8 fake devices: sharded meshes equal one device, parameters and
 optimizer state sharded as the rules say, a checkpoint restores on another mesh, gradient
 accumulation, and every bad input fails before any work with a message naming the key."""
+
 import functools
 import hashlib
 import json
@@ -18,8 +19,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from configs import tiny  # noqa: E402
 from phd_jax.checks import ConfigError  # noqa: E402
-from phd_jax.train import make_optimizer, train_and_evaluate, train_step, validate  # noqa: E402
 from phd_jax.train import checkpoint as ckpt  # noqa: E402
+from phd_jax.train import make_optimizer, train_and_evaluate, train_step, validate  # noqa: E402
 from phd_jax.train import sharding as shd  # noqa: E402
 from phd_jax.train.optimizer import learning_rate_schedule  # noqa: E402
 from phd_jax.train.trainer import abstract_train_state, compute_grads, create_train_state  # noqa: E402
@@ -54,7 +55,7 @@ def runs(tmp_path_factory):
     def get(backend, mesh):
         if (backend, mesh) not in cache:
             wd = str(tmp_path_factory.mktemp(f"{backend}-{'x'.join(map(str, mesh))}"))
-            devices = jax.devices()[:int(np.prod(mesh))]
+            devices = jax.devices()[: int(np.prod(mesh))]
             train_and_evaluate(run_config(backend, mesh), wd, progress=False, devices=devices)
             cache[backend, mesh] = wd
         return cache[backend, mesh]
@@ -95,7 +96,7 @@ def test_params_and_opt_state_sharded_by_rules(runs, mesh):
     }
     f, t = m.shape["fsdp"], m.shape["tensor"]
     for state in (created, restored):
-        mu = state["opt_state"][1][0].mu   # chain(clip, adamw): adamw's ScaleByAdamState
+        mu = state["opt_state"][1][0].mu  # chain(clip, adamw): adamw's ScaleByAdamState
         for path, spec in expect.items():
             for tree in (state["params"], mu):
                 leaf = functools.reduce(lambda d, k: d[k], path, tree)
@@ -114,7 +115,7 @@ def test_fsdp8_checkpoint_resumes_on_one_device(runs, tmp_path):
     shutil.rmtree(os.path.join(wd, "checkpoints", str(STEPS)))
     train_and_evaluate(run_config("blocksparse", (1, 1, 1)), wd, progress=False, devices=jax.devices()[:1])
     ref, got = losses(src), losses(wd)
-    assert sorted(got) == list(range(1, STEPS + 1))   # resumed at 2: lines after 2 replaced, none twice
+    assert sorted(got) == list(range(1, STEPS + 1))  # resumed at 2: lines after 2 replaced, none twice
     for step in range(3, STEPS + 1):
         assert got[step] == pytest.approx(ref[step], rel=1e-5, abs=1e-6)
 
@@ -132,10 +133,18 @@ def test_grad_accumulation_equals_full_batch():
     for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g4)):
         np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5, atol=1e-5 * float(jnp.abs(a).max()))
     opt = make_optimizer(config)
-    state = {"step": jnp.int32(0), "rng": jax.random.PRNGKey(0), "nonfinite": jnp.int32(0),
-             "params": params, "opt_state": opt.init(params)}
-    step = jax.jit(functools.partial(train_step, cfg=cfg, optimizer=opt, schedule=learning_rate_schedule(config),
-                                     grad_accum_steps=4))
+    state = {
+        "step": jnp.int32(0),
+        "rng": jax.random.PRNGKey(0),
+        "nonfinite": jnp.int32(0),
+        "params": params,
+        "opt_state": opt.init(params),
+    }
+    step = jax.jit(
+        functools.partial(
+            train_step, cfg=cfg, optimizer=opt, schedule=learning_rate_schedule(config), grad_accum_steps=4
+        )
+    )
     _, m4 = step(state, batch)
     assert float(m4["loss"]) == pytest.approx(float(l1), rel=1e-5)
     assert float(m4["grad_norm"]) == pytest.approx(float(optax.tree.norm(g1)), rel=1e-5)
@@ -169,7 +178,7 @@ BAD = [
     ("seq_len", 65, "config.seq_len=65 is invalid: exceeds config.model.max_seq_len=64"),
     ("sample_tokens", 60, "config.sample_tokens=60 is invalid"),
     ("model.window", 4, "set --config.model.window=0"),
-    ("model.vocab_size", 200, "config.model.vocab_size=200 is invalid"),   # smaller than the tokenizer's 259
+    ("model.vocab_size", 200, "config.model.vocab_size=200 is invalid"),  # smaller than the tokenizer's 259
     ("model.d_model", 64, "config.model.d_model=64 does not match the run in workdir"),
     ("learning_rate", 1.0, "config.learning_rate=1.0 does not match the run in workdir"),
 ]
@@ -181,7 +190,7 @@ def test_bad_input_fails_before_any_work(runs, key, value, message):
     before = _snapshot(wd)
     c = run_config("blocksparse", (-1, 1, 1))
     if "." in key and key.split(".")[-1] not in c[key.split(".")[0]]:
-        c[key.split(".")[0]][key.split(".")[-1]] = value   # an unknown key
+        c[key.split(".")[0]][key.split(".")[-1]] = value  # an unknown key
     elif key not in c and "." not in key:
         c[key] = value
     else:
@@ -195,8 +204,11 @@ def test_bad_input_fails_before_any_work(runs, key, value, message):
 def test_indivisible_dimension_names_parameter_and_rule(tmp_path):
     c = run_config("blocksparse", (1, 2, 4))
     c.model.num_kv_heads = 2
-    with pytest.raises(ConfigError, match=r"parameter layers/attention/key/kernel .*kv_heads=2.* not divisible "
-                                          r"by mesh axes tensor of size 4 .*\('kv_heads', 'tensor'\)"):
+    with pytest.raises(
+        ConfigError,
+        match=r"parameter layers/attention/key/kernel .*kv_heads=2.* not divisible "
+        r"by mesh axes tensor of size 4 .*\('kv_heads', 'tensor'\)",
+    ):
         train_and_evaluate(c, str(tmp_path / "w"), progress=False)
     assert not os.path.exists(tmp_path / "w")
 
@@ -214,6 +226,7 @@ def test_nonfinite_loss_stops_without_a_checkpoint(tmp_path):
     """A learning rate of 1e30 makes step 2's loss non-finite: the run stops naming step 2 and
     writes no checkpoint; with skip_nonfinite the updates are skipped and counted instead."""
     from phd_jax.train import TrainingError
+
     wd = str(tmp_path / "nan")
     c = run_config(mesh=(1, 1, 1), learning_rate=1e30, warmup_steps=0)
     with pytest.raises(TrainingError, match="non-finite loss .* at step 2"):
@@ -249,10 +262,11 @@ def test_which_changes_may_resume(tmp_path):
     """num_steps, mesh, backend and data locations may change; a key a newer version added, at its
     default, does not block a resume; the data source or the schedule may not change."""
     from phd_jax.train.config import to_json
+
     wd = str(tmp_path)
     saved = run_config()
     old = json.loads(to_json(saved))
-    del old["data"]["cache_dir"]               # written by a version without this key
+    del old["data"]["cache_dir"]  # written by a version without this key
     with open(os.path.join(wd, "config.json"), "w") as f:
         json.dump(old, f)
     c = run_config(mesh=(2, 2, 2), num_steps=40)

@@ -2,11 +2,11 @@
 events and metrics.jsonl; runs killed (SIGKILL after a checkpoint, SIGKILL inside an async
 save) or preempted (SIGTERM) resume bit-for-bit; two processes with jax.distributed agree
 with one."""
+
 import glob
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -16,9 +16,15 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 20
-ARGS = ["--config=configs/tiny.py", f"--config.num_steps={STEPS}", "--config.log_every=1",
-        "--config.checkpoint_every=5", "--config.eval_every=10", "--config.keep_checkpoints=5",
-        "--progress=false"]
+ARGS = [
+    "--config=configs/tiny.py",
+    f"--config.num_steps={STEPS}",
+    "--config.log_every=1",
+    "--config.checkpoint_every=5",
+    "--config.eval_every=10",
+    "--config.keep_checkpoints=5",
+    "--progress=false",
+]
 
 # Runs train.py in this process after installing one fault (FAULT, FAULT_STEP in the environment).
 FAULTY = r"""
@@ -74,6 +80,7 @@ def metrics(workdir):
 
 def final_params(workdir):
     from phd_jax.train import restore_params
+
     return restore_params(workdir)
 
 
@@ -92,8 +99,18 @@ def test_train_py_learns_and_writes_its_workdir(reference):
     first, last = np.mean([r["loss"] for r in rows[:3]]), np.mean([r["loss"] for r in rows[-3:]])
     assert last < first - 1.0, (first, last)
     assert rows[-1]["val_loss"] < rows[9]["val_loss"]
-    for key in ("perplexity", "grad_norm", "learning_rate", "step_time", "tokens", "flops", "tokens_per_s",
-                "processed_tokens_per_s", "tflops", "mfu"):
+    for key in (
+        "perplexity",
+        "grad_norm",
+        "learning_rate",
+        "step_time",
+        "tokens",
+        "flops",
+        "tokens_per_s",
+        "processed_tokens_per_s",
+        "tflops",
+        "mfu",
+    ):
         assert key in rows[-1], key
     assert rows[-1]["tokens"] == STEPS * 8 * 32
     assert rows[-1]["processed_tokens_per_s"] == pytest.approx(2 * rows[-1]["tokens_per_s"])
@@ -101,25 +118,27 @@ def test_train_py_learns_and_writes_its_workdir(reference):
     assert glob.glob(os.path.join(wd, "tensorboard", "events.out.tfevents.*"))
     for name in ("config.json", "model_config.json", "version.json"):
         assert json.load(open(os.path.join(wd, name)))
-    assert json.load(open(os.path.join(wd, "model_config.json")))["vocab_size"] == 384   # 259 padded
+    assert json.load(open(os.path.join(wd, "model_config.json")))["vocab_size"] == 384  # 259 padded
     from phd_jax.train import load_run_config, restore_params
+
     assert load_run_config(wd).num_steps == STEPS
     cfg, params, step = restore_params(os.path.join(wd, "checkpoints", "5"))
     assert (cfg.name, step, params["embed"]["embedding"].shape) == ("PHD-2", 5, (384, 32))
     assert "--- sample from PHD-2 (step 20) ---" in stdout
-    assert f"checkpoints in checkpoints/ every 5 steps" in stdout
+    assert "checkpoints in checkpoints/ every 5 steps" in stdout
 
 
 def _check_resumed(reference_wd, wd, resumed_from, stdout):
     assert f"resuming from step {resumed_from}" in stdout
     ref, got = metrics(reference_wd), metrics(wd)
-    assert [r["step"] for r in got] == list(range(1, STEPS + 1))   # no step twice
+    assert [r["step"] for r in got] == list(range(1, STEPS + 1))  # no step twice
     for a, b in zip(ref[resumed_from:], got[resumed_from:]):
         assert a["loss"] == b["loss"] and a["grad_norm"] == b["grad_norm"], (a["step"], a["loss"], b["loss"])
     cfg_a, pa, step_a = final_params(reference_wd)
     cfg_b, pb, step_b = final_params(wd)
     assert cfg_a == cfg_b and step_a == step_b == STEPS
     import jax
+
     for x, y in zip(jax.tree.leaves(pa), jax.tree.leaves(pb)):
         assert np.array_equal(np.asarray(x), np.asarray(y))
 
@@ -153,7 +172,7 @@ def test_killed_during_async_save_restores_last_complete(reference, tmp_path):
     out = train(wd, "--config.sample_tokens=0", fault=("kill_during_save", 15))
     assert out.returncode == -signal.SIGKILL, out.stderr[-3000:]
     names = os.listdir(os.path.join(wd, "checkpoints"))
-    assert [n for n in names if n.startswith("15.orbax-checkpoint-tmp")], names   # the partial save
+    assert [n for n in names if n.startswith("15.orbax-checkpoint-tmp")], names  # the partial save
     assert "15" not in names and "10" in names
     out = train(wd, "--config.sample_tokens=0")
     assert out.returncode == 0, out.stderr[-3000:]
@@ -164,8 +183,10 @@ def test_cli_errors_are_one_line_and_touch_nothing(reference, tmp_path):
     wd = reference[0]
     before = sorted(os.listdir(wd)), open(os.path.join(wd, "metrics.jsonl")).read()
     for extra, message in [
-        (["--config.learnin_rate=1"], "error: --config.learnin_rate: 'learnin_rate' is not a config key "
-                                      "(did you mean 'learning_rate'?)"),
+        (
+            ["--config.learnin_rate=1"],
+            "error: --config.learnin_rate: 'learnin_rate' is not a config key (did you mean 'learning_rate'?)",
+        ),
         (["--config.model.d_model=64"], "error: config.model.d_model=64 does not match the run in workdir"),
         (["--config=configs/tiny.py:PHD-9x"], "error: config argument 'PHD-9x' is invalid: allowed: vanilla"),
         (["--config.model.d_model=x"], "error: flag --config.model.d_model=x: invalid literal for int()"),
@@ -181,9 +202,19 @@ def test_cli_errors_are_one_line_and_touch_nothing(reference, tmp_path):
 def test_config_file_with_model_name_reaches_validation(tmp_path):
     """`--config=FILE:NAME` loads (the name is not part of the file's path) and the run's checks
     then speak: here a sequence longer than the model, one line, nothing written."""
-    out = subprocess.run([sys.executable, "train.py", f"--workdir={tmp_path / 'w'}",
-                          "--config=configs/tiny.py:PHD-SWA-2-4-inf", "--config.seq_len=100000"],
-                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "train.py",
+            f"--workdir={tmp_path / 'w'}",
+            "--config=configs/tiny.py:PHD-SWA-2-4-inf",
+            "--config.seq_len=100000",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 2
     assert out.stderr.strip() == "error: config.seq_len=100000 is invalid: exceeds config.model.max_seq_len=64"
     assert not (tmp_path / "w").exists()
@@ -192,23 +223,41 @@ def test_config_file_with_model_name_reaches_validation(tmp_path):
 def test_two_processes_agree_with_one(reference, tmp_path):
     """jax.distributed on localhost (gloo CPU collectives), 2 processes x 4 devices = one mesh of 8."""
     import socket
+
     with socket.socket() as s:
         s.bind(("localhost", 0))
         port = s.getsockname()[1]
     wd = str(tmp_path / "run")
     env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=4 --xla_backend_optimization_level=0"}
-    procs = [subprocess.Popen([sys.executable, "train.py", f"--workdir={wd}", *ARGS, "--config.sample_tokens=0",
-                               f"--coordinator_address=localhost:{port}", "--num_processes=2",
-                               f"--process_id={i}"], cwd=ROOT, env=dict(os.environ, **env),
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "train.py",
+                f"--workdir={wd}",
+                *ARGS,
+                "--config.sample_tokens=0",
+                f"--coordinator_address=localhost:{port}",
+                "--num_processes=2",
+                f"--process_id={i}",
+            ],
+            cwd=ROOT,
+            env=dict(os.environ, **env),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
     outs = [p.communicate(timeout=600) for p in procs]
-    for p, (o, e) in zip(procs, outs):
+    for p, (_, e) in zip(procs, outs):
         assert p.returncode == 0, e[-3000:]
     assert "2 process(es)" in outs[0][0] and "over 8 cpu device(s)" in outs[0][0]
     # only process 0 logs (process 1 prints only gloo's own C++ lines, which may interleave mid-line)
     assert "step 1/" in outs[0][0]
-    assert not [line for line in outs[1][0].splitlines()
-                if re.match(r"(model |workdir |step \d|resuming|--- sample)", line)], outs[1][0]
+    assert not [
+        line for line in outs[1][0].splitlines() if re.match(r"(model |workdir |step \d|resuming|--- sample)", line)
+    ], outs[1][0]
     ref, got = metrics(reference[0]), metrics(wd)
     assert [r["step"] for r in got] == list(range(1, STEPS + 1))
     for a, b in zip(ref, got):

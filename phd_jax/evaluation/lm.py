@@ -1,4 +1,5 @@
 """An lm-evaluation-harness model (`lm_eval.api.model.LM`) over phd_jax parameters."""
+
 from __future__ import annotations
 
 import json
@@ -21,8 +22,17 @@ class PHDLM(LM):
     `phd_jax.generate` (prefill + a jitted decode scan over the PHD KV cache).
     """
 
-    def __init__(self, params, config: ModelConfig, tokenizer, *, batch_size: int = 8,
-                 max_length: int | None = None, max_gen_toks: int = 64, progress: bool = False):
+    def __init__(
+        self,
+        params,
+        config: ModelConfig,
+        tokenizer,
+        *,
+        batch_size: int = 8,
+        max_length: int | None = None,
+        max_gen_toks: int = 64,
+        progress: bool = False,
+    ):
         super().__init__()
         self.params, self.config, self.tokenizer = params, config, tokenizer
         self.batch_size = as_int("batch_size", batch_size, 1)
@@ -49,7 +59,7 @@ class PHDLM(LM):
             return [self.prefix_token_id], self.tokenizer.encode(continuation)
         whole = self.tokenizer.encode(context + continuation)
         ctx = self.tokenizer.encode(context)
-        return whole[:len(ctx)], whole[len(ctx):]
+        return whole[: len(ctx)], whole[len(ctx) :]
 
     def _bar(self, total, desc):
         return tqdm(total=total, desc=desc, disable=not self.progress)
@@ -59,11 +69,10 @@ class PHDLM(LM):
         seqs = []
         for req in requests:
             ctx, cont = self._encode_pair(*req.args)
-            cont = cont[-self.max_length:]
-            seqs.append(((ctx + cont)[-(self.max_length + 1):], len(cont)))
+            cont = cont[-self.max_length :]
+            seqs.append(((ctx + cont)[-(self.max_length + 1) :], len(cont)))
         with self._bar(len(seqs), "loglikelihood") as bar:
-            out = score_sequences(self.params, self.config, seqs, self.batch_size, self.max_length,
-                                  progress=bar)
+            out = score_sequences(self.params, self.config, seqs, self.batch_size, self.max_length, progress=bar)
         for req, res in zip(requests, out):
             self.cache_hook.add_partial("loglikelihood", req.args, res)
         return out
@@ -72,14 +81,16 @@ class PHDLM(LM):
         seqs, owner = [], []
         for i, req in enumerate(requests):
             windows = get_rolling_token_windows(
-                token_list=self.tokenizer.encode(req.args[0]), prefix_token=self.prefix_token_id,
-                max_seq_len=self.max_length, context_len=1)
+                token_list=self.tokenizer.encode(req.args[0]),
+                prefix_token=self.prefix_token_id,
+                max_seq_len=self.max_length,
+                context_len=1,
+            )
             for ctx, cont in map(make_disjoint_window, windows):
                 seqs.append((ctx + cont, len(cont)))
                 owner.append(i)
         with self._bar(len(seqs), "loglikelihood_rolling") as bar:
-            scores = score_sequences(self.params, self.config, seqs, self.batch_size, self.max_length,
-                                     progress=bar)
+            scores = score_sequences(self.params, self.config, seqs, self.batch_size, self.max_length, progress=bar)
         totals = [0.0] * len(requests)
         for i, (lp, _) in zip(owner, scores):
             totals[i] += lp
@@ -100,10 +111,18 @@ class PHDLM(LM):
                 sample = kw.pop("do_sample", False)
                 temperature = float(kw.pop("temperature", 0.0)) if sample else 0.0
                 texts = generate_text(
-                    self.params, self.config, self.tokenizer, [requests[i].args[0] for i in idx],
-                    max_new, temperature=temperature, top_k=int(kw.pop("top_k", 0) or 0),
-                    top_p=float(kw.pop("top_p", 1.0) or 1.0), until=until, batch_size=self.batch_size,
-                    truncate=True)
+                    self.params,
+                    self.config,
+                    self.tokenizer,
+                    [requests[i].args[0] for i in idx],
+                    max_new,
+                    temperature=temperature,
+                    top_k=int(kw.pop("top_k", 0) or 0),
+                    top_p=float(kw.pop("top_p", 1.0) or 1.0),
+                    until=until,
+                    batch_size=self.batch_size,
+                    truncate=True,
+                )
                 for i, text in zip(idx, texts):
                     out[i] = text
                     self.cache_hook.add_partial("generate_until", requests[i].args, text)

@@ -4,6 +4,7 @@ The loss is the trainer's own (`phd_jax.train.loss_terms`: with `segment_ids`, t
 another document than their input, and padding = segment 0, do not count), summed over
 every counted token of every batch, then divided once (batches weigh by their tokens).
 """
+
 from __future__ import annotations
 
 import functools
@@ -27,6 +28,7 @@ def token_bytes(tokenizer, ids) -> int:
 @functools.partial(jax.jit, static_argnums=1)
 def _loss_terms(params, config, batch):
     from phd_jax.train.trainer import loss_terms
+
     return loss_terms(params, config, batch)
 
 
@@ -36,6 +38,7 @@ def _weights(batch: dict) -> np.ndarray:
     if "segment_ids" not in batch:
         return np.ones(tokens[:, 1:].shape, bool)
     from phd_jax.train.trainer import target_weights
+
     return target_weights(np.asarray(batch["segment_ids"]))
 
 
@@ -48,8 +51,9 @@ def evaluate_loss(params, config: ModelConfig, batches, tokenizer=None) -> dict:
         tokens = np.asarray(batch["tokens"])
         if tokens.ndim != 2 or tokens.shape[1] < 2:
             fail("batch['tokens']", tokens.shape, "must have shape [batch, seq_len + 1] with seq_len >= 1")
-        total, n = jax.device_get(_loss_terms(params, config, {k: np.asarray(v) for k, v in batch.items()
-                                                               if k in ("tokens", "segment_ids")}))
+        total, n = jax.device_get(
+            _loss_terms(params, config, {k: np.asarray(v) for k, v in batch.items() if k in ("tokens", "segment_ids")})
+        )
         nats += float(total)
         count += int(n)
         for row, w in zip(tokens[:, 1:], _weights(batch)):
@@ -57,8 +61,13 @@ def evaluate_loss(params, config: ModelConfig, batches, tokenizer=None) -> dict:
     if count == 0:
         fail("batches", "(no counted targets)", "hold no target tokens to evaluate")
     loss = nats / count
-    return {"loss": loss, "perplexity": math.exp(min(loss, 700.0)),
-            "bits_per_byte": nats / math.log(2) / max(nbytes, 1), "tokens": count, "bytes": nbytes}
+    return {
+        "loss": loss,
+        "perplexity": math.exp(min(loss, 700.0)),
+        "bits_per_byte": nats / math.log(2) / max(nbytes, 1),
+        "tokens": count,
+        "bytes": nbytes,
+    }
 
 
 def text_batches(tokenizer, text: str, seq_len: int, batch_size: int) -> list[dict]:
@@ -69,5 +78,5 @@ def text_batches(tokenizer, text: str, seq_len: int, batch_size: int) -> list[di
     n = (len(ids) - 1) // seq_len
     if n < 1:
         fail("text", text, f"has {len(ids)} tokens; the loss needs at least seq_len + 1 = {seq_len + 1}")
-    rows = np.stack([ids[i * seq_len:(i + 1) * seq_len + 1] for i in range(n)])
-    return [{"tokens": rows[i:i + batch_size]} for i in range(0, n, batch_size)]
+    rows = np.stack([ids[i * seq_len : (i + 1) * seq_len + 1] for i in range(n)])
+    return [{"tokens": rows[i : i + batch_size]} for i in range(0, n, batch_size)]

@@ -1,5 +1,6 @@
 """Inference cost of a model: KV cache bytes vs a vanilla model of the same size, prefill time,
 per-token decode time, at a few context lengths."""
+
 from __future__ import annotations
 
 import statistics
@@ -18,7 +19,7 @@ def vanilla_of(config: ModelConfig) -> ModelConfig:
 
 
 def _timed(fn, repeats: int) -> float:
-    fn()   # compile and warm up
+    fn()  # compile and warm up
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
@@ -33,7 +34,7 @@ def _measure(params, config, length, batch, decode_tokens, repeats):
     prefill_s = _timed(lambda: jax.block_until_ready(prefill(params, config, prompt, max_len)), repeats)
     _, state = prefill(params, config, prompt, max_len)
     tok = np.zeros((batch,), np.int32)
-    logits, state = decode_step(params, config, state, tok)   # compile
+    logits, state = decode_step(params, config, state, tok)  # compile
     jax.block_until_ready(logits)
     steps = []
     for _ in range(decode_tokens):
@@ -44,8 +45,15 @@ def _measure(params, config, length, batch, decode_tokens, repeats):
     return prefill_s, statistics.median(steps)
 
 
-def inference_report(params, config: ModelConfig, lengths=(64, 256), batch: int = 1,
-                     decode_tokens: int = 8, repeats: int = 3, compare_vanilla: bool = True) -> list[dict]:
+def inference_report(
+    params,
+    config: ModelConfig,
+    lengths=(64, 256),
+    batch: int = 1,
+    decode_tokens: int = 8,
+    repeats: int = 3,
+    compare_vanilla: bool = True,
+) -> list[dict]:
     """One row per prompt length: cache bytes (this model, vanilla), prefill seconds and median
     decode seconds per token (this model and, with `compare_vanilla`, the vanilla model on the
     same weights). Lengths that do not fit `max_seq_len` are skipped."""
@@ -55,13 +63,16 @@ def inference_report(params, config: ModelConfig, lengths=(64, 256), batch: int 
         if length + decode_tokens + 1 > config.max_seq_len:
             continue
         max_len = length + decode_tokens + 1
-        row = {"prompt_len": length, "batch": batch,
-               "kv_cache_bytes": kv_cache_bytes(config, batch, max_len),
-               "vanilla_kv_cache_bytes": kv_cache_bytes(vanilla, batch, max_len)}
-        row["prefill_s"], row["decode_s_per_token"] = _measure(params, config, length, batch,
-                                                               decode_tokens, repeats)
+        row = {
+            "prompt_len": length,
+            "batch": batch,
+            "kv_cache_bytes": kv_cache_bytes(config, batch, max_len),
+            "vanilla_kv_cache_bytes": kv_cache_bytes(vanilla, batch, max_len),
+        }
+        row["prefill_s"], row["decode_s_per_token"] = _measure(params, config, length, batch, decode_tokens, repeats)
         if compare_vanilla and config != vanilla:
             row["vanilla_prefill_s"], row["vanilla_decode_s_per_token"] = _measure(
-                params, vanilla, length, batch, decode_tokens, repeats)
+                params, vanilla, length, batch, decode_tokens, repeats
+            )
         rows.append(row)
     return rows

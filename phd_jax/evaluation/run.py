@@ -11,6 +11,7 @@ checkpoint is refused. Every input is checked before any work, and the results a
 written once, at the end, to `WORKDIR/eval/<step>.json` (merged with an earlier
 evaluation of the same step).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -29,9 +30,9 @@ EVAL_KEYS = ("seq_len", "batch_size", "eval_batches", "val_fraction", "seed")
 class Run:
     workdir: str
     step: int | None
-    config: object            # the run config (ml_collections), with the evaluation overrides
-    model_config: object      # ModelConfig, with the inference-only changes
-    changes: dict             # inference-only changes: field -> (saved, now)
+    config: object  # the run config (ml_collections), with the evaluation overrides
+    model_config: object  # ModelConfig, with the inference-only changes
+    changes: dict  # inference-only changes: field -> (saved, now)
 
 
 def _locate(workdir: str | None, checkpoint: str | None, step: int | None):
@@ -76,9 +77,14 @@ def resolve_run(workdir=None, checkpoint=None, step=None, overrides: dict | None
             if value == before:
                 continue
             if field not in INFERENCE_ONLY:
-                fail(f"config.{key}", value, f"contradicts the checkpoint, which is {saved.name} with "
-                     f"{field}={before!r} (the model comes from {workdir}/model_config.json; only "
-                     f"inference-only fields may change: {', '.join(INFERENCE_ONLY)})", ConfigError)
+                fail(
+                    f"config.{key}",
+                    value,
+                    f"contradicts the checkpoint, which is {saved.name} with "
+                    f"{field}={before!r} (the model comes from {workdir}/model_config.json; only "
+                    f"inference-only fields may change: {', '.join(INFERENCE_ONLY)})",
+                    ConfigError,
+                )
             changes[field] = (getattr(saved, field), value)
             model_changes[field] = value
         elif section == "data" or key in EVAL_KEYS:
@@ -88,9 +94,13 @@ def resolve_run(workdir=None, checkpoint=None, step=None, overrides: dict | None
                 else:
                     config[key] = value
         else:
-            fail(f"config.{key}", value, "does not affect evaluation (allowed: config.model."
-                 f"{{{','.join(INFERENCE_ONLY)}}}, config.data.*, config.{{{','.join(EVAL_KEYS)}}})",
-                 ConfigError)
+            fail(
+                f"config.{key}",
+                value,
+                "does not affect evaluation (allowed: config.model."
+                f"{{{','.join(INFERENCE_ONLY)}}}, config.data.*, config.{{{','.join(EVAL_KEYS)}}})",
+                ConfigError,
+            )
     try:
         cfg = saved.replace(**model_changes)
     except ValueError as e:
@@ -108,11 +118,31 @@ def _read_prompts(prompts, prompts_file):
     return out
 
 
-def evaluate_checkpoint(workdir=None, *, checkpoint=None, step=None, overrides=None, loss=False,
-                        loss_file=None, tasks=None, limit=None, num_fewshot=None, prompts=(),
-                        prompts_file=None, max_new_tokens=64, temperature=0.0, top_k=0, top_p=1.0,
-                        seed=0, stop_at_eos=True, report=False, report_lengths=(64, 256),
-                        batch_size=8, write=True, log=print) -> dict:
+def evaluate_checkpoint(
+    workdir=None,
+    *,
+    checkpoint=None,
+    step=None,
+    overrides=None,
+    loss=False,
+    loss_file=None,
+    tasks=None,
+    limit=None,
+    num_fewshot=None,
+    prompts=(),
+    prompts_file=None,
+    max_new_tokens=64,
+    temperature=0.0,
+    top_k=0,
+    top_p=1.0,
+    seed=0,
+    stop_at_eos=True,
+    report=False,
+    report_lengths=(64, 256),
+    batch_size=8,
+    write=True,
+    log=print,
+) -> dict:
     """Run the requested evaluations on one checkpoint; return (and write) the results dict."""
     from phd_jax.data import make_pipeline, make_tokenizer
     from phd_jax.evaluation.generation import generate_text
@@ -125,8 +155,11 @@ def evaluate_checkpoint(workdir=None, *, checkpoint=None, step=None, overrides=N
     cfg, config = run.model_config, run.config
     prompts = _read_prompts(prompts, prompts_file)
     if not (loss or loss_file or tasks or prompts or report):
-        fail("evaluation", None, "nothing requested: pass --loss, --loss_file, --tasks, --generate / "
-             "--prompts_file or --report")
+        fail(
+            "evaluation",
+            None,
+            "nothing requested: pass --loss, --loss_file, --tasks, --generate / --prompts_file or --report",
+        )
     batch_size = as_int("batch_size", batch_size, 1)
     tokenizer = make_tokenizer(config.data.tokenizer)
     # -- every check before any work -------------------------------------------------------------
@@ -141,15 +174,23 @@ def evaluate_checkpoint(workdir=None, *, checkpoint=None, step=None, overrides=N
     for i, p in enumerate(prompts):
         n = len(tokenizer.encode(p))
         if n + max_new_tokens > cfg.max_seq_len:
-            fail(f"prompt[{i}]", p, f"has {n} tokens; with max_new_tokens={max_new_tokens} it needs "
-                 f"{n + max_new_tokens} positions, more than the model's context max_seq_len="
-                 f"{cfg.max_seq_len}")
+            fail(
+                f"prompt[{i}]",
+                p,
+                f"has {n} tokens; with max_new_tokens={max_new_tokens} it needs "
+                f"{n + max_new_tokens} positions, more than the model's context max_seq_len="
+                f"{cfg.max_seq_len}",
+            )
     for field, (before, now) in run.changes.items():
         log(f"inference-only change: model.{field} {before!r} -> {now!r} (same weights, same model)")
 
     _, params, step = restore_params(run.workdir, run.step)
-    results = {"model": cfg.name, "step": step, "workdir": run.workdir,
-               "inference_changes": {f: list(v) for f, v in run.changes.items()}}
+    results = {
+        "model": cfg.name,
+        "step": step,
+        "workdir": run.workdir,
+        "inference_changes": {f: list(v) for f, v in run.changes.items()},
+    }
     t0 = time.perf_counter()
     if loss:
         pipe = make_pipeline(config)
@@ -162,17 +203,34 @@ def evaluate_checkpoint(workdir=None, *, checkpoint=None, step=None, overrides=N
         results["loss_file"] = {**evaluate_loss(params, cfg, batches, tokenizer), "file": loss_file}
     if tasks:
         from phd_jax.evaluation.lm import PHDLM
+
         lm = PHDLM(params, cfg, tokenizer, batch_size=batch_size)
-        results["tasks"] = run_tasks(lm, tasks, manager=manager, limit=limit, num_fewshot=num_fewshot,
-                                     seed=seed)
+        results["tasks"] = run_tasks(lm, tasks, manager=manager, limit=limit, num_fewshot=num_fewshot, seed=seed)
     if prompts:
-        texts = generate_text(params, cfg, tokenizer, prompts, max_new_tokens, temperature=temperature,
-                              top_k=top_k, top_p=top_p, seed=seed, stop_at_eos=stop_at_eos,
-                              batch_size=batch_size)
+        texts = generate_text(
+            params,
+            cfg,
+            tokenizer,
+            prompts,
+            max_new_tokens,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            seed=seed,
+            stop_at_eos=stop_at_eos,
+            batch_size=batch_size,
+        )
         results["generate"] = {
-            "settings": dict(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
-                             top_p=top_p, seed=seed, stop_at_eos=stop_at_eos),
-            "samples": [{"prompt": p, "text": t} for p, t in zip(prompts, texts)]}
+            "settings": dict(
+                max_new_tokens=max_new_tokens,
+                temperature=temperature,
+                top_k=top_k,
+                top_p=top_p,
+                seed=seed,
+                stop_at_eos=stop_at_eos,
+            ),
+            "samples": [{"prompt": p, "text": t} for p, t in zip(prompts, texts)],
+        }
     if report:
         results["report"] = inference_report(params, cfg, lengths=tuple(report_lengths))
     results["seconds"] = round(time.perf_counter() - t0, 2)
@@ -206,22 +264,38 @@ def format_results(results: dict) -> str:
         if key in results:
             r = results[key]
             where = r.get("source") or r.get("file")
-            rows += [(f"{key}: loss (nats/token)", f"{r['loss']:.4f}"),
-                     (f"{key}: perplexity", f"{r['perplexity']:.3f}"),
-                     (f"{key}: bits per byte", f"{r['bits_per_byte']:.4f}"),
-                     (f"{key}: tokens", f"{r['tokens']:,} ({where})")]
+            rows += [
+                (f"{key}: loss (nats/token)", f"{r['loss']:.4f}"),
+                (f"{key}: perplexity", f"{r['perplexity']:.3f}"),
+                (f"{key}: bits per byte", f"{r['bits_per_byte']:.4f}"),
+                (f"{key}: tokens", f"{r['tokens']:,} ({where})"),
+            ]
     for task, metrics in results.get("tasks", {}).items():
-        rows += [(f"{task}: {m}", f"{v:.4f}" if isinstance(v, float) else str(v))
-                 for m, v in metrics.items() if m != "alias"]
+        rows += [
+            (f"{task}: {m}", f"{v:.4f}" if isinstance(v, float) else str(v)) for m, v in metrics.items() if m != "alias"
+        ]
     for row in results.get("report", []):
         t = row["prompt_len"]
-        rows.append((f"report T={t}: KV cache bytes (vanilla)",
-                     f"{row['kv_cache_bytes']:,} ({row['vanilla_kv_cache_bytes']:,})"))
-        rows.append((f"report T={t}: prefill ms (vanilla)", f"{row['prefill_s'] * 1e3:.2f}"
-                     + (f" ({row['vanilla_prefill_s'] * 1e3:.2f})" if "vanilla_prefill_s" in row else "")))
-        rows.append((f"report T={t}: decode ms/token (vanilla)", f"{row['decode_s_per_token'] * 1e3:.2f}"
-                     + (f" ({row['vanilla_decode_s_per_token'] * 1e3:.2f})"
-                        if "vanilla_decode_s_per_token" in row else "")))
+        rows.append(
+            (
+                f"report T={t}: KV cache bytes (vanilla)",
+                f"{row['kv_cache_bytes']:,} ({row['vanilla_kv_cache_bytes']:,})",
+            )
+        )
+        rows.append(
+            (
+                f"report T={t}: prefill ms (vanilla)",
+                f"{row['prefill_s'] * 1e3:.2f}"
+                + (f" ({row['vanilla_prefill_s'] * 1e3:.2f})" if "vanilla_prefill_s" in row else ""),
+            )
+        )
+        rows.append(
+            (
+                f"report T={t}: decode ms/token (vanilla)",
+                f"{row['decode_s_per_token'] * 1e3:.2f}"
+                + (f" ({row['vanilla_decode_s_per_token'] * 1e3:.2f})" if "vanilla_decode_s_per_token" in row else ""),
+            )
+        )
     width = max(len(k) for k, _ in rows)
     lines = [f"{k:<{width}}  {v}" for k, v in rows]
     for s in results.get("generate", {}).get("samples", []):

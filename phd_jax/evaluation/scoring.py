@@ -5,6 +5,7 @@ batch size) keeps the number of compiled shapes at about log2(max_len), so a lon
 lm-eval run never recompiles per request. Right padding is safe: the model is causal
 over positions (hidden decoding tokens see only earlier positions and their own).
 """
+
 from __future__ import annotations
 
 import functools
@@ -34,8 +35,15 @@ def bucket(length: int, max_length: int, min_bucket: int = 16) -> int:
     return min(b, max_length)
 
 
-def score_sequences(params, config: ModelConfig, seqs, batch_size: int, max_length: int | None = None,
-                    min_bucket: int = 16, progress=None):
+def score_sequences(
+    params,
+    config: ModelConfig,
+    seqs,
+    batch_size: int,
+    max_length: int | None = None,
+    min_bucket: int = 16,
+    progress=None,
+):
     """Score token sequences: for each `(tokens, n)` return (sum of log p of the last n tokens
     given everything before them, whether each of those n tokens is the greedy choice).
 
@@ -46,14 +54,14 @@ def score_sequences(params, config: ModelConfig, seqs, batch_size: int, max_leng
     order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i][0]))
     out: list = [None] * len(seqs)
     for start in range(0, len(order), batch_size):
-        idx = order[start:start + batch_size]
+        idx = order[start : start + batch_size]
         width = bucket(len(seqs[idx[0]][0]) - 1, max_length, min_bucket)
         inputs = np.zeros((batch_size, width), np.int32)
         targets = np.zeros((batch_size, width), np.int32)
         for row, i in enumerate(idx):
             toks = seqs[i][0]
-            inputs[row, :len(toks) - 1] = toks[:-1]
-            targets[row, :len(toks) - 1] = toks[1:]
+            inputs[row, : len(toks) - 1] = toks[:-1]
+            targets[row, : len(toks) - 1] = toks[1:]
         lp, greedy = jax.device_get(token_logprobs(params, config, inputs, targets))
         for row, i in enumerate(idx):
             toks, n = seqs[i]

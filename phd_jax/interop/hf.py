@@ -12,6 +12,7 @@ records every non-Llama field of `ModelConfig` under `"phd_jax"` in `config.json
 so `load_hf_llama` gives back the same model. `transformers` ignores that key and
 would run such a checkpoint as a plain Llama, which is wrong for K > 1.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -31,18 +32,44 @@ CONFIG_FILE, WEIGHTS_FILE, INDEX_FILE = "config.json", "model.safetensors", "mod
 
 # config.json key -> ModelConfig field: these shape the weights, so they come from the checkpoint.
 _ARCH_KEYS = {
-    "vocab_size": "vocab_size", "num_hidden_layers": "num_layers", "hidden_size": "d_model",
-    "num_attention_heads": "num_heads", "intermediate_size": "mlp_dim", "rms_norm_eps": "norm_eps",
+    "vocab_size": "vocab_size",
+    "num_hidden_layers": "num_layers",
+    "hidden_size": "d_model",
+    "num_attention_heads": "num_heads",
+    "intermediate_size": "mlp_dim",
+    "rms_norm_eps": "norm_eps",
 }
-_ARCH_FIELDS = ("vocab_size", "num_layers", "d_model", "num_heads", "num_kv_heads", "head_dim",
-                "mlp_dim", "rope_theta", "norm_eps", "tie_embeddings", "qk_norm")
+_ARCH_FIELDS = (
+    "vocab_size",
+    "num_layers",
+    "d_model",
+    "num_heads",
+    "num_kv_heads",
+    "head_dim",
+    "mlp_dim",
+    "rope_theta",
+    "norm_eps",
+    "tie_embeddings",
+    "qk_norm",
+)
 # Everything else in ModelConfig: PHD fields, dtypes, kernels, training knobs (recorded under "phd_jax").
 PHD_FIELDS = tuple(f.name for f in dataclasses.fields(ModelConfig) if f.name not in _ARCH_FIELDS)
 # Features of the Llama config that phd_jax does not implement: refused, never silently ignored.
-_MUST_BE = {"hidden_act": ("silu",), "attention_bias": (False, None), "mlp_bias": (False, None),
-            "pretraining_tp": (1, None), "rope_scaling": (None,)}
-_DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16",
-           "F32": "float32", "BF16": "bfloat16", "F16": "float16"}
+_MUST_BE = {
+    "hidden_act": ("silu",),
+    "attention_bias": (False, None),
+    "mlp_bias": (False, None),
+    "pretraining_tp": (1, None),
+    "rope_scaling": (None,),
+}
+_DTYPES = {
+    "float32": "float32",
+    "bfloat16": "bfloat16",
+    "float16": "float16",
+    "F32": "float32",
+    "BF16": "bfloat16",
+    "F16": "float16",
+}
 
 
 # ---------------------------------------------------------------------------
@@ -69,8 +96,12 @@ def _rope_theta(hf: dict, where: str) -> float:
     if params is not None:
         kind = params.get("rope_type", params.get("type", "default"))
         if kind != "default":
-            fail(f"{where}.rope_parameters.rope_type", kind,
-                 "only 'default' RoPE is implemented (no scaled / YaRN / Llama-3 RoPE)", ConfigError)
+            fail(
+                f"{where}.rope_parameters.rope_type",
+                kind,
+                "only 'default' RoPE is implemented (no scaled / YaRN / Llama-3 RoPE)",
+                ConfigError,
+            )
         if "rope_theta" in params:
             return float(params["rope_theta"])
     return float(hf.get("rope_theta", 10000.0))
@@ -85,17 +116,25 @@ def config_from_hf(hf: dict, where: str = "config.json", **overrides) -> ModelCo
     """
     arch = hf.get("architectures") or [None]
     if hf.get("model_type") != "llama" or arch[0] not in ARCHITECTURES or len(arch) != 1:
-        fail(f"{where}.architectures", hf.get("architectures"),
-             f"only Llama checkpoints (model_type 'llama', architectures {list(ARCHITECTURES)}) are "
-             f"supported; got model_type {hf.get('model_type')!r}", ConfigError)
+        fail(
+            f"{where}.architectures",
+            hf.get("architectures"),
+            f"only Llama checkpoints (model_type 'llama', architectures {list(ARCHITECTURES)}) are "
+            f"supported; got model_type {hf.get('model_type')!r}",
+            ConfigError,
+        )
     missing = [k for k in (*_ARCH_KEYS, "num_key_value_heads", "max_position_embeddings") if k not in hf]
     if missing:
-        raise ConfigError(f"{where} is missing required key(s) {', '.join(missing)} "
-                          "(a Llama config needs all of them)")
+        raise ConfigError(f"{where} is missing required key(s) {', '.join(missing)} (a Llama config needs all of them)")
     for key, ok in _MUST_BE.items():
         if hf.get(key, ok[-1]) not in ok:
-            fail(f"{where}.{key}", hf[key], f"phd_jax implements only {ok[0]!r} (refusing rather than "
-                 "ignoring a feature the model would not reproduce)", ConfigError)
+            fail(
+                f"{where}.{key}",
+                hf[key],
+                f"phd_jax implements only {ok[0]!r} (refusing rather than "
+                "ignoring a feature the model would not reproduce)",
+                ConfigError,
+            )
     fields = {field: hf[key] for key, field in _ARCH_KEYS.items()}
     fields["num_kv_heads"] = hf["num_key_value_heads"] or hf["num_attention_heads"]
     fields["head_dim"] = hf.get("head_dim") or hf["hidden_size"] // hf["num_attention_heads"]
@@ -111,11 +150,15 @@ def config_from_hf(hf: dict, where: str = "config.json", **overrides) -> ModelCo
     fields.update(recorded)
     for name in overrides:
         if name in _ARCH_FIELDS:
-            fail(name, overrides[name], f"is read from the checkpoint ({fields[name]!r}): it shapes "
-                 f"the weights; overridable fields: {', '.join(PHD_FIELDS)}", ConfigError)
+            fail(
+                name,
+                overrides[name],
+                f"is read from the checkpoint ({fields[name]!r}): it shapes "
+                f"the weights; overridable fields: {', '.join(PHD_FIELDS)}",
+                ConfigError,
+            )
         if name not in PHD_FIELDS:
-            fail(name, overrides[name], f"not a ModelConfig field; overridable: {', '.join(PHD_FIELDS)}",
-                 ConfigError)
+            fail(name, overrides[name], f"not a ModelConfig field; overridable: {', '.join(PHD_FIELDS)}", ConfigError)
     fields.update(overrides)
     try:
         return ModelConfig(**fields)
@@ -126,19 +169,35 @@ def config_from_hf(hf: dict, where: str = "config.json", **overrides) -> ModelCo
 def config_to_hf(config: ModelConfig) -> dict:
     """A Llama `config.json` dict for `config`, its PHD fields under `"phd_jax"`."""
     if config.qk_norm:
-        fail("ModelConfig.qk_norm", True, "Llama has no QK-norm; only qk_norm=False can be saved "
-             "as a Llama checkpoint", ConfigError)
+        fail(
+            "ModelConfig.qk_norm",
+            True,
+            "Llama has no QK-norm; only qk_norm=False can be saved as a Llama checkpoint",
+            ConfigError,
+        )
     return {
-        "architectures": list(ARCHITECTURES), "model_type": "llama",
-        "vocab_size": config.vocab_size, "hidden_size": config.d_model,
-        "intermediate_size": config.mlp_dim, "num_hidden_layers": config.num_layers,
-        "num_attention_heads": config.num_heads, "num_key_value_heads": config.num_kv_heads,
-        "head_dim": config.head_dim, "hidden_act": "silu",
-        "max_position_embeddings": config.max_seq_len, "rms_norm_eps": config.norm_eps,
+        "architectures": list(ARCHITECTURES),
+        "model_type": "llama",
+        "vocab_size": config.vocab_size,
+        "hidden_size": config.d_model,
+        "intermediate_size": config.mlp_dim,
+        "num_hidden_layers": config.num_layers,
+        "num_attention_heads": config.num_heads,
+        "num_key_value_heads": config.num_kv_heads,
+        "head_dim": config.head_dim,
+        "hidden_act": "silu",
+        "max_position_embeddings": config.max_seq_len,
+        "rms_norm_eps": config.norm_eps,
         "rope_parameters": {"rope_type": "default", "rope_theta": config.rope_theta},
-        "rope_theta": config.rope_theta, "tie_word_embeddings": config.tie_embeddings,
-        "attention_bias": False, "mlp_bias": False, "attention_dropout": 0.0, "pretraining_tp": 1,
-        "dtype": config.param_dtype, "initializer_range": config.init_std, "use_cache": True,
+        "rope_theta": config.rope_theta,
+        "tie_word_embeddings": config.tie_embeddings,
+        "attention_bias": False,
+        "mlp_bias": False,
+        "attention_dropout": 0.0,
+        "pretraining_tp": 1,
+        "dtype": config.param_dtype,
+        "initializer_range": config.init_std,
+        "use_cache": True,
         "phd_jax": {f: getattr(config, f) for f in PHD_FIELDS},
     }
 
@@ -152,11 +211,10 @@ def _layer_map(c: ModelConfig):
     """(our path inside a layer, HF name, HF shape, ours -> HF, HF -> ours)."""
     d, h, kvh, hd, f = c.d_model, c.num_heads, c.num_kv_heads, c.head_dim, c.mlp_dim
 
-    def proj(heads):   # [D, heads, hd] <-> [heads*hd, D]
-        return ((heads * hd, d), lambda w: w.reshape(d, heads * hd).T,
-                lambda w: w.T.reshape(d, heads, hd))
+    def proj(heads):  # [D, heads, hd] <-> [heads*hd, D]
+        return ((heads * hd, d), lambda w: w.reshape(d, heads * hd).T, lambda w: w.T.reshape(d, heads, hd))
 
-    def lin(n_in, n_out):   # [in, out] <-> [out, in]
+    def lin(n_in, n_out):  # [in, out] <-> [out, in]
         return ((n_out, n_in), lambda w: w.T, lambda w: w.T)
 
     same = lambda n: ((n,), lambda w: w, lambda w: w)  # noqa: E731
@@ -164,8 +222,11 @@ def _layer_map(c: ModelConfig):
         (("attention", "query", "kernel"), "self_attn.q_proj.weight", proj(h)),
         (("attention", "key", "kernel"), "self_attn.k_proj.weight", proj(kvh)),
         (("attention", "value", "kernel"), "self_attn.v_proj.weight", proj(kvh)),
-        (("attention", "out", "kernel"), "self_attn.o_proj.weight",
-         ((d, h * hd), lambda w: w.reshape(h * hd, d).T, lambda w: w.T.reshape(h, hd, d))),
+        (
+            ("attention", "out", "kernel"),
+            "self_attn.o_proj.weight",
+            ((d, h * hd), lambda w: w.reshape(h * hd, d).T, lambda w: w.T.reshape(h, hd, d)),
+        ),
         (("mlp", "gate", "kernel"), "mlp.gate_proj.weight", lin(d, f)),
         (("mlp", "up", "kernel"), "mlp.up_proj.weight", lin(d, f)),
         (("mlp", "down", "kernel"), "mlp.down_proj.weight", lin(f, d)),
@@ -176,12 +237,12 @@ def _layer_map(c: ModelConfig):
 
 
 def _global_map(c: ModelConfig):
-    out = [(("embed", "embedding"), "model.embed_tokens.weight", (c.vocab_size, c.d_model),
-            lambda w: w, lambda w: w),
-           (("final_norm", "scale"), "model.norm.weight", (c.d_model,), lambda w: w, lambda w: w)]
+    out = [
+        (("embed", "embedding"), "model.embed_tokens.weight", (c.vocab_size, c.d_model), lambda w: w, lambda w: w),
+        (("final_norm", "scale"), "model.norm.weight", (c.d_model,), lambda w: w, lambda w: w),
+    ]
     if not c.tie_embeddings:
-        out.append((("unembed", "kernel"), "lm_head.weight", (c.vocab_size, c.d_model),
-                    lambda w: w.T, lambda w: w.T))
+        out.append((("unembed", "kernel"), "lm_head.weight", (c.vocab_size, c.d_model), lambda w: w.T, lambda w: w.T))
     return out
 
 
@@ -200,14 +261,14 @@ def _put(tree, path, value):
 def hf_state_dict(params, config: ModelConfig) -> dict[str, np.ndarray]:
     """Our parameter pytree as HF Llama tensors (numpy, in `config.param_dtype`)."""
     import jax
+
     params = jax.device_get(params)
     dt = np.dtype(config.weight_dtype)
     out = {}
     for path, name, shape, to_hf, _ in _global_map(config):
         out[name] = _checked(np.asarray(to_hf(np.asarray(_get(params, path)))), shape, name, "params")
     for i in range(config.num_layers):
-        layer = (jax.tree.map(lambda x: x[i], params["layers"]) if config.scan_layers
-                 else params[f"layers_{i}"])
+        layer = jax.tree.map(lambda x: x[i], params["layers"]) if config.scan_layers else params[f"layers_{i}"]
         for path, name, shape, to_hf, _ in _layer_map(config):
             full = f"model.layers.{i}.{name}"
             out[full] = _checked(np.asarray(to_hf(np.asarray(_get(layer, path)))), shape, full, "params")
@@ -216,8 +277,7 @@ def hf_state_dict(params, config: ModelConfig) -> dict[str, np.ndarray]:
 
 def _checked(x, shape, name, where):
     if tuple(x.shape) != tuple(shape):
-        raise ConfigError(f"{where}: tensor {name!r} has shape {tuple(x.shape)}, but the config "
-                          f"needs {tuple(shape)}")
+        raise ConfigError(f"{where}: tensor {name!r} has shape {tuple(x.shape)}, but the config needs {tuple(shape)}")
     return x
 
 
@@ -235,17 +295,19 @@ def _weight_files(path: str) -> dict[str, str]:
             raise ConfigError(f"{index} has no 'weight_map'")
         missing = sorted({f for f in weight_map.values() if not os.path.isfile(os.path.join(path, f))})
         if missing:
-            raise FileNotFoundError(f"{index} lists shard(s) that are missing: {', '.join(missing)} "
-                                    f"(in {path})")
+            raise FileNotFoundError(f"{index} lists shard(s) that are missing: {', '.join(missing)} (in {path})")
         return {k: os.path.join(path, f) for k, f in weight_map.items()}
     single = os.path.join(path, WEIGHTS_FILE)
     if not os.path.isfile(single):
         found = sorted(f for f in os.listdir(path) if f.endswith(".safetensors"))
-        raise FileNotFoundError(f"{path} has neither {WEIGHTS_FILE} nor {INDEX_FILE}"
-                                + (f" (found {found}, but no index to say what they hold)" if found else ""))
+        raise FileNotFoundError(
+            f"{path} has neither {WEIGHTS_FILE} nor {INDEX_FILE}"
+            + (f" (found {found}, but no index to say what they hold)" if found else "")
+        )
     from safetensors import safe_open
+
     with safe_open(single, framework="np") as f:
-        return {k: single for k in f.keys()}
+        return dict.fromkeys(f.keys(), single)
 
 
 def load_hf_llama(path: str, **overrides):
@@ -263,23 +325,27 @@ def load_hf_llama(path: str, **overrides):
     path = os.fspath(path)
     if not os.path.isdir(path):
         raise FileNotFoundError(f"Hugging Face checkpoint directory {path} does not exist")
-    config = config_from_hf(_read_json(os.path.join(path, CONFIG_FILE), "Hugging Face config"),
-                            os.path.join(path, CONFIG_FILE), **overrides)
+    config = config_from_hf(
+        _read_json(os.path.join(path, CONFIG_FILE), "Hugging Face config"), os.path.join(path, CONFIG_FILE), **overrides
+    )
     files = _weight_files(path)
-    expected = {name: (path_, shape, from_hf, None)
-                for path_, name, shape, _, from_hf in _global_map(config)}
+    expected = {name: (path_, shape, from_hf, None) for path_, name, shape, _, from_hf in _global_map(config)}
     for i in range(config.num_layers):
         for path_, name, shape, _, from_hf in _layer_map(config):
             expected[f"model.layers.{i}.{name}"] = (path_, shape, from_hf, i)
     missing = [n for n in expected if n not in files]
     if missing:
-        raise ConfigError(f"{path}: the checkpoint lacks tensor(s) {', '.join(missing[:5])}"
-                          + (f" and {len(missing) - 5} more" if len(missing) > 5 else ""))
-    ignorable = re.compile(r".*rotary_emb\.inv_freq$|^lm_head\.weight$")   # lm_head of a tied model
+        raise ConfigError(
+            f"{path}: the checkpoint lacks tensor(s) {', '.join(missing[:5])}"
+            + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        )
+    ignorable = re.compile(r".*rotary_emb\.inv_freq$|^lm_head\.weight$")  # lm_head of a tied model
     extra = sorted(n for n in files if n not in expected and not ignorable.match(n))
     if extra:
-        raise ConfigError(f"{path}: unexpected tensor(s) {', '.join(extra[:5])} (biases or other "
-                          "weights phd_jax's Llama does not have)")
+        raise ConfigError(
+            f"{path}: unexpected tensor(s) {', '.join(extra[:5])} (biases or other "
+            "weights phd_jax's Llama does not have)"
+        )
 
     dt = np.dtype(config.weight_dtype)
     params: dict = {}
@@ -322,8 +388,15 @@ def _parse_size(size) -> int:
     return max(1, int(float(m[1]) * mult))
 
 
-def save_hf_llama(params, config: ModelConfig, path: str, *, max_shard_size=None,
-                  overwrite: bool = False, tokenizer_dir: str | None = None) -> str:
+def save_hf_llama(
+    params,
+    config: ModelConfig,
+    path: str,
+    *,
+    max_shard_size=None,
+    overwrite: bool = False,
+    tokenizer_dir: str | None = None,
+) -> str:
     """Write `params` as a Llama checkpoint (`config.json` + safetensors) in directory `path`.
 
     `max_shard_size` (bytes or '500MB') splits the weights into shards with an index
@@ -336,14 +409,21 @@ def save_hf_llama(params, config: ModelConfig, path: str, *, max_shard_size=None
 
     path = os.fspath(path)
     hf_config = config_to_hf(config)
-    tensors = hf_state_dict(params, config)        # checks every shape before anything is written
+    tensors = hf_state_dict(params, config)  # checks every shape before anything is written
     if os.path.exists(path) and not os.path.isdir(path):
         fail("path", path, "exists and is not a directory")
-    old = [f for f in (os.listdir(path) if os.path.isdir(path) else [])
-           if f in (CONFIG_FILE, INDEX_FILE) or f.endswith(".safetensors")]
+    old = [
+        f
+        for f in (os.listdir(path) if os.path.isdir(path) else [])
+        if f in (CONFIG_FILE, INDEX_FILE) or f.endswith(".safetensors")
+    ]
     if old and not overwrite:
-        fail("path", path, f"already holds a checkpoint ({', '.join(sorted(old))}); pass overwrite=True "
-             "or choose an empty directory", FileExistsError)
+        fail(
+            "path",
+            path,
+            f"already holds a checkpoint ({', '.join(sorted(old))}); pass overwrite=True or choose an empty directory",
+            FileExistsError,
+        )
 
     names = list(tensors)
     shards = [names]
@@ -359,7 +439,7 @@ def save_hf_llama(params, config: ModelConfig, path: str, *, max_shard_size=None
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".hf-save-", dir=parent)
     try:
-        meta = {"format": "pt"}   # what transformers expects in the safetensors metadata
+        meta = {"format": "pt"}  # what transformers expects in the safetensors metadata
         if len(shards) == 1:
             save_file({n: tensors[n] for n in names}, os.path.join(tmp, WEIGHTS_FILE), metadata=meta)
         else:
@@ -367,10 +447,13 @@ def save_hf_llama(params, config: ModelConfig, path: str, *, max_shard_size=None
             for i, shard in enumerate(shards):
                 fname = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
                 save_file({n: tensors[n] for n in shard}, os.path.join(tmp, fname), metadata=meta)
-                weight_map.update({n: fname for n in shard})
+                weight_map.update(dict.fromkeys(shard, fname))
             with open(os.path.join(tmp, INDEX_FILE), "w") as f:
-                json.dump({"metadata": {"total_size": sum(t.nbytes for t in tensors.values())},
-                           "weight_map": weight_map}, f, indent=2)
+                json.dump(
+                    {"metadata": {"total_size": sum(t.nbytes for t in tensors.values())}, "weight_map": weight_map},
+                    f,
+                    indent=2,
+                )
         with open(os.path.join(tmp, CONFIG_FILE), "w") as f:
             json.dump(hf_config, f, indent=2)
         if tokenizer_dir is not None:

@@ -1,5 +1,6 @@
 """The tokenizer of a Hugging Face checkpoint: `phd_jax.data.HFTokenizer` (one implementation for
 training data and for evaluation), found from the checkpoint directory."""
+
 from __future__ import annotations
 
 import os
@@ -13,6 +14,7 @@ def load_hf_tokenizer(path: str):
     path = os.fspath(path)
     file = os.path.join(path, "tokenizer.json") if os.path.isdir(path) else path
     if not os.path.isfile(file):
-        raise FileNotFoundError(f"tokenizer file {file} does not exist (a Hugging Face checkpoint "
-                                "keeps its tokenizer in tokenizer.json)")
+        raise FileNotFoundError(
+            f"tokenizer file {file} does not exist (a Hugging Face checkpoint keeps its tokenizer in tokenizer.json)"
+        )
     return HFTokenizer(path)

@@ -7,15 +7,29 @@ Public:
     load_run_config(workdir), restore_params(path, step=None) -> (ModelConfig, params, step)
     make_optimizer(config), make_mesh(config), MetricWriter
 """
+
 from phd_jax.checks import ConfigError
 from phd_jax.train.checkpoint import restore_params
 from phd_jax.train.config import base_config, load_run_config, model_config, validate
 from phd_jax.train.metrics import MetricWriter
 from phd_jax.train.optimizer import make_optimizer
 from phd_jax.train.sharding import make_mesh
-from phd_jax.train.trainer import (TrainingError, cross_entropy, eval_step, loss_terms, train_and_evaluate,
-                                   train_step)
+from phd_jax.train.trainer import TrainingError, cross_entropy, eval_step, loss_terms, train_and_evaluate, train_step
 
-__all__ = ["ConfigError", "MetricWriter", "TrainingError", "base_config", "cross_entropy", "eval_step",
-           "load_run_config", "loss_terms", "make_mesh", "make_optimizer", "model_config", "restore_params",
-           "train_and_evaluate", "train_step", "validate"]
+__all__ = [
+    "ConfigError",
+    "MetricWriter",
+    "TrainingError",
+    "base_config",
+    "cross_entropy",
+    "eval_step",
+    "load_run_config",
+    "loss_terms",
+    "make_mesh",
+    "make_optimizer",
+    "model_config",
+    "restore_params",
+    "train_and_evaluate",
+    "train_step",
+    "validate",
+]

@@ -9,6 +9,7 @@
 A checkpoint is complete once orbax renames its temporary directory to `<step>`; a run
 killed while saving leaves only the temporary one, which restore ignores.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -29,11 +30,30 @@ OUR_FILES = ("config.json", "model_config.json", "version.json", CHECKPOINTS, "m
 # Keys that may differ when a run resumes (everything else describes the model, the data or
 # the optimisation, and must match the saved run).
 RESUMABLE_CHANGES = {
-    "num_steps", "mesh", "logical_axis_rules", "grad_accum_steps", "skip_nonfinite", "checkpoint_every",
-    "keep_checkpoints", "async_checkpointing", "init_from", "log_every", "eval_every", "eval_batches",
-    "peak_tflops", "compilation_cache", "sample_prompt", "sample_tokens",
-    "model.attention", "model.block_q", "model.block_kv", "model.remat",
-    "data.data_dir", "data.cache_dir", "data.num_threads", "data.prefetch",   # where / how fast, not what
+    "num_steps",
+    "mesh",
+    "logical_axis_rules",
+    "grad_accum_steps",
+    "skip_nonfinite",
+    "checkpoint_every",
+    "keep_checkpoints",
+    "async_checkpointing",
+    "init_from",
+    "log_every",
+    "eval_every",
+    "eval_batches",
+    "peak_tflops",
+    "compilation_cache",
+    "sample_prompt",
+    "sample_tokens",
+    "model.attention",
+    "model.block_q",
+    "model.block_kv",
+    "model.remat",
+    "data.data_dir",
+    "data.cache_dir",
+    "data.num_threads",
+    "data.prefetch",  # where / how fast, not what
 }
 
 
@@ -61,52 +81,69 @@ def check_workdir(workdir: str, config):
     if not os.path.exists(cfg_path):
         for name in OUR_FILES:
             if os.path.exists(os.path.join(workdir, name)):
-                raise ConfigError(f"workdir={workdir!r} is invalid: it holds {name!r} but no config.json, "
-                                  f"so it was not written by phd_jax training; choose another --workdir")
+                raise ConfigError(
+                    f"workdir={workdir!r} is invalid: it holds {name!r} but no config.json, "
+                    f"so it was not written by phd_jax training; choose another --workdir"
+                )
         return None
     try:
         saved = load_run_config(workdir).to_dict()
         assert isinstance(saved.get("model"), dict)
     except Exception:
-        raise ConfigError(f"workdir={workdir!r} is invalid: its config.json is not a phd_jax run config; "
-                          f"choose another --workdir") from None
+        raise ConfigError(
+            f"workdir={workdir!r} is invalid: its config.json is not a phd_jax run config; choose another --workdir"
+        ) from None
     ckpt = os.path.join(workdir, CHECKPOINTS)
     if os.path.exists(ckpt) and not os.path.isdir(ckpt):
         raise ConfigError(f"workdir={workdir!r} is invalid: {ckpt} is a file, not phd_jax's checkpoint directory")
     old, new = _flatten(_norm(saved)), _flatten(_norm(config.to_dict()))
     from phd_jax.train.config import base_config
+
     defaults = _flatten(_norm(base_config().to_dict()))
     for key in sorted(set(old) | set(new)):
         if key in RESUMABLE_CHANGES or key.split(".")[0] in RESUMABLE_CHANGES:
             continue
         if key not in old and key in defaults and new.get(key) == defaults[key]:
-            continue   # a key added by a newer phd_jax, at its default: the old run used that behaviour
+            continue  # a key added by a newer phd_jax, at its default: the old run used that behaviour
         if key not in new:
-            continue   # a key this version no longer has
+            continue  # a key this version no longer has
         if old.get(key, "<absent>") != new.get(key, "<absent>"):
             raise ConfigError(
                 f"config.{key}={new.get(key, '<absent>')!r} does not match the run in workdir={workdir!r} "
                 f"(saved: {old.get(key, '<absent>')!r}); it describes another model or optimisation, so it "
-                f"cannot resume there: use another --workdir, or the saved value")
+                f"cannot resume there: use another --workdir, or the saved value"
+            )
     return saved
 
 
 def version_info() -> dict:
     import phd_jax
+
     here = os.path.dirname(os.path.dirname(os.path.abspath(phd_jax.__file__)))
     commit = dirty = None
     try:
-        commit = subprocess.run(["git", "-C", here, "rev-parse", "HEAD"], capture_output=True, text=True,
-                                timeout=10).stdout.strip() or None
+        commit = (
+            subprocess.run(
+                ["git", "-C", here, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
+            ).stdout.strip()
+            or None
+        )
         if commit:
-            dirty = bool(subprocess.run(["git", "-C", here, "status", "--porcelain", "--untracked-files=no"],
-                                        capture_output=True, text=True, timeout=10).stdout.strip())
+            dirty = bool(
+                subprocess.run(
+                    ["git", "-C", here, "status", "--porcelain", "--untracked-files=no"],
+                    capture_output=True,
+                    text=True,
+                    timeout=10,
+                ).stdout.strip()
+            )
     except (OSError, subprocess.SubprocessError):
         pass
     version = getattr(phd_jax, "__version__", None)
     if version is None:
         try:
             from importlib.metadata import version as _v
+
             version = _v("phd_jax")
         except Exception:
             version = "unknown"
@@ -116,9 +153,11 @@ def version_info() -> dict:
 def write_run_files(workdir: str, config, cfg: ModelConfig):
     """config.json, model_config.json, version.json (each written atomically)."""
     os.makedirs(workdir, exist_ok=True)
-    for name, text in (("config.json", to_json(config)),
-                       ("model_config.json", json.dumps(dataclasses.asdict(cfg), indent=2)),
-                       ("version.json", json.dumps(version_info(), indent=2))):
+    for name, text in (
+        ("config.json", to_json(config)),
+        ("model_config.json", json.dumps(dataclasses.asdict(cfg), indent=2)),
+        ("version.json", json.dumps(version_info(), indent=2)),
+    ):
         tmp = os.path.join(workdir, f".{name}.tmp")
         with open(tmp, "w") as f:
             f.write(text + "\n")
@@ -135,24 +174,32 @@ def load_model_config(workdir: str) -> ModelConfig:
 
 def manager(workdir: str, config=None, read_only: bool = False):
     import orbax.checkpoint as ocp
+
     options = ocp.CheckpointManagerOptions(
         max_to_keep=None if config is None else int(config.keep_checkpoints),
         enable_async_checkpointing=bool(config is not None and config.async_checkpointing),
-        create=not read_only)
+        create=not read_only,
+    )
     return ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, CHECKPOINTS)), options=options)
 
 
 def save(mgr, step: int, state, data_state: dict, force: bool = True):
     import orbax.checkpoint as ocp
-    mgr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                           data=ocp.args.JsonSave(data_state)), force=force)
+
+    mgr.save(
+        step,
+        args=ocp.args.Composite(state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)),
+        force=force,
+    )
 
 
 def restore(mgr, step: int, abstract_state):
     """(state placed as `abstract_state`'s shardings say, data iterator state)."""
     import orbax.checkpoint as ocp
-    out = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
-                                                    data=ocp.args.JsonRestore()))
+
+    out = mgr.restore(
+        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore())
+    )
     return out["state"], out["data"]
 
 
@@ -167,8 +214,10 @@ def _locate(path: str, step: int | None) -> tuple[str, int | None]:
             if step is not None and step != int(os.path.basename(path)):
                 raise ConfigError(f"step={step} is invalid: the path names checkpoint step {os.path.basename(path)}")
             return workdir, int(os.path.basename(path))
-    raise ConfigError(f"checkpoint path {path!r} is invalid: expected a training workdir (with config.json) "
-                      f"or one of its checkpoints/<step> directories")
+    raise ConfigError(
+        f"checkpoint path {path!r} is invalid: expected a training workdir (with config.json) "
+        f"or one of its checkpoints/<step> directories"
+    )
 
 
 def restore_params(path: str, step: int | None = None, sharding=None):
@@ -179,6 +228,7 @@ def restore_params(path: str, step: int | None = None, sharding=None):
     import orbax.checkpoint as ocp
 
     from phd_jax.model import param_shapes
+
     workdir, step = _locate(path, step)
     cfg = load_model_config(workdir)
     mgr = manager(workdir, read_only=True)
@@ -192,23 +242,29 @@ def restore_params(path: str, step: int | None = None, sharding=None):
             raise ConfigError(f"step={step} is invalid: checkpoints in {workdir} are at steps {sorted(steps)}")
         sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
         shapes = param_shapes(cfg)
-        target = {"params": jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
-                                         shapes)}
+        target = {"params": jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), shapes)}
         restore_args = jax.tree.map(lambda _: ocp.ArrayRestoreArgs(sharding=sharding), target)
         try:
-            out = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
-                item=target, restore_args=restore_args, partial_restore=True)))
-        except Exception as e:   # orbax raises many types for truncated or mismatched files
-            raise ConfigError(f"checkpoint {workdir}/{CHECKPOINTS}/{step} is unreadable or does not match "
-                              f"model {cfg.name} ({type(e).__name__}: {str(e)[:300]})") from None
+            out = mgr.restore(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.PyTreeRestore(item=target, restore_args=restore_args, partial_restore=True)
+                ),
+            )
+        except Exception as e:  # orbax raises many types for truncated or mismatched files
+            raise ConfigError(
+                f"checkpoint {workdir}/{CHECKPOINTS}/{step} is unreadable or does not match "
+                f"model {cfg.name} ({type(e).__name__}: {str(e)[:300]})"
+            ) from None
     finally:
         mgr.close()
     params = out["state"]["params"]
     try:
         check_params(params, cfg)
     except (TypeError, ValueError) as e:
-        raise ConfigError(f"checkpoint {workdir}/{CHECKPOINTS}/{step} does not match model_config.json "
-                          f"({cfg.name}): {e}") from None
+        raise ConfigError(
+            f"checkpoint {workdir}/{CHECKPOINTS}/{step} does not match model_config.json ({cfg.name}): {e}"
+        ) from None
     return cfg, params, int(step)
 
 

@@ -5,6 +5,7 @@ whose message names the key (`config.mesh.fsdp=3 is invalid: ...`). Command-line
 `0` means "none" for `model.window` and `model.chunk`; `model.vocab_size=0` means "the
 tokenizer's vocabulary padded to a multiple of 128".
 """
+
 from __future__ import annotations
 
 import difflib
@@ -49,10 +50,10 @@ def base_config() -> ml_collections.ConfigDict:
     m = c.model = ml_collections.ConfigDict()
     m.variant = "vanilla"
     m.repeat = 1
-    m.window = 0                 # W; 0 = none
-    m.chunk = 0                  # C; 0 = none (phd_cswa needs one)
-    m.position_mode = "shared"   # "flat": copy s of position n gets rotary id n*K + s
-    m.vocab_size = 0             # 0: the tokenizer's vocabulary padded to a multiple of 128
+    m.window = 0  # W; 0 = none
+    m.chunk = 0  # C; 0 = none (phd_cswa needs one)
+    m.position_mode = "shared"  # "flat": copy s of position n gets rotary id n*K + s
+    m.vocab_size = 0  # 0: the tokenizer's vocabulary padded to a multiple of 128
     m.num_layers = 4
     m.d_model = 128
     m.num_heads = 4
@@ -64,20 +65,20 @@ def base_config() -> ml_collections.ConfigDict:
     m.norm_eps = 1e-6
     m.tie_embeddings = True
     m.qk_norm = False
-    m.dtype = "float32"          # compute dtype ("bfloat16" on accelerators)
+    m.dtype = "float32"  # compute dtype ("bfloat16" on accelerators)
     m.param_dtype = "float32"
-    m.attention = "auto"         # auto | dense | blocksparse | splash
+    m.attention = "auto"  # auto | dense | blocksparse | splash
     m.block_q = 128
     m.block_kv = 128
     m.scan_layers = True
-    m.remat = "none"             # none | full | dots
+    m.remat = "none"  # none | full | dots
     m.init_std = 0.02
 
     # Data: phd_jax.data validates this section.
     c.data = default_data_config()
     c.val_fraction = 0.05
     c.seq_len = 128
-    c.batch_size = 16            # global batch (sequences per step, all devices)
+    c.batch_size = 16  # global batch (sequences per step, all devices)
     c.eval_batches = 8
 
     # Optimisation: AdamW, warmup then `schedule` down to min_lr_ratio * learning_rate.
@@ -91,10 +92,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.adam_b2 = 0.95
     c.adam_eps = 1e-8
     c.weight_decay = 0.1
-    c.weight_decay_exclude = "*norm,embed"   # fnmatch patterns on parameter path parts
-    c.grad_clip = 1.0                        # global norm; 0 = off
+    c.weight_decay_exclude = "*norm,embed"  # fnmatch patterns on parameter path parts
+    c.grad_clip = 1.0  # global norm; 0 = off
     c.grad_accum_steps = 1
-    c.skip_nonfinite = False                 # True: skip a non-finite update instead of stopping
+    c.skip_nonfinite = False  # True: skip a non-finite update instead of stopping
 
     # Parallelism: mesh axis sizes (one may be -1: the remaining devices).
     mesh = c.mesh = ml_collections.ConfigDict()
@@ -107,11 +108,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.checkpoint_every = 100
     c.keep_checkpoints = 3
     c.async_checkpointing = True
-    c.init_from = ""             # a workdir / checkpoint step dir (weights only), or hf:PATH
+    c.init_from = ""  # a workdir / checkpoint step dir (weights only), or hf:PATH
     c.log_every = 50
     c.eval_every = 100
-    c.peak_tflops = 0.0          # per device, for MFU; 0 = measure a matmul (CPU) once
-    c.compilation_cache = "~/.cache/phd_jax/jax_cache"   # "" disables
+    c.peak_tflops = 0.0  # per device, for MFU; 0 = measure a matmul (CPU) once
+    c.compilation_cache = "~/.cache/phd_jax/jax_cache"  # "" disables
     c.sample_prompt = "ROMEO.\n"
     c.sample_tokens = 200
     return c
@@ -142,15 +143,18 @@ def apply_model_name(config: ml_collections.ConfigDict, name: str | None):
         return config
     try:
         mc = ModelConfig.from_name(name)
-    except ValueError as e:
-        raise ConfigError(f"config argument {name!r} is invalid: allowed: vanilla, naive-K, PHD-K, "
-                          f"PHD-SWA-K-W-inf, PHD-CSWA-K-W-C (e.g. configs/default.py:PHD-SWA-3-16-inf)") from None
+    except ValueError:
+        raise ConfigError(
+            f"config argument {name!r} is invalid: allowed: vanilla, naive-K, PHD-K, "
+            f"PHD-SWA-K-W-inf, PHD-CSWA-K-W-C (e.g. configs/default.py:PHD-SWA-3-16-inf)"
+        ) from None
     config.model.variant, config.model.repeat = mc.variant, mc.repeat
     config.model.window, config.model.chunk = mc.window, mc.chunk or 0
     return config
 
 
 # ---- validation ------------------------------------------------------------------------------
+
 
 def _check_keys(section, reference, prefix: str):
     for key in section.keys():
@@ -163,8 +167,18 @@ def _check_keys(section, reference, prefix: str):
 def _model_fields(config, tokenizer) -> dict:
     m = dict(config.model)
     name = "config.model."
-    for f in ("num_layers", "d_model", "num_heads", "num_kv_heads", "head_dim", "mlp_dim",
-              "max_seq_len", "block_q", "block_kv", "repeat"):
+    for f in (
+        "num_layers",
+        "d_model",
+        "num_heads",
+        "num_kv_heads",
+        "head_dim",
+        "mlp_dim",
+        "max_seq_len",
+        "block_q",
+        "block_kv",
+        "repeat",
+    ):
         m[f] = as_int(name + f, m[f], 1, error=ConfigError)
     for f in ("window", "chunk", "vocab_size"):
         m[f] = as_int(name + f, m[f], 0, error=ConfigError)
@@ -174,16 +188,22 @@ def _model_fields(config, tokenizer) -> dict:
         m[f] = as_float(name + f, m[f], 0.0, low_open=True, error=ConfigError)
     variant = m["variant"]
     if variant not in ("phd_swa", "phd_cswa") and m["window"]:
-        raise ConfigError(f"config.model.window={m['window']} is not used by variant {variant!r} but "
-                          f"left at a non-zero value: set --config.model.window=0 (or pick phd_swa / phd_cswa)")
+        raise ConfigError(
+            f"config.model.window={m['window']} is not used by variant {variant!r} but "
+            f"left at a non-zero value: set --config.model.window=0 (or pick phd_swa / phd_cswa)"
+        )
     if variant != "phd_cswa" and m["chunk"]:
-        raise ConfigError(f"config.model.chunk={m['chunk']} is not used by variant {variant!r} but "
-                          f"left at a non-zero value: set --config.model.chunk=0 (or pick phd_cswa)")
+        raise ConfigError(
+            f"config.model.chunk={m['chunk']} is not used by variant {variant!r} but "
+            f"left at a non-zero value: set --config.model.chunk=0 (or pick phd_cswa)"
+        )
     if variant == "phd_cswa" and not m["chunk"]:
         raise ConfigError("config.model.chunk=0 is invalid: phd_cswa needs a chunk C >= 1")
     if variant == "vanilla" and m["repeat"] != 1:
-        raise ConfigError(f"config.model.repeat={m['repeat']} is not used by variant 'vanilla' but "
-                          f"left at a non-zero value: set --config.model.repeat=1 (or pick phd)")
+        raise ConfigError(
+            f"config.model.repeat={m['repeat']} is not used by variant 'vanilla' but "
+            f"left at a non-zero value: set --config.model.repeat=1 (or pick phd)"
+        )
     m["chunk"] = m["chunk"] or None
     if tokenizer is not None:
         if m["vocab_size"] == 0:
@@ -216,17 +236,22 @@ def mesh_shape(config, num_devices: int) -> tuple[int, int, int]:
         sizes[a] = v
     free = [a for a in MESH_AXES if sizes[a] == -1]
     if len(free) > 1:
-        raise ConfigError(f"config.mesh.{free[1]}=-1 is invalid: only one mesh axis may be -1 "
-                          f"(config.mesh.{free[0]} already is)")
+        raise ConfigError(
+            f"config.mesh.{free[1]}=-1 is invalid: only one mesh axis may be -1 (config.mesh.{free[0]} already is)"
+        )
     fixed = math.prod(v for v in sizes.values() if v != -1)
     if free:
         if num_devices % fixed:
-            raise ConfigError(f"config.mesh.{free[0]}=-1 is invalid: the other axes use {fixed} devices, "
-                              f"which does not divide the {num_devices} devices")
+            raise ConfigError(
+                f"config.mesh.{free[0]}=-1 is invalid: the other axes use {fixed} devices, "
+                f"which does not divide the {num_devices} devices"
+            )
         sizes[free[0]] = num_devices // fixed
     elif fixed != num_devices:
-        raise ConfigError(f"config.mesh={sizes} is invalid: data*fsdp*tensor={fixed} must equal the "
-                          f"{num_devices} devices (set one axis to -1 for the remaining devices)")
+        raise ConfigError(
+            f"config.mesh={sizes} is invalid: data*fsdp*tensor={fixed} must equal the "
+            f"{num_devices} devices (set one axis to -1 for the remaining devices)"
+        )
     return tuple(sizes[a] for a in MESH_AXES)
 
 
@@ -239,17 +264,34 @@ def validate(config, num_devices: int, tokenizer=None, process_count: int = 1) -
             raise ConfigError(f"config.{section} must be a section (ConfigDict), got {type(config[section]).__name__}")
         _check_keys(config[section], base[section], f"config.{section}.")
     cfg = model_config(config, tokenizer)
-    ints = dict(seq_len=1, batch_size=1, num_steps=1, log_every=1, eval_every=1, eval_batches=1,
-                warmup_steps=0, grad_accum_steps=1, checkpoint_every=1, keep_checkpoints=1,
-                sample_tokens=0, seed=0)
+    ints = dict(
+        seq_len=1,
+        batch_size=1,
+        num_steps=1,
+        log_every=1,
+        eval_every=1,
+        eval_batches=1,
+        warmup_steps=0,
+        grad_accum_steps=1,
+        checkpoint_every=1,
+        keep_checkpoints=1,
+        sample_tokens=0,
+        seed=0,
+    )
     for key, low in ints.items():
         as_int(f"config.{key}", config[key], low, error=ConfigError)
-    for key, lo, hi in (("learning_rate", 0.0, None), ("weight_decay", 0.0, None), ("grad_clip", 0.0, None),
-                        ("min_lr_ratio", 0.0, 1.0), ("adam_b1", 0.0, 1.0), ("adam_b2", 0.0, 1.0),
-                        ("adam_eps", 0.0, None), ("peak_tflops", 0.0, None)):
+    for key, lo, hi in (
+        ("learning_rate", 0.0, None),
+        ("weight_decay", 0.0, None),
+        ("grad_clip", 0.0, None),
+        ("min_lr_ratio", 0.0, 1.0),
+        ("adam_b1", 0.0, 1.0),
+        ("adam_b2", 0.0, 1.0),
+        ("adam_eps", 0.0, None),
+        ("peak_tflops", 0.0, None),
+    ):
         as_float(f"config.{key}", config[key], lo, hi, error=ConfigError)
-    as_float("config.val_fraction", config.val_fraction, 0.0, 1.0, low_open=True, high_open=True,
-             error=ConfigError)
+    as_float("config.val_fraction", config.val_fraction, 0.0, 1.0, low_open=True, high_open=True, error=ConfigError)
     for key in ("skip_nonfinite", "async_checkpointing"):
         as_bool(f"config.{key}", config[key], error=ConfigError)
     one_of("config.schedule", config.schedule, SCHEDULES, error=ConfigError)
@@ -257,31 +299,43 @@ def validate(config, num_devices: int, tokenizer=None, process_count: int = 1) -
         if not isinstance(config[key], str):
             raise ConfigError(f"config.{key}={config[key]!r} is invalid: must be a string")
     if config.seq_len > cfg.max_seq_len:
-        raise ConfigError(f"config.seq_len={config.seq_len} is invalid: exceeds "
-                          f"config.model.max_seq_len={cfg.max_seq_len}")
+        raise ConfigError(
+            f"config.seq_len={config.seq_len} is invalid: exceeds config.model.max_seq_len={cfg.max_seq_len}"
+        )
     data, fsdp, _ = mesh_shape(config, num_devices)
     dp = data * fsdp
     if config.batch_size % process_count:
-        raise ConfigError(f"config.batch_size={config.batch_size} is invalid: must be a multiple of the "
-                          f"{process_count} processes")
+        raise ConfigError(
+            f"config.batch_size={config.batch_size} is invalid: must be a multiple of the {process_count} processes"
+        )
     if config.batch_size % config.grad_accum_steps:
-        raise ConfigError(f"config.batch_size={config.batch_size} is invalid: must be a multiple of "
-                          f"config.grad_accum_steps={config.grad_accum_steps}")
+        raise ConfigError(
+            f"config.batch_size={config.batch_size} is invalid: must be a multiple of "
+            f"config.grad_accum_steps={config.grad_accum_steps}"
+        )
     micro = config.batch_size // config.grad_accum_steps
     if micro % dp:
-        raise ConfigError(f"config.batch_size={config.batch_size} is invalid: each of the "
-                          f"{config.grad_accum_steps} microbatches ({micro} sequences) must be a multiple of "
-                          f"the data-parallel size mesh.data*mesh.fsdp={dp}")
+        raise ConfigError(
+            f"config.batch_size={config.batch_size} is invalid: each of the "
+            f"{config.grad_accum_steps} microbatches ({micro} sequences) must be a multiple of "
+            f"the data-parallel size mesh.data*mesh.fsdp={dp}"
+        )
     if config.sample_tokens:
-        prompt = len(config.sample_prompt.encode("utf-8")) if tokenizer is None else \
-            len(tokenizer.encode(config.sample_prompt))
+        prompt = (
+            len(config.sample_prompt.encode("utf-8"))
+            if tokenizer is None
+            else len(tokenizer.encode(config.sample_prompt))
+        )
         if prompt < 1:
-            raise ConfigError("config.sample_prompt='' is invalid: sampling needs at least one token "
-                              "(or set config.sample_tokens=0)")
+            raise ConfigError(
+                "config.sample_prompt='' is invalid: sampling needs at least one token (or set config.sample_tokens=0)"
+            )
         if prompt + config.sample_tokens > cfg.max_seq_len:
-            raise ConfigError(f"config.sample_tokens={config.sample_tokens} is invalid: the prompt "
-                              f"({prompt} tokens) plus the sample must fit config.model.max_seq_len="
-                              f"{cfg.max_seq_len}")
+            raise ConfigError(
+                f"config.sample_tokens={config.sample_tokens} is invalid: the prompt "
+                f"({prompt} tokens) plus the sample must fit config.model.max_seq_len="
+                f"{cfg.max_seq_len}"
+            )
     _check_rules(config.logical_axis_rules)
     return cfg
 
@@ -292,8 +346,10 @@ def _check_rules(rules):
         axes = rule[1] if ok else None
         axes = () if axes is None else (axes,) if isinstance(axes, str) else axes
         if not ok or not all(a in MESH_AXES for a in axes):
-            raise ConfigError(f"config.logical_axis_rules[{i}]={rule!r} is invalid: must be "
-                              f"(logical_name, mesh axes) with mesh axes from {', '.join(MESH_AXES)} or None")
+            raise ConfigError(
+                f"config.logical_axis_rules[{i}]={rule!r} is invalid: must be "
+                f"(logical_name, mesh axes) with mesh axes from {', '.join(MESH_AXES)} or None"
+            )
 
 
 def logical_rules(config) -> tuple:
@@ -305,6 +361,7 @@ def logical_rules(config) -> tuple:
 
 
 # ---- the workdir's JSON files ---------------------------------------------------------------
+
 
 def to_json(config) -> str:
     return json.dumps(config.to_dict(), indent=2, sort_keys=True, default=list)

@@ -1,4 +1,5 @@
 """What `train.py` does around the trainer: multi-host start-up, one-line errors, the final sample."""
+
 from __future__ import annotations
 
 import os
@@ -8,37 +9,49 @@ import sys
 import jax
 
 
-def initialize_distributed(coordinator_address: str | None = None, num_processes: int | None = None,
-                           process_id: int | None = None):
+def initialize_distributed(
+    coordinator_address: str | None = None, num_processes: int | None = None, process_id: int | None = None
+):
     """`jax.distributed.initialize` when this is one of several processes: explicit flags, or the
     environment jax knows (JAX_COORDINATOR_ADDRESS, SLURM, Cloud TPU pods, ...). Call before any
     other JAX work. On CPU the collectives go through gloo."""
     explicit = any(v is not None for v in (coordinator_address, num_processes, process_id))
-    env = (os.environ.get("JAX_COORDINATOR_ADDRESS") or int(os.environ.get("SLURM_NTASKS", "1")) > 1
-           or len([h for h in os.environ.get("TPU_WORKER_HOSTNAMES", "").split(",") if h]) > 1)
+    env = (
+        os.environ.get("JAX_COORDINATOR_ADDRESS")
+        or int(os.environ.get("SLURM_NTASKS", "1")) > 1
+        or len([h for h in os.environ.get("TPU_WORKER_HOSTNAMES", "").split(",") if h]) > 1
+    )
     if not (explicit or env):
         return
     if "cpu" in (os.environ.get("JAX_PLATFORMS") or "cpu").split(","):
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
-                               process_id=process_id)
+    jax.distributed.initialize(
+        coordinator_address=coordinator_address, num_processes=num_processes, process_id=process_id
+    )
 
 
 def flag_error_message(e: BaseException) -> str:
     """One line for an error raised while parsing --config overrides (unknown key, bad file)."""
-    while e.args and isinstance(e.args[0], BaseException):   # AttributeError(KeyError(...))
+    while e.args and isinstance(e.args[0], BaseException):  # AttributeError(KeyError(...))
         e = e.args[0]
     text = str(e.args[0]) if e.args else str(e)
     m = re.match(r"""['"]?'?([^'"\n]+)'?['"]?\nDid you mean "([^"]+)" instead""", text)
     if m or isinstance(e, (KeyError, AttributeError)):
         key = m.group(1) if m else text.strip("'\"")
-        flag = next((a.split("=")[0] for a in sys.argv[1:]
-                     if a.startswith("--config.") and re.search(rf"\.{re.escape(key)}(\.|=|$)", a)), None)
+        flag = next(
+            (
+                a.split("=")[0]
+                for a in sys.argv[1:]
+                if a.startswith("--config.") and re.search(rf"\.{re.escape(key)}(\.|=|$)", a)
+            ),
+            None,
+        )
         hint = f" (did you mean {m.group(2)!r}?)" if m else ""
         return f"{flag or '--config'}: {key!r} is not a config key{hint}"
     from phd_jax.checks import ConfigError
+
     cause, found = e, None
-    while cause is not None:   # the ConfigError raised by get_config, under ml_collections' re-raises
+    while cause is not None:  # the ConfigError raised by get_config, under ml_collections' re-raises
         if isinstance(cause, ConfigError):
             found = cause
         # `raise ... from None` hides the context: an error re-raised with a better message wins
@@ -46,7 +59,7 @@ def flag_error_message(e: BaseException) -> str:
     if found is not None:
         text = str(found)
     lines = [line.strip() for line in text.splitlines() if line.strip()]
-    if len(lines) > 1:   # ml_collections puts the loader's traceback in the message: keep its last line
+    if len(lines) > 1:  # ml_collections puts the loader's traceback in the message: keep its last line
         last = re.sub(r"^[\w.]*(Error|Exception): ", "", lines[-1])
         return last if found is not None else f"{lines[0].rstrip(':')}: {last}"
     if found is not None or text.startswith("flag --"):
@@ -67,6 +80,14 @@ def sample_after_training(config, workdir: str):
     cfg, params, step = restore_params(workdir)
     tok = make_pipeline(config).tokenizer
     prompt = np.asarray(tok.encode(config.sample_prompt), np.int32)[None]
-    out = generate(params, cfg, prompt, int(config.sample_tokens), rng=jax.random.key(config.seed),
-                   temperature=0.8, top_k=40, max_len=prompt.shape[1] + int(config.sample_tokens))
+    out = generate(
+        params,
+        cfg,
+        prompt,
+        int(config.sample_tokens),
+        rng=jax.random.key(config.seed),
+        temperature=0.8,
+        top_k=40,
+        max_len=prompt.shape[1] + int(config.sample_tokens),
+    )
     print(f"\n--- sample from {cfg.name} (step {step}) ---\n{config.sample_prompt}{tok.decode(out[0])}")

@@ -29,6 +29,7 @@ tells TensorBoard to purge earlier files' events after S, so no step is ever dup
 (`start_step=0` in a used workdir: a run started over replaces the old records).
 `read_metrics(workdir)` and `series(...)` read the file back for plots and experiments.
 """
+
 from __future__ import annotations
 
 import json
@@ -56,14 +57,20 @@ class MetricWriter:
     multi-host run) writes nothing at all. Use as a context manager or call `close()`.
     """
 
-    def __init__(self, workdir: str, is_main: bool = True, total_steps: int | None = None,
-                 start_step: int = 0, progress: bool | None = None):
+    def __init__(
+        self,
+        workdir: str,
+        is_main: bool = True,
+        total_steps: int | None = None,
+        start_step: int = 0,
+        progress: bool | None = None,
+    ):
         self.workdir = os.fspath(workdir)
         self.is_main = bool(is_main)
         self.total_steps = None if total_steps is None else as_int("total_steps", total_steps, low=0)
         self.start_step = as_int("start_step", start_step, low=0)
         self._bar = self._tb = self._jsonl = None
-        self.dropped = 0          # records of an earlier run removed on open (see truncate_metrics)
+        self.dropped = 0  # records of an earlier run removed on open (see truncate_metrics)
         if not self.is_main:
             return
         os.makedirs(self.workdir, exist_ok=True)
@@ -71,17 +78,26 @@ class MetricWriter:
         self.dropped = truncate_metrics(self.path, self.start_step)
         self._jsonl = open(self.path, "a", encoding="utf-8")
         from tensorboardX import SummaryWriter
+
         tb_dir = os.path.join(self.workdir, TENSORBOARD_DIR)
         earlier = os.path.isdir(tb_dir) and any(f.startswith("events.") for f in os.listdir(tb_dir))
         # purge_step: TensorBoard hides the events of earlier files from this step on.
-        self._tb = SummaryWriter(tb_dir, purge_step=self.start_step + 1 if earlier else None,
-                                 flush_secs=30, filename_suffix=_event_suffix())
+        self._tb = SummaryWriter(
+            tb_dir, purge_step=self.start_step + 1 if earlier else None, flush_secs=30, filename_suffix=_event_suffix()
+        )
         if progress is None:
             progress = sys.stdout.isatty()
         if progress:
             from tqdm.auto import tqdm
-            self._bar = tqdm(total=self.total_steps, initial=self.start_step, unit="step",
-                             desc="train", file=sys.stdout, dynamic_ncols=True)
+
+            self._bar = tqdm(
+                total=self.total_steps,
+                initial=self.start_step,
+                unit="step",
+                desc="train",
+                file=sys.stdout,
+                dynamic_ncols=True,
+            )
 
     # ---- writing -------------------------------------------------------------------
     def write(self, step: int, metrics: dict):
@@ -127,8 +143,7 @@ class MetricWriter:
     def format_line(self, values: dict) -> str:
         step = values["step"]
         head = f"step {step}" if self.total_steps is None else f"step {step}/{self.total_steps}"
-        return " | ".join([head] + [f"{k} {format_value(k, v)}" for k, v in values.items()
-                                    if k != "step"])
+        return " | ".join([head] + [f"{k} {format_value(k, v)}" for k, v in values.items() if k != "step"])
 
     def _print(self, text: str):
         if self._bar is not None:
@@ -153,7 +168,7 @@ class MetricWriter:
     def __exit__(self, *exc):
         self.close()
 
-    def __del__(self):   # an un-closed writer still flushes its files
+    def __del__(self):  # an un-closed writer still flushes its files
         try:
             self.close()
         except Exception:
@@ -205,7 +220,7 @@ def format_value(name: str, value) -> str:
         return f"{value:.3e}"
     if abs(value) < 1:
         return f"{value:.4f}"
-    return f"{value:.{max(0, 3 - int(math.floor(math.log10(abs(value)))))}f}"   # 4 digits, fixed
+    return f"{value:.{max(0, 3 - int(math.floor(math.log10(abs(value)))))}f}"  # 4 digits, fixed
 
 
 def _si(value: float) -> str:
@@ -216,6 +231,7 @@ def _si(value: float) -> str:
 
 
 # ---- the jsonl file ---------------------------------------------------------------
+
 
 def _read_lines(path: str) -> tuple[list[dict], int]:
     """Records of a metrics file and the number of unreadable lines (e.g. a line cut short
@@ -277,16 +293,20 @@ def series(records: list[dict], key: str, x: str = "step") -> tuple[np.ndarray, 
 
 # ---- throughput -------------------------------------------------------------------
 
-def throughput(config: ModelConfig, seq_len: int, sequences: int, seconds: float,
-               peak_flops_per_s: float | None = None) -> dict[str, float]:
+
+def throughput(
+    config: ModelConfig, seq_len: int, sequences: int, seconds: float, peak_flops_per_s: float | None = None
+) -> dict[str, float]:
     """Speed metrics of `sequences` sequences of `seq_len` trained in `seconds`:
     `tokens_per_s` (original), `processed_tokens_per_s` (K x), `tflops` (analytic, see
     `phd_jax.flops`) and `mfu` when a peak FLOP/s is given."""
     tokens = sequences * seq_len
     flops = sequences * train_flops_per_sequence(config, seq_len)
-    out = {"tokens_per_s": tokens / seconds,
-           "processed_tokens_per_s": tokens * config.repeat / seconds,
-           "tflops": flops / seconds / 1e12}
+    out = {
+        "tokens_per_s": tokens / seconds,
+        "processed_tokens_per_s": tokens * config.repeat / seconds,
+        "tflops": flops / seconds / 1e12,
+    }
     if peak_flops_per_s:
         out["mfu"] = flops / seconds / peak_flops_per_s
     return out

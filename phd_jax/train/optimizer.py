@@ -4,6 +4,7 @@ The schedule is a function of the step and `config.num_steps`: a resumed run who
 `num_steps` grew rebuilds it, so warmup stays as it was and the decay stretches to the
 new last step (the learning rate at the resume step is the new schedule's value there).
 """
+
 from __future__ import annotations
 
 import fnmatch
@@ -42,8 +43,14 @@ def make_optimizer(config) -> optax.GradientTransformation:
     parts = []
     if float(config.grad_clip) > 0:
         parts.append(optax.clip_by_global_norm(float(config.grad_clip)))
-    parts.append(optax.adamw(learning_rate_schedule(config), b1=float(config.adam_b1),
-                             b2=float(config.adam_b2), eps=float(config.adam_eps),
-                             weight_decay=float(config.weight_decay),
-                             mask=lambda p: decay_mask(p, config.weight_decay_exclude)))
+    parts.append(
+        optax.adamw(
+            learning_rate_schedule(config),
+            b1=float(config.adam_b1),
+            b2=float(config.adam_b2),
+            eps=float(config.adam_eps),
+            weight_decay=float(config.weight_decay),
+            mask=lambda p: decay_mask(p, config.weight_decay_exclude),
+        )
+    )
     return optax.chain(*parts)

@@ -4,6 +4,7 @@
 `data`, the batch; `tensor` shards heads, KV heads, MLP and vocabulary. Every sharded
 dimension is checked against its mesh axes before anything compiles.
 """
+
 from __future__ import annotations
 
 import math
@@ -11,7 +12,8 @@ import math
 import flax.linen as nn
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from phd_jax.checks import ConfigError
 from phd_jax.config import ModelConfig
@@ -23,8 +25,7 @@ def make_mesh(config, devices=None) -> Mesh:
     devices = jax.devices() if devices is None else devices
     shape = mesh_shape(config, len(devices))
     if len(devices) == jax.device_count() and devices == jax.devices():
-        return jax.make_mesh(shape, MESH_AXES, devices=devices,
-                             axis_types=(jax.sharding.AxisType.Auto,) * 3)
+        return jax.make_mesh(shape, MESH_AXES, devices=devices, axis_types=(jax.sharding.AxisType.Auto,) * 3)
     return Mesh(np.asarray(devices).reshape(shape), MESH_AXES)
 
 
@@ -53,11 +54,11 @@ def param_specs(cfg: ModelConfig, rules, mesh: Mesh):
                     f"parameter {_path_name(path)} (shape {tuple(shape.shape)}): dimension {dim} "
                     f"({name}={shape.shape[dim]}) is not divisible by mesh axes {axes} of size {size} "
                     f"(config.logical_axis_rules: ({name!r}, {rule_of.get(name)!r})); change the mesh "
-                    f"or map {name!r} to None")
+                    f"or map {name!r} to None"
+                )
         return mesh_spec
 
-    return jax.tree_util.tree_map_with_path(one, logical, shapes,
-                                            is_leaf=lambda x: isinstance(x, P))
+    return jax.tree_util.tree_map_with_path(one, logical, shapes, is_leaf=lambda x: isinstance(x, P))
 
 
 def shardings_like(tree_specs, mesh: Mesh):
@@ -92,21 +93,31 @@ def train_shardings(cfg: ModelConfig, config, optimizer, mesh: Mesh):
     params_sh = shardings_like(specs, mesh)
     params_shape = param_shapes(cfg)
     replicated = NamedSharding(mesh, P())
-    state = {"step": replicated, "rng": replicated, "params": params_sh,
-             "opt_state": opt_state_shardings(optimizer, params_shape, params_sh, mesh),
-             "nonfinite": replicated}
+    state = {
+        "step": replicated,
+        "rng": replicated,
+        "params": params_sh,
+        "opt_state": opt_state_shardings(optimizer, params_shape, params_sh, mesh),
+        "nonfinite": replicated,
+    }
     return state, NamedSharding(mesh, batch_spec(rules))
 
 
 def check_divisible_heads(cfg: ModelConfig, config, mesh: Mesh):
     """Activation axes the rules shard must divide too (heads over `tensor` in attention)."""
     rules = logical_rules(config)
-    for name, size in (("activation_heads", cfg.num_heads), ("activation_kv_heads", cfg.num_kv_heads),
-                       ("activation_mlp", cfg.mlp_dim), ("activation_vocab", cfg.vocab_size)):
+    for name, size in (
+        ("activation_heads", cfg.num_heads),
+        ("activation_kv_heads", cfg.num_kv_heads),
+        ("activation_mlp", cfg.mlp_dim),
+        ("activation_vocab", cfg.vocab_size),
+    ):
         axes = _mesh_axes(P(name), rules)[0]
         if axes is None:
             continue
         n = math.prod(mesh.shape[a] for a in ((axes,) if isinstance(axes, str) else axes))
         if size % n:
-            raise ConfigError(f"{name.replace('activation_', '')}={size} is not divisible by mesh axes "
-                              f"{axes} of size {n} (config.logical_axis_rules: ({name!r}, {axes!r}))")
+            raise ConfigError(
+                f"{name.replace('activation_', '')}={size} is not divisible by mesh axes "
+                f"{axes} of size {n} (config.logical_axis_rules: ({name!r}, {axes!r}))"
+            )

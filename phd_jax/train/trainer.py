@@ -8,6 +8,7 @@ the config's logical-axis rules; each process feeds its slice of the global batc
 Checkpoints every `checkpoint_every` steps (async) and on SIGTERM; a second call with
 the same workdir resumes from the latest complete checkpoint.
 """
+
 from __future__ import annotations
 
 import functools
@@ -21,7 +22,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from phd_jax.checks import ConfigError, check_params
 from phd_jax.config import ModelConfig
@@ -37,6 +39,7 @@ class TrainingError(RuntimeError):
 
 
 # ---- the loss and the steps (pure) -------------------------------------------------------------
+
 
 def _as_batch(batch) -> dict:
     return batch if isinstance(batch, dict) else {"tokens": batch}
@@ -83,7 +86,8 @@ def compute_grads(params, batch: dict, cfg: ModelConfig, grad_accum_steps: int =
     if grad_accum_steps == 1:
         (total, count), grads = grad_fn(params, batch)
     else:
-        def split(x):   # row r -> microbatch r % n: every device keeps its own rows
+
+        def split(x):  # row r -> microbatch r % n: every device keeps its own rows
             x = x.reshape(x.shape[0] // grad_accum_steps, grad_accum_steps, *x.shape[1:]).swapaxes(0, 1)
             if batch_spec is not None:
                 x = jax.lax.with_sharding_constraint(x, P(None, *batch_spec))
@@ -99,8 +103,9 @@ def compute_grads(params, batch: dict, cfg: ModelConfig, grad_accum_steps: int =
     return total / count, jax.tree.map(lambda g: g / count, grads)
 
 
-def train_step(state: dict, batch: dict, cfg: ModelConfig, optimizer, schedule,
-               grad_accum_steps: int = 1, batch_spec=None):
+def train_step(
+    state: dict, batch: dict, cfg: ModelConfig, optimizer, schedule, grad_accum_steps: int = 1, batch_spec=None
+):
     """One optimizer step on a global batch: (new state, metrics). A non-finite loss or gradient
     leaves params and optimizer state unchanged and counts in `state["nonfinite"]`."""
     params = state["params"]
@@ -117,8 +122,7 @@ def train_step(state: dict, batch: dict, cfg: ModelConfig, optimizer, schedule,
         "opt_state": keep(opt_state, state["opt_state"]),
         "nonfinite": state["nonfinite"] + (~finite).astype(jnp.int32),
     }
-    metrics = {"loss": loss, "grad_norm": grad_norm, "learning_rate": schedule(state["step"]),
-               "finite": finite}
+    metrics = {"loss": loss, "grad_norm": grad_norm, "learning_rate": schedule(state["step"]), "finite": finite}
     return new_state, metrics
 
 
@@ -128,6 +132,7 @@ def eval_step(params, batch: dict, cfg: ModelConfig):
 
 
 # ---- helpers ------------------------------------------------------------------------------------
+
 
 def enable_compilation_cache(path: str):
     """JAX's persistent compilation cache (a restart after preemption does not recompile)."""
@@ -149,21 +154,21 @@ class _Preemption:
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
     def __init__(self):
-        self.requested = None    # the name of the signal that asked to stop
+        self.requested = None  # the name of the signal that asked to stop
         self._old = {}
 
     def __enter__(self):
         for sig in self.SIGNALS:
             try:
-                if signal.getsignal(sig) is not signal.SIG_IGN:   # e.g. SIGINT in a background job
+                if signal.getsignal(sig) is not signal.SIG_IGN:  # e.g. SIGINT in a background job
                     self._old[sig] = signal.signal(sig, self._handle)
-            except ValueError:   # not the main thread (e.g. some notebooks): no handler
+            except ValueError:  # not the main thread (e.g. some notebooks): no handler
                 pass
         return self
 
     def _handle(self, signum, frame):
         self.requested = signal.Signals(signum).name
-        if signum == signal.SIGINT:   # a second Ctrl-C behaves as usual
+        if signum == signal.SIGINT:  # a second Ctrl-C behaves as usual
             signal.signal(signal.SIGINT, self._old.get(signal.SIGINT, signal.default_int_handler))
 
     def __exit__(self, *exc):
@@ -186,7 +191,8 @@ def _init_params(config, cfg: ModelConfig, params_sh, log):
     if not source:
         return jax.jit(lambda: init_params(cfg, int(config.seed)), out_shardings=params_sh)()
     if source.startswith("hf:"):
-        from phd_jax.interop import load_hf_llama   # lazily: only this path needs transformers files
+        from phd_jax.interop import load_hf_llama  # lazily: only this path needs transformers files
+
         src_cfg, params = load_hf_llama(source[3:], param_dtype=cfg.param_dtype, scan_layers=cfg.scan_layers)
     else:
         src_cfg, params, step = ckpt.restore_params(source)
@@ -194,10 +200,12 @@ def _init_params(config, cfg: ModelConfig, params_sh, log):
     try:
         check_params(params, cfg)
     except (TypeError, ValueError) as e:
-        raise ConfigError(f"config.init_from={config.init_from!r} is invalid: its parameters ({src_cfg.name}) "
-                          f"do not fit config.model: {e}") from None
+        raise ConfigError(
+            f"config.init_from={config.init_from!r} is invalid: its parameters ({src_cfg.name}) "
+            f"do not fit config.model: {e}"
+        ) from None
     want = param_shapes(cfg)
-    params = jax.tree.map(lambda x, w: np.asarray(x).astype(w.dtype), params, want)   # the run's param_dtype
+    params = jax.tree.map(lambda x, w: np.asarray(x).astype(w.dtype), params, want)  # the run's param_dtype
     log(f"initialised the weights from {source}")
     return jax.device_put(params, params_sh)
 
@@ -206,8 +214,7 @@ def abstract_train_state(cfg: ModelConfig, optimizer, state_sh):
     """The state's shapes with the target shardings (restore onto any mesh)."""
     params_shape = param_shapes(cfg)
     opt_shape = jax.eval_shape(optimizer.init, params_shape)
-    return ckpt.abstract_state(params_shape, opt_shape, state_sh["params"], state_sh["opt_state"],
-                               state_sh["step"])
+    return ckpt.abstract_state(params_shape, opt_shape, state_sh["params"], state_sh["opt_state"], state_sh["step"])
 
 
 def create_train_state(config, cfg: ModelConfig, optimizer, state_sh, mesh, log=print) -> dict:
@@ -215,13 +222,17 @@ def create_train_state(config, cfg: ModelConfig, optimizer, state_sh, mesh, log=
     params = _init_params(config, cfg, state_sh["params"], log)
     with jax.set_mesh(mesh):
         opt_state = jax.jit(optimizer.init, out_shardings=state_sh["opt_state"])(params)
-    return {"step": jax.device_put(np.int32(0), state_sh["step"]),
-            "rng": jax.device_put(np.asarray(jax.random.PRNGKey(config.seed)), state_sh["rng"]),
-            "nonfinite": jax.device_put(np.int32(0), state_sh["nonfinite"]),
-            "params": params, "opt_state": opt_state}
+    return {
+        "step": jax.device_put(np.int32(0), state_sh["step"]),
+        "rng": jax.device_put(np.asarray(jax.random.PRNGKey(config.seed)), state_sh["rng"]),
+        "nonfinite": jax.device_put(np.int32(0), state_sh["nonfinite"]),
+        "params": params,
+        "opt_state": opt_state,
+    }
 
 
 # ---- the loop -----------------------------------------------------------------------------------
+
 
 def train_and_evaluate(config, workdir: str, progress: bool | None = None, devices=None) -> dict:
     """Train until `config.num_steps` (resuming from WORKDIR's latest checkpoint); return the
@@ -235,7 +246,7 @@ def train_and_evaluate(config, workdir: str, progress: bool | None = None, devic
     pi, pc = jax.process_index(), jax.process_count()
     is_main = pi == 0
     pipe = make_pipeline(config, pi, pc)
-    cfg = validate(config, len(devices or jax.devices()), pipe.tokenizer, pc)   # every check before any work
+    cfg = validate(config, len(devices or jax.devices()), pipe.tokenizer, pc)  # every check before any work
     mesh = shd.make_mesh(config, devices)
     optimizer = make_optimizer(config)
     schedule = learning_rate_schedule(config)
@@ -247,7 +258,7 @@ def train_and_evaluate(config, workdir: str, progress: bool | None = None, devic
     enable_compilation_cache(config.compilation_cache)
     log = print if is_main else (lambda *a, **k: None)
     state = None
-    if saved is None:   # a new run: step 0 first, so that a bad init_from leaves the workdir as it was
+    if saved is None:  # a new run: step 0 first, so that a bad init_from leaves the workdir as it was
         state = create_train_state(config, cfg, optimizer, state_sh, mesh, log)
     if is_main:
         ckpt.write_run_files(workdir, config, cfg)
@@ -260,20 +271,34 @@ def train_and_evaluate(config, workdir: str, progress: bool | None = None, devic
         it.set_state(data_state)
         log(f"resuming from step {latest} ({workdir}/{ckpt.CHECKPOINTS}/{latest})")
         if saved.get("num_steps") != config.num_steps:
-            log(f"config.num_steps changed from {saved.get('num_steps')} to {config.num_steps}: the learning-rate "
+            log(
+                f"config.num_steps changed from {saved.get('num_steps')} to {config.num_steps}: the learning-rate "
                 f"schedule is rebuilt for the new length (same warmup; the decay now ends at step "
-                f"{config.num_steps}, so it continues from the new schedule's value at step {latest})")
-    elif state is None:   # a workdir whose run was set up but never checkpointed
+                f"{config.num_steps}, so it continues from the new schedule's value at step {latest})"
+            )
+    elif state is None:  # a workdir whose run was set up but never checkpointed
         state = create_train_state(config, cfg, optimizer, state_sh, mesh, log)
     start = int(jax.device_get(state["step"]))
 
     spec = shd.batch_spec(rules)
-    step_fn = jax.jit(functools.partial(train_step, cfg=cfg, optimizer=optimizer, schedule=schedule,
-                                        grad_accum_steps=int(config.grad_accum_steps), batch_spec=spec),
-                      in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, state_sh["step"]),
-                      donate_argnums=0)
-    eval_fn = jax.jit(functools.partial(eval_step, cfg=cfg), in_shardings=(state_sh["params"], batch_sh),
-                      out_shardings=state_sh["step"])
+    step_fn = jax.jit(
+        functools.partial(
+            train_step,
+            cfg=cfg,
+            optimizer=optimizer,
+            schedule=schedule,
+            grad_accum_steps=int(config.grad_accum_steps),
+            batch_spec=spec,
+        ),
+        in_shardings=(state_sh, batch_sh),
+        out_shardings=(state_sh, state_sh["step"]),
+        donate_argnums=0,
+    )
+    eval_fn = jax.jit(
+        functools.partial(eval_step, cfg=cfg),
+        in_shardings=(state_sh["params"], batch_sh),
+        out_shardings=state_sh["step"],
+    )
     all_finite = jax.jit(lambda p: jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(p)])))
     eval_data = None
 
@@ -291,24 +316,31 @@ def train_and_evaluate(config, workdir: str, progress: bool | None = None, devic
 
     def save(step):
         if not bool(jax.device_get(all_finite(state["params"]))):
-            raise TrainingError(f"parameters at step {step} are not finite: no checkpoint written "
-                                f"(the last complete one is step {mgr.latest_step()})")
+            raise TrainingError(
+                f"parameters at step {step} are not finite: no checkpoint written "
+                f"(the last complete one is step {mgr.latest_step()})"
+            )
         ckpt.save(mgr, step, state, it.get_state())
 
     tokens_per_step = int(config.batch_size) * int(config.seq_len)
     flops_per_step = int(config.batch_size) * train_flops_per_sequence(cfg, int(config.seq_len))
     peak = peak_flops(float(config.peak_tflops) or None, cfg.dtype) * mesh.size
     n_params = num_params(state["params"])
-    log(f"model {cfg.name}: {n_params:,} parameters, {cfg.num_layers} layers, d_model {cfg.d_model}, "
+    log(
+        f"model {cfg.name}: {n_params:,} parameters, {cfg.num_layers} layers, d_model {cfg.d_model}, "
         f"vocab {cfg.vocab_size}; mesh data={mesh.shape['data']} fsdp={mesh.shape['fsdp']} "
         f"tensor={mesh.shape['tensor']} over {mesh.size} {mesh.devices.flat[0].platform} device(s), "
-        f"{pc} process(es)")
-    log(f"workdir {workdir}: checkpoints in {ckpt.CHECKPOINTS}/ every {config.checkpoint_every} steps, "
-        f"metrics in metrics.jsonl and tensorboard/")
+        f"{pc} process(es)"
+    )
+    log(
+        f"workdir {workdir}: checkpoints in {ckpt.CHECKPOINTS}/ every {config.checkpoint_every} steps, "
+        f"metrics in metrics.jsonl and tensorboard/"
+    )
 
     metrics: dict = {}
-    writer = MetricWriter(workdir, is_main=is_main, total_steps=int(config.num_steps), start_step=start,
-                          progress=progress)
+    writer = MetricWriter(
+        workdir, is_main=is_main, total_steps=int(config.num_steps), start_step=start, progress=progress
+    )
     writer.write_text("config", "```\n" + to_json(config) + "\n```", start)
     preempted = False
     try:
@@ -323,7 +355,7 @@ def train_and_evaluate(config, workdir: str, progress: bool | None = None, devic
                 batch = _global_batch(next(it), batch_sh, pc)
                 data_time += time.perf_counter() - t_data
                 state, out = step_fn(state, batch)
-                if prev is not None and not bool(prev[1]["finite"]):   # one step behind: no stall
+                if prev is not None and not bool(prev[1]["finite"]):  # one step behind: no stall
                     _nonfinite(config, prev[0], prev[1])
                 prev = (step, out)
                 # evaluation steps are logged too, whatever log_every is
@@ -333,14 +365,20 @@ def train_and_evaluate(config, workdir: str, progress: bool | None = None, devic
                         _nonfinite(config, step, out)
                     now = time.perf_counter()
                     dt = (now - t_last) / (step - step_last)
-                    metrics = {"loss": float(out["loss"]), "perplexity": math.exp(min(float(out["loss"]), 700)),
-                               "grad_norm": float(out["grad_norm"]),
-                               "learning_rate": float(out["learning_rate"]), "step_time": dt,
-                               "data_time": data_time / (step - step_last),
-                               "tokens": step * tokens_per_step, "flops": step * flops_per_step,
-                               "tokens_per_s": tokens_per_step / dt,
-                               "processed_tokens_per_s": tokens_per_step * cfg.repeat / dt,
-                               "tflops": flops_per_step / dt / 1e12, "mfu": flops_per_step / dt / peak}
+                    metrics = {
+                        "loss": float(out["loss"]),
+                        "perplexity": math.exp(min(float(out["loss"]), 700)),
+                        "grad_norm": float(out["grad_norm"]),
+                        "learning_rate": float(out["learning_rate"]),
+                        "step_time": dt,
+                        "data_time": data_time / (step - step_last),
+                        "tokens": step * tokens_per_step,
+                        "flops": step * flops_per_step,
+                        "tokens_per_s": tokens_per_step / dt,
+                        "processed_tokens_per_s": tokens_per_step * cfg.repeat / dt,
+                        "tflops": flops_per_step / dt / 1e12,
+                        "mfu": flops_per_step / dt / peak,
+                    }
                     if config.skip_nonfinite:
                         metrics["skipped_steps"] = int(jax.device_get(state["nonfinite"]))
                     if step % config.eval_every == 0 or step == config.num_steps:
@@ -353,8 +391,10 @@ def train_and_evaluate(config, workdir: str, progress: bool | None = None, devic
                 if stop.requested:
                     save(step)
                     preempted = True
-                    log(f"{stop.requested}: saved a checkpoint at step {step} in {workdir}/{ckpt.CHECKPOINTS}; "
-                        f"run the same command again to resume")
+                    log(
+                        f"{stop.requested}: saved a checkpoint at step {step} in {workdir}/{ckpt.CHECKPOINTS}; "
+                        f"run the same command again to resume"
+                    )
                     break
                 if step % config.checkpoint_every == 0 or step == config.num_steps:
                     save(step)
@@ -370,6 +410,8 @@ def train_and_evaluate(config, workdir: str, progress: bool | None = None, devic
 def _nonfinite(config, step: int, out):
     if config.skip_nonfinite:
         return
-    raise TrainingError(f"non-finite loss ({float(out['loss'])}) or gradient norm ({float(out['grad_norm'])}) "
-                        f"at step {step}: stopped without saving it; the last checkpoint is clean. Lower "
-                        f"config.learning_rate, or set config.skip_nonfinite=True to skip such updates")
+    raise TrainingError(
+        f"non-finite loss ({float(out['loss'])}) or gradient norm ({float(out['grad_norm'])}) "
+        f"at step {step}: stopped without saving it; the last checkpoint is clean. Lower "
+        f"config.learning_rate, or set config.skip_nonfinite=True to skip such updates"
+    )

@@ -1,4 +1,5 @@
 """Loads the JSONL next to this file, so the task works from any working directory, offline."""
+
 import os
 
 import datasets
