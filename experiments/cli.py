@@ -1,22 +1,26 @@
 """One command line for every study (experiments/loss_vs_k.py etc. call `main(study_name)`).
 
     python -m experiments.loss_vs_k [--seeds=0,1,2] [--steps=400] [--root=runs/repro]
-        [--config=configs/repro.py] [--only=NAME,...] [--dry-run] [--flops-per-s=X] [--config.KEY=VALUE ...]
+        [--results=experiments/results] [--config=configs/repro.py] [--only=NAME,...] [--dry-run]
+        [--flops-per-s=X] [--config.KEY=VALUE ...]
 
 `--dry-run` prints the grid (every run, its state and workdir) and the estimated time, and
 trains nothing. `--config.KEY=VALUE` overrides reach every run (e.g. a bigger model on a GPU:
 `--config.model.d_model=512 --config.model.num_layers=8 --config.batch_size=64`); with
-another size, use another `--root`.
+another size, use another `--root`. `--results=DIR` keeps each finished run's result files in
+DIR/<study>/<setting>/seed<k>/ and skips the runs found there (experiments/sweep.py); `--results=`
+(empty) keeps none.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from experiments import timing
-from experiments.studies import COMMANDS
-from experiments.sweep import DEFAULT_CONFIG, DEFAULT_ROOT, execute, plan
+from experiments.studies import COMMANDS, OTHER_STUDIES
+from experiments.sweep import DEFAULT_CONFIG, DEFAULT_RESULTS, DEFAULT_ROOT, execute, plan
 from phd_jax.checks import ConfigError
 from phd_jax.hostmem import reexec_with_tuned_malloc
 
@@ -34,10 +38,16 @@ def parser(study: str) -> argparse.ArgumentParser:
     p.add_argument(
         "--steps",
         type=int,
-        default=DEFAULT_STEPS,
+        default=COMMANDS[study].steps or DEFAULT_STEPS,
         help="training steps of a 1x setting (vanilla on Kx tokens trains K times as many)",
     )
     p.add_argument("--root", default=DEFAULT_ROOT, help="runs go to ROOT/<setting>/seed<k>")
+    p.add_argument(
+        "--results",
+        default=DEFAULT_RESULTS,
+        help="finished runs' result files go to RESULTS/<study>/<setting>/seed<k> (and are skipped "
+        "when found there); empty: none",
+    )
     p.add_argument("--config", default=DEFAULT_CONFIG, help="config file with get_config(paper_name)")
     p.add_argument("--only", default="", help="comma-separated setting names (default: the whole study)")
     p.add_argument("--dry-run", action="store_true", help="print the grid and the estimated time; train nothing")
@@ -93,13 +103,17 @@ def main(study: str, argv: list[str] | None = None) -> int:
     try:
         if args.steps < 1:
             raise ConfigError(f"--steps={args.steps} is invalid: must be >= 1")
+        spec = COMMANDS[study]
         runs = plan(
-            select(COMMANDS[study].settings, args.only),
+            select(spec.settings, args.only),
             parse_seeds(args.seeds),
             args.steps,
             args.root,
             args.config,
             overrides,
+            defaults=dict(spec.defaults),
+            evals=spec.evals,
+            results_root=os.path.join(args.results, study) if args.results else None,
         )
         calibration = timing.calibration(args.flops_per_s)
         print(f"study {study}: {COMMANDS[study].title}")
@@ -112,6 +126,8 @@ def main(study: str, argv: list[str] | None = None) -> int:
     print(
         f"\n{len(result['trained'])} trained, {len(result['skipped'])} already finished, "
         f"{len(result['failed'])} failed; report: python -m experiments.report --root={args.root}"
+        + (f" (or --root={os.path.join(args.results, study)})" if args.results else "")
+        + (f" --studies={study}" if study in OTHER_STUDIES else "")
     )
     for label, message in result["failed"]:
         print(f"  failed {label}: {message}")

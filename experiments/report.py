@@ -7,9 +7,12 @@ For each study: a markdown table of final validation loss per setting (mean ± s
 seeds, n, every seed's value), plots of validation loss against original tokens and against
 training FLOPs (`<out dir>/reproduction/<study>_{tokens,flops}.png`), and a verdict per
 claim by the rule in `RULE`. Only finished runs count (trained to their `num_steps`, see
-experiments/sweep.py); unfinished ones are listed. If `--out` exists and holds the markers
-`<!-- results:begin -->` / `<!-- results:end -->`, only the text between them is replaced
-(the hand-written part of the page stays); otherwise the file is written whole.
+experiments/sweep.py); unfinished ones are listed. `--root` may also be a study's results
+directory (`experiments/results/<study>`, the sweep's `--results`: the runs' metrics.jsonl and
+config.json without checkpoints). `--studies` also takes `pilot` (not part of the default).
+If `--out` exists and holds the markers `<!-- results:begin -->` / `<!-- results:end -->`, only
+the text between them is replaced (the hand-written part of the page stays); otherwise the file
+is written whole.
 `--summary=FILE` also writes one table (every claim's verdict, with its Δ and σ) and the main
 plot between `<!-- reproduction:begin -->` / `<!-- reproduction:end -->` in FILE (the README),
 so the summary there is generated too.
@@ -31,8 +34,8 @@ import numpy as np
 if __package__ in (None, ""):  # python experiments/report.py
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from experiments.studies import STUDIES, Claim, Study  # noqa: E402
-from experiments.sweep import DEFAULT_ROOT, is_finished  # noqa: E402
+from experiments.studies import REPORTABLE, STUDIES, Claim, Study  # noqa: E402
+from experiments.sweep import DEFAULT_ROOT, is_finished, is_saved_result  # noqa: E402
 
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 SUMMARY_BEGIN, SUMMARY_END = "<!-- reproduction:begin -->", "<!-- reproduction:end -->"
@@ -93,7 +96,8 @@ def collect(root: str, name: str) -> SettingResult:
         seed = int(m.group(1))
         with open(cfg_path) as f:
             cfg = json.load(f)
-        if not is_finished(wd, int(cfg["num_steps"])):
+        steps = int(cfg["num_steps"])
+        if not (is_finished(wd, steps) or is_saved_result(wd, steps)):
             res.unfinished.append(seed)
             continue
         records = read_metrics(wd)
@@ -280,7 +284,7 @@ def render(root: str, out: str, studies: list[str], skip_missing: bool = False) 
         f"**Verdict rule.** {RULE}",
     ]
     for name in studies:
-        study = STUDIES[name]
+        study = REPORTABLE[name]
         results = {s.name: collect(root, s.name) for s in study.settings}
         if "vanilla" not in results and any(c.kind == "same" for c in study.claims):
             results["vanilla"] = collect(root, "vanilla")
@@ -303,7 +307,7 @@ def summary(root: str, out: str, studies: list[str], path: str) -> str:
     loss-vs-tokens plot (written by `render` beside `out`), linked relative to `path`."""
     rows = ["| study | claim | A | B | Δ = A − B | σ | n | verdict |", "|---|---|---|---|---|---|---|---|"]
     for name in studies:
-        study = STUDIES[name]
+        study = REPORTABLE[name]
         names = {c.a for c in study.claims} | {c.b for c in study.claims} | {"vanilla"}
         results = {n: collect(root, n) for n in names}
         for c in study.claims:
@@ -325,7 +329,7 @@ def summary(root: str, out: str, studies: list[str], path: str) -> str:
                 "",
                 *rows,
                 "",
-                f"![{STUDIES[studies[0]].title}: validation loss vs original tokens]({fig})",
+                f"![{REPORTABLE[studies[0]].title}: validation loss vs original tokens]({fig})",
             ]
         )
         + "\n"
@@ -383,8 +387,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     names = [s for s in args.studies.split(",") if s]
     for s in names:
-        if s not in STUDIES:
-            print(f"error: --studies={s!r} is invalid: allowed {', '.join(STUDIES)}", file=sys.stderr)
+        if s not in REPORTABLE:
+            print(f"error: --studies={s!r} is invalid: allowed {', '.join(REPORTABLE)}", file=sys.stderr)
             return 2
     if not os.path.isdir(args.root):
         print(f"error: --root={args.root!r} is invalid: no such directory (run a study first)", file=sys.stderr)

@@ -32,6 +32,9 @@ class Study:
     claims: tuple
     x_axis: str = "tokens"  # the axis at which settings are matched: tokens or flops
     description: str = ""
+    steps: int | None = None  # the default --steps (None: experiments/cli.py's DEFAULT_STEPS)
+    evals: int = 10  # validations per run (experiments/sweep.py's schedule_for)
+    defaults: tuple = ()  # ((dotted key, value), ...): config values of every run; --config.* wins
 
 
 def S(name, **kw) -> Setting:
@@ -169,4 +172,51 @@ ALL = Study(
     claims=(),
     description="Runs every setting of " + ", ".join(STUDIES) + " once per seed.",
 )
-COMMANDS = {**STUDIES, "all": ALL}
+
+
+# ---- pilot: the noise level of a larger setting (issue 20) ----------------------------------------
+
+PILOT_STEPS = 600  # the pilot's default --steps; the 1200-step settings train 2x that
+PILOT_LR = 3e-3  # configs/repro.py's learning_rate
+PILOT_MODEL = (("model.d_model", 256), ("model.head_dim", 64), ("model.mlp_dim", 768))
+
+
+def _pilot(model, factor=1, lr=None, group=0, seeds=None):
+    """`d256-<steps>-<model>[-lr<x>x]`: configs/repro.py at d_model 256 (4 layers, 4 heads of 64,
+    2 KV heads, MLP 768), `factor` x the default 600 steps, `lr` x the default learning rate."""
+    name = f"d256-{PILOT_STEPS * factor}steps-{model}" + (f"-lr{lr:g}x" if lr else "")
+    overrides = PILOT_MODEL + ((("learning_rate", PILOT_LR * lr),) if lr else ())
+    return Setting(name, model, steps_factor=factor, overrides=overrides, group=group, seeds=seeds)
+
+
+PILOT = Study(
+    name="pilot",
+    title="Pilot: paired seed spread of PHD-2 vs vanilla at d_model 256",
+    description=(
+        "configs/repro.py at d_model 256 (head_dim 64, mlp 768; 4 layers, 128-byte sequences, "
+        "batch 16), 20 validations a run. How large is the seed-to-seed spread of the paired "
+        "difference PHD-2 - vanilla (same seed: same initial weights and batches) at 600 and 1200 "
+        "steps, and does a 0.5x or 2x learning rate (seed 0 only) change the picture? Runs go: "
+        "600 steps seed by seed, then the learning-rate check, then 1200 steps seed by seed."
+    ),
+    settings=(
+        _pilot("vanilla"),
+        _pilot("PHD-2"),
+        _pilot("vanilla", lr=0.5, group=1, seeds=(0,)),
+        _pilot("PHD-2", lr=0.5, group=1, seeds=(0,)),
+        _pilot("vanilla", lr=2, group=1, seeds=(0,)),
+        _pilot("PHD-2", lr=2, group=1, seeds=(0,)),
+        _pilot("vanilla", factor=2, group=2),
+        _pilot("PHD-2", factor=2, group=2),
+    ),
+    claims=(
+        Claim("lower", "d256-600steps-PHD-2", "d256-600steps-vanilla", "PHD-2 beats vanilla at 600 steps"),
+        Claim("lower", "d256-1200steps-PHD-2", "d256-1200steps-vanilla", "PHD-2 beats vanilla at 1200 steps"),
+    ),
+    steps=PILOT_STEPS,
+    evals=20,
+    defaults=(("eval_batches", 8), ("keep_checkpoints", 1)),
+)
+OTHER_STUDIES = {PILOT.name: PILOT}  # run and reported on their own, never part of `all`
+REPORTABLE = {**STUDIES, **OTHER_STUDIES}
+COMMANDS = {**STUDIES, "all": ALL, **OTHER_STUDIES}

@@ -9,6 +9,12 @@ A *setting* is one model + training length (`PHD-SWA-2-16-inf`, `vanilla-x2token
 Settings are shared between studies by name (the vanilla baseline of the loss-vs-K study is
 the one the FLOP-matched study compares with), so a setting is trained once per seed.
 
+Results: with a results directory (`--results`, default experiments/results in the repository),
+a run's small result files (`RESULT_FILES`: metrics.jsonl, config.json, model_config.json,
+version.json; never checkpoints or tensorboard) are copied to RESULTS/<study>/<setting>/seed<k>/
+when it finishes, and a later sweep skips a run whose results are there (state `saved`), even on
+a fresh machine without its workdir. The report reads such a directory like a root of workdirs.
+
 Resuming: a run is *finished* when its `metrics.jsonl` ends at `num_steps` with a validation
 loss and `checkpoints/<num_steps>` exists; a rerun skips it. Any other run with a config.json
 is continued from its latest checkpoint (what `train_and_evaluate` does for an existing
@@ -31,6 +37,7 @@ from phd_jax.checks import ConfigError, fail
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_CONFIG = os.path.join(REPO, "configs", "repro.py")
 DEFAULT_ROOT = "runs/repro"
+DEFAULT_RESULTS = os.path.join(REPO, "experiments", "results")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,6 +52,8 @@ class Setting:
     steps_factor: int = 1
     match_flops_of: str | None = None
     overrides: tuple = ()  # ((dotted key, value), ...) fixed by the study
+    group: int = 0  # runs go group by group (each seed-major), in increasing group
+    seeds: tuple | None = None  # only these of the sweep's seeds (None: every seed)
 
 
 @dataclasses.dataclass
@@ -53,6 +62,7 @@ class Run:
     seed: int
     config: object  # the full ml_collections run config
     workdir: str
+    results_dir: str | None = None  # where its result files are copied when it finishes
 
     @property
     def label(self) -> str:
@@ -156,11 +166,11 @@ def parse_overrides(args: list[str], config) -> dict:
     return out
 
 
-def schedule_for(steps: int) -> dict:
+def schedule_for(steps: int, evals: int = 10) -> dict:
     """Logging, evaluation, checkpoint and warmup intervals that scale with the run length
-    (about 10 evaluations, 4 checkpoints and 10% warmup per run; `--config.*` overrides win)."""
+    (about `evals` evaluations, 4 checkpoints and 10% warmup per run; `--config.*` overrides win)."""
     log_every = max(1, steps // 40)
-    eval_every = max(log_every, steps // 10 // log_every * log_every)  # the trainer evaluates at log steps
+    eval_every = max(log_every, steps // evals // log_every * log_every)  # the trainer evaluates at log steps
     return {
         "warmup_steps": max(1, steps // 10),
         "eval_every": eval_every,
@@ -169,9 +179,9 @@ def schedule_for(steps: int) -> dict:
     }
 
 
-def base_run_config(module, model: str, overrides: dict, steps: int):
+def base_run_config(module, model: str, overrides: dict, steps: int, evals: int = 10):
     config = module.get_config(model)
-    for key, value in schedule_for(steps).items():
+    for key, value in schedule_for(steps, evals).items():
         config[key] = value
     config.num_steps = steps
     for key, value in overrides.items():
@@ -200,9 +210,9 @@ def matched_depth(module, setting: Setting, overrides: dict, steps: int) -> tupl
     return best[0], best[1], target
 
 
-def run_config(module, setting: Setting, seed: int, steps: int, overrides: dict):
+def run_config(module, setting: Setting, seed: int, steps: int, overrides: dict, evals: int = 10):
     total = steps * setting.steps_factor
-    config = base_run_config(module, setting.model, overrides, total)
+    config = base_run_config(module, setting.model, overrides, total, evals)
     for key, value in setting.overrides:
         set_key(config, key, value, source="setting")
     if setting.match_flops_of:
@@ -218,16 +228,27 @@ def plan(
     root: str,
     config_path: str = DEFAULT_CONFIG,
     overrides: list[str] | dict = (),
+    defaults: dict | None = None,
+    evals: int = 10,
+    results_root: str | None = None,
 ) -> list[Run]:
-    """Every run of a study: seeds x settings (seed-major), each with its config and workdir."""
+    """Every run of a study: seeds x settings, group by group (`Setting.group`), seed-major within
+    a group, each with its config, workdir and (with `results_root`) results directory.
+    `defaults` are the study's config values; `overrides` (`--config.*`) win over them."""
     module = load_config_module(config_path)
     if not isinstance(overrides, dict):
         overrides = parse_overrides(list(overrides), module.get_config(None))
+    overrides = {**(defaults or {}), **overrides}
     runs = []
-    for seed in seeds:  # seed-major: a study stopped half-way has whole seeds to compare
-        for setting in settings:
-            config = run_config(module, setting, seed, steps, overrides)
-            runs.append(Run(setting, seed, config, os.path.join(root, setting.name, f"seed{seed}")))
+    for group in sorted({s.group for s in settings}):
+        for seed in seeds:  # seed-major: a study stopped half-way has whole seeds to compare
+            for setting in settings:
+                if setting.group != group or (setting.seeds is not None and seed not in setting.seeds):
+                    continue
+                config = run_config(module, setting, seed, steps, overrides, evals)
+                where = os.path.join(setting.name, f"seed{seed}")
+                results = os.path.join(results_root, where) if results_root else None
+                runs.append(Run(setting, seed, config, os.path.join(root, where), results))
     return runs
 
 
@@ -245,23 +266,35 @@ def final_record(workdir: str) -> dict | None:
     return records[-1] if records else None
 
 
+def metrics_complete(workdir: str, num_steps: int) -> bool:
+    """metrics.jsonl ends at `num_steps` with a validation loss."""
+    last = final_record(workdir)
+    return last is not None and last.get("step") == num_steps and last.get("val_loss") is not None
+
+
+def is_saved_result(path: str, num_steps: int) -> bool:
+    """A results directory (no checkpoints/) whose metrics are complete (see `save_results`)."""
+    return not os.path.exists(os.path.join(path, "checkpoints")) and metrics_complete(path, num_steps)
+
+
 def is_finished(workdir: str, num_steps: int) -> bool:
     """Trained to `num_steps`: metrics.jsonl ends there with a validation loss, and its checkpoint
     is complete (orbax renames the temporary directory only once everything is written)."""
-    last = final_record(workdir)
-    return (
-        last is not None
-        and last.get("step") == num_steps
-        and last.get("val_loss") is not None
-        and os.path.isdir(os.path.join(workdir, "checkpoints", str(num_steps)))
-    )
+    return metrics_complete(workdir, num_steps) and os.path.isdir(os.path.join(workdir, "checkpoints", str(num_steps)))
 
 
 def run_state(run: Run) -> str:
-    """'finished', 'partial' (has a config.json: will resume) or 'new'. Raises ConfigError when
-    the workdir holds a run of another config (including another num_steps)."""
+    """'saved' (its results are in its results directory), 'finished', 'partial' (has a
+    config.json: will resume) or 'new'. Raises ConfigError when the workdir or the results
+    directory holds a run of another config (including another num_steps)."""
     from phd_jax.train.checkpoint import check_workdir
 
+    if run.results_dir and os.path.isfile(os.path.join(run.results_dir, "config.json")):
+        check_workdir(run.results_dir, run.config)  # raises on a different model/data/optimiser
+        with open(os.path.join(run.results_dir, "config.json")) as f:
+            saved = json.load(f).get("num_steps")
+        if saved == run.config.num_steps and is_saved_result(run.results_dir, int(run.config.num_steps)):
+            return "saved"
     if not check_workdir(run.workdir, run.config):  # raises on a different model/data/optimiser
         return "new"
     with open(os.path.join(run.workdir, "config.json")) as f:
@@ -273,6 +306,29 @@ def run_state(run: Run) -> str:
             f"(one root per --steps)"
         )
     return "finished" if is_finished(run.workdir, int(run.config.num_steps)) else "partial"
+
+
+RESULT_FILES = ("metrics.jsonl", "config.json", "model_config.json", "version.json")
+
+
+def save_results(run: Run) -> str | None:
+    """Copy the finished run's `RESULT_FILES` (those present) to its results directory, whole or
+    not at all (written next to it, then renamed). Returns the directory, or None without one."""
+    import shutil
+
+    if not run.results_dir:
+        return None
+    dest = os.path.abspath(run.results_dir)
+    tmp = dest + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    for name in RESULT_FILES:
+        src = os.path.join(run.workdir, name)
+        if os.path.isfile(src):
+            shutil.copy2(src, os.path.join(tmp, name))
+    shutil.rmtree(dest, ignore_errors=True)
+    os.replace(tmp, dest)
+    return dest
 
 
 def steps_done(workdir: str) -> int:
@@ -319,7 +375,11 @@ def execute(runs: list[Run], calibration: dict, dry_run: bool = False, progress:
     for run in runs:  # every check before any training
         validate(run.config, jax.device_count())
         states[run.workdir] = run_state(run)
-    todo = [r for r in runs if states[r.workdir] != "finished"]
+    for run in runs:  # finished before results were kept: keep them now
+        if states[run.workdir] == "finished" and run.results_dir and not dry_run:
+            save_results(run)
+    done = ("finished", "saved")
+    todo = [r for r in runs if states[r.workdir] not in done]
     remaining = sum(
         estimate_seconds(r, calibration) * (1 - steps_done(r.workdir) / int(r.config.num_steps)) for r in todo
     )
@@ -336,13 +396,13 @@ def execute(runs: list[Run], calibration: dict, dry_run: bool = False, progress:
             f"  {run.label:<{width}}  {states[run.workdir]:<8}  {c.model.num_layers} layers, "
             f"{c.num_steps} steps x {c.batch_size} x {c.seq_len} tokens  "
             f"~{format_seconds(estimate_seconds(run, calibration))}"
-            f"  {run.workdir}"
+            f"  {run.results_dir if states[run.workdir] == 'saved' else run.workdir}"
         )
     result = {
-        "finished": [r.label for r in runs if states[r.workdir] == "finished"],
+        "finished": [r.label for r in runs if states[r.workdir] in done],
         "trained": [],
         "failed": [],
-        "skipped": [r.label for r in runs if states[r.workdir] == "finished"],
+        "skipped": [r.label for r in runs if states[r.workdir] in done],
     }
     if dry_run:
         return result
@@ -362,6 +422,9 @@ def execute(runs: list[Run], calibration: dict, dry_run: bool = False, progress:
             result["preempted"] = True
             break
         log(f"=== {run.label}: val_loss {out.get('val_loss', float('nan')):.4f} in {time.perf_counter() - t0:.0f} s")
+        saved = save_results(run)
+        if saved:
+            log(f"    results -> {saved}")
         result["trained"].append(run.label)
         result["finished"].append(run.label)
     return result

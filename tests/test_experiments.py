@@ -13,14 +13,30 @@ import shutil
 import pytest
 
 from experiments import cli, report
-from experiments.studies import ALL, FLOP_KS, STUDIES, Claim
-from experiments.sweep import REPO, Setting, is_finished, load_config_module, matched_depth, plan
+from experiments.studies import ALL, FLOP_KS, PILOT, STUDIES, Claim
+from experiments.sweep import (
+    REPO,
+    RESULT_FILES,
+    Setting,
+    is_finished,
+    load_config_module,
+    matched_depth,
+    plan,
+    run_state,
+)
 from phd_jax.checks import ConfigError
 from phd_jax.train.metrics import read_metrics
 
 TINY = os.path.join(REPO, "configs", "tiny.py")
 STEPS = 3
-ARGS = [f"--config={TINY}", "--only=vanilla,PHD-2", "--seeds=0", f"--steps={STEPS}", "--config.eval_batches=1"]
+ARGS = [
+    f"--config={TINY}",
+    "--only=vanilla,PHD-2",
+    "--seeds=0",
+    f"--steps={STEPS}",
+    "--config.eval_batches=1",
+    "--results=",  # never the repository's experiments/results (a later --results wins)
+]
 
 
 def files_of(root):
@@ -132,12 +148,80 @@ def test_interrupted_run_resumes_from_its_checkpoint(sweep, tmp_path, capsys):
         f.writelines(lines)
     assert not is_finished(wd, STEPS)
     capsys.readouterr()
-    assert cli.main("loss_vs_k", ARGS[:1] + ["--only=vanilla"] + ARGS[2:] + [f"--root={new_root}"]) == 0
+    results = str(tmp_path / "results")
+    args = ARGS[:1] + ["--only=vanilla"] + ARGS[2:] + [f"--root={new_root}", f"--results={results}"]
+    assert cli.main("loss_vs_k", args) == 0
     out = capsys.readouterr().out
     assert "partial" in out and f"resuming from step {STEPS - 1}" in out
+    kept = os.path.join(results, "loss_vs_k", "vanilla", "seed0")  # copied once it finished
+    assert f"results -> {kept}" in out and read_metrics(kept) == read_metrics(wd)
+    assert not os.path.exists(os.path.join(kept, "checkpoints"))
     resumed, original = read_metrics(wd), read_metrics(src)
     assert [r["step"] for r in resumed] == [r["step"] for r in original]
     assert resumed[-1]["val_loss"] == pytest.approx(original[-1]["val_loss"], abs=1e-5)
+
+
+def test_results_are_kept_and_a_fresh_machine_skips_their_runs(sweep, tmp_path, capsys):
+    root, _ = sweep
+    results = str(tmp_path / "results")
+    new_root = str(tmp_path / "runs")
+    shutil.copytree(root, new_root)
+    capsys.readouterr()
+    # finished workdirs from before --results: their results are kept now, nothing trains
+    assert cli.main("loss_vs_k", ARGS + [f"--root={new_root}", f"--results={results}"]) == 0
+    assert "0 trained, 2 already finished" in capsys.readouterr().out
+    for name in ("vanilla", "PHD-2"):
+        kept = os.path.join(results, "loss_vs_k", name, "seed0")
+        assert sorted(os.listdir(kept)) == sorted(
+            f for f in RESULT_FILES if os.path.isfile(os.path.join(root, name, "seed0", f))
+        )
+        assert read_metrics(kept) == read_metrics(os.path.join(root, name, "seed0"))
+    # a fresh machine (no workdirs) with the results: every run is skipped, no workdir made
+    fresh = str(tmp_path / "fresh")
+    assert cli.main("loss_vs_k", ARGS + [f"--root={fresh}", f"--results={results}"]) == 0
+    out = capsys.readouterr().out
+    assert "2 runs (2 finished)" in out and out.count(" saved ") == 2 and "0 trained" in out
+    assert not os.path.exists(fresh)
+    # the report reads the results directory like a root of workdirs
+    text = report.write(os.path.join(results, "loss_vs_k"), str(tmp_path / "r.md"), ["loss_vs_k"], skip_missing=True)
+    assert f"s0: {read_metrics(os.path.join(root, 'PHD-2', 'seed0'))[-1]['val_loss']:.4f}" in text
+    # results cut off (metrics short of num_steps) do not count: the run trains again
+    kept = os.path.join(results, "loss_vs_k", "vanilla", "seed0", "metrics.jsonl")
+    with open(kept) as f:
+        lines = [ln for ln in f if json.loads(ln)["step"] < STEPS]
+    with open(kept, "w") as f:
+        f.writelines(lines)
+    (run,) = plan(
+        [Setting("vanilla", "vanilla")],
+        [0],
+        STEPS,
+        fresh,
+        TINY,
+        {"eval_batches": 1},
+        results_root=os.path.join(results, "loss_vs_k"),
+    )
+    assert run_state(run) == "new"
+
+
+def test_pilot_dry_run_lists_its_runs_in_order(tmp_path, capsys):
+    root, results = str(tmp_path / "none"), str(tmp_path / "res")
+    assert cli.main("pilot", ["--dry-run", f"--root={root}", f"--results={results}"]) == 0
+    out = capsys.readouterr().out
+    labels = re.findall(r"^  (d256-\S+ seed\d)\s", out, re.M)
+    seed_major = [f"d256-{n}steps-{m} seed{s}" for n in (600,) for s in range(3) for m in ("vanilla", "PHD-2")]
+    lr = [f"d256-600steps-{m}-lr{x}x seed0" for x in ("0.5", "2") for m in ("vanilla", "PHD-2")]
+    long = [f"d256-1200steps-{m} seed{s}" for s in range(3) for m in ("vanilla", "PHD-2")]
+    assert labels == seed_major + lr + long
+    assert "16 runs (0 finished)" in out and out.count(" new ") == 16
+    assert not os.path.exists(root) and not os.path.exists(results)
+    runs = plan(list(PILOT.settings), [0, 1], PILOT.steps, root, defaults=dict(PILOT.defaults), evals=PILOT.evals)
+    by = {r.label: r.config for r in runs}
+    c = by["d256-1200steps-PHD-2 seed1"]
+    assert (c.model.d_model, c.model.head_dim, c.model.mlp_dim, c.model.num_layers) == (256, 64, 768, 4)
+    assert (c.num_steps, c.eval_every, c.keep_checkpoints, c.model.repeat, c.seed) == (1200, 60, 1, 2, 1)
+    assert by["d256-600steps-vanilla-lr2x seed0"].learning_rate == pytest.approx(6e-3)
+    assert by["d256-600steps-vanilla seed0"].eval_every == 30
+    assert "d256-600steps-vanilla-lr2x seed1" not in by  # the learning-rate check is seed 0 only
 
 
 def test_another_step_count_in_the_same_root_is_refused(sweep, capsys):
