@@ -163,14 +163,21 @@ def test_console_scripts_run(fresh):
     assert "Traceback" not in r.stderr
 
 
-def test_readme_links_are_built_from_the_repository_url():
+def test_no_placeholder_repository_url():
+    """The project has no public repository yet: nothing may advertise a made-up one. The README
+    and the notebook explain Colab and installing without a URL; pyproject lists only real URLs."""
     import tomllib
 
-    url = tomllib.load(open(os.path.join(REPO, "pyproject.toml"), "rb"))["project"]["urls"]["Repository"]
-    owner_repo = url.removeprefix("https://github.com/")
-    readme = open(os.path.join(REPO, "README.md")).read()
-    assert f"https://colab.research.google.com/github/{owner_repo}/blob/main/notebooks/quickstart.ipynb" in readme
-    assert f"git+{url}" in readme
+    project = tomllib.load(open(os.path.join(REPO, "pyproject.toml"), "rb"))["project"]
+    urls = project.get("urls", {})
+    assert urls.get("Paper") == "https://arxiv.org/abs/2504.14992"
+    placeholder = re.compile(r"github\.com/phd-jax/phd-jax|github\.com/<|example\.(com|org)", re.I)
+    assert not [u for u in urls.values() if placeholder.search(u)], urls
+    assert project["license"] == "Apache-2.0" and os.path.exists(os.path.join(REPO, "LICENSE"))
+    for name in ("README.md", os.path.join("notebooks", "quickstart.ipynb")):
+        text = open(os.path.join(REPO, name)).read()
+        assert "github.com/phd-jax/phd-jax" not in text, f"{name} advertises the placeholder repository"
+        assert "colab.research.google.com/github/<you>/<repo>" in text, f"{name} lost its Colab instructions"
 
 
 def test_editable_install_serves_scripts_and_benchmarks(fresh):
