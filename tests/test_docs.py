@@ -17,6 +17,11 @@ PAGES = sorted(
     for pattern in ("*.md", "docs/*.md", "benchmarks/README.md")
     for p in glob.glob(os.path.join(REPO, pattern))
 )
+RESULTS = sorted(
+    os.path.relpath(p, REPO)
+    for ext in ("md", "json")
+    for p in glob.glob(os.path.join(REPO, "benchmarks", "results", "**", f"*.{ext}"), recursive=True)
+)
 LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)\)")
 
 
@@ -60,7 +65,7 @@ def test_relative_links_resolve(page):
     assert not broken, f"{page}: " + ", ".join(broken)
 
 
-@pytest.mark.parametrize("page", PAGES)
+@pytest.mark.parametrize("page", PAGES + RESULTS)
 def test_no_machine_paths(page):
     text = open(os.path.join(REPO, page), encoding="utf-8").read()
     hits = re.findall(r"(?<![\w.])/(?:work|root|tmp|home)/\S*", text)
