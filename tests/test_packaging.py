@@ -99,6 +99,8 @@ def test_installed_package_imports_outside_the_checkout(fresh):
         dist = md.distribution("phd-jax")
         print(json.dumps(dict(file=phd_jax.__file__, version=phd_jax.__version__, dist_version=dist.version,
                               requires=dist.requires, urls=dist.metadata.get_all("Project-URL"),
+                              license=dist.metadata.get("License-Expression"),
+                              license_files=dist.metadata.get_all("License-File"),
                               files=sorted(str(f) for f in dist.files if str(f).endswith(".py")),
                               scripts=sorted(e.name for e in dist.entry_points if e.group == "console_scripts"))))
     """
@@ -110,7 +112,8 @@ def test_installed_package_imports_outside_the_checkout(fresh):
     version = re.search(r'^__version__ = "([^"]+)"', init, re.M).group(1)
     assert info["version"] == info["dist_version"] == version
     assert info["scripts"] == ["phd-eval", "phd-train"]
-    assert any(u.startswith("Repository, https://github.com/") for u in info["urls"])
+    assert info["urls"] == ["Paper, https://arxiv.org/abs/2504.14992"]  # no placeholder repository URL
+    assert info["license"] == "Apache-2.0" and info["license_files"] == ["LICENSE"]
     # Every module of the source tree (all subpackages) is in the wheel, and nothing else top-level.
     source = sorted(
         os.path.relpath(os.path.join(d, f), REPO)
