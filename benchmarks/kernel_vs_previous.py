@@ -8,8 +8,8 @@ performance issue's model (6 layers, d_model 512, 8 / 4 heads, SwiGLU 1536, voca
 batch 4, no optimizer), both at T = `--seq`. Medians of `--reps` rounds; "new / old" < 1 means
 this checkout is faster.
 
-    git show 96026d7:phd_jax/attention.py > /tmp/old_attention.py
-    python benchmarks/kernel_vs_previous.py --previous /tmp/old_attention.py
+    git show 96026d7:phd_jax/attention.py > old_attention.py
+    python benchmarks/kernel_vs_previous.py --previous old_attention.py
 """
 
 from __future__ import annotations

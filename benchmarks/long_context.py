@@ -12,7 +12,7 @@ for q, k and v, jitted.
   `phd_jax.flops.attention_pairs`; ns per allowed pair, and its ratio to the first T.
 
     python benchmarks/long_context.py                      # PHD-4: T*K 4096..32768; T 1024, 8192
-    python benchmarks/long_context.py --tokens 4096 16384 --seq 1024 --reps 1 --out /tmp/l.md
+    python benchmarks/long_context.py --tokens 4096 16384 --seq 1024 --reps 1 --out l.md
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ spread of the per-round time ratio / FLOP ratio: how far one round can stray.
 
     python benchmarks/train_throughput.py                              # small config, T 512 1024
     python benchmarks/train_throughput.py --seq 128 --batch 2 --reps 3 \\
-        --set num_layers=2 d_model=128 mlp_dim=384 --out /tmp/t.md        # a quick check
+        --set num_layers=2 d_model=128 mlp_dim=384 --out t.md             # a quick check
 """
 
 from __future__ import annotations

@@ -94,7 +94,10 @@ def main():
         help="0: each library's default; 1: one thread each (torch and XLA), fairer on a busy machine",
     )
     ap.add_argument("--variants", default="vanilla", help="comma list: vanilla, PHD-2, PHD-CSWA-2-16-32, ...")
-    ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "vs_transformers.md"))
+    # The default, relative to where the command runs (so --help and the report show no machine path).
+    here = os.path.dirname(os.path.abspath(__file__))
+    default_out = os.path.relpath(os.path.join(here, "results", "vs_transformers.md"))
+    ap.add_argument("--out", default=default_out)
     args = ap.parse_args()
 
     import torch
@@ -183,7 +186,7 @@ def main():
     )
     print("\n" + header + "\n\n" + table)
     if args.out:
-        os.makedirs(os.path.dirname(args.out), exist_ok=True)
+        os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
         with open(args.out, "w") as f:
             f.write(header + "\n\n" + table + "\n")
         with open(os.path.splitext(args.out)[0] + ".json", "w") as f:

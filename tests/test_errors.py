@@ -400,19 +400,18 @@ def test_out_of_range_ids_under_jit_are_clamped_and_the_checked_mode_raises(mode
     raises(ValueError, r"^tokens contains id 61, outside", phd_jax.forward, params, cfg, jnp.array([[61]]))
 
 
-def test_readme_errors_section_prints_what_it_shows():
+def test_docs_errors_page_prints_what_it_shows():
     import contextlib
     import io
     import os
     import re
 
-    readme = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
-    text = open(readme).read()
-    section = text[text.index("## Errors") : text.index("## Tests")]
-    code, shown = re.search(r"```python\n(.*?)```\n\n```\n(.*?)```", section, re.S).groups()
+    page = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "errors.md")
+    text = open(page).read()
+    code, shown = re.search(r"```python\n(.*?)```\n\n```\n(.*?)```", text, re.S).groups()
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        exec(compile(code, "README.md", "exec"), {})
+        exec(compile(code, "docs/errors.md", "exec"), {})
     assert out.getvalue() == shown
 
 

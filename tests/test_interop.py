@@ -243,7 +243,7 @@ def _run_config(**changes):
 def uptraining(tmp_path_factory):
     """vanilla S steps -> save_hf_llama -> PHD-2 N steps (init_from=hf:), and PHD-2 from scratch
     for the same N steps; every loss on the same held-out batches. (The longer comparison with
-    PHD-2 from scratch for S + N steps is `examples/uptrain.py`, reported in the README.)"""
+    PHD-2 from scratch for S + N steps is `examples/uptrain.py`, reported in docs/interop.md.)"""
     from phd_jax.data import make_pipeline
     from phd_jax.evaluation import evaluate_loss
     from phd_jax.train import restore_params, train_and_evaluate

@@ -99,6 +99,8 @@ def test_installed_package_imports_outside_the_checkout(fresh):
         dist = md.distribution("phd-jax")
         print(json.dumps(dict(file=phd_jax.__file__, version=phd_jax.__version__, dist_version=dist.version,
                               requires=dist.requires, urls=dist.metadata.get_all("Project-URL"),
+                              license=dist.metadata.get("License-Expression"),
+                              license_files=dist.metadata.get_all("License-File"),
                               files=sorted(str(f) for f in dist.files if str(f).endswith(".py")),
                               scripts=sorted(e.name for e in dist.entry_points if e.group == "console_scripts"))))
     """
@@ -110,7 +112,8 @@ def test_installed_package_imports_outside_the_checkout(fresh):
     version = re.search(r'^__version__ = "([^"]+)"', init, re.M).group(1)
     assert info["version"] == info["dist_version"] == version
     assert info["scripts"] == ["phd-eval", "phd-train"]
-    assert any(u.startswith("Repository, https://github.com/") for u in info["urls"])
+    assert info["urls"] == ["Paper, https://arxiv.org/abs/2504.14992"]  # no placeholder repository URL
+    assert info["license"] == "Apache-2.0" and info["license_files"] == ["LICENSE"]
     # Every module of the source tree (all subpackages) is in the wheel, and nothing else top-level.
     source = sorted(
         os.path.relpath(os.path.join(d, f), REPO)
@@ -163,14 +166,21 @@ def test_console_scripts_run(fresh):
     assert "Traceback" not in r.stderr
 
 
-def test_readme_links_are_built_from_the_repository_url():
+def test_no_placeholder_repository_url():
+    """The project has no public repository yet: nothing may advertise a made-up one. The README
+    and the notebook explain Colab and installing without a URL; pyproject lists only real URLs."""
     import tomllib
 
-    url = tomllib.load(open(os.path.join(REPO, "pyproject.toml"), "rb"))["project"]["urls"]["Repository"]
-    owner_repo = url.removeprefix("https://github.com/")
-    readme = open(os.path.join(REPO, "README.md")).read()
-    assert f"https://colab.research.google.com/github/{owner_repo}/blob/main/notebooks/quickstart.ipynb" in readme
-    assert f"git+{url}" in readme
+    project = tomllib.load(open(os.path.join(REPO, "pyproject.toml"), "rb"))["project"]
+    urls = project.get("urls", {})
+    assert urls.get("Paper") == "https://arxiv.org/abs/2504.14992"
+    placeholder = re.compile(r"github\.com/phd-jax/phd-jax|github\.com/<|example\.(com|org)", re.I)
+    assert not [u for u in urls.values() if placeholder.search(u)], urls
+    assert project["license"] == "Apache-2.0" and os.path.exists(os.path.join(REPO, "LICENSE"))
+    for name in ("README.md", os.path.join("notebooks", "quickstart.ipynb")):
+        text = open(os.path.join(REPO, name)).read()
+        assert "github.com/phd-jax/phd-jax" not in text, f"{name} advertises the placeholder repository"
+        assert "colab.research.google.com/github/<you>/<repo>" in text, f"{name} lost its Colab instructions"
 
 
 def test_editable_install_serves_scripts_and_benchmarks(fresh):
