@@ -15,7 +15,7 @@ import pytest
 from experiments import cli, report
 from experiments.studies import ALL, FLOP_KS, STUDIES, Claim
 from experiments.sweep import REPO, Setting, is_finished, load_config_module, matched_depth, plan
-from phd_jax.checks import ConfigError
+from phd_jax.errors import ConfigError
 from phd_jax.train.metrics import read_metrics
 
 TINY = os.path.join(REPO, "configs", "tiny.py")
