@@ -62,17 +62,17 @@ PARAM_FIELDS = (
 
 
 # ---- the variant predicates: the one definition every module uses ----------------
-def has_hidden_tokens(variant: str, repeat: int) -> bool:
+def has_hidden_tokens(variant: Variant, repeat: int) -> bool:
     """True when copies 1..K-1 are hidden decoding tokens (never cached): PHD with K > 1."""
     return variant in PHD_VARIANTS and repeat > 1
 
 
-def has_window(variant: str) -> bool:
+def has_window(variant: Variant) -> bool:
     """True for the variants whose hidden tokens see a sliding window of W earlier ones."""
     return variant in ("phd_swa", "phd_cswa")
 
 
-def is_chunked(variant: str) -> bool:
+def is_chunked(variant: Variant) -> bool:
     """True for the variant whose window is cut at chunks of C positions."""
     return variant == "phd_cswa"
 

@@ -24,7 +24,7 @@ import time
 
 import numpy as np
 
-from phd_jax.config import DTYPES, ModelConfig
+from phd_jax.config import DTYPES, DType, ModelConfig
 from phd_jax.errors import as_float, as_int, one_of
 
 TERA = 1e12  # FLOP/s per TFLOP/s
@@ -92,7 +92,7 @@ def train_flops_per_sequence(cfg: ModelConfig, seq_len: int) -> float:
     return 3.0 * forward_flops(cfg, seq_len)["total"]
 
 
-def peak_flops(peak_tflops: float | None = None, dtype: str = "float32") -> float:
+def peak_flops(peak_tflops: float | None = None, dtype: DType = "float32") -> float:
     """Peak FLOP/s for MFU: `peak_tflops * TERA` if given (> 0, e.g. the datasheet
     number of the accelerator), else the best FLOP/s of a dense square matmul in `dtype`
     measured on the default device (once per process and dtype, under a second on CPU)."""

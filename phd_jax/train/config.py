@@ -133,14 +133,14 @@ def apply_model_name(config: ml_collections.ConfigDict, name: str | None):
     if not name:
         return config
     try:
-        mc = ModelConfig.from_name(name)
+        cfg = ModelConfig.from_name(name)
     except ValueError:
         raise ConfigError(
             f"config argument {name!r} is invalid: allowed: vanilla, naive-K, PHD-K, "
             f"PHD-SWA-K-W-inf, PHD-CSWA-K-W-C (e.g. configs/default.py:PHD-SWA-3-16-inf)"
         ) from None
-    config.model.variant, config.model.repeat = mc.variant, mc.repeat
-    config.model.window, config.model.chunk = mc.window, mc.chunk or 0
+    config.model.variant, config.model.repeat = cfg.variant, cfg.repeat
+    config.model.window, config.model.chunk = cfg.window, cfg.chunk or 0
     return config
 
 
