@@ -21,7 +21,7 @@ import sys
 from experiments import timing
 from experiments.studies import COMMANDS, OTHER_STUDIES
 from experiments.sweep import DEFAULT_CONFIG, DEFAULT_RESULTS, DEFAULT_ROOT, execute, plan
-from phd_jax.checks import ConfigError
+from phd_jax.errors import ConfigError
 from phd_jax.hostmem import reexec_with_tuned_malloc
 
 DEFAULT_STEPS = 250

@@ -32,7 +32,7 @@ import math
 import os
 import time
 
-from phd_jax.checks import ConfigError, fail
+from phd_jax.errors import ConfigError, fail
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_CONFIG = os.path.join(REPO, "configs", "repro.py")

@@ -141,7 +141,7 @@ def main(argv=None) -> int:
         default=os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "repro.py"),
     )
     args = p.parse_args([a for a in argv if not a.startswith("--config.")])
-    from phd_jax.checks import ConfigError
+    from phd_jax.errors import ConfigError
 
     try:
         with tempfile.TemporaryDirectory() as tmp:

@@ -13,10 +13,10 @@ __version__ = "0.1.0"  # the one place: pyproject.toml reads it
 
 # public name -> the module that defines it
 _PUBLIC = {
-    "MAX_TOKENS_PER_SEQUENCE": "checks",
-    "ConfigError": "checks",
-    "check_params": "checks",
-    "checked": "checks",
+    "MAX_TOKENS_PER_SEQUENCE": "config",
+    "ConfigError": "errors",
+    "check_params": "model",
+    "checked": "errors",
     "ModelConfig": "config",
     "DecodeState": "decode",
     "decode_step": "decode",
@@ -52,10 +52,10 @@ def __dir__():
 
 
 if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
-    from phd_jax.checks import MAX_TOKENS_PER_SEQUENCE, ConfigError, check_params, checked
-    from phd_jax.config import ModelConfig
+    from phd_jax.config import MAX_TOKENS_PER_SEQUENCE, ModelConfig
     from phd_jax.decode import DecodeState, decode_step, init_state, kv_cache_bytes, prefill, prefill_token_counts
+    from phd_jax.errors import ConfigError, checked
     from phd_jax.interop import load_hf_llama, load_hf_tokenizer, save_hf_llama
     from phd_jax.masks import attention_mask
-    from phd_jax.model import forward, init_params, num_params, param_logical_axes
+    from phd_jax.model import check_params, forward, init_params, num_params, param_logical_axes
     from phd_jax.sampling import generate, sample_token

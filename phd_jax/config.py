@@ -11,28 +11,37 @@ import dataclasses
 import functools
 import math
 import re
+from typing import Literal, get_args
 
 import jax.numpy as jnp
+import numpy as np
+from jax.experimental import checkify
 
-from phd_jax.checks import (
-    MAX_TOKENS_PER_SEQUENCE,
-    ConfigError,
-    ConfigTypeError,
-    as_bool,
-    as_float,
-    as_int,
-    fail,
-    one_of,
-)
+from phd_jax.errors import ConfigError, ConfigTypeError, as_bool, as_float, as_int, fail, is_traced, one_of
 
-VARIANTS = ("vanilla", "naive", "phd", "phd_swa", "phd_cswa")
-BACKENDS = ("auto", "dense", "blocksparse", "splash")
-POSITION_MODES = ("shared", "flat")
-DTYPES = ("float32", "bfloat16", "float16")
-REMAT_POLICIES = ("none", "full", "dots")
+# Tokens one sequence may put through the layers in a static layout (forward: T*K;
+# prefill: the originals plus the tail's hidden copies). The block patterns no longer need
+# [N, N] memory (T = 65536, K = 4 builds in 31 MiB) and the blocksparse kernel's compile
+# time and memory no longer grow with N (benchmarks/long_context.py), but the `dense`
+# backend's mask still does not scale past this.
+MAX_TOKENS_PER_SEQUENCE = 65536
 
+# ---- the string-valued choices: one definition each (strings, so configs and JSON keep working)
+Variant = Literal["vanilla", "naive", "phd", "phd_swa", "phd_cswa"]
+Backend = Literal["auto", "dense", "blocksparse", "splash"]  # attention backends
+PositionMode = Literal["shared", "flat"]
+DType = Literal["float32", "bfloat16", "float16"]
+RematPolicy = Literal["none", "full", "dots"]
+Mode = Literal["full", "extend"]  # the model's mode (`model.Transformer.mode`)
 
-PHD_VARIANTS = ("phd", "phd_swa", "phd_cswa")
+VARIANTS: tuple[Variant, ...] = get_args(Variant)
+BACKENDS: tuple[Backend, ...] = get_args(Backend)
+POSITION_MODES: tuple[PositionMode, ...] = get_args(PositionMode)
+DTYPES: tuple[DType, ...] = get_args(DType)
+REMAT_POLICIES: tuple[RematPolicy, ...] = get_args(RematPolicy)
+MODES: tuple[Mode, ...] = get_args(Mode)
+
+PHD_VARIANTS: tuple[Variant, ...] = ("phd", "phd_swa", "phd_cswa")
 
 # Fields that shape the parameters (PHD adds none): `init_params` and `check_params` key on them.
 PARAM_FIELDS = (
@@ -53,19 +62,30 @@ PARAM_FIELDS = (
 
 
 # ---- the variant predicates: the one definition every module uses ----------------
-def has_hidden_tokens(variant: str, repeat: int) -> bool:
+def has_hidden_tokens(variant: Variant, repeat: int) -> bool:
     """True when copies 1..K-1 are hidden decoding tokens (never cached): PHD with K > 1."""
     return variant in PHD_VARIANTS and repeat > 1
 
 
-def has_window(variant: str) -> bool:
+def has_window(variant: Variant) -> bool:
     """True for the variants whose hidden tokens see a sliding window of W earlier ones."""
     return variant in ("phd_swa", "phd_cswa")
 
 
-def is_chunked(variant: str) -> bool:
+def is_chunked(variant: Variant) -> bool:
     """True for the variant whose window is cut at chunks of C positions."""
     return variant == "phd_cswa"
+
+
+def check_phd_args(variant, repeat, window, chunk, prefix: str = "", error=ValueError) -> tuple:
+    """The PHD scheme's own field rules, one field at a time: (variant, K >= 1, W >= 0, C None or
+    >= 1) as Python values. `ModelConfig` adds the rules between fields (a window only for
+    phd_swa / phd_cswa, ...); `masks.attention_mask` takes any combination."""
+    variant = one_of(prefix + "variant", variant, VARIANTS, error=error)
+    repeat = as_int(prefix + "repeat", repeat, 1, error=error)
+    window = as_int(prefix + "window", window, 0, error=error)
+    chunk = None if chunk is None else as_int(prefix + "chunk", chunk, 1, error=error)
+    return variant, repeat, window, chunk
 
 
 _INT_FIELDS = (
@@ -92,7 +112,7 @@ class ModelConfig:
     rotary position n; "flat": copy s has n*K + s; default: flat for `naive`,
     whose definition is the literal repeated sequence, shared otherwise).
 
-    Every field is checked on construction (`phd_jax.checks`): numpy / JAX scalars
+    Every field is checked on construction (`phd_jax.errors`): numpy / JAX scalars
     become Python numbers (so equal configs hash equally), booleans must be bools,
     floats finite; a bad value raises a `ConfigError` (a `ValueError`; also a
     `TypeError` for a wrong type) naming the field.
@@ -106,23 +126,23 @@ class ModelConfig:
     head_dim: int = 64
     mlp_dim: int = 1024
     max_seq_len: int = 1024
-    variant: str = "vanilla"
+    variant: Variant = "vanilla"
     repeat: int = 1
     window: int = 0
     chunk: int | None = None
-    position_mode: str | None = None  # None: "flat" for naive (the literal repeated sequence), else "shared"
+    position_mode: PositionMode | None = None  # None: "flat" for naive (the literal repeated sequence), else "shared"
     rope_theta: float = 10000.0
     norm_eps: float = 1e-6
     tie_embeddings: bool = True
     qk_norm: bool = False
-    dtype: str = "float32"
-    param_dtype: str = "float32"
-    attention: str = "auto"
+    dtype: DType = "float32"
+    param_dtype: DType = "float32"
+    attention: Backend = "auto"
     # Tile sizes of the static block-sparse pattern (splash needs multiples of 128).
     block_q: int = 128
     block_kv: int = 128
     scan_layers: bool = True
-    remat: str = "none"
+    remat: RematPolicy = "none"
     init_std: float = 0.02
 
     def __post_init__(self):
@@ -138,8 +158,11 @@ class ModelConfig:
             put(f, as_bool(name(f), getattr(self, f), error=ConfigError))
         for f in ("dtype", "param_dtype"):
             put(f, one_of(name(f), _dtype_name(getattr(self, f)), DTYPES, error=ConfigError))
-        for f, allowed in (("variant", VARIANTS), ("attention", BACKENDS), ("remat", REMAT_POLICIES)):
+        for f, allowed in (("attention", BACKENDS), ("remat", REMAT_POLICIES)):
             one_of(name(f), getattr(self, f), allowed, error=ConfigError)
+        phd = check_phd_args(self.variant, self.repeat, self.window, self.chunk, "ModelConfig.", ConfigError)
+        for f, value in zip(("variant", "repeat", "window", "chunk"), phd):
+            put(f, value)
         if self.position_mode is None:
             put("position_mode", "flat" if self.variant == "naive" else "shared")
         one_of(name("position_mode"), self.position_mode, POSITION_MODES, error=ConfigError)
@@ -154,7 +177,6 @@ class ModelConfig:
             )
         if self.head_dim % 2:
             fail(name("head_dim"), self.head_dim, "must be even (rotary embeddings rotate pairs)", ConfigError)
-        put("repeat", as_int(name("repeat"), self.repeat, 1, error=ConfigError))
         if self.repeat > MAX_TOKENS_PER_SEQUENCE:
             fail(
                 name("repeat"),
@@ -165,7 +187,6 @@ class ModelConfig:
             )
         if self.variant == "vanilla" and self.repeat != 1:
             fail(name("repeat"), self.repeat, "variant 'vanilla' needs repeat=1 (use 'phd' for K > 1)", ConfigError)
-        put("window", as_int(name("window"), self.window, 0, error=ConfigError))
         if self.window and not has_window(self.variant):
             fail(
                 name("window"),
@@ -176,7 +197,6 @@ class ModelConfig:
         if is_chunked(self.variant):
             if self.chunk is None:
                 fail(name("chunk"), None, "phd_cswa needs an integer chunk C >= 1", ConfigError)
-            put("chunk", as_int(name("chunk"), self.chunk, 1, error=ConfigError))
         elif self.chunk is not None:
             fail(name("chunk"), self.chunk, f"only phd_cswa is chunked; use None for {self.variant!r}", ConfigError)
 
@@ -265,6 +285,15 @@ class ModelConfig:
             tail = min(tail, self.chunk if ragged else (prompt_len - 1) % self.chunk + 1)
         return min(tail, prompt_len)
 
+    def cache_shapes(self, batch: int, max_len: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """Shapes `[L, B, KVH, slots, D]` of the persistent KV cache's keys (its values alike),
+        spec section 4: (the originals' cache, `max_len * cached_copies` slots; the window of
+        hidden tokens, `effective_window` slots). The one home of the cache-size formula."""
+        per_slot = (self.num_layers, batch, self.num_kv_heads), (self.head_dim,)
+        originals = per_slot[0] + (max_len * self.cached_copies,) + per_slot[1]
+        window = per_slot[0] + (self.effective_window,) + per_slot[1]
+        return originals, window
+
     @property
     def compute_dtype(self):
         return jnp.dtype(self.dtype)
@@ -275,10 +304,10 @@ class ModelConfig:
 
 
 @functools.lru_cache(maxsize=256)
-def param_config(config: ModelConfig) -> ModelConfig:
-    """`config` reduced to the fields that shape the parameters (`PARAM_FIELDS`), others default:
+def param_config(cfg: ModelConfig) -> ModelConfig:
+    """`cfg` reduced to the fields that shape the parameters (`PARAM_FIELDS`), others default:
     one compiled init, and one parameter check, serve every variant, K, W and C."""
-    return ModelConfig(**{f: getattr(config, f) for f in PARAM_FIELDS})
+    return ModelConfig(**{f: getattr(cfg, f) for f in PARAM_FIELDS})
 
 
 def _dtype_name(value):
@@ -289,3 +318,68 @@ def _dtype_name(value):
         return jnp.dtype(value).name
     except TypeError:
         return value
+
+
+# ---------------------------------------------------------------------------
+# Checks of arguments against a ModelConfig
+# ---------------------------------------------------------------------------
+
+
+def check_config(cfg, name: str = "config"):
+    """`cfg` itself: a `ModelConfig`, and never a traced value (it is static under jit)."""
+    if isinstance(cfg, ModelConfig):
+        return cfg
+    if is_traced(cfg):
+        raise TypeError(
+            f"{name} is a traced value: a ModelConfig must be a static argument under "
+            f"jax.jit, e.g. jax.jit(phd_jax.forward, static_argnums=1)"
+        )
+    hint = " (build one with phd_jax.ModelConfig(**d))" if isinstance(cfg, dict) else ""
+    raise TypeError(f"{name} must be a phd_jax.ModelConfig, got {type(cfg).__name__}{hint}")
+
+
+def check_tokens(cfg: ModelConfig, tokens, name: str = "tokens"):
+    """Shape and dtype of a token array `[batch, length]`; the id range when concrete.
+
+    Under tracing the ids are unknown: out-of-range ids are then clamped by the model
+    (see `Transformer`), and a `checkify` check reports them in the checked mode
+    (`phd_jax.checked`).
+    """
+    if tokens.ndim != 2 or 0 in tokens.shape:
+        raise ValueError(f"{name} must have shape [batch, length] with both >= 1, got shape {tuple(tokens.shape)}")
+    if not jnp.issubdtype(tokens.dtype, jnp.integer):
+        raise ValueError(f"{name} must be integer token ids, got dtype {tokens.dtype}")
+    v = cfg.vocab_size
+    if is_traced(tokens):
+        bad = jnp.where((tokens < 0) | (tokens >= v), tokens, 0)
+        bad = jnp.where(jnp.min(bad) < 0, jnp.min(bad), jnp.max(bad))
+        checkify.debug_check(
+            jnp.all((tokens >= 0) & (tokens < v)),
+            f"{name} contains id {{}}, outside the allowed range [0, vocab_size={v})",
+            bad,
+        )
+        return
+    values = np.asarray(tokens)  # concrete; np.min on a jax array inside a trace would stage
+    lo, hi = int(values.min()), int(values.max())
+    if lo < 0 or hi >= v:
+        raise ValueError(f"{name} contains id {lo if lo < 0 else hi}, outside the allowed range [0, vocab_size={v})")
+
+
+def check_tokens_per_sequence(cfg: ModelConfig, tokens: int, what: str):
+    """Refuse a static layout of more than `MAX_TOKENS_PER_SEQUENCE` tokens, before building it."""
+    if tokens > MAX_TOKENS_PER_SEQUENCE:
+        raise ValueError(
+            f"{what} needs {tokens} tokens per sequence through the layers "
+            f"(K={cfg.repeat}), above the limit MAX_TOKENS_PER_SEQUENCE="
+            f"{MAX_TOKENS_PER_SEQUENCE} of the static mask patterns"
+        )
+
+
+def check_max_len(cfg: ModelConfig, max_len, needed: int, what: str) -> int:
+    """The cache length `max_len` (default `cfg.max_seq_len`) as an int that holds `needed` positions."""
+    max_len = cfg.max_seq_len if max_len is None else as_int("max_len", max_len, 1)
+    if max_len > cfg.max_seq_len:
+        raise ValueError(f"max_len={max_len} exceeds ModelConfig.max_seq_len={cfg.max_seq_len}")
+    if needed > max_len:
+        raise ValueError(f"{what} needs {needed} positions but the cache holds max_len={max_len}")
+    return max_len

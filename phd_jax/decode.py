@@ -17,29 +17,21 @@ against it like a decode step.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import math
 
 import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import checkify
 
 from phd_jax.attention import KVCache
-from phd_jax.checks import (
-    as_bool,
-    as_int,
-    check_config,
-    check_lengths,
-    check_max_len,
-    check_params,
-    check_room,
-    check_state,
-    check_tokens,
-    check_tokens_per_sequence,
-)
-from phd_jax.config import ModelConfig
+from phd_jax.config import ModelConfig, check_config, check_max_len, check_tokens, check_tokens_per_sequence
+from phd_jax.errors import as_bool, as_int, is_traced
 from phd_jax.masks import Layout, allowed
-from phd_jax.model import Transformer, rope_positions, run_layout
+from phd_jax.model import Transformer, check_params, rope_positions, run_layout
 
 
 @flax.struct.dataclass
@@ -56,7 +48,7 @@ class DecodeState:
     pos: `[B]` the next position of each sequence (= positions consumed).
     max_len, config: static metadata (part of the tree structure, not arrays): the
       cache length and the config the state was made for, so that `decode_step`
-      refuses a state from another model (`checks.check_state`).
+      refuses a state from another model (`check_state`).
     """
 
     k: jax.Array
@@ -88,8 +80,8 @@ def kv_cache_bytes(config: ModelConfig, batch: int, max_len: int) -> int:
     layer and sequence, + 2*W*KVH*D for PHD-SWA/CSWA, x K for naive."""
     check_config(config)
     batch, max_len = as_int("batch", batch, 1), as_int("max_len", max_len, 1)
-    per_layer = 2 * (max_len * config.cached_copies + config.effective_window)
-    return config.num_layers * batch * per_layer * config.num_kv_heads * config.head_dim * config.compute_dtype.itemsize
+    slots = sum(math.prod(shape) for shape in config.cache_shapes(batch, max_len))
+    return 2 * slots * config.compute_dtype.itemsize  # keys and values
 
 
 def init_state(config: ModelConfig, batch: int, max_len: int) -> DecodeState:
@@ -97,8 +89,7 @@ def init_state(config: ModelConfig, batch: int, max_len: int) -> DecodeState:
     check_config(config)
     batch = as_int("batch", batch, 1)
     max_len = check_max_len(config, max_len, 0, "")
-    cache = (config.num_layers, batch, config.num_kv_heads, max_len * config.cached_copies, config.head_dim)
-    window = (config.num_layers, batch, config.num_kv_heads, config.effective_window, config.head_dim)
+    cache, window = config.cache_shapes(batch, max_len)
     dt = config.compute_dtype
     return DecodeState(
         k=jnp.zeros(cache, dt),
@@ -110,6 +101,71 @@ def init_state(config: ModelConfig, batch: int, max_len: int) -> DecodeState:
         max_len=max_len,
         config=config,
     )
+
+
+# ---------------------------------------------------------------------------
+# Checks of a state and of prompt lengths
+# ---------------------------------------------------------------------------
+
+# Fields that change nothing a decode step computes from a state (backend and tiling of
+# the static patterns, how layers are stacked, init, the config's length bound).
+_STATE_IRRELEVANT = ("attention", "block_q", "block_kv", "scan_layers", "remat", "init_std", "max_seq_len")
+
+
+def check_state(state, cfg: ModelConfig, name: str = "state"):
+    """A `DecodeState` made by `init_state`/`prefill` for `cfg` (the fields that matter)."""
+    if not isinstance(state, DecodeState):
+        raise TypeError(
+            f"{name} must be a phd_jax.DecodeState (from prefill or init_state), got {type(state).__name__}"
+        )
+    made = state.config
+    if made is not cfg and made != cfg:
+        diff = [
+            f"{f.name} (state {getattr(made, f.name)!r}, config {getattr(cfg, f.name)!r})"
+            for f in dataclasses.fields(cfg)
+            if f.name not in _STATE_IRRELEVANT and getattr(made, f.name) != getattr(cfg, f.name)
+        ]
+        if diff:
+            raise ValueError(
+                f"{name} was made for another model ({made.name}) than config ({cfg.name}): {', '.join(diff)}"
+            )
+    want, want_window = cfg.cache_shapes(state.pos.shape[0], state.max_len)
+    if tuple(state.k.shape) != want or tuple(state.window_k.shape) != want_window:
+        raise ValueError(
+            f"{name} arrays do not have the shapes init_state makes for this config: "
+            f"k {tuple(state.k.shape)} (expected {want}), window_k "
+            f"{tuple(state.window_k.shape)}"
+        )
+    return state
+
+
+def check_room(state):
+    """The state's cache has room for one more position (eager: waits for the previous step)."""
+    if is_traced(state.pos):
+        checkify.debug_check(
+            jnp.all(state.pos < state.max_len), f"the cache is full: a position does not fit max_len={state.max_len}"
+        )
+    elif int(state.pos.max()) >= state.max_len:
+        raise ValueError(f"the cache is full: position {int(state.pos.max())} does not fit max_len={state.max_len}")
+
+
+def check_lengths(lengths, batch: int, length: int):
+    """True prompt lengths `[batch]` of a right-padded batch: integers in [1, length]."""
+    lengths = jnp.asarray(lengths)
+    if lengths.shape != (batch,) or not jnp.issubdtype(lengths.dtype, jnp.integer):
+        raise ValueError(
+            f"lengths must be integers of shape ({batch},), got dtype {lengths.dtype}, shape {tuple(lengths.shape)}"
+        )
+    if is_traced(lengths):
+        checkify.debug_check(
+            jnp.all((lengths >= 1) & (lengths <= length)),
+            f"lengths must be in [1, {length}] (the padded prompt length)",
+        )
+    elif lengths.min() < 1 or lengths.max() > length:
+        raise ValueError(
+            f"lengths must be in [1, {length}] (the padded prompt length), got {np.asarray(lengths).tolist()}"
+        )
+    return lengths
 
 
 # ---------------------------------------------------------------------------

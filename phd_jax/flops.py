@@ -24,12 +24,19 @@ import time
 
 import numpy as np
 
-from phd_jax.checks import as_float, as_int, one_of
-from phd_jax.config import ModelConfig
+from phd_jax.config import DTYPES, DType, ModelConfig
+from phd_jax.errors import as_float, as_int, one_of
+
+TERA = 1e12  # FLOP/s per TFLOP/s
+# The measured peak: the best of PEAK_REPEATS timed square matmuls of PEAK_MATMUL_SIZE[platform]
+# (else PEAK_MATMUL_SIZE_DEFAULT) rows, big enough to be compute-bound, small enough to take < 1 s.
+PEAK_MATMUL_SIZE = {"cpu": 1024}
+PEAK_MATMUL_SIZE_DEFAULT = 8192
+PEAK_REPEATS = 5
 
 
-def attention_pairs(config: ModelConfig, seq_len: int) -> int:
-    """Allowed (query, key) pairs of `config`'s mask over `seq_len` positions.
+def attention_pairs(cfg: ModelConfig, seq_len: int) -> int:
+    """Allowed (query, key) pairs of `cfg`'s mask over `seq_len` positions.
 
     Equals `phd_jax.attention_mask(...).sum()`, but is computed per query in closed form
     (O(T*K) time and memory, never the [T*K, T*K] mask), so T = 32768, K = 4 is instant.
@@ -38,20 +45,20 @@ def attention_pairs(config: ModelConfig, seq_len: int) -> int:
     [n*(K-1), h(n, s)], the window [max(h(n, s) - W, start of n's chunk), h(n, s)].
     """
     t = as_int("seq_len", seq_len, low=1)
-    k = config.repeat
-    if config.variant == "naive":  # causal over the K*T repeated tokens
+    k = cfg.repeat
+    if cfg.variant == "naive":  # causal over the K*T repeated tokens
         n = t * k
         return n * (n + 1) // 2
     originals = k * (t * (t + 1) // 2)  # every copy of position n sees n + 1 originals
-    if not config.is_phd:
+    if not cfg.is_phd:
         return originals
     n = np.arange(t, dtype=np.int64)[:, None]
     s = np.arange(1, k, dtype=np.int64)[None, :]
     h = n * (k - 1) + (s - 1)  # hidden order of the query (spec section 3)
     own = n * (k - 1)  # first hidden copy of the query's position
-    w = config.effective_window
+    w = cfg.effective_window
     if w >= 1:
-        chunk = config.effective_chunk
+        chunk = cfg.effective_chunk
         first = 0 if chunk is None else (n // chunk) * chunk * (k - 1)
         lo = np.minimum(own, np.maximum(h - w, first))
     else:
@@ -59,39 +66,39 @@ def attention_pairs(config: ModelConfig, seq_len: int) -> int:
     return int(originals + (h - lo + 1).sum())
 
 
-def forward_flops(config: ModelConfig, seq_len: int) -> dict[str, float]:
+def forward_flops(cfg: ModelConfig, seq_len: int) -> dict[str, float]:
     """FLOPs of one forward pass over one sequence of `seq_len` original positions.
 
     Returns `{"layers", "attention", "unembed", "total"}` (see the module docstring).
     """
     t = as_int("seq_len", seq_len, low=1)
-    d, h, kvh, hd = config.d_model, config.num_heads, config.num_kv_heads, config.head_dim
+    d, h, kvh, hd = cfg.d_model, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
     per_token = 2 * (
         d * h * hd  # query
         + 2 * d * kvh * hd  # key, value
         + h * hd * d  # out
-        + 3 * d * config.mlp_dim
+        + 3 * d * cfg.mlp_dim
     )  # SwiGLU gate, up, down
-    layers = float(config.num_layers * per_token * t * config.repeat)
-    attention = float(config.num_layers * 4 * hd * h * attention_pairs(config, t))
-    unembed = float(2 * d * config.vocab_size * t)
+    layers = float(cfg.num_layers * per_token * t * cfg.repeat)
+    attention = float(cfg.num_layers * 4 * hd * h * attention_pairs(cfg, t))
+    unembed = float(2 * d * cfg.vocab_size * t)
     return {"layers": layers, "attention": attention, "unembed": unembed, "total": layers + attention + unembed}
 
 
-def train_flops_per_sequence(config: ModelConfig, seq_len: int) -> float:
+def train_flops_per_sequence(cfg: ModelConfig, seq_len: int) -> float:
     """Training FLOPs of one sequence: 3 x the forward count (forward + a backward pass of
     twice the forward's FLOPs), the usual convention (Kaplan et al., PaLM's MFU). Extra
     recomputation from `remat` is not counted: it is not useful work."""
-    return 3.0 * forward_flops(config, seq_len)["total"]
+    return 3.0 * forward_flops(cfg, seq_len)["total"]
 
 
-def peak_flops(peak_tflops: float | None = None, dtype: str = "float32") -> float:
-    """Peak FLOP/s for MFU: `peak_tflops * 1e12` if given (> 0, e.g. the datasheet
+def peak_flops(peak_tflops: float | None = None, dtype: DType = "float32") -> float:
+    """Peak FLOP/s for MFU: `peak_tflops * TERA` if given (> 0, e.g. the datasheet
     number of the accelerator), else the best FLOP/s of a dense square matmul in `dtype`
     measured on the default device (once per process and dtype, under a second on CPU)."""
     if peak_tflops is not None and peak_tflops != 0:
-        return as_float("peak_tflops", peak_tflops, low=0, low_open=True) * 1e12
-    return _measured_peak(one_of("dtype", dtype, ("float32", "bfloat16", "float16")))
+        return as_float("peak_tflops", peak_tflops, low=0, low_open=True) * TERA
+    return _measured_peak(one_of("dtype", dtype, DTYPES))
 
 
 @functools.cache
@@ -100,13 +107,13 @@ def _measured_peak(dtype: str) -> float:
     import jax.numpy as jnp
 
     platform = jax.devices()[0].platform
-    n = 1024 if platform == "cpu" else 8192
+    n = PEAK_MATMUL_SIZE.get(platform, PEAK_MATMUL_SIZE_DEFAULT)
     a = jax.random.normal(jax.random.key(0), (n, n), dtype)
     b = jax.random.normal(jax.random.key(1), (n, n), dtype)
     matmul = jax.jit(jnp.matmul)
     jax.block_until_ready(matmul(a, b))  # compile
     best = float("inf")
-    for _ in range(5):
+    for _ in range(PEAK_REPEATS):
         t0 = time.perf_counter()
         jax.block_until_ready(matmul(a, b))
         best = min(best, time.perf_counter() - t0)

@@ -23,7 +23,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from phd_jax.config import VARIANTS, ModelConfig, has_hidden_tokens, has_window, is_chunked
+from phd_jax.config import ModelConfig, check_phd_args, has_hidden_tokens, has_window, is_chunked
+from phd_jax.errors import as_int
 
 EMPTY, PARTIAL, FULL = 0, 1, 2
 
@@ -59,13 +60,8 @@ def document_allowed(
 
 
 def _check_mask_args(variant, seq_len, repeat, window, chunk):
-    if variant not in VARIANTS:
-        raise ValueError(f"variant={variant!r} is invalid: allowed: {', '.join(VARIANTS)}")
-    for name, value, low in (("seq_len", seq_len, 1), ("repeat", repeat, 1), ("window", window, 0)):
-        if not isinstance(value, (int, np.integer)) or value < low:
-            raise ValueError(f"{name}={value!r} is invalid: must be an integer >= {low}")
-    if chunk is not None and (not isinstance(chunk, (int, np.integer)) or chunk < 1):
-        raise ValueError(f"chunk={chunk!r} is invalid: must be None or an integer >= 1")
+    as_int("seq_len", seq_len, 1)
+    check_phd_args(variant, repeat, window, chunk)  # the config's field rules
 
 
 def attention_mask(variant: str, seq_len: int, repeat: int, window: int = 0, chunk: int | None = None) -> np.ndarray:

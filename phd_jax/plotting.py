@@ -6,6 +6,10 @@ the same calls save PNGs from scripts and display inline in notebooks:
     from phd_jax import plotting
     plotting.plot_masks(["vanilla", "PHD-3", "PHD-CSWA-3-4-8"], path="masks.png")
     plotting.plot_metrics(["runs/vanilla", "runs/cswa"], path="loss.png", x="tokens")
+
+Layer: beside `train` and `evaluation` (the curves read run directories through
+`phd_jax.train`, imported on first use so that mask pictures need no training stack);
+nothing below imports this module.
 """
 
 from __future__ import annotations
@@ -15,9 +19,10 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from phd_jax.checks import as_int, fail, one_of
 from phd_jax.config import ModelConfig
+from phd_jax.errors import as_int, fail, one_of
 
+SAVE_DPI = 110  # resolution of saved PNGs
 X_AXES = {"step": "step", "tokens": "tokens (original, cumulative)", "flops": "training FLOPs"}
 
 
@@ -27,21 +32,22 @@ def _figure(width: float, height: float):
     return Figure(figsize=(width, height))
 
 
-def _as_config(config) -> ModelConfig:
-    if isinstance(config, ModelConfig):
-        return config
-    if isinstance(config, str):
-        return ModelConfig.from_name(config)
-    fail("plot_masks config", config, "must be a ModelConfig or a paper name like 'PHD-CSWA-3-4-8'", TypeError)
+def _as_cfg(model) -> ModelConfig:
+    """A ModelConfig given as itself or by its paper name."""
+    if isinstance(model, ModelConfig):
+        return model
+    if isinstance(model, str):
+        return ModelConfig.from_name(model)
+    fail("plot_masks model", model, "must be a ModelConfig or a paper name like 'PHD-CSWA-3-4-8'", TypeError)
 
 
-def draw_mask(ax, config, seq_len: int = 24, kind: str = "paper", block: int = 8):
+def draw_mask(ax, model, seq_len: int = 24, kind: str = "paper", block: int = 8):
     """Draw one layout's mask on `ax`; in the kernel layout, outline the tiles a kernel computes."""
     from matplotlib.patches import Rectangle
 
     from phd_jax.masks import EMPTY, FULL, Layout
 
-    cfg = _as_config(config)
+    cfg = _as_cfg(model)
     seq_len, block = as_int("seq_len", seq_len, 1), as_int("block", block, 1)
     layout = Layout.for_config(cfg, seq_len, kind)
     ax.imshow(layout.mask, cmap="Greys", interpolation="nearest")
@@ -77,15 +83,15 @@ def draw_mask(ax, config, seq_len: int = 24, kind: str = "paper", block: int = 8
     return layout
 
 
-def plot_masks(configs: Iterable, seq_len: int = 24, block: int = 8, path: str | None = None):
-    """One column per config (a `ModelConfig` or a paper name): the paper layout's mask on
+def plot_masks(models: Iterable, seq_len: int = 24, block: int = 8, path: str | None = None):
+    """One column per model (a `ModelConfig` or a paper name): the paper layout's mask on
     top, the kernel layout with its block pattern below. Saves a PNG to `path` if given."""
-    configs = [_as_config(c) for c in configs]
-    if not configs:
-        fail("plot_masks configs", configs, "must name at least one model")
-    fig = _figure(4.4 * len(configs), 8.6)
-    axes = fig.subplots(2, len(configs), squeeze=False)
-    for col, cfg in enumerate(configs):
+    cfgs = [_as_cfg(m) for m in models]
+    if not cfgs:
+        fail("plot_masks models", cfgs, "must name at least one model")
+    fig = _figure(4.4 * len(cfgs), 8.6)
+    axes = fig.subplots(2, len(cfgs), squeeze=False)
+    for col, cfg in enumerate(cfgs):
         for row, kind in enumerate(["paper", "kernel"]):
             draw_mask(axes[row, col], cfg, seq_len, kind, block)
     fig.tight_layout()
@@ -154,5 +160,5 @@ def plot_metrics(
 def _save(fig, path):
     if path:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        fig.savefig(path, dpi=110)
+        fig.savefig(path, dpi=SAVE_DPI)
     return fig

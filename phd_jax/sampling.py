@@ -12,9 +12,25 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from phd_jax.checks import as_int, as_rng, as_token_id, check_config, check_max_len, check_sampling, fail, is_traced
-from phd_jax.config import ModelConfig
+from phd_jax.config import ModelConfig, check_config, check_max_len
 from phd_jax.decode import prefill, step
+from phd_jax.errors import as_float, as_int, as_rng, as_token_id, fail, is_traced
+
+
+def check_sampling(temperature, top_k, top_p, vocab_size: int):
+    """(temperature, top_k, top_p) as Python numbers when concrete; traced ones pass through.
+
+    temperature: finite, >= 0. top_k: an int in [0, vocab] (it sets a static shape, so it is
+    never traced). top_p: in (0, 1]. Traced temperature / top_p cannot be checked: the
+    sampler then treats a temperature that is not finite and > 0 as greedy and clamps
+    top_p into [0, 1] (the most likely token is always kept).
+    """
+    if not is_traced(temperature):
+        temperature = as_float("temperature", temperature, 0.0)
+    top_k = as_int("top_k", top_k, 0, vocab_size)
+    if not is_traced(top_p):
+        top_p = as_float("top_p", top_p, 0.0, 1.0, low_open=True)
+    return temperature, top_k, top_p
 
 
 def top_k_filter(logits, k: int):
@@ -68,10 +84,10 @@ def sample_token(logits, rng, temperature=0.0, top_k: int = 0, top_p=1.0):
 
 
 @functools.partial(
-    jax.jit, static_argnames=("config", "max_new_tokens", "greedy", "top_k", "use_top_p", "eos_id", "pad_id")
+    jax.jit, static_argnames=("cfg", "max_new_tokens", "greedy", "top_k", "use_top_p", "eos_id", "pad_id")
 )
 def decode_loop(
-    params, config, logits, state, rng, temperature, top_p, *, max_new_tokens, greedy, top_k, use_top_p, eos_id, pad_id
+    params, cfg, logits, state, rng, temperature, top_p, *, max_new_tokens, greedy, top_k, use_top_p, eos_id, pad_id
 ):
     """`generate` after prefill, unchecked: `max_new_tokens` tokens `[B, n]` from the prefill's
     `logits` and `state`, one jitted `lax.scan` of decode steps. `generate` checks every argument
@@ -92,7 +108,7 @@ def decode_loop(
 
     def scan_step(carry, rng):
         state, tok, done = carry
-        logits, state = step(params, config, state, tok)
+        logits, state = step(params, cfg, state, tok)
         tok, done = emit(logits, rng, done)
         return (state, tok, done), tok
 
@@ -103,7 +119,7 @@ def decode_loop(
 
 def generate(
     params,
-    config: ModelConfig,
+    cfg: ModelConfig,
     prompt,
     max_new_tokens: int,
     *,
@@ -121,31 +137,31 @@ def generate(
     Greedy by default; `temperature > 0` samples (after `top_k` / `top_p`
     filtering) from `rng` (a PRNG key or an integer seed). With `eos_id`, a sequence stops at its first EOS
     and the remaining tokens are `pad_id`. The cache holds `max_len`
-    positions (default `config.max_seq_len`): prompt + new tokens must fit.
+    positions (default `cfg.max_seq_len`): prompt + new tokens must fit.
     `lengths [B]` gives true prompt lengths of a right-padded batch.
     Every argument is checked (numpy / JAX scalars accepted); `temperature` and
     `top_p` may be traced (see `sample_token`), the others set static shapes.
     """
-    check_config(config)
+    check_config(cfg)
     max_new_tokens = as_int("max_new_tokens", max_new_tokens, 1)
-    temperature, top_k, top_p = check_sampling(temperature, top_k, top_p, config.vocab_size)
+    temperature, top_k, top_p = check_sampling(temperature, top_k, top_p, cfg.vocab_size)
     traced_t = is_traced(temperature)
     greedy = top_k == 1 or (not traced_t and temperature == 0)
     if not greedy and rng is None:
         fail("rng", rng, "sampling (temperature > 0) needs rng=jax.random.key(...) or an integer seed")
-    eos_id = None if eos_id is None else as_token_id("eos_id", eos_id, config.vocab_size)
-    pad_id = as_token_id("pad_id", pad_id, config.vocab_size)
+    eos_id = None if eos_id is None else as_token_id("eos_id", eos_id, cfg.vocab_size)
+    pad_id = as_token_id("pad_id", pad_id, cfg.vocab_size)
     prompt = jnp.asarray(prompt)
     t = prompt.shape[-1]
     max_len = check_max_len(
-        config, max_len, t + max_new_tokens, f"a prompt of length {t} plus max_new_tokens={max_new_tokens}"
+        cfg, max_len, t + max_new_tokens, f"a prompt of length {t} plus max_new_tokens={max_new_tokens}"
     )
     rng = jax.random.key(0) if rng is None else as_rng("rng", rng)
-    logits, state = prefill(params, config, prompt, max_len, lengths)
+    logits, state = prefill(params, cfg, prompt, max_len, lengths)
     use_top_p = is_traced(top_p) or top_p < 1.0
     return decode_loop(
         params,
-        config,
+        cfg,
         logits,
         state,
         rng,

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from data_helpers import random_documents, run_config, write_text_corpus
 
-from phd_jax.checks import ConfigError
 from phd_jax.data import make_pipeline, make_tokenizer, shakespeare, validate_data_config
 from phd_jax.data.sources import held_out
+from phd_jax.errors import ConfigError
 
 EOS = 257
 

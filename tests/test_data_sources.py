@@ -9,9 +9,9 @@ import pytest
 import tensorflow_datasets as tfds
 from data_helpers import random_documents, run_config, write_jsonl_corpus, write_text_corpus
 
-from phd_jax.checks import ConfigError
 from phd_jax.data import documents, make_pipeline, shakespeare, validate_data_config
 from phd_jax.data.sources import held_out
+from phd_jax.errors import ConfigError
 
 
 def test_embedded_builder_reads_back_every_document_byte_for_byte(data_root):

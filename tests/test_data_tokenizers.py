@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from data_helpers import random_documents
 
-from phd_jax.checks import ConfigError
 from phd_jax.data import ByteTokenizer, check_vocab_size, make_tokenizer, padded_vocab_size
+from phd_jax.errors import ConfigError
 
 CORPUS = [
     "To be, or not to be, that is the question:",

@@ -15,8 +15,8 @@ import pytest
 from helpers import tiny_config
 
 import phd_jax
-from phd_jax import checks
-from phd_jax.model import param_shapes
+from phd_jax.decode import check_state
+from phd_jax.model import _params_mismatch, param_shapes
 from phd_jax.sampling import decode_loop, sample_token
 
 INTERNALS = ("flax", "tracer", "scope", "jaxlib", "pjit", "non-hashable", "traceback")
@@ -166,17 +166,17 @@ def test_missing_leaf_wrapped_params_and_non_dict_params():
 
 def test_param_check_runs_once_per_config_and_tree_not_per_call(model):
     cfg, params = model
-    checks._params_mismatch.cache_clear()
+    _params_mismatch.cache_clear()
     fwd = jax.jit(phd_jax.forward, static_argnums=1)
     for length in (3, 4):  # two traces of forward
         fwd(params, cfg, jnp.ones((1, length), jnp.int32))
     for _ in range(5):
         phd_jax.check_params(params, cfg)
     phd_jax.check_params(params, tiny_config("phd_swa", 3, 2))  # PHD adds no parameters: same check
-    assert checks._params_mismatch.cache_info().misses == 1
+    assert _params_mismatch.cache_info().misses == 1
     with pytest.raises(ValueError):
         phd_jax.check_params(param_shapes(tiny_config(d_model=64)), cfg)
-    assert checks._params_mismatch.cache_info().misses == 2
+    assert _params_mismatch.cache_info().misses == 2
 
 
 # ---- 3. decode state vs config --------------------------------------------------------------
@@ -235,7 +235,7 @@ def test_decode_step_refuses_another_batch_and_non_states(model):
     )
     # A state for another backend / tiling of the same model is fine.
     same = phd_jax.init_state(cfg.replace(attention="dense", block_q=32), 3, 8)
-    checks.check_state(same, cfg)
+    check_state(same, cfg)
 
 
 @pytest.mark.parametrize(

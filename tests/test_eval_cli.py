@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import phd_jax
-from phd_jax.checks import ConfigError
+from phd_jax.errors import ConfigError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

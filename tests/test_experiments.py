@@ -24,7 +24,7 @@ from experiments.sweep import (
     plan,
     run_state,
 )
-from phd_jax.checks import ConfigError
+from phd_jax.errors import ConfigError
 from phd_jax.train.metrics import read_metrics
 
 TINY = os.path.join(REPO, "configs", "tiny.py")

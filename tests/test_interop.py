@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import phd_jax
-from phd_jax.checks import ConfigError
+from phd_jax.errors import ConfigError
 from tests.helpers import max_diff, tiny_config
 
 torch = pytest.importorskip("torch")

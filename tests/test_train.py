@@ -18,7 +18,7 @@ import pytest
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from configs import tiny  # noqa: E402
-from phd_jax.checks import ConfigError  # noqa: E402
+from phd_jax.errors import ConfigError  # noqa: E402
 from phd_jax.train import checkpoint as ckpt  # noqa: E402
 from phd_jax.train import make_optimizer, train_and_evaluate, train_step, validate  # noqa: E402
 from phd_jax.train import sharding as shd  # noqa: E402

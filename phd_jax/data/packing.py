@@ -22,6 +22,9 @@ import numpy as np
 
 CACHE_FORMAT = 1
 
+# Corpora of fewer documents tokenize without a progress bar (it would only flash).
+PROGRESS_MIN_DOCS = 1000
+
 
 class TokenStream:
     """`tokens` (1-D, memory-mapped) and `doc_ends` (exclusive end of each document, its EOS
@@ -109,7 +112,7 @@ def token_stream(docs, tokenizer, cache_dir: str, num_threads: int = 1, progress
                 total=len(docs),
                 desc=f"tokenizing {docs.name}",
                 unit="doc",
-                disable=not progress or len(docs) < 1000,
+                disable=not progress or len(docs) < PROGRESS_MIN_DOCS,
                 leave=False,
             ):
                 f.write(ids.tobytes())

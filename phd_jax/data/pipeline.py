@@ -31,9 +31,10 @@ import time
 import numpy as np
 from ml_collections import ConfigDict
 
-from phd_jax.checks import ConfigError, as_bool, as_float, as_int, fail
-from phd_jax.data import packing, sources
+from phd_jax.data.packing import TokenStream, token_stream
+from phd_jax.data.sources import documents, parse_source
 from phd_jax.data.tokenizers import check_vocab_size, make_tokenizer
+from phd_jax.errors import ConfigError, as_bool, as_float, as_int, fail
 
 log = logging.getLogger(__name__)
 
@@ -103,9 +104,9 @@ def validate_data_config(config, process_count: int = 1):
     for key in ("source", "tokenizer", "data_dir", "text_key", "train_split", "eval_split", "eval_source", "cache_dir"):
         if not isinstance(d[key], str):
             fail(f"config.data.{key}", d[key], f"must be a string (got {type(d[key]).__name__})", ConfigError)
-    sources.parse_source(d.source)
+    parse_source(d.source)
     if d.eval_source:
-        sources.parse_source(d.eval_source, "config.data.eval_source")
+        parse_source(d.eval_source, "config.data.eval_source")
     if not d.text_key:
         fail("config.data.text_key", d.text_key, "must name the text feature or field", ConfigError)
     for key in ("document_masking", "shuffle"):
@@ -188,7 +189,7 @@ class BatchIterator:
 class _Windows:
     """Random access to the packed windows of a token stream (a grain data source)."""
 
-    def __init__(self, stream: packing.TokenStream, length: int, segments: bool):
+    def __init__(self, stream: TokenStream, length: int, segments: bool):
         self.stream, self.length, self.segments = stream, length, segments
         self._n = stream.num_windows(length)
 
@@ -244,16 +245,16 @@ class Pipeline:
         self.process_index, self.process_count = process_index, process_count
         self.local_batch = self.batch_size // process_count
         self.document_masking = bool(d.document_masking)
-        self.train_stream = self._stream(sources.documents(config, d.source, "train"), "source")
+        self.train_stream = self._stream(documents(config, d.source, "train"), "source")
         self.windows_per_epoch = self.train_stream.num_windows(self.length)
         if d.eval_source:
-            docs, key = sources.documents(config, d.eval_source, "eval_source"), "eval_source"
+            docs, key = documents(config, d.eval_source, "eval_source"), "eval_source"
         else:
-            docs, key = sources.documents(config, d.source, "eval"), "source"
+            docs, key = documents(config, d.source, "eval"), "source"
         self.eval_stream = self._stream(docs, key)  # now, so that a bad eval split fails early
 
-    def _stream(self, docs, key: str) -> packing.TokenStream:
-        stream = packing.token_stream(docs, self.tokenizer, cache_dir(self.config), self.config.data.num_threads)
+    def _stream(self, docs, key: str) -> TokenStream:
+        stream = token_stream(docs, self.tokenizer, cache_dir(self.config), self.config.data.num_threads)
         if stream.num_windows(self.length) < 1:
             fail(
                 f"config.data.{key}",

@@ -23,7 +23,7 @@ import os
 
 import numpy as np
 
-from phd_jax.checks import ConfigError, fail
+from phd_jax.errors import ConfigError, fail
 
 SOURCE_SPECS = "shakespeare, tfds:NAME[:VERSION], text:GLOB, jsonl:GLOB"
 DEFAULT_DATA_DIR = os.path.join("~", ".cache", "phd_jax", "tensorflow_datasets")
@@ -160,12 +160,10 @@ def shakespeare_documents(
     split: str, directory: str, split_key: str = "config.data.train_split", key: str = "config.data.source"
 ) -> Documents:
     """The embedded corpus, prepared as a TFDS dataset on first use."""
-    from phd_jax.data import shakespeare
+    from phd_jax.data.shakespeare import NAME, VERSION, prepare
 
-    shakespeare.prepare(directory)
-    return tfds_documents(
-        f"{shakespeare.NAME}:{shakespeare.VERSION}", split, directory, "text", "shakespeare", split_key, key
-    )
+    prepare(directory)
+    return tfds_documents(f"{NAME}:{VERSION}", split, directory, "text", "shakespeare", split_key, key)
 
 
 # ---------------------------------------------------------------------------
@@ -230,12 +228,16 @@ def jsonl_documents(spec: str, pattern: str, text_key: str, key: str = "config.d
     return Documents(spec, _files_fingerprint("jsonl", files, text_key), len(lines), get)
 
 
+# The fixed seed of the validation split: the same documents are held out whatever config.seed is.
+HELD_OUT_SEED = 0x5EED
+
+
 def held_out(n: int, val_fraction: float) -> np.ndarray:
     """Which of `n` documents are validation documents: a fixed (seed-independent) choice of
     `ceil(val_fraction * n)` of them, at least one, never all."""
     k = min(max(1, int(np.ceil(val_fraction * n))), n - 1)
     chosen = np.zeros(n, bool)
-    chosen[np.random.default_rng(0x5EED).permutation(n)[:k]] = True
+    chosen[np.random.default_rng(HELD_OUT_SEED).permutation(n)[:k]] = True
     return chosen
 
 

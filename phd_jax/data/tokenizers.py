@@ -17,9 +17,12 @@ import hashlib
 import json
 import os
 
-from phd_jax.checks import ConfigError, fail
+from phd_jax.errors import ConfigError, fail
 
 TOKENIZER_SPECS = "byte, sentencepiece:PATH (a .model file), hf:PATH (a tokenizer.json)"
+NUM_BYTES = 256  # the byte tokenizer's ids 0..255 (BOS, EOS, PAD follow)
+# A run config's vocab_size 0: the tokenizer's ids padded to a multiple of this (fast matmuls).
+VOCAB_MULTIPLE = 128
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,7 +39,7 @@ class ByteTokenizer:
         return list(text.encode("utf-8"))
 
     def decode(self, ids) -> str:
-        return bytes(int(i) for i in ids if 0 <= int(i) < 256).decode("utf-8", errors="replace")
+        return bytes(int(i) for i in ids if 0 <= int(i) < NUM_BYTES).decode("utf-8", errors="replace")
 
 
 def _file_digest(path: str) -> str:
@@ -141,10 +144,10 @@ def _special_tokens(config_path: str) -> dict:
     if not os.path.exists(config_path):
         return {}
     with open(config_path, encoding="utf-8") as f:
-        cfg = json.load(f)
+        settings = json.load(f)
     out = {}
     for key in ("eos_token", "bos_token", "pad_token"):
-        value = cfg.get(key)
+        value = settings.get(key)
         if isinstance(value, dict):  # {"content": "</s>", ...}
             value = value.get("content")
         if isinstance(value, str):
@@ -181,11 +184,11 @@ def check_vocab_size(vocab_size: int, tokenizer, name: str = "config.model.vocab
             vocab_size,
             f"the tokenizer {tokenizer.name} has {needed} ids, more than the "
             f"model can embed: use vocab_size >= {needed} (or 0 to take the tokenizer's, padded "
-            f"to a multiple of 128)",
+            f"to a multiple of {VOCAB_MULTIPLE})",
             ConfigError,
         )
 
 
-def padded_vocab_size(tokenizer, multiple: int = 128) -> int:
+def padded_vocab_size(tokenizer, multiple: int = VOCAB_MULTIPLE) -> int:
     """The tokenizer's vocabulary rounded up to a multiple of `multiple` (fast matmuls)."""
     return -(-num_ids(tokenizer) // multiple) * multiple

@@ -60,7 +60,7 @@ def main(argv):
     if len(argv) > 1:
         _fail(f"unexpected arguments {argv[1:]}")
     logging.set_verbosity(logging.WARNING)
-    from phd_jax.checks import ConfigError
+    from phd_jax.errors import ConfigError
     from phd_jax.evaluation.run import evaluate_checkpoint, format_results
 
     try:

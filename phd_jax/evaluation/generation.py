@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from phd_jax.checks import as_float, as_int, fail
 from phd_jax.config import ModelConfig
+from phd_jax.errors import as_float, as_int, fail
 from phd_jax.evaluation.scoring import bucket
 from phd_jax.sampling import generate
 

@@ -8,8 +8,8 @@ from lm_eval.api.model import LM
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 from tqdm.auto import tqdm
 
-from phd_jax.checks import as_int
 from phd_jax.config import ModelConfig
+from phd_jax.errors import as_int
 from phd_jax.evaluation.generation import generate_text
 from phd_jax.evaluation.scoring import score_sequences
 

@@ -13,8 +13,8 @@ import math
 import jax
 import numpy as np
 
-from phd_jax.checks import as_int, fail
 from phd_jax.config import ModelConfig
+from phd_jax.errors import as_int, fail
 
 
 def token_bytes(tokenizer, ids) -> int:

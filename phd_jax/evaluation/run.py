@@ -20,7 +20,7 @@ import json
 import os
 import time
 
-from phd_jax.checks import ConfigError, as_int, fail
+from phd_jax.errors import ConfigError, as_int, fail
 
 INFERENCE_ONLY = ("attention", "block_q", "block_kv", "dtype", "remat")
 EVAL_KEYS = ("seq_len", "batch_size", "eval_batches", "val_fraction", "seed")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import difflib
 import os
 
-from phd_jax.checks import fail
+from phd_jax.errors import fail
 
 EXAMPLES = os.path.join(
     os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "examples", "tasks"

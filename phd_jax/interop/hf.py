@@ -24,8 +24,8 @@ import tempfile
 
 import numpy as np
 
-from phd_jax.checks import ConfigError, fail
 from phd_jax.config import ModelConfig
+from phd_jax.errors import ConfigError, fail
 
 ARCHITECTURES = ("LlamaForCausalLM",)
 CONFIG_FILE, WEIGHTS_FILE, INDEX_FILE = "config.json", "model.safetensors", "model.safetensors.index.json"

@@ -8,7 +8,7 @@ Public:
     make_optimizer(config), make_mesh(config), MetricWriter
 """
 
-from phd_jax.checks import ConfigError
+from phd_jax.errors import ConfigError
 from phd_jax.train.checkpoint import restore_params
 from phd_jax.train.config import base_config, load_run_config, model_config, validate
 from phd_jax.train.metrics import MetricWriter

@@ -20,8 +20,9 @@ import subprocess
 import jax
 import numpy as np
 
-from phd_jax.checks import ConfigError, check_params
 from phd_jax.config import ModelConfig
+from phd_jax.errors import ConfigError
+from phd_jax.model import check_params
 from phd_jax.train.config import load_run_config, to_json
 
 CHECKPOINTS = "checkpoints"

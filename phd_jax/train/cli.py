@@ -42,7 +42,7 @@ _PROGRESS = flags.DEFINE_bool("progress", None, "Progress bar (default: only on 
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)  # keep orbax's INFO lines out of the way
-    from phd_jax.checks import ConfigError
+    from phd_jax.errors import ConfigError
     from phd_jax.train import TrainingError
     from phd_jax.train.launch import initialize_distributed, sample_after_training
 

@@ -3,11 +3,12 @@
 Every check runs before any work (no compile, nothing written) and raises a `ConfigError`
 whose message names the key (`config.mesh.fsdp=3 is invalid: ...`). Command-line spelling:
 `0` means "none" for `model.window` and `model.chunk`; `model.vocab_size=0` means "the
-tokenizer's vocabulary padded to a multiple of 128".
+tokenizer's vocabulary padded to a multiple of VOCAB_MULTIPLE".
 """
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import json
 import math
@@ -15,11 +16,24 @@ import os
 
 import ml_collections
 
-from phd_jax.checks import ConfigError, as_bool, as_float, as_int, one_of
-from phd_jax.config import ModelConfig
+from phd_jax.config import ModelConfig, has_window, is_chunked
 from phd_jax.data import check_vocab_size, default_data_config, make_tokenizer, padded_vocab_size
+from phd_jax.data.tokenizers import VOCAB_MULTIPLE
+from phd_jax.errors import ConfigError, ConfigTypeError, as_bool, as_float, as_int, one_of
 
-VOCAB_MULTIPLE = 128
+# The `model` section has ModelConfig's fields (and its rules: `model_config` builds one). Its own
+# defaults, where they differ from ModelConfig's: the quick start's smaller model (1,033,344
+# parameters with the byte tokenizer), and the command line's spellings, which have no None.
+RUN_MODEL_DEFAULTS = {
+    "vocab_size": 0,  # the tokenizer's vocabulary padded to a multiple of VOCAB_MULTIPLE
+    "d_model": 128,
+    "head_dim": 32,
+    "mlp_dim": 512,
+    "max_seq_len": 256,
+    "chunk": 0,  # C; 0 = none (phd_cswa needs one)
+    "position_mode": "shared",  # for every variant (ModelConfig's None means "flat" for naive)
+}
+
 SCHEDULES = ("cosine", "linear", "constant")
 MESH_AXES = ("data", "fsdp", "tensor")
 
@@ -47,32 +61,9 @@ DEFAULT_RULES = (
 def base_config() -> ml_collections.ConfigDict:
     """The defaults every config file starts from (each file changes only what differs)."""
     c = ml_collections.ConfigDict()
-    m = c.model = ml_collections.ConfigDict()
-    m.variant = "vanilla"
-    m.repeat = 1
-    m.window = 0  # W; 0 = none
-    m.chunk = 0  # C; 0 = none (phd_cswa needs one)
-    m.position_mode = "shared"  # "flat": copy s of position n gets rotary id n*K + s
-    m.vocab_size = 0  # 0: the tokenizer's vocabulary padded to a multiple of 128
-    m.num_layers = 4
-    m.d_model = 128
-    m.num_heads = 4
-    m.num_kv_heads = 2
-    m.head_dim = 32
-    m.mlp_dim = 512
-    m.max_seq_len = 256
-    m.rope_theta = 10000.0
-    m.norm_eps = 1e-6
-    m.tie_embeddings = True
-    m.qk_norm = False
-    m.dtype = "float32"  # compute dtype ("bfloat16" on accelerators)
-    m.param_dtype = "float32"
-    m.attention = "auto"  # auto | dense | blocksparse | splash
-    m.block_q = 128
-    m.block_kv = 128
-    m.scan_layers = True
-    m.remat = "none"  # none | full | dots
-    m.init_std = 0.02
+    c.model = ml_collections.ConfigDict(
+        {f.name: RUN_MODEL_DEFAULTS.get(f.name, f.default) for f in dataclasses.fields(ModelConfig)}
+    )
 
     # Data: phd_jax.data validates this section.
     c.data = default_data_config()
@@ -142,14 +133,14 @@ def apply_model_name(config: ml_collections.ConfigDict, name: str | None):
     if not name:
         return config
     try:
-        mc = ModelConfig.from_name(name)
+        cfg = ModelConfig.from_name(name)
     except ValueError:
         raise ConfigError(
             f"config argument {name!r} is invalid: allowed: vanilla, naive-K, PHD-K, "
             f"PHD-SWA-K-W-inf, PHD-CSWA-K-W-C (e.g. configs/default.py:PHD-SWA-3-16-inf)"
         ) from None
-    config.model.variant, config.model.repeat = mc.variant, mc.repeat
-    config.model.window, config.model.chunk = mc.window, mc.chunk or 0
+    config.model.variant, config.model.repeat = cfg.variant, cfg.repeat
+    config.model.window, config.model.chunk = cfg.window, cfg.chunk or 0
     return config
 
 
@@ -165,45 +156,26 @@ def _check_keys(section, reference, prefix: str):
 
 
 def _model_fields(config, tokenizer) -> dict:
+    """The `model` section as ModelConfig's keyword arguments: the command line's spellings
+    translated (0 = none, vocab_size 0 = the tokenizer's), then ModelConfig checks every field
+    and its errors come through renamed to the run config's keys (`config.model.window`)."""
     m = dict(config.model)
-    name = "config.model."
-    for f in (
-        "num_layers",
-        "d_model",
-        "num_heads",
-        "num_kv_heads",
-        "head_dim",
-        "mlp_dim",
-        "max_seq_len",
-        "block_q",
-        "block_kv",
-        "repeat",
-    ):
-        m[f] = as_int(name + f, m[f], 1, error=ConfigError)
+    key = "config.model."
     for f in ("window", "chunk", "vocab_size"):
-        m[f] = as_int(name + f, m[f], 0, error=ConfigError)
-    for f in ("tie_embeddings", "qk_norm", "scan_layers"):
-        m[f] = as_bool(name + f, m[f], error=ConfigError)
-    for f in ("rope_theta", "norm_eps", "init_std"):
-        m[f] = as_float(name + f, m[f], 0.0, low_open=True, error=ConfigError)
+        m[f] = as_int(key + f, m[f], 0, error=ConfigError)
     variant = m["variant"]
-    if variant not in ("phd_swa", "phd_cswa") and m["window"]:
+    if m["window"] and not has_window(variant):
         raise ConfigError(
-            f"config.model.window={m['window']} is not used by variant {variant!r} but "
-            f"left at a non-zero value: set --config.model.window=0 (or pick phd_swa / phd_cswa)"
+            f"{key}window={m['window']} is not used by variant {variant!r} but "
+            f"left at a non-zero value: set --{key}window=0 (or pick phd_swa / phd_cswa)"
         )
-    if variant != "phd_cswa" and m["chunk"]:
+    if m["chunk"] and not is_chunked(variant):
         raise ConfigError(
-            f"config.model.chunk={m['chunk']} is not used by variant {variant!r} but "
-            f"left at a non-zero value: set --config.model.chunk=0 (or pick phd_cswa)"
+            f"{key}chunk={m['chunk']} is not used by variant {variant!r} but "
+            f"left at a non-zero value: set --{key}chunk=0 (or pick phd_cswa)"
         )
-    if variant == "phd_cswa" and not m["chunk"]:
-        raise ConfigError("config.model.chunk=0 is invalid: phd_cswa needs a chunk C >= 1")
-    if variant == "vanilla" and m["repeat"] != 1:
-        raise ConfigError(
-            f"config.model.repeat={m['repeat']} is not used by variant 'vanilla' but "
-            f"left at a non-zero value: set --config.model.repeat=1 (or pick phd)"
-        )
+    if is_chunked(variant) and not m["chunk"]:
+        raise ConfigError(f"{key}chunk=0 is invalid: phd_cswa needs a chunk C >= 1")
     m["chunk"] = m["chunk"] or None
     if tokenizer is not None:
         if m["vocab_size"] == 0:
@@ -211,11 +183,12 @@ def _model_fields(config, tokenizer) -> dict:
         else:
             check_vocab_size(m["vocab_size"], tokenizer)
     elif m["vocab_size"] == 0:
-        raise ConfigError("config.model.vocab_size=0 needs the tokenizer to set it")
+        raise ConfigError(f"{key}vocab_size=0 needs the tokenizer to set it")
     try:
         return dict(ModelConfig(**m).__dict__)
     except ValueError as e:
-        raise ConfigError(str(e).replace("ModelConfig.", "config.model.")) from None
+        error = ConfigTypeError if isinstance(e, TypeError) else ConfigError
+        raise error(str(e).replace("ModelConfig.", key)) from None
 
 
 def model_config(config, tokenizer=None) -> ModelConfig:

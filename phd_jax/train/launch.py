@@ -48,7 +48,7 @@ def flag_error_message(e: BaseException) -> str:
         )
         hint = f" (did you mean {m.group(2)!r}?)" if m else ""
         return f"{flag or '--config'}: {key!r} is not a config key{hint}"
-    from phd_jax.checks import ConfigError
+    from phd_jax.errors import ConfigError
 
     cause, found = e, None
     while cause is not None:  # the ConfigError raised by get_config, under ml_collections' re-raises

@@ -41,8 +41,8 @@ import time
 
 import numpy as np
 
-from phd_jax.checks import as_int, fail
 from phd_jax.config import ModelConfig
+from phd_jax.errors import as_int, fail
 from phd_jax.flops import train_flops_per_sequence
 
 METRICS_FILE = "metrics.jsonl"

@@ -15,8 +15,8 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from phd_jax.checks import ConfigError
 from phd_jax.config import ModelConfig
+from phd_jax.errors import ConfigError
 from phd_jax.model import param_logical_axes, param_shapes
 from phd_jax.train.config import MESH_AXES, logical_rules, mesh_shape
 

@@ -25,9 +25,9 @@ import optax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from phd_jax.checks import ConfigError, check_params
 from phd_jax.config import ModelConfig
-from phd_jax.model import forward, init_params, num_params, param_shapes
+from phd_jax.errors import ConfigError
+from phd_jax.model import check_params, forward, init_params, num_params, param_shapes
 from phd_jax.train import checkpoint as ckpt
 from phd_jax.train import sharding as shd
 from phd_jax.train.config import logical_rules, to_json, validate
