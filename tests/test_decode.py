@@ -234,8 +234,8 @@ def test_cached_originals_equal_a_vanilla_model(name):
     for n in range(6, 9):  # also after decode steps, which run K copies at once
         _, s = phd_jax.decode_step(params, cfg, s, tokens[:, n])
         _, s0 = phd_jax.decode_step(params, vanilla, s0, tokens[:, n])
-    assert max_diff(s.k[:, :, :, :9], s0.k[:, :, :, :9]) <= 1e-5
-    assert max_diff(s.v[:, :, :, :9], s0.v[:, :, :, :9]) <= 1e-5
+    assert max_diff(s.cache.k[:, :, :, :9], s0.cache.k[:, :, :, :9]) <= 1e-5
+    assert max_diff(s.cache.v[:, :, :, :9], s0.cache.v[:, :, :, :9]) <= 1e-5
 
 
 def _prefill_flops(cfg, t, max_len=64):

@@ -24,13 +24,11 @@ import numpy as np
 
 from phd_jax.attention.blocksparse import SegmentMask, blocksparse_attention
 from phd_jax.attention.dense import MASK_VALUE, combine, dense_attention, partial_attention
-from phd_jax.attention.tables import BAND_ROWS
 from phd_jax.config import BACKENDS, ModelConfig
 from phd_jax.masks import Layout
 
 __all__ = [
     "BACKENDS",
-    "BAND_ROWS",
     "MASK_VALUE",
     "SegmentMask",
     "SplashPatternMask",
