@@ -293,7 +293,7 @@ def init_params(cfg: ModelConfig, rng) -> dict:
 def param_shapes(cfg: ModelConfig):
     """The parameter tree `init_params(cfg)` makes, as `jax.ShapeDtypeStruct`s (nothing allocated).
 
-    Traced once per parameter-shaping cfg (the trainer, sharding and checkpoints all ask)."""
+    Traced once per parameter-shaping config (the trainer, sharding and checkpoints all ask)."""
     return _param_shapes(param_config(cfg))
 
 
@@ -349,7 +349,7 @@ def forward(params, cfg: ModelConfig, tokens, segment_ids=None):
     document (a run of equal ids), rotary positions and chunks counted from its start, so each
     document's logits equal those of the document run alone. Prefill/decode take no segment ids.
     Pure; jit it with `jax.jit(forward, static_argnums=1)`. Checks `cfg`, `params`
-    (once per cfg and tree structure) and `tokens`; under jit, ids outside the
+    (once per config and tree structure) and `tokens`; under jit, ids outside the
     vocabulary are clamped to [0, vocab_size - 1] (see `phd_jax.checked`).
     """
     check_config(cfg)
