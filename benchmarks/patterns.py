@@ -2,9 +2,10 @@
 
 `Layout.for_config(config, T, "kernel").pattern(128, 128)` derives the pattern per query
 block from closed-form row spans of `allowed`, never as a dense `[N, N]` mask (N = T*K).
-For each T and variant: build time (the pattern plus `kv_indices` and `band_blocks`, the
-parts the blocksparse kernel reads), peak host memory (tracemalloc, a separate build),
-non-empty tiles; next to it, for small T, the old path (dense mask, then classified).
+For each T and variant: build time (the pattern plus the blocksparse kernel's loop tables,
+`phd_jax.attention.tables.tile_tables`, which it builds from the pattern's layout), peak host
+memory (tracemalloc, a separate build), non-empty tiles; next to it, for small T, the old path
+(dense mask, then classified).
 Then splash's host-side mask preprocessing (`process_mask` for forward / dQ and
 `process_mask_dkv`: a Python loop over all (N / 128)^2 tiles) with the computable mask.
 
@@ -25,12 +26,13 @@ from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_ma
 from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask_info as mask_info
 
 try:  # python -m benchmarks.patterns from the checkout
-    from benchmarks.common import markdown_table
+    from benchmarks.common import markdown_table, reference_pattern
 except ImportError:  # python benchmarks/patterns.py: the script's directory comes first on the path
-    from common import markdown_table
-from phd_jax.attention import SplashPatternMask, splash_sizes
+    from common import markdown_table, reference_pattern
+from phd_jax.attention.splash import SplashPatternMask, splash_sizes
+from phd_jax.attention.tables import tile_tables
 from phd_jax.config import ModelConfig
-from phd_jax.masks import BlockPattern, Layout, reference_pattern
+from phd_jax.masks import BlockPattern, Layout
 
 NAMES = ["PHD-4", "PHD-SWA-4-16-inf", "PHD-CSWA-4-16-32"]
 BLOCK = 128
@@ -44,14 +46,12 @@ def _fresh_layout(name: str, t: int) -> Layout:
 
 def _build(name: str, t: int) -> BlockPattern:
     pattern = BlockPattern.from_layout(_fresh_layout(name, t), BLOCK, BLOCK)
-    _ = pattern.kv_indices, pattern.band_blocks  # computed (cached) with the pattern
+    tile_tables(pattern)  # what blocksparse builds from it (once per pattern, cached)
     return pattern
 
 
 def _build_dense(name: str, t: int) -> BlockPattern:
-    pattern = reference_pattern(_fresh_layout(name, t), BLOCK, BLOCK)
-    _ = pattern.kv_indices, pattern.band_blocks  # computed (cached) with the pattern
-    return pattern
+    return reference_pattern(_fresh_layout(name, t), BLOCK, BLOCK)
 
 
 def measure(build, name: str, t: int, reps: int):
@@ -142,8 +142,9 @@ def main():
 `{cmd.strip()}` on {platform.machine()}, {os.cpu_count()} CPU cores (shared: load average
 {load} at the end of the run, so times are upper bounds), K = 4,
 tiles {BLOCK} x {BLOCK}, kernel layout. Build = `BlockPattern.from_layout` on a fresh layout
-(what `Layout.for_config(config, T, "kernel").pattern(128, 128)` caches) plus `kv_indices`
-and `band_blocks`; median of {args.reps} builds; peak = tracemalloc peak of one more build.
+(what `Layout.for_config(config, T, "kernel").pattern(128, 128)` caches) plus the blocksparse
+kernel's loop tables (`tile_tables`); median of {args.reps} builds; peak = tracemalloc peak of
+one more build.
 "dense path" = the old way (dense `[N, N]` mask, classified), only at small T.
 
 {build_table}

@@ -10,16 +10,16 @@ On top of it:
 - `Layout`: a static list of tokens in the order a kernel sees them
   (`paper`, `kernel` = the paper's `[originals | hidden]` regrouping, or
   `originals` only), with its dense mask.
-- `BlockPattern`: the static block-sparse pattern of a mask (empty / partial /
-  full tiles, index lists, contiguous runs) that every fast backend consumes.
+- `BlockPattern`: the static block-sparse pattern of a layout (empty / partial /
+  full tiles) that the fast backends consume, with the layout's closed-form row spans.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import warnings
 from collections.abc import Callable
-from typing import NamedTuple
 
 import numpy as np
 
@@ -50,13 +50,23 @@ def allowed(variant: str, q_pos, q_copy, k_pos, k_copy, repeat: int, window: int
     return ok
 
 
-def document_allowed(
-    variant: str, q_off, q_copy, q_doc, k_off, k_copy, k_doc, repeat: int, window: int = 0, chunk: int | None = None
+def segment_allowed(
+    variant: str,
+    q_offset,
+    q_copy,
+    q_segment,
+    k_offset,
+    k_copy,
+    k_segment,
+    repeat: int,
+    window: int = 0,
+    chunk: int | None = None,
 ):
-    """Packed documents (spec section 3): `allowed` on positions counted from each document's
-    start (`*_off`), and only within one document (`*_doc`). Chunks follow the offsets; the
-    window depends only on `n - m`, so it is unchanged. Numpy or jax arrays, broadcasting."""
-    return allowed(variant, q_off, q_copy, k_off, k_copy, repeat, window, chunk) & (q_doc == k_doc)
+    """Packed documents (spec section 3): `allowed` on positions counted from each segment's
+    start (`*_offset`), and only within one segment (`*_segment`: segment ids). Chunks follow
+    the offsets; the window depends only on `n - m`, so it is unchanged. Numpy or jax arrays,
+    broadcasting. (Called `document_allowed` before 0.2.)"""
+    return allowed(variant, q_offset, q_copy, k_offset, k_copy, repeat, window, chunk) & (q_segment == k_segment)
 
 
 def _check_mask_args(variant, seq_len, repeat, window, chunk):
@@ -107,12 +117,10 @@ class Layout:
     hidden_from: int = 0
 
     @classmethod
-    def for_config(cls, config: ModelConfig, seq_len: int, kind: str, hidden_from: int = 0) -> Layout:
+    def for_config(cls, cfg: ModelConfig, seq_len: int, kind: str, hidden_from: int = 0) -> Layout:
         if kind not in LAYOUT_KINDS:
             raise ValueError(f"layout kind={kind!r} is invalid: allowed: {', '.join(LAYOUT_KINDS)}")
-        return _layout(
-            kind, config.variant, seq_len, config.repeat, config.effective_window, config.effective_chunk, hidden_from
-        )
+        return _layout(kind, cfg.variant, seq_len, cfg.repeat, cfg.effective_window, cfg.effective_chunk, hidden_from)
 
     @functools.cached_property
     def tokens(self) -> tuple[np.ndarray, np.ndarray]:
@@ -239,18 +247,6 @@ def _layout(kind, variant, seq_len, repeat, window, chunk, hidden_from) -> Layou
 # ---------------------------------------------------------------------------
 
 
-class Run(NamedTuple):
-    """A contiguous key range `[start, stop)` of one query block, all partial or all full."""
-
-    start: int
-    stop: int
-    partial: bool
-
-
-# Granularity, in key columns, of the runs a kernel computes.
-RUN_ALIGN = 16
-
-
 @dataclasses.dataclass(frozen=True, eq=False)
 class BlockPattern:
     """Per (query block, key block) tile: EMPTY (skip), PARTIAL (mask it) or FULL.
@@ -260,21 +256,10 @@ class BlockPattern:
     of `allowed` (O(block_q) work per block). Edge tiles may be smaller than the
     block size (no padding needed by the pure-JAX kernel).
 
-    `block_mask` is what the kernels read (`blocksparse` builds its loop tables from it,
-    splash its block lists). `runs` and the band describe the mask more finely (tests and
-    benchmarks; a kernel that computes thin runs could use them).
-
-    `runs`: per query block, the contiguous allowed key runs, in tokens.
-    Refined below tile granularity: key columns are grouped by `RUN_ALIGN`
-    (aligned slices keep the dots fast); a group is empty, full (every row of the
-    block may attend to every column) or partial, and equal neighbours merge into
-    runs. So a thin staircase costs its own width, not whole tiles.
-
-    `band_start`: where a trailing diagonal band begins (PHD's hidden-to-hidden
-    part of the kernel layout: own-position copies plus the window), or None.
-    Rows before it never see columns after it, and inside it every allowed key
-    is at most `band_width - 1` rows below the query. `band_blocks` holds the band
-    in small blocks, and the `runs` then cover only the columns before `band_start`.
+    What the kernels read: `block_mask` (splash's tile classes; `blocksparse`'s loop tables
+    for layouts without hidden tokens), `layout` (its row spans, `Layout.spans`, give the
+    `blocksparse` tables of a layout with hidden tokens and every partial tile's mask) and,
+    for a pattern without a layout, `tile_mask`. Tests check each against the dense mask.
 
     `tile_mask(q0, q1, k0, k1)` gives the mask of any sub-rectangle (from
     `allowed`); `mask` is the whole dense mask, for tests only.
@@ -284,10 +269,6 @@ class BlockPattern:
     block_q: int
     block_kv: int
     block_mask: np.ndarray  # [nq, nk] int8 of EMPTY / PARTIAL / FULL
-    runs: tuple[tuple[Run, ...], ...]
-    band_start: int | None = None
-    band_width: int = 0
-    band_pairs: int = 0  # allowed pairs in `[band_start:, band_start:]`
     pairs: Callable = dataclasses.field(default=None, repr=False)  # (rows, cols) -> allowed
     layout: Layout | None = None  # the layout this pattern was derived from, if any
 
@@ -302,8 +283,6 @@ class BlockPattern:
         a, b, c = spans
         hid = c > b
         assert (~hid | (b >= a)).all(), "row spans must be [0, a) then [b, c)"
-        band_start, band_width, band_pairs = _band_from_spans(a, b, c, layout.band_start, block_q)
-        run_cols = n if band_start is None else band_start
         starts = np.arange(0, n, block_q)
         # Per query block: keys every row sees (full) and keys some row sees (any).
         a_lo, a_hi = np.minimum.reduceat(a, starts), np.maximum.reduceat(a, starts)
@@ -311,25 +290,12 @@ class BlockPattern:
         c_hi = np.maximum.reduceat(np.where(hid, c, 0), starts)
         b_hi, c_lo = np.maximum.reduceat(b, starts), np.minimum.reduceat(c, starts)
         block_mask = np.zeros((len(starts), -(-n // block_kv)), np.int8)
-        runs = []
         for i, blk in enumerate(zip(*(x.tolist() for x in (a_lo, a_hi, b_lo, c_hi, b_hi, c_lo)))):
             full = [(0, blk[0]), (blk[4], blk[5])]
             any_ = [(0, blk[1]), (blk[2], blk[3])]
-            for lo, hi, status in _group_segments(full, any_, block_kv, n):
+            for lo, hi, status in _tile_runs(full, any_, block_kv, n):
                 block_mask[i, lo:hi] = status
-            runs.append(_runs(_group_segments(full, any_, RUN_ALIGN, run_cols), run_cols))
-        return cls(
-            (n, n),
-            block_q,
-            block_kv,
-            block_mask,
-            tuple(runs),
-            band_start,
-            band_width,
-            band_pairs,
-            layout.allowed_at,
-            layout,
-        )
+        return cls((n, n), block_q, block_kv, block_mask, layout.allowed_at, layout)
 
     @classmethod
     def _from_strips(cls, layout: Layout, block_q: int, block_kv: int) -> BlockPattern:
@@ -338,42 +304,13 @@ class BlockPattern:
         assert layout.band_start is None
         n = layout.size
         block_mask = np.zeros((-(-n // block_q), -(-n // block_kv)), np.int8)
-        runs = []
         for i, q0 in enumerate(range(0, n, block_q)):
             strip = layout.tile_mask(q0, min(q0 + block_q, n), 0, n)
-            for lo, hi, status in _strip_segments(strip, block_kv):
-                block_mask[i, lo:hi] = status
-            runs.append(_runs(_strip_segments(strip, RUN_ALIGN), n))
-        return cls((n, n), block_q, block_kv, block_mask, tuple(runs), pairs=layout.allowed_at, layout=layout)
-
-    @classmethod
-    def from_mask(cls, mask: np.ndarray, block_q: int, block_kv: int, band_start: int | None = None) -> BlockPattern:
-        """The pattern of a dense mask: the reference the layout builder is tested against."""
-        mask = np.asarray(mask, bool)
-        nq_tok, nk_tok = mask.shape
-        nq, nk = -(-nq_tok // block_q), -(-nk_tok // block_kv)
-        pad = ((0, nq * block_q - nq_tok), (0, nk * block_kv - nk_tok))
-        tiles = lambda m: m.reshape(nq, block_q, nk, block_kv)  # noqa: E731
-        any_ = tiles(np.pad(mask, pad, constant_values=False)).any(axis=(1, 3))
-        all_ = tiles(np.pad(mask, pad, constant_values=True)).all(axis=(1, 3))
-        block_mask = np.where(all_, FULL, np.where(any_, PARTIAL, EMPTY)).astype(np.int8)
-        band_width = 0
-        if band_start is not None:
-            band_width = _band_width(mask, band_start)
-            if not 0 < band_width <= block_q:
-                band_start, band_width = None, 0  # no thin band here: runs cover everything
-        cols = mask if band_start is None else mask[:, :band_start]
-        runs = tuple(
-            _runs(_strip_segments(cols[q0 : q0 + block_q], RUN_ALIGN), cols.shape[1])
-            for q0 in range(0, nq_tok, block_q)
-        )
-        band_pairs = 0 if band_start is None else int(mask[band_start:, band_start:].sum())
-        return cls(
-            mask.shape, block_q, block_kv, block_mask, runs, band_start, band_width, band_pairs, lambda r, c: mask[r, c]
-        )
+            block_mask[i] = tile_classes(strip, block_kv)
+        return cls((n, n), block_q, block_kv, block_mask, layout.allowed_at, layout)
 
     def tile_mask(self, q0: int, q1: int, k0: int, k1: int) -> np.ndarray:
-        """The boolean mask of queries `[q0, q1)` x keys `[k0, k1)` (what a partial run needs)."""
+        """The boolean mask of queries `[q0, q1)` x keys `[k0, k1)` (what a partial tile needs)."""
         return self.pairs(np.arange(q0, q1)[:, None], np.arange(k0, k1)[None, :])
 
     @functools.cached_property
@@ -394,45 +331,6 @@ class BlockPattern:
         """Fraction of tiles computed: the attention cost relative to dense."""
         return self.num_nonempty / self.num_blocks
 
-    @functools.cached_property
-    def kv_indices(self) -> tuple[np.ndarray, np.ndarray]:
-        """Index lists a kernel iterates: `(indices [nq, max_nnz] padded with -1, counts [nq])`."""
-        nonempty = self.block_mask != EMPTY
-        counts = nonempty.sum(axis=1).astype(np.int32)
-        idx = np.full((self.block_mask.shape[0], max(int(counts.max()), 1)), -1, np.int32)
-        rows, cols = np.nonzero(nonempty)  # row-major: each row's in order
-        idx[rows, np.arange(rows.size) - np.repeat(np.cumsum(counts) - counts, counts)] = cols
-        return idx, counts
-
-    @functools.cached_property
-    def band_blocks(self) -> tuple[int, np.ndarray]:
-        """The band as `(c, mask [nb, c, 2c])`: band rows in blocks of c, each seeing its
-        own block of keys and the previous one (c >= band_width - 1)."""
-        start, n = self.band_start, self.shape[0]
-        c = max(8, -(-(self.band_width - 1) // 8) * 8)
-        nb = -(-(n - start) // c)
-        band = np.zeros((nb, c, 2 * c), bool)
-        step = max(1, (1 << 20) // (2 * c * c))  # bounded temporaries
-        for j0 in range(0, nb, step):
-            j = np.arange(j0, min(j0 + step, nb))[:, None, None]
-            r = start + j * c + np.arange(c)[None, :, None]
-            col = start + (j - 1) * c + np.arange(2 * c)[None, None, :]
-            valid = (r < n) & (col >= start) & (col < n)
-            band[j0 : j0 + step] = valid & self.pairs(np.minimum(r, n - 1), np.clip(col, 0, n - 1))
-        assert band.sum() == self.band_pairs, "band blocks must cover the band"
-        return c, band
-
-    @functools.cached_property
-    def band_index(self) -> tuple[int, np.ndarray, np.ndarray]:
-        """`(c, rows [nb, c, 1], cols [nb, 1, 2c])`: token indices (clipped into range) of each
-        band block's queries and keys, for run-time masks on the band (packed documents)."""
-        start, n = self.band_start, self.shape[0]
-        c = self.band_blocks[0]
-        j = np.arange(-(-(n - start) // c))[:, None, None]
-        r = start + j * c + np.arange(c)[None, :, None]
-        col = start + (j - 1) * c + np.arange(2 * c)[None, None, :]
-        return c, np.minimum(r, n - 1), np.clip(col, 0, n - 1)
-
 
 def _merge(intervals):
     """Sorted, non-empty, with touching or overlapping intervals joined."""
@@ -445,7 +343,7 @@ def _merge(intervals):
     return out
 
 
-def _group_segments(full, any_, g: int, n: int) -> list[tuple[int, int, int]]:
+def _tile_runs(full, any_, g: int, n: int) -> list[tuple[int, int, int]]:
     """Columns `[0, n)` in groups of g (the last may be short), given the column
     intervals every row of a block sees (`full`) and some row sees (`any_`):
     maximal runs `(first group, end group, FULL or PARTIAL)`, empty ones left out."""
@@ -468,55 +366,13 @@ def _group_segments(full, any_, g: int, n: int) -> list[tuple[int, int, int]]:
     return out
 
 
-def _strip_segments(rows: np.ndarray, g: int) -> list[tuple[int, int, int]]:
-    """`_group_segments` of a dense strip of rows `[rows, n]`."""
-    pad = -rows.shape[1] % g
-    full = np.pad(rows.all(0), (0, pad), constant_values=True).reshape(-1, g).all(1)
-    any_ = np.pad(rows.any(0), (0, pad), constant_values=False).reshape(-1, g).any(1)
-    status = np.where(full, FULL, np.where(any_, PARTIAL, EMPTY))
-    edges = np.flatnonzero(np.diff(status)) + 1
-    return [
-        (int(lo), int(hi), int(status[lo]))
-        for lo, hi in zip(np.r_[0, edges], np.r_[edges, len(status)])
-        if status[lo] != EMPTY
-    ]
-
-
-def _runs(segments, n: int) -> tuple[Run, ...]:
-    """Group segments (of `RUN_ALIGN` columns) as runs in tokens, clipped to n."""
-    return tuple(Run(lo * RUN_ALIGN, min(hi * RUN_ALIGN, n), status == PARTIAL) for lo, hi, status in segments)
-
-
-def _band_width(mask: np.ndarray, start: int) -> int:
-    """1 + the largest distance below the diagonal of the region `[start:, start:]`,
-    or 0 if that region is not a lower band that only its own rows see."""
-    if start >= min(mask.shape) or mask.shape[0] != mask.shape[1] or mask[:start, start:].any():
-        return 0
-    r, c = np.nonzero(mask[start:, start:])
-    if r.size == 0 or (c > r).any():
-        return 0
-    return int((r - c).max()) + 1
-
-
-def _band_from_spans(a, b, c, start: int | None, block_q: int) -> tuple[int | None, int, int]:
-    """`(band_start, band_width, band_pairs)` from row spans `[0, a) | [b, c)`: the same
-    rule as `_band_width` (None, 0, 0 where there is no thin band)."""
-    n = a.size
-    if start is None or start >= n:
-        return None, 0, 0
-    # Per row, the part of its keys at or after `start`: [lo, hi), one interval (b >= a).
-    hid = c > np.maximum(b, start)
-    lo = np.where(a > start, start, np.where(hid, np.maximum(b, start), n))
-    hi = np.where(hid, c, np.where(a > start, a, 0))
-    seen = hi > lo
-    rows = np.arange(n)
-    if seen[:start].any() or not seen[start:].any() or (hi[seen] - 1 > rows[seen]).any():
-        return None, 0, 0
-    width = int((rows - lo)[start:][seen[start:]].max()) + 1
-    if not 0 < width <= block_q:
-        return None, 0, 0
-    pairs = int((np.maximum(a - start, 0) + np.where(hid, c - np.maximum(b, start), 0))[start:].sum())
-    return start, width, pairs
+def tile_classes(rows: np.ndarray, block_kv: int) -> np.ndarray:
+    """EMPTY / PARTIAL / FULL (int8) of each `block_kv`-column tile of a dense strip of rows
+    `[rows, n]` (the last tile may be short)."""
+    pad = -rows.shape[1] % block_kv
+    full = np.pad(rows.all(0), (0, pad), constant_values=True).reshape(-1, block_kv).all(1)
+    any_ = np.pad(rows.any(0), (0, pad), constant_values=False).reshape(-1, block_kv).any(1)
+    return np.where(full, FULL, np.where(any_, PARTIAL, EMPTY)).astype(np.int8)
 
 
 @functools.lru_cache(maxsize=32)
@@ -524,6 +380,13 @@ def _pattern(layout: Layout, block_q: int, block_kv: int) -> BlockPattern:
     return BlockPattern.from_layout(layout, block_q, block_kv)
 
 
-def reference_pattern(layout: Layout, block_q: int, block_kv: int) -> BlockPattern:
-    """The pattern classified from the dense `[N, N]` mask: the reference for tests."""
-    return BlockPattern.from_mask(layout.mask, block_q, block_kv, layout.band_start)
+_DEPRECATED = {"document_allowed": "segment_allowed"}
+
+
+def __getattr__(name: str):
+    """Deprecated names of 0.1."""
+    if name in _DEPRECATED:
+        new = _DEPRECATED[name]
+        warnings.warn(f"phd_jax.masks.{name} is deprecated: use phd_jax.masks.{new}", DeprecationWarning, stacklevel=2)
+        return globals()[new]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

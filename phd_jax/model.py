@@ -18,15 +18,18 @@ from __future__ import annotations
 
 import functools
 import math
+import warnings
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from phd_jax.attention import KVCache, attend, cached_attention, layout_kind, static_config
+from phd_jax import axes
+from phd_jax.attention import attend, layout_kind, static_config
 from phd_jax.config import MODES, ModelConfig, check_config, check_tokens, check_tokens_per_sequence, param_config
 from phd_jax.errors import as_rng
+from phd_jax.kv_cache import KVCache, cached_attention
 from phd_jax.masks import Layout
 
 
@@ -38,9 +41,9 @@ class _Partitioned(nn.LogicallyPartitioned):
         return super().unbox(apply_constraint and self.value.ndim == len(self.names))
 
 
-def _init(config: ModelConfig, names: tuple[str, ...]):
+def _init(cfg: ModelConfig, names: tuple[str, ...]):
     """Normal init carrying logical axis names, so training can shard parameters."""
-    init = nn.initializers.normal(config.init_std)
+    init = nn.initializers.normal(cfg.init_std)
     return lambda *args, **kwargs: _Partitioned(init(*args, **kwargs), names)
 
 
@@ -67,16 +70,16 @@ def token_matmul(lhs, rhs, dimension_numbers, precision=None, preferred_element_
     return out.reshape(tokens + rhs.shape[nc:])
 
 
-def _dense(config: ModelConfig, features, names: tuple[str, ...], name: str, axis=-1):
+def _dense(cfg: ModelConfig, features, names: tuple[str, ...], name: str, axis=-1):
     """Bias-free projection whose kernel carries the logical axis `names`."""
     return nn.DenseGeneral(
         features,
         axis=axis,
         use_bias=False,
-        dtype=config.compute_dtype,
-        param_dtype=config.weight_dtype,
+        dtype=cfg.compute_dtype,
+        param_dtype=cfg.weight_dtype,
         name=name,
-        kernel_init=_init(config, names),
+        kernel_init=_init(cfg, names),
         dot_general=token_matmul,
     )
 
@@ -86,19 +89,19 @@ def _constrain(x, *names):
     return nn.with_logical_constraint(x, names)
 
 
-def _norm(config: ModelConfig, axis_name: str, name: str):
+def _norm(cfg: ModelConfig, axis_name: str, name: str):
     return nn.RMSNorm(
-        epsilon=config.norm_eps,
-        dtype=config.compute_dtype,
-        param_dtype=config.weight_dtype,
+        epsilon=cfg.norm_eps,
+        dtype=cfg.compute_dtype,
+        param_dtype=cfg.weight_dtype,
         name=name,
         scale_init=nn.with_logical_partitioning(nn.initializers.ones, (axis_name,)),
     )
 
 
-def rope_positions(config: ModelConfig, pos, copy):
+def rope_positions(cfg: ModelConfig, pos, copy):
     """Rotary position id of copy `copy` of position `pos` (spec section 2)."""
-    return pos * config.repeat + copy if config.position_mode == "flat" else pos + 0 * copy
+    return pos * cfg.repeat + copy if cfg.position_mode == "flat" else pos + 0 * copy
 
 
 def apply_rope(x, positions, theta: float):
@@ -113,63 +116,65 @@ def apply_rope(x, positions, theta: float):
 
 
 class Attention(nn.Module):
-    config: ModelConfig
+    cfg: ModelConfig
     layout: Layout | None = None
     mode: str = "full"
 
     @nn.compact
-    def __call__(self, x, positions, mask=None, cache: KVCache | None = None, docs=None):
-        cfg = self.config
-        q = _dense(cfg, (cfg.num_heads, cfg.head_dim), ("embed", "heads", "head_dim"), "query")(x)
-        k = _dense(cfg, (cfg.num_kv_heads, cfg.head_dim), ("embed", "kv_heads", "head_dim"), "key")(x)
-        v = _dense(cfg, (cfg.num_kv_heads, cfg.head_dim), ("embed", "kv_heads", "head_dim"), "value")(x)
+    def __call__(self, x, positions, mask=None, cache: KVCache | None = None, segments=None):
+        cfg = self.cfg
+        q = _dense(cfg, (cfg.num_heads, cfg.head_dim), (axes.EMBED, axes.HEADS, axes.HEAD_DIM), "query")(x)
+        k = _dense(cfg, (cfg.num_kv_heads, cfg.head_dim), (axes.EMBED, axes.KV_HEADS, axes.HEAD_DIM), "key")(x)
+        v = _dense(cfg, (cfg.num_kv_heads, cfg.head_dim), (axes.EMBED, axes.KV_HEADS, axes.HEAD_DIM), "value")(x)
         if cfg.qk_norm:  # OLMo2-style normalisation of queries and keys
-            q = _norm(cfg, "head_dim", "query_norm")(q)
-            k = _norm(cfg, "head_dim", "key_norm")(k)
+            q = _norm(cfg, axes.HEAD_DIM, "query_norm")(q)
+            k = _norm(cfg, axes.HEAD_DIM, "key_norm")(k)
         q = apply_rope(q, positions, cfg.rope_theta)
         k = apply_rope(k, positions, cfg.rope_theta)
-        q = _constrain(q, "activation_batch", "activation_length", "activation_heads", None)
-        k, v = (_constrain(x, "activation_batch", "activation_length", "activation_kv_heads", None) for x in (k, v))
+        q = _constrain(q, axes.ACTIVATION_BATCH, axes.ACTIVATION_LENGTH, axes.ACTIVATION_HEADS, None)
+        k, v = (
+            _constrain(x, axes.ACTIVATION_BATCH, axes.ACTIVATION_LENGTH, axes.ACTIVATION_KV_HEADS, None) for x in (k, v)
+        )
         if self.mode == "full":
-            o = attend(q, k, v, self.layout, cfg, docs)
+            o = attend(q, k, v, self.layout, cfg, segments)
         else:
             o = cached_attention(q, k, v, cache, mask)
-        o = _constrain(o, "activation_batch", "activation_length", "activation_heads", None)
-        out = _dense(cfg, cfg.d_model, ("heads", "head_dim", "embed"), "out", axis=(-2, -1))(o)
+        o = _constrain(o, axes.ACTIVATION_BATCH, axes.ACTIVATION_LENGTH, axes.ACTIVATION_HEADS, None)
+        out = _dense(cfg, cfg.d_model, (axes.HEADS, axes.HEAD_DIM, axes.EMBED), "out", axis=(-2, -1))(o)
         return out, (k, v)
 
 
 class Mlp(nn.Module):
     """SwiGLU feed-forward."""
 
-    config: ModelConfig
+    cfg: ModelConfig
 
     @nn.compact
     def __call__(self, x):
-        cfg = self.config
-        gate = _dense(cfg, cfg.mlp_dim, ("embed", "mlp"), "gate")(x)
-        up = _dense(cfg, cfg.mlp_dim, ("embed", "mlp"), "up")(x)
-        hidden = _constrain(nn.silu(gate) * up, "activation_batch", "activation_length", "activation_mlp")
-        return _dense(cfg, cfg.d_model, ("mlp", "embed"), "down")(hidden)
+        cfg = self.cfg
+        gate = _dense(cfg, cfg.mlp_dim, (axes.EMBED, axes.MLP), "gate")(x)
+        up = _dense(cfg, cfg.mlp_dim, (axes.EMBED, axes.MLP), "up")(x)
+        hidden = _constrain(nn.silu(gate) * up, axes.ACTIVATION_BATCH, axes.ACTIVATION_LENGTH, axes.ACTIVATION_MLP)
+        return _dense(cfg, cfg.d_model, (axes.MLP, axes.EMBED), "down")(hidden)
 
 
 class DecoderLayer(nn.Module):
     """Pre-norm block: x + attn(norm(x)), then x + mlp(norm(x))."""
 
-    config: ModelConfig
+    cfg: ModelConfig
     layout: Layout | None = None
     collect_kv: bool = False
     mode: str = "full"
 
     @nn.compact
-    def __call__(self, x, positions, mask=None, cache=None, docs=None):
-        cfg = self.config
+    def __call__(self, x, positions, mask=None, cache=None, segments=None):
+        cfg = self.cfg
         h, kv = Attention(cfg, self.layout, self.mode, name="attention")(
-            _norm(cfg, "embed", "attention_norm")(x), positions, mask, cache, docs
+            _norm(cfg, axes.EMBED, "attention_norm")(x), positions, mask, cache, segments
         )
         x = x + h
-        x = x + Mlp(cfg, name="mlp")(_norm(cfg, "embed", "mlp_norm")(x))
-        x = _constrain(x, "activation_batch", "activation_length", "activation_embed")
+        x = x + Mlp(cfg, name="mlp")(_norm(cfg, axes.EMBED, "mlp_norm")(x))
+        x = _constrain(x, axes.ACTIVATION_BATCH, axes.ACTIVATION_LENGTH, axes.ACTIVATION_EMBED)
         return x, (kv if self.collect_kv or self.mode == "extend" else None)
 
 
@@ -185,21 +190,21 @@ class Transformer(nn.Module):
     mode `full` needs `layout` (the static token set); mode `extend` needs `mask` and `cache`
     at call time and always returns the new tokens' keys/values (the caller writes them)."""
 
-    config: ModelConfig
+    cfg: ModelConfig
     layout: Layout | None = None
     collect_kv: bool = False
     mode: str = "full"
 
     @nn.compact
-    def __call__(self, tokens, positions, out_rows, mask=None, cache=None, docs=None):
+    def __call__(self, tokens, positions, out_rows, mask=None, cache=None, segments=None):
         """tokens `[B, N]` (already repeated), positions `[N]` or `[B, N]`,
-        out_rows `[R]` or `[B, R]`: the rows that get logits; docs: packed documents
-        `(doc, offset)` `[B, N]` per token (`attention.attend`), or None.
+        out_rows `[R]` or `[B, R]`: the rows that get logits; segments: packed documents
+        `(segment_ids, offsets)` `[B, N]` per token (`attention.attend`), or None.
 
         Returns logits `[B, R, vocab]` (float32) and, when collected, the
         per-layer keys/values `[L, B, N, KVH, D]` of all N tokens.
         """
-        cfg = self.config
+        cfg = self.cfg
         if self.mode not in MODES:
             raise ValueError(f"Transformer mode={self.mode!r} is invalid: allowed: {', '.join(MODES)}")
         if self.mode == "full" and (self.layout is None or cache is not None):
@@ -212,12 +217,15 @@ class Transformer(nn.Module):
             dtype=cfg.compute_dtype,
             param_dtype=cfg.weight_dtype,
             name="embed",
-            embedding_init=_init(cfg, ("vocab", "embed")),
+            embedding_init=_init(cfg, (axes.VOCAB, axes.EMBED)),
         )
         # Ids outside the vocabulary cannot raise inside compiled code: clamp them (documented;
         # eager entry points refuse them first, `phd_jax.checked` reports them under jit).
         x = _constrain(
-            embed(jnp.clip(tokens, 0, cfg.vocab_size - 1)), "activation_batch", "activation_length", "activation_embed"
+            embed(jnp.clip(tokens, 0, cfg.vocab_size - 1)),
+            axes.ACTIVATION_BATCH,
+            axes.ACTIVATION_LENGTH,
+            axes.ACTIVATION_EMBED,
         )
 
         layer = DecoderLayer
@@ -230,15 +238,17 @@ class Transformer(nn.Module):
                 split_rngs={"params": True},
                 in_axes=(nn.broadcast, nn.broadcast, 0, nn.broadcast),
                 length=cfg.num_layers,
-                metadata_params={nn.PARTITION_NAME: "layers"},
+                metadata_params={nn.PARTITION_NAME: axes.LAYERS},
             )
-            x, kv = stack(cfg, self.layout, self.collect_kv, self.mode, name="layers")(x, positions, mask, cache, docs)
+            x, kv = stack(cfg, self.layout, self.collect_kv, self.mode, name="layers")(
+                x, positions, mask, cache, segments
+            )
         else:
             kvs = []
             for i in range(cfg.num_layers):
                 layer_cache = None if cache is None else jax.tree.map(lambda c: c[i], cache)
                 x, kv_i = layer(cfg, self.layout, self.collect_kv, self.mode, name=f"layers_{i}")(
-                    x, positions, mask, layer_cache, docs
+                    x, positions, mask, layer_cache, segments
                 )
                 kvs.append(kv_i)
             kv = None if kvs[0] is None else jax.tree.map(lambda *a: jnp.stack(a), *kvs)
@@ -248,52 +258,52 @@ class Transformer(nn.Module):
             x = jnp.take(x, out_rows, axis=1)
         else:
             x = jnp.take_along_axis(x, out_rows[..., None], axis=1)
-        x = _norm(cfg, "embed", "final_norm")(x)
+        x = _norm(cfg, axes.EMBED, "final_norm")(x)
         if cfg.tie_embeddings:
             logits = embed.attend(x)
         else:
-            logits = _dense(cfg, cfg.vocab_size, ("embed", "vocab"), "unembed")(x)
-        logits = _constrain(logits, "activation_batch", "activation_length", "activation_vocab")
+            logits = _dense(cfg, cfg.vocab_size, (axes.EMBED, axes.VOCAB), "unembed")(x)
+        logits = _constrain(logits, axes.ACTIVATION_BATCH, axes.ACTIVATION_LENGTH, axes.ACTIVATION_VOCAB)
         return logits.astype(jnp.float32), kv
 
 
-def _init_boxed(config: ModelConfig, rng):
-    layout = Layout.for_config(config, 1, "originals")
-    return Transformer(config, layout).init(
+def _init_boxed(cfg: ModelConfig, rng):
+    layout = Layout.for_config(cfg, 1, "originals")
+    return Transformer(cfg, layout).init(
         rng, jnp.zeros((1, 1), jnp.int32), jnp.zeros((1,), jnp.int32), np.zeros((1,), np.int32)
     )["params"]
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _init_jit(config, rng):
-    return nn.unbox(_init_boxed(config, rng))
+def _init_jit(cfg, rng):
+    return nn.unbox(_init_boxed(cfg, rng))
 
 
-def init_params(config: ModelConfig, rng) -> dict:
+def init_params(cfg: ModelConfig, rng) -> dict:
     """Random parameters (a plain pytree of arrays). `rng`: a PRNG key or an (numpy) int seed.
 
     The same for every variant, K, W and C: PHD changes no parameter.
     """
-    check_config(config)
-    return _init_jit(param_config(config), as_rng("rng", rng))
+    check_config(cfg)
+    return _init_jit(param_config(cfg), as_rng("rng", rng))
 
 
-def param_shapes(config: ModelConfig):
-    """The parameter tree `init_params(config)` makes, as `jax.ShapeDtypeStruct`s (nothing allocated).
+def param_shapes(cfg: ModelConfig):
+    """The parameter tree `init_params(cfg)` makes, as `jax.ShapeDtypeStruct`s (nothing allocated).
 
     Traced once per parameter-shaping config (the trainer, sharding and checkpoints all ask)."""
-    return _param_shapes(param_config(config))
+    return _param_shapes(param_config(cfg))
 
 
 @functools.lru_cache(maxsize=32)
-def _param_shapes(config: ModelConfig):
-    return jax.eval_shape(lambda: _init_jit(config, jax.random.key(0)))
+def _param_shapes(cfg: ModelConfig):
+    return jax.eval_shape(lambda: _init_jit(cfg, jax.random.key(0)))
 
 
-def param_logical_axes(config: ModelConfig):
+def param_logical_axes(cfg: ModelConfig):
     """PartitionSpecs of logical axis names (`embed`, `mlp`, `heads`, `kv_heads`,
     `head_dim`, `vocab`, `layers`), one per parameter, to map onto a mesh."""
-    boxed = jax.eval_shape(lambda: _init_boxed(param_config(config), jax.random.key(0)))
+    boxed = jax.eval_shape(lambda: _init_boxed(param_config(cfg), jax.random.key(0)))
     return nn.get_partition_spec(boxed)
 
 
@@ -326,13 +336,13 @@ def _path(keys) -> str:
 def _expected_params(param_cfg):
     """{path: (shape, logical axis names)} of the parameters `param_cfg` makes."""
     shapes = {_path(p): tuple(x.shape) for p, x in jax.tree_util.tree_flatten_with_path(param_shapes(param_cfg))[0]}
-    axes = {
+    names = {
         _path(p): tuple(a)
         for p, a in jax.tree_util.tree_flatten_with_path(
             param_logical_axes(param_cfg), is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec)
         )[0]
     }
-    return {p: (shape, axes.get(p, (None,) * len(shape))) for p, shape in shapes.items()}
+    return {p: (shape, names.get(p, (None,) * len(shape))) for p, shape in shapes.items()}
 
 
 @functools.lru_cache(maxsize=256)
@@ -419,26 +429,28 @@ def check_params(params, cfg: ModelConfig):
         raise ValueError(message)
 
 
-def run_layout(params, config: ModelConfig, layout: Layout, tokens, out_rows, collect_kv: bool = False, documents=None):
+def run_layout(params, cfg: ModelConfig, layout: Layout, tokens, out_rows, collect_kv: bool = False, segments=None):
     """Run the static token set `layout` built from `tokens [B, T]`: (logits at `out_rows`,
     per-layer keys/values `[L, B, N, KVH, D]` if `collect_kv`).
 
-    documents: None, or `(doc, offset)` `[B, T]` per position (`document_positions`): rotary
-    positions count from each document's start and attention stays inside documents."""
+    segments: None, or `(segment_ids, offsets)` `[B, T]` per position (`segment_positions`):
+    rotary positions count from each segment's start and attention stays inside segments."""
     pos, copy = layout.tokens
-    if documents is None:
-        positions, docs = rope_positions(config, pos, copy), None
+    if segments is None:
+        positions, token_segments = rope_positions(cfg, pos, copy), None
     else:
-        doc, off = documents
-        positions, docs = rope_positions(config, off[:, pos], copy), (doc[:, pos], off[:, pos])
-    return Transformer(config, layout, collect_kv).apply(
-        {"params": params}, tokens[:, pos], positions, out_rows, docs=docs
+        segment_ids, offsets = segments
+        positions = rope_positions(cfg, offsets[:, pos], copy)
+        token_segments = (segment_ids[:, pos], offsets[:, pos])
+    return Transformer(cfg, layout, collect_kv).apply(
+        {"params": params}, tokens[:, pos], positions, out_rows, segments=token_segments
     )
 
 
-def document_positions(segment_ids):
-    """`(doc, offset)` `[B, T]` of packed documents: each maximal run of equal segment ids is one
-    document (numbered from 0 per row); offset = position from that document's first token."""
+def segment_positions(segment_ids):
+    """`(segment_ids, offsets)` `[B, T]` of packed documents: each maximal run of equal segment
+    ids is one segment (renumbered from 0 per row); offset = position from that segment's first
+    token. (Called `document_positions` before 0.2.)"""
     seg = jnp.asarray(segment_ids)
     start = jnp.concatenate([jnp.ones(seg.shape[:1] + (1,), bool), seg[:, 1:] != seg[:, :-1]], axis=1)
     idx = jnp.arange(seg.shape[1], dtype=jnp.int32)
@@ -446,25 +458,25 @@ def document_positions(segment_ids):
     return jnp.cumsum(start, axis=1, dtype=jnp.int32) - 1, idx - first
 
 
-def forward(params, config: ModelConfig, tokens, segment_ids=None):
+def forward(params, cfg: ModelConfig, tokens, segment_ids=None):
     """Logits `[B, T, vocab]`: the last copy of position n predicts token n+1.
 
     segment_ids `[B, T]` (optional, packed documents, spec section 3): attention only within a
     document (a run of equal ids), rotary positions and chunks counted from its start, so each
     document's logits equal those of the document run alone. Prefill/decode take no segment ids.
-    Pure; jit it with `jax.jit(forward, static_argnums=1)`. Checks `config`, `params`
+    Pure; jit it with `jax.jit(forward, static_argnums=1)`. Checks `cfg`, `params`
     (once per config and tree structure) and `tokens`; under jit, ids outside the
     vocabulary are clamped to [0, vocab_size - 1] (see `phd_jax.checked`).
     """
-    check_config(config)
-    check_params(params, config)
+    check_config(cfg)
+    check_params(params, cfg)
     tokens = jnp.asarray(tokens)
-    check_tokens(config, tokens)
+    check_tokens(cfg, tokens)
     t = tokens.shape[1]
-    if t > config.max_seq_len:
-        raise ValueError(f"sequence length {t} exceeds ModelConfig.max_seq_len={config.max_seq_len}")
-    check_tokens_per_sequence(config, t * config.repeat, f"forward over {t} positions")
-    documents = None
+    if t > cfg.max_seq_len:
+        raise ValueError(f"sequence length {t} exceeds ModelConfig.max_seq_len={cfg.max_seq_len}")
+    check_tokens_per_sequence(cfg, t * cfg.repeat, f"forward over {t} positions")
+    segments = None
     if segment_ids is not None:
         segment_ids = jnp.asarray(segment_ids)
         if segment_ids.shape != tokens.shape or not jnp.issubdtype(segment_ids.dtype, jnp.integer):
@@ -472,6 +484,18 @@ def forward(params, config: ModelConfig, tokens, segment_ids=None):
                 f"segment_ids must be integers of the tokens' shape {tuple(tokens.shape)}, "
                 f"got {segment_ids.dtype} {tuple(segment_ids.shape)}"
             )
-        documents = document_positions(segment_ids)
-    layout = Layout.for_config(static_config(config, documents is not None), t, layout_kind(config))
-    return run_layout(params, config, layout, tokens, layout.logit_rows, documents=documents)[0]
+        segments = segment_positions(segment_ids)
+    layout = Layout.for_config(static_config(cfg, segments is not None), t, layout_kind(cfg))
+    return run_layout(params, cfg, layout, tokens, layout.logit_rows, segments=segments)[0]
+
+
+_DEPRECATED = {"document_positions": "segment_positions"}
+
+
+def __getattr__(name: str):
+    """Deprecated names of 0.1."""
+    if name in _DEPRECATED:
+        new = _DEPRECATED[name]
+        warnings.warn(f"phd_jax.model.{name} is deprecated: use phd_jax.model.{new}", DeprecationWarning, stacklevel=2)
+        return globals()[new]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -118,3 +118,77 @@ def compare_attention_to_dense(cfg, T, kernel_attn, dtype=jnp.float32, tol=(1e-5
     assert np.isfinite(np.asarray(out, np.float32)).all()
     assert max_diff(out, out_ref) <= tol[0]
     assert max_diff(g, g_ref) <= tol[1]
+
+
+def state_for_comparison(cfg, state):
+    """The parts of a decode state that can still influence future tokens.
+
+    Cache slots at or beyond `pos` and window entries from another chunk than the
+    next position's (phd_cswa) are never attended again, so they are zeroed.
+    """
+    cc, cache = cfg.cached_copies, state.cache
+    live = jnp.arange(cache.k.shape[3])[None, :] < (state.pos * cc)[:, None]  # [B, S]
+    zero_dead = lambda x, m: jnp.where(m[None, :, None, :, None], x, 0)  # noqa: E731
+    h = state.window_hidx
+    wlive = h >= 0
+    if cfg.effective_chunk is not None and h.size:
+        wlive &= (h // (cfg.repeat - 1)) // cfg.chunk == (state.pos // cfg.chunk)[:, None]
+    return state.replace(
+        cache=cache._replace(
+            k=zero_dead(cache.k, live),
+            v=zero_dead(cache.v, live),
+            window_k=zero_dead(cache.window_k, wlive),
+            window_v=zero_dead(cache.window_v, wlive),
+        ),
+        window_hidx=jnp.where(wlive, h, -1),
+    )
+
+
+def kernel_coverage(pattern):
+    """What `blocksparse` computes for `pattern`, from its loop tables (`tile_tables`):
+    `(covered [N, N] int, unmasked [N, N] bool)`: how often each (query, key) pair is computed
+    (whole tiles and band windows, padding left out), and the pairs in full tiles (computed
+    without a static mask). Partial tiles and band windows are masked in the kernel, so
+    `check_kernel_coverage` asks: covered <= 1, allowed -> covered, unmasked -> allowed."""
+    from phd_jax.attention.tables import tile_tables
+
+    tab, bk = tile_tables(pattern), pattern.block_kv
+    n = tab.n
+    covered, unmasked = np.zeros((n, n), int), np.zeros((n, n), bool)
+    for st in tab.stacks:
+        for i in range(st.count):
+            r0 = st.row0 + i * st.rows
+            rows = slice(r0, r0 + st.rows)
+            for table, count, full in ((st.full, st.full_count, True), (st.part, st.part_count, False)):
+                for t in range(count[i]):
+                    j = int(table[i, t])
+                    cols = slice(j * bk, min((j + 1) * bk, tab.key_limit))
+                    covered[rows, cols] += 1
+                    unmasked[rows, cols] |= full
+            if st.band is not None:
+                sub, reach = st.band.sub, st.band.reach
+                for q0 in range(r0, r0 + st.rows, sub):
+                    covered[q0 : q0 + sub, max(q0 - reach, tab.key_limit) : min(q0 + sub, n)] += 1
+    return covered, unmasked
+
+
+def check_kernel_coverage(mask, pattern):
+    """`blocksparse`'s tables for `pattern` compute every allowed pair of the dense `mask` once,
+    and only allowed pairs in full (unmasked) tiles."""
+    covered, unmasked = kernel_coverage(pattern)
+    assert covered.max() <= 1, "a pair is computed twice"
+    assert not (mask & (covered == 0)).any(), "an allowed pair is never computed"
+    assert not (unmasked & ~mask).any(), "a full tile holds a masked pair"
+
+
+def computed_pairs(pattern) -> int:
+    """Query-key pairs `blocksparse` computes for `pattern` (whole tiles and band windows,
+    padding included): its attention work, against `allowed`'s pairs."""
+    from phd_jax.attention.tables import tile_tables
+
+    bk = pattern.block_kv
+    return sum(
+        int((st.full_count + st.part_count).sum()) * st.rows * bk
+        + (st.count * st.rows * st.band.width if st.band is not None else 0)
+        for st in tile_tables(pattern).stacks
+    )

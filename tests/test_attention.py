@@ -63,3 +63,21 @@ def test_bfloat16_inputs_stay_close():
     bf = blocksparse_attention(*(x.astype(jnp.bfloat16) for x in (q, k, v)), lay.pattern(16, 16))
     assert bf.dtype == jnp.bfloat16
     assert max_diff(bf.astype(jnp.float32), ref) < 0.05
+
+
+def test_splash_loads_only_when_used():
+    """A CPU/GPU program (model, decode, the blocksparse backend) never imports splash's modules;
+    `phd_jax.attention.splash_attention` still resolves, on first use."""
+    import os
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    code = (
+        "import sys, phd_jax.model, phd_jax.decode, phd_jax.attention as a; "
+        "print(any('splash' in m for m in sys.modules)); a.splash_attention; "
+        "print(any('splash' in m for m in sys.modules))"
+    )
+    env = dict(os.environ, PYTHONPATH=root, JAX_PLATFORMS="cpu")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, env=env, timeout=300)
+    assert out.stdout.split() == ["False", "True"], out.stderr

@@ -9,8 +9,8 @@ from helpers import VARIANT_GRID, max_diff, tiny_config
 
 from phd_jax import forward, init_params
 from phd_jax.attention import dense_attention, splash_attention
-from phd_jax.masks import Layout, attention_mask, document_allowed
-from phd_jax.model import document_positions
+from phd_jax.masks import Layout, attention_mask, segment_allowed
+from phd_jax.model import segment_positions
 
 LENGTHS = (5, 4, 6)  # documents start at 0, 5, 9: off the chunk grid of C = 2 and 3
 T = sum(LENGTHS)
@@ -18,22 +18,22 @@ STARTS = np.cumsum((0,) + LENGTHS[:-1])
 SEGMENTS = np.repeat(np.arange(len(LENGTHS)) + 7, LENGTHS)[None].astype(np.int32)  # any ids work
 
 
-def test_document_positions():
+def test_segment_positions():
     seg = np.array([[3, 3, 3, 1, 1, 3, 3], [0, 0, 0, 0, 0, 0, 0]])
-    doc, off = document_positions(seg)
+    doc, off = segment_positions(seg)
     np.testing.assert_array_equal(doc, [[0, 0, 0, 1, 1, 2, 2], [0] * 7])  # runs, not ids
     np.testing.assert_array_equal(off, [[0, 1, 2, 0, 1, 0, 1], list(range(7))])
 
 
 def test_document_rule_is_the_spec_per_document():
-    """`document_allowed` on the packed sequence = the spec's mask of each document alone."""
+    """`segment_allowed` on the packed sequence = the spec's mask of each document alone."""
     for name, kw in VARIANT_GRID.items():
         cfg = tiny_config(**kw)
         K = cfg.repeat
-        doc, off = (np.asarray(x)[0] for x in document_positions(SEGMENTS))
+        doc, off = (np.asarray(x)[0] for x in segment_positions(SEGMENTS))
         i = np.arange(T * K)
         pos, copy = i // K, i % K
-        mask = document_allowed(
+        mask = segment_allowed(
             cfg.variant,
             off[pos][:, None],
             copy[:, None],
@@ -81,8 +81,8 @@ def test_splash_with_segment_ids_and_its_limits():
     cfg = tiny_config("phd_swa", repeat=2, window=3, attention="dense")
     lay = Layout.for_config(cfg, T, "kernel")
     pos, copy = lay.tokens
-    doc, off = (np.asarray(x)[0] for x in document_positions(SEGMENTS))
-    mask = document_allowed(
+    doc, off = (np.asarray(x)[0] for x in segment_positions(SEGMENTS))
+    mask = segment_allowed(
         cfg.variant,
         off[pos][:, None],
         copy[:, None],
@@ -112,13 +112,13 @@ def test_blocksparse_document_mask_gradients_equal_dense(name):
     """Training differentiates through the run-time mask: gradients match the dense reference."""
     import jax.numpy as jnp
 
-    from phd_jax.attention import blocksparse_attention, document_mask, static_config
+    from phd_jax.attention import blocksparse_attention, segment_mask, static_config
 
     cfg = tiny_config(**VARIANT_GRID[name])
     lay = Layout.for_config(static_config(cfg, True), T, "kernel")  # PHD-SWA's pattern for CSWA
     pos, _ = lay.tokens
-    doc, off = (np.asarray(x)[:, pos] for x in document_positions(np.repeat(SEGMENTS, 2, axis=0)))
-    rule = document_mask(cfg, lay, (jnp.asarray(doc), jnp.asarray(off)))
+    doc, off = (np.asarray(x)[:, pos] for x in segment_positions(np.repeat(SEGMENTS, 2, axis=0)))
+    rule = segment_mask(cfg, lay, (jnp.asarray(doc), jnp.asarray(off)))
     n = np.arange(lay.size)
     ks = jax.random.split(jax.random.key(1), 4)
     q, ct = (jax.random.normal(x, (2, lay.size, 4, 16)) for x in ks[:2])

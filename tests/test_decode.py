@@ -4,10 +4,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import max_diff, named_config, random_tokens, tiny_config
+from helpers import max_diff, named_config, random_tokens, state_for_comparison, tiny_config
 
 import phd_jax
-from phd_jax.decode import prefill_layout, prefill_unchecked, state_for_comparison
+from phd_jax.decode import prefill_layout, prefill_unchecked
 from phd_jax.masks import Layout
 from phd_jax.model import run_layout
 
@@ -62,18 +62,24 @@ def _expected_state(params, cfg, tokens, max_len):
     state = phd_jax.init_state(cfg, tokens.shape[0], max_len)
     cached = np.nonzero(copy < cc)[0]
     heads_first = lambda x: x.swapaxes(2, 3)  # noqa: E731  [L, B, N, KVH, D] -> the state's layout
+    cache = state.cache
     state = state.replace(
-        k=state.k.at[:, :, :, : t * cc].set(heads_first(keys[:, :, cached])),
-        v=state.v.at[:, :, :, : t * cc].set(heads_first(values[:, :, cached])),
+        cache=cache._replace(
+            k=cache.k.at[:, :, :, : t * cc].set(heads_first(keys[:, :, cached])),
+            v=cache.v.at[:, :, :, : t * cc].set(heads_first(values[:, :, cached])),
+        ),
         pos=jnp.full_like(state.pos, t),
     )
     if w and t * (k - 1) > 0:
         hidx = pos * (k - 1) + copy - 1
         last = [i for i in np.nonzero(copy > 0)[0] if hidx[i] > t * (k - 1) - 1 - w]
         slots = hidx[last] % w
+        cache = state.cache
         state = state.replace(
-            window_k=state.window_k.at[:, :, :, slots].set(heads_first(keys[:, :, last])),
-            window_v=state.window_v.at[:, :, :, slots].set(heads_first(values[:, :, last])),
+            cache=cache._replace(
+                window_k=cache.window_k.at[:, :, :, slots].set(heads_first(keys[:, :, last])),
+                window_v=cache.window_v.at[:, :, :, slots].set(heads_first(values[:, :, last])),
+            ),
             window_hidx=state.window_hidx.at[:, slots].set(hidx[last]),
         )
     return state
@@ -177,7 +183,7 @@ def test_bfloat16_prefill_and_decode():
         logits, state = phd_jax.decode_step(params, bf, state, tokens[:, n])
         outs.append(logits)
     got = jnp.stack(outs, axis=1)
-    assert state.k.dtype == jnp.bfloat16
+    assert state.cache.k.dtype == jnp.bfloat16
     assert max_diff(got, ref[:, 7:]) < 0.1
     assert float(jnp.mean(jnp.argmax(got, -1) == jnp.argmax(ref[:, 7:], -1))) >= 0.8
 
@@ -212,7 +218,7 @@ def test_cache_size_is_the_spec_formula(name, dtype):
     params = phd_jax.init_params(cfg, 0)
     _, state = phd_jax.prefill(params, cfg, random_tokens(cfg, batch, 10), max_len=max_len)
     assert state.cache_bytes == want
-    assert state.k.shape == (cfg.num_layers, batch, 2, max_len * cfg.cached_copies, 16)
+    assert state.cache.k.shape == (cfg.num_layers, batch, 2, max_len * cfg.cached_copies, 16)
     if cfg.variant == "phd":  # whatever K is, exactly a vanilla transformer's cache
         assert want == phd_jax.kv_cache_bytes(cfg.replace(variant="vanilla", repeat=1), batch, max_len)
 
@@ -228,8 +234,8 @@ def test_cached_originals_equal_a_vanilla_model(name):
     for n in range(6, 9):  # also after decode steps, which run K copies at once
         _, s = phd_jax.decode_step(params, cfg, s, tokens[:, n])
         _, s0 = phd_jax.decode_step(params, vanilla, s0, tokens[:, n])
-    assert max_diff(s.k[:, :, :, :9], s0.k[:, :, :, :9]) <= 1e-5
-    assert max_diff(s.v[:, :, :, :9], s0.v[:, :, :, :9]) <= 1e-5
+    assert max_diff(s.cache.k[:, :, :, :9], s0.cache.k[:, :, :, :9]) <= 1e-5
+    assert max_diff(s.cache.v[:, :, :, :9], s0.cache.v[:, :, :, :9]) <= 1e-5
 
 
 def _prefill_flops(cfg, t, max_len=64):
@@ -335,3 +341,15 @@ def test_decode_errors_when_cache_is_full_or_token_bad():
     _, state = phd_jax.decode_step(params, cfg, state, jnp.array([1, 2]))
     with pytest.raises(ValueError, match=r"the cache is full: position 5 does not fit max_len=5"):
         phd_jax.decode_step(params, cfg, state, jnp.array([1, 2]))
+
+
+def test_state_holds_a_kv_cache_and_old_field_names_warn():
+    """`DecodeState.cache` is the model's `KVCache`; the fields it replaced still read, with a warning."""
+    from phd_jax.kv_cache import KVCache
+
+    cfg = tiny_config("phd_swa", 3, 4)
+    state = phd_jax.init_state(cfg, 2, 8)
+    assert isinstance(state.cache, KVCache) and state.cache_bytes == state.cache.nbytes
+    for name in ("k", "v", "window_k", "window_v"):
+        with pytest.warns(DeprecationWarning, match=f"DecodeState.{name} is deprecated"):
+            assert getattr(state, name) is getattr(state.cache, name)

@@ -14,11 +14,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import attention_inputs, attention_value_and_grads, compare_attention_to_dense, max_diff
+from helpers import attention_inputs, attention_value_and_grads, compare_attention_to_dense, computed_pairs, max_diff
 
+from benchmarks.common import pattern_from_mask, reference_pattern
 from phd_jax import ModelConfig
-from phd_jax.attention import blocksparse_attention, dense_attention, document_mask
-from phd_jax.masks import BlockPattern, Layout, reference_pattern
+from phd_jax.attention import blocksparse_attention, dense_attention, segment_mask
+from phd_jax.masks import Layout
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -66,7 +67,7 @@ def test_flash_rows_without_allowed_keys_stay_finite():
     mask = np.tril(rng.random((n, n)) < 0.5)
     mask[:8] = False  # query block 0: no tile at all
     mask[11] = mask[20] = False  # rows of computed blocks without any key
-    pattern = BlockPattern.from_mask(mask, 8, 8)
+    pattern = pattern_from_mask(mask, 8, 8)
     q, k, v, ct = attention_inputs(n)
     has_key = mask.any(axis=1)
     ct = ct * jnp.asarray(has_key)[None, :, None, None]  # rows without keys carry no gradient
@@ -78,10 +79,10 @@ def test_flash_rows_without_allowed_keys_stay_finite():
     assert max_diff(g, g_ref) <= 1e-4
 
 
-@pytest.mark.parametrize("wrap", [False, True], ids=["DocumentMask", "any-callable"])
+@pytest.mark.parametrize("wrap", [False, True], ids=["SegmentMask", "any-callable"])
 def test_flash_document_mask_equals_dense(wrap):
     """Packed documents, applied on full tiles too, K = 4, ragged tiles; the run-time mask is a
-    traced argument of the jitted function (a `DocumentMask`, or any callable closing over it)."""
+    traced argument of the jitted function (a `SegmentMask`, or any callable closing over it)."""
     cfg = ModelConfig(variant="phd_swa", repeat=4, window=5)
     T = 15
     lay = Layout.for_config(cfg, T, "kernel")
@@ -96,7 +97,7 @@ def test_flash_document_mask_equals_dense(wrap):
 
     def grads(attn):
         def loss(q, k, v, doc, off):
-            rule = document_mask(cfg, lay, (doc, off))
+            rule = segment_mask(cfg, lay, (doc, off))
             return jnp.vdot(attn(q, k, v, (lambda r, c: rule(r, c)) if wrap else rule), ct)
 
         return jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))(q, k, v, doc, off)
@@ -173,16 +174,16 @@ BAND_CASES = [  # (variant, K, W, C, T, block_q, block_kv, BAND_ROWS): windows w
 def test_flash_band_sub_blocks_equal_dense(monkeypatch, variant, K, W, C, T, bq, bk, band_rows):
     """The hidden-to-hidden band in sub-blocks of `BAND_ROWS` rows (each over its own key
     window, gathered and folded back in the backward pass) equals the dense mask."""
-    import phd_jax.attention as attention
+    import phd_jax.attention.tables as tables
 
-    monkeypatch.setattr(attention, "BAND_ROWS", band_rows)
-    attention._tile_tables.cache_clear()
+    monkeypatch.setattr(tables, "BAND_ROWS", band_rows)
+    tables.tile_tables.cache_clear()
     try:
         cfg = ModelConfig(variant=variant, repeat=K, window=W, chunk=C)
         compare_attention_to_dense(cfg, T, lambda q, k, v, lay: blocksparse_attention(q, k, v, lay.pattern(bq, bk)))
     finally:
         monkeypatch.undo()
-        attention._tile_tables.cache_clear()
+        tables.tile_tables.cache_clear()
 
 
 @pytest.mark.parametrize("hidden_from,bq,bk", [(5, 8, 4), (8, 16, 8), (12, 8, 8)])
@@ -203,7 +204,6 @@ def test_flash_hidden_rows_cost_what_vanilla_rows_cost(T):
     within 0.1 of vanilla's for every PHD variant: hidden rows run in blocks of the K-1 copies
     of a tile of positions (a causal pattern over positions, like vanilla's), their thin band
     in sub-blocks. (Tiles of 128 hidden rows cost 1.5-1.9x the allowed pairs.)"""
-    from phd_jax.attention import computed_pairs
 
     def cost(name):
         lay = Layout.for_config(ModelConfig.from_name(name), T, "kernel")

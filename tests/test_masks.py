@@ -4,7 +4,9 @@ import itertools
 
 import numpy as np
 import pytest
+from helpers import check_kernel_coverage
 
+from phd_jax.attention.tables import tile_tables
 from phd_jax.config import VARIANTS, ModelConfig
 from phd_jax.masks import EMPTY, FULL, PARTIAL, BlockPattern, Layout, attention_mask
 
@@ -139,24 +141,8 @@ def _check_pattern(mask, pattern: BlockPattern):
         tile = mask[i * bq : (i + 1) * bq, j * bk : (j + 1) * bk]
         want = FULL if tile.all() else PARTIAL if tile.any() else EMPTY
         assert pattern.block_mask[i, j] == want
-    idx, counts = pattern.kv_indices
-    for i in range(nq):
-        np.testing.assert_array_equal(idx[i, : counts[i]], np.nonzero(pattern.block_mask[i])[0])
-    # Runs (plus the band) cover exactly the allowed pairs; full runs need no mask.
-    covered = np.zeros_like(mask, dtype=int)
-    for i, runs in enumerate(pattern.runs):
-        rows = slice(i * bq, (i + 1) * bq)
-        for r in runs:
-            covered[rows, r.start : r.stop] += 1
-            if not r.partial:
-                assert mask[rows, r.start : r.stop].all()
-    if pattern.band_start is not None:
-        c, band = pattern.band_blocks
-        s = pattern.band_start
-        assert band.sum() == mask[s:, s:].sum()
-        covered[s:, s:] += 1
-    assert covered.max() <= 1, "a key column is computed twice"
-    assert not (mask & (covered == 0)).any(), "an allowed pair is never computed"
+    # The kernel's tiles (plus the band) cover exactly the allowed pairs; full tiles need no mask.
+    check_kernel_coverage(mask, pattern)
 
 
 @pytest.mark.parametrize("variant,K,W,C", LAYOUT_CASES + [("phd_swa", 4, 16, None), ("phd_cswa", 2, 3, 5)])
@@ -174,7 +160,8 @@ def test_kernel_layout_is_sparse_and_band_is_found():
     kernel = Layout.for_config(cfg, T, "kernel").pattern(128, 128)
     paper = Layout.for_config(cfg, T, "paper").pattern(128, 128)
     vanilla = Layout.for_config(ModelConfig(), T, "kernel").pattern(128, 128)
-    assert kernel.band_start == T and kernel.band_width == 17  # W + 1
+    (band,) = [st.band for st in tile_tables(kernel).stacks if st.band is not None]
+    assert kernel.layout.band_start == T and band.reach == 16  # the window W
     # The regrouping is what makes PHD cheap: far fewer tiles than the interleaved layout.
     assert kernel.num_nonempty < 0.4 * paper.num_nonempty
     # About K times the attention work of vanilla (4.5x in tiles at this size, 4x in pairs).

@@ -11,9 +11,11 @@ import pytest
 from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as splash_mask_lib
 from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask_info as splash_info
 
-from phd_jax.attention import SplashPatternMask, splash_sizes
+from benchmarks.common import pattern_from_mask, reference_pattern
+from phd_jax.attention.splash import SplashPatternMask, splash_sizes
+from phd_jax.attention.tables import tile_tables
 from phd_jax.config import ModelConfig
-from phd_jax.masks import EMPTY, BlockPattern, Layout, reference_pattern
+from phd_jax.masks import EMPTY, PARTIAL, BlockPattern, Layout
 
 # (variant, K, W, C): every variant, windows below / above K-1, chunks that cut the window.
 VARIANT_CASES = [
@@ -46,14 +48,6 @@ def assert_same_pattern(got: BlockPattern, want: BlockPattern):
     assert (got.block_q, got.block_kv) == (want.block_q, want.block_kv)
     np.testing.assert_array_equal(got.block_mask, want.block_mask)
     assert got.block_mask.dtype == want.block_mask.dtype
-    assert got.runs == want.runs
-    assert (got.band_start, got.band_width, got.band_pairs) == (want.band_start, want.band_width, want.band_pairs)
-    if want.band_start is not None:
-        (c1, band1), (c2, band2) = got.band_blocks, want.band_blocks
-        assert c1 == c2
-        np.testing.assert_array_equal(band1, band2)
-    for x, y in zip(got.kv_indices, want.kv_indices):
-        np.testing.assert_array_equal(x, y)
     assert got.num_nonempty == want.num_nonempty and got.nonempty_fraction == want.nonempty_fraction
 
 
@@ -67,14 +61,12 @@ def test_builder_equals_dense_classification(variant, K, W, C):
                 got = BlockPattern.from_layout(lay, bq, bk)
                 want = reference_pattern(lay, bq, bk)
                 assert_same_pattern(got, want)
-                bands += got.band_start is not None
-                # Partial runs read their masks from `allowed`: equal to the dense mask's.
-                for i, runs in enumerate(got.runs):
+                bands += any(st.band is not None for st in tile_tables(got).stacks)
+                # Partial tiles read their masks from `allowed`: equal to the dense mask's.
+                for i, j in zip(*np.nonzero(got.block_mask == PARTIAL)):
                     q0, q1 = i * bq, min((i + 1) * bq, lay.size)
-                    for r in runs:
-                        np.testing.assert_array_equal(
-                            got.tile_mask(q0, q1, r.start, r.stop), lay.mask[q0:q1, r.start : r.stop]
-                        )
+                    k0, k1 = j * bk, min((j + 1) * bk, lay.size)
+                    np.testing.assert_array_equal(got.tile_mask(q0, q1, k0, k1), lay.mask[q0:q1, k0:k1])
     assert bands > 0 or K == 1 or variant in ("vanilla", "naive")  # the band path is exercised
 
 
@@ -100,7 +92,7 @@ def test_kernel_path_never_builds_the_dense_mask():
     cfg = ModelConfig.from_name("PHD-CSWA-3-4-8")
     lay = Layout("kernel", cfg.variant, 50, cfg.repeat, cfg.effective_window, cfg.effective_chunk)
     pattern = lay.pattern(16, 16)
-    pattern.runs, pattern.band_blocks, pattern.kv_indices, pattern.tile_mask(16, 32, 0, 48)
+    tile_tables(pattern), pattern.tile_mask(16, 32, 0, 48)
     assert "mask" not in vars(lay) and "mask" not in vars(pattern)
     np.testing.assert_array_equal(pattern.mask, lay.mask)  # still there for tests, on request
 
@@ -149,7 +141,7 @@ def test_long_context_pattern_without_dense_memory(name):
         t0 = time.perf_counter()
         lay = Layout.for_config(cfg, T, "kernel")
         pattern = BlockPattern.from_layout(lay, 128, 128)  # what lay.pattern(128, 128) caches
-        _ = pattern.kv_indices, pattern.band_blocks
+        tables = tile_tables(pattern)  # what blocksparse loops over
         seconds = time.perf_counter() - t0
         peak = tracemalloc.get_traced_memory()[1]
     finally:
@@ -158,7 +150,8 @@ def test_long_context_pattern_without_dense_memory(name):
     assert pattern.num_nonempty == closed_form_nonempty(name, T)
     assert peak < 100 * 2**20, f"peak host memory {peak / 2**20:.0f} MiB"
     assert seconds < 30  # a loose bound (shared CI cores); benchmarks/patterns.py measures
-    assert pattern.band_start == T and pattern.band_width == (3 if name == "PHD-4" else 17)
+    (band,) = [st.band for st in tables.stacks if st.band is not None]
+    assert lay.band_start == T and band.reach == (0 if name == "PHD-4" else 16)  # the window W
     assert "mask" not in vars(lay)
 
 
@@ -224,7 +217,7 @@ def test_uniform_tiles_answer_only_for_themselves():
 def test_splash_needs_a_layout_pattern():
     from phd_jax.attention import splash_attention
 
-    pattern = BlockPattern.from_mask(np.tril(np.ones((128, 128), bool)), 128, 128)
+    pattern = pattern_from_mask(np.tril(np.ones((128, 128), bool)), 128, 128)
     x = jnp.zeros((1, 128, 2, 8))
     with pytest.raises(ValueError, match="pattern built from a Layout"):
         splash_attention(x, x, x, pattern, interpret=True)
