@@ -17,6 +17,7 @@ import gc  # noqa: E402
 
 import pytest  # noqa: E402
 from data_helpers import data_root  # noqa: E402, F401  (a session fixture for every data test)
+from gcs_emulator import gcs, gcs_emulator  # noqa: E402, F401  (a local GCS: tests/gcs_emulator.py)
 
 
 @pytest.fixture(autouse=True, scope="module")

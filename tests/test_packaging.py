@@ -141,7 +141,7 @@ def test_declared_dependencies_match_the_pins(fresh):
             extra = re.search(r'extra == "(\w+)"', str(q.marker)).group(1)
             extras.setdefault(extra, {})[canonicalize_name(q.name)] = q
     pins, dev_pins = _pins("requirements.txt"), _pins("requirements-dev.txt")
-    for extra in ("eval", "hf", "test", "cuda", "tpu"):
+    for extra in ("eval", "hf", "gcs", "test", "cuda", "tpu"):
         assert extra in extras, f"extra [{extra}] missing"
     # requirements.txt = the runtime dependencies plus what the optional features need (lm-eval).
     assert set(runtime) <= set(pins), set(runtime) - set(pins)
