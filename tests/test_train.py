@@ -17,8 +17,8 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from configs import tiny  # noqa: E402
 from phd_jax.checks import ConfigError  # noqa: E402
+from phd_jax.configs import tiny  # noqa: E402
 from phd_jax.train import TrainState, make_optimizer, train_and_evaluate, train_step, validate  # noqa: E402
 from phd_jax.train import checkpoint as ckpt  # noqa: E402
 from phd_jax.train import sharding as shd  # noqa: E402
@@ -271,3 +271,12 @@ def test_which_changes_may_resume(tmp_path):
         _set(c, key, value)
         with pytest.raises(ConfigError, match=f"config.{key}=.* does not match the run in workdir"):
             ckpt.check_workdir(wd, c)
+
+
+def test_printed_paths_are_relative_to_where_the_user_stands(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert ckpt.shown_path(str(tmp_path / "runs" / "default")) == os.path.join("runs", "default")
+    assert ckpt.shown_path("runs/default") == os.path.join("runs", "default")
+    assert ckpt.shown_path(str(tmp_path)) == "."
+    outside = os.path.dirname(str(tmp_path))
+    assert ckpt.shown_path(outside) == outside  # not under the working directory: absolute
