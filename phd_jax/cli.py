@@ -60,3 +60,18 @@ def eval_main(argv=None):
     from phd_jax.evaluation import cli
 
     return _run(cli, argv)
+
+
+def __getattr__(name: str):
+    if name in ("config_path", "DEFAULT_CONFIG"):  # before 0.2: configs/ of the checkout
+        import warnings
+
+        from phd_jax import configs
+
+        warnings.warn(
+            f"phd_jax.cli.{name} is deprecated: use phd_jax.configs.resolve / phd_jax.configs.DEFAULT",
+            DeprecationWarning,
+            2,
+        )
+        return configs.resolve if name == "config_path" else configs.DEFAULT
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -23,10 +23,11 @@ their own script) call `tune()` once, before JAX runs anything: it sets the same
 run time with `mallopt` (not `hugetlb`, which has no `mallopt`). It is not called on import: a
 tuned heap keeps its high-water mark, which matters in a memory-bound notebook. Measured on a
 2-core host (a jitted program with a 64 MiB temporary, minor page faults per call): untuned
-1.08M; re-executed with the tunables 0.8 (38 with `hugetlb`, THP pages); `tune()` before JAX
-is imported 3.3k (330x fewer than untuned, ~4000x more than the re-execution, so the command
-lines keep re-executing); `tune()` after JAX ran no gain at all (XLA's worker threads already
-have their own arenas, whose large blocks glibc maps and unmaps whatever `mmap_max` says).
+1.08M; re-executed with the tunables 0.8 (38 with `hugetlb`, on THP pages); `tune()` before
+JAX is imported 3.3k-16k, varying from run to run (66-330x fewer than untuned, but thousands of
+times more than the re-execution, so the command lines keep re-executing); `tune()` after JAX
+ran no gain at all (XLA's worker threads have their own arenas by then, whose large blocks
+glibc maps and unmaps whatever `mmap_max` says).
 Set `PHD_JAX_TUNE_MALLOC=0` to opt out of both; tunables the user set already are kept.
 """
 

@@ -42,6 +42,14 @@ class PHDLM(LM):
 
     # -- tokens ------------------------------------------------------------------
     @property
+    def config(self) -> ModelConfig:
+        """Deprecated (0.2): the model's ModelConfig is `self.cfg`."""
+        import warnings
+
+        warnings.warn("PHDLM.config is deprecated: use PHDLM.cfg", DeprecationWarning, 2)
+        return self.cfg
+
+    @property
     def prefix_token_id(self) -> int:
         """What an empty context conditions on: BOS, else EOS, else token 0."""
         for name in ("bos_id", "eos_id"):

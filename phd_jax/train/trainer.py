@@ -35,6 +35,17 @@ from phd_jax.train.optimizer import learning_rate_schedule, make_optimizer
 from phd_jax.train.state import TrainState
 
 
+def __getattr__(name: str):
+    if name in ("cross_entropy", "target_weights"):  # moved in 0.2 (the loss is phd_jax.train.loss)
+        import warnings
+
+        from phd_jax.train import loss
+
+        warnings.warn(f"phd_jax.train.trainer.{name} moved to phd_jax.train.loss.{name}", DeprecationWarning, 2)
+        return getattr(loss, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 class TrainingError(RuntimeError):
     """Training cannot go on (e.g. a non-finite loss); the message says why and what is saved."""
 
