@@ -34,6 +34,7 @@ class PHDLM(LM):
         progress: bool = False,
     ):
         super().__init__()
+        # `cfg`, not `config`: lm-eval reads `model.config._name_or_path` (a Hugging Face model's)
         self.params, self.cfg, self.tokenizer = params, cfg, tokenizer
         self.batch_size = as_int("batch_size", batch_size, 1)
         self.max_length = as_int("max_length", max_length or cfg.max_seq_len, 2, cfg.max_seq_len)
@@ -41,14 +42,6 @@ class PHDLM(LM):
         self.progress = progress
 
     # -- tokens ------------------------------------------------------------------
-    @property
-    def config(self) -> ModelConfig:
-        """Deprecated (0.2): the model's ModelConfig is `self.cfg`."""
-        import warnings
-
-        warnings.warn("PHDLM.config is deprecated: use PHDLM.cfg", DeprecationWarning, 2)
-        return self.cfg
-
     @property
     def prefix_token_id(self) -> int:
         """What an empty context conditions on: BOS, else EOS, else token 0."""
