@@ -69,7 +69,7 @@ def base_model(name: str, overrides: list[str]) -> tuple[ModelConfig, str]:
     fields = {f.name: f for f in dataclasses.fields(ModelConfig)}
     kw = dict(ISSUE10_MODEL)
     source = "issue 10's model" + (" (configs/small.py not found)" if name == "small" else "")
-    path = os.path.join(ROOT, "configs", "small.py")
+    path = os.path.join(ROOT, "phd_jax", "configs", "small.py")
     if name == "small" and os.path.exists(path):
         spec = importlib.util.spec_from_file_location("small_config", path)
         module = importlib.util.module_from_spec(spec)

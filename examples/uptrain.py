@@ -14,7 +14,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import phd_jax  # noqa: E402
-from configs.tiny import get_config  # noqa: E402
+from phd_jax.configs.tiny import get_config  # noqa: E402
 from phd_jax.data import make_pipeline  # noqa: E402
 from phd_jax.evaluation import evaluate_loss  # noqa: E402
 from phd_jax.train import restore_params, train_and_evaluate  # noqa: E402

@@ -32,10 +32,11 @@ import math
 import os
 import time
 
+from phd_jax import configs
 from phd_jax.errors import ConfigError, fail
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEFAULT_CONFIG = os.path.join(REPO, "configs", "repro.py")
+DEFAULT_CONFIG = configs.resolve("configs/repro.py")
 DEFAULT_ROOT = "runs/repro"
 DEFAULT_RESULTS = os.path.join(REPO, "experiments", "results")
 
@@ -73,7 +74,7 @@ class Run:
 
 
 def load_config_module(path: str):
-    path = os.path.abspath(path)
+    path = os.path.abspath(configs.resolve(path))
     if not os.path.isfile(path):
         fail("--config", path, "no such config file (e.g. configs/repro.py)", ConfigError)
     spec = importlib.util.spec_from_file_location(f"_sweep_config_{abs(hash(path))}", path)

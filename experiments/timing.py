@@ -136,10 +136,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m experiments.timing", description=__doc__.split("\n")[0])
     p.add_argument("--models", default="vanilla,PHD-2,PHD-4,naive-2")
     p.add_argument("--steps", type=int, default=40)
-    p.add_argument(
-        "--config",
-        default=os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "repro.py"),
-    )
+    p.add_argument("--config", default="configs/repro.py")  # the shipped one unless ./configs/repro.py exists
     args = p.parse_args([a for a in argv if not a.startswith("--config.")])
     from phd_jax.errors import ConfigError
 

@@ -19,7 +19,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def tiny_run_config(**changes):
     sys.path.insert(0, ROOT)
-    from configs.tiny import get_config
+    from phd_jax.configs.tiny import get_config
 
     c = get_config()
     c.num_steps, c.checkpoint_every, c.log_every, c.eval_every = 4, 4, 4, 4

@@ -27,7 +27,7 @@ from experiments.sweep import (
 from phd_jax.errors import ConfigError
 from phd_jax.train.metrics import read_metrics
 
-TINY = os.path.join(REPO, "configs", "tiny.py")
+TINY = os.path.join(REPO, "phd_jax", "configs", "tiny.py")
 STEPS = 3
 ARGS = [
     f"--config={TINY}",
@@ -259,7 +259,7 @@ def test_vanilla_depth_matches_phd_flops_per_token():
     from phd_jax.flops import train_flops_per_sequence
     from phd_jax.train import model_config
 
-    module = load_config_module(os.path.join(REPO, "configs", "repro.py"))
+    module = load_config_module(os.path.join(REPO, "phd_jax", "configs", "repro.py"))
     for k in (2, 3, 4):
         setting = Setting(name=f"vanilla-depth-PHD-{k}", model="vanilla", match_flops_of=f"PHD-{k}")
         layers, got, target = matched_depth(module, setting, {}, 10)

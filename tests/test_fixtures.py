@@ -6,6 +6,7 @@
 resume to step 6 that 0.1.0 produced. Later versions must reproduce them from those files.
 """
 
+import ast
 import json
 import os
 import shutil
@@ -81,6 +82,18 @@ def test_old_workdir_resumes_to_the_same_loss(expected, tmp_path):
     for want in meta["resumed_to_6"]:
         np.testing.assert_allclose(got[want["step"]]["loss"], want["loss"], rtol=TOL)
         np.testing.assert_allclose(got[want["step"]]["grad_norm"], want["grad_norm"], rtol=1e-4)
+    # 0.1.0's checkpoint holds an unused `rng`; the new one holds TrainState's fields only, and reads back.
+    assert _state_keys(wd, 4) == {"step", "rng", "nonfinite", "params", "opt_state"}
+    assert _state_keys(wd, 6) == {"step", "nonfinite", "params", "opt_state"}
+    from phd_jax.train import restore_params
+
+    assert restore_params(wd)[2] == 6
+
+
+def _state_keys(workdir, step):
+    with open(os.path.join(workdir, "checkpoints", str(step), "state", "_METADATA")) as f:
+        tree = json.load(f)["tree_metadata"]
+    return {ast.literal_eval(path)[0] for path in tree}  # keys are tuple reprs: "('params', 'embed', ...)"
 
 
 def test_old_workdir_evaluates(tmp_path):

@@ -58,8 +58,8 @@ def test_tuned_env_leaves_the_environment_alone(environ, glibc):
 # function with a 64 MiB temporary a few times and count the page faults of the last calls.
 CHILD = """
 import json, resource, sys
-from phd_jax.hostmem import reexec_with_tuned_malloc
-reexec_with_tuned_malloc()
+from phd_jax.hostmem import tune_command_line
+tune_command_line()
 import os
 import jax, jax.numpy as jnp
 f = jax.jit(lambda x: (jnp.sin(x) @ jnp.cos(x)).sum())
@@ -92,6 +92,32 @@ def test_tuned_programs_reuse_their_temporaries():
     assert untuned["tunables"] == "" and _names({hostmem.ENV: tuned["tunables"]}) >= ALL - {"glibc.malloc.hugetlb"}
     assert untuned["faults"] > 4000  # 64 MiB in 4 KiB pages is 16384 faults per call
     assert tuned["faults"] < untuned["faults"] / 50, (tuned, untuned)
+
+
+# A library user's program: `hostmem.tune()` (mallopt, in this process) before JAX is imported.
+CHILD_TUNE = CHILD.replace(
+    "from phd_jax.hostmem import tune_command_line\ntune_command_line()", "from phd_jax.hostmem import tune\ntune()"
+)
+
+
+@pytest.mark.skipif(hostmem._glibc_version() is None, reason="mallopt is glibc's")
+def test_tune_in_process_reuses_temporaries_too():
+    """`tune()` without a second start of the interpreter: the page faults per call drop, though
+    less than with the re-execution (measured 66-330x fewer than untuned on a 2-core host, from
+    one run to the next, vs ~1M -> ~1 for the re-execution): > 10x here."""
+    assert "tune()" in CHILD_TUNE
+    untuned, tuned = _child(CHILD_TUNE, **{hostmem.OPT_OUT: "0"}), _child(CHILD_TUNE)
+    assert untuned["tunables"] == tuned["tunables"] == ""  # no re-execution
+    assert untuned["faults"] > 4000
+    assert tuned["faults"] < untuned["faults"] / 10, (tuned, untuned)
+
+
+def test_tune_respects_the_opt_out_and_other_c_libraries(monkeypatch):
+    monkeypatch.setenv(hostmem.OPT_OUT, "0")
+    assert hostmem.tune() is False
+    monkeypatch.delenv(hostmem.OPT_OUT)
+    monkeypatch.setattr(hostmem, "_glibc_version", lambda: None)  # musl, macOS
+    assert hostmem.tune() is False
 
 
 # A tuned program frees a 256 MiB array: the heap keeps it (no trimming) until it is released.

@@ -225,7 +225,7 @@ def _run_config(**changes):
     import sys
 
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    from configs.tiny import get_config
+    from phd_jax.configs.tiny import get_config
 
     c = get_config()
     c.compilation_cache, c.eval_batches = "", 8

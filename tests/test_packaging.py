@@ -159,11 +159,30 @@ def test_console_scripts_run(fresh):
         r = _run(fresh, str(fresh["venv"] / "bin" / script), "--help")
         assert r.returncode == 0, r.stdout + r.stderr
         assert f"USAGE: {script}" in r.stdout and "--workdir" in r.stdout and flag in r.stdout, r.stdout
-    # Outside a checkout the default config file does not exist: a clear error, no traceback.
+    # A config file that does not exist: a clear error, no traceback.
     r = _run(fresh, str(fresh["venv"] / "bin" / "phd-train"), "--config=nowhere/missing.py")
     assert r.returncode == 2
     assert "--config='nowhere/missing.py' is invalid" in r.stdout + r.stderr, r.stdout + r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_installed_phd_train_finds_its_configs_outside_the_checkout(fresh):
+    """The default config and the README's `--config=configs/NAME.py` spelling are the wheel's own
+    files (phd_jax/configs), wherever the user stands: the config loads and the overrides apply
+    to it (an unknown key is reported against it; nothing trains, nothing is written)."""
+    script = str(fresh["venv"] / "bin" / "phd-train")
+    r = _run(fresh, script, "--help")
+    assert r.returncode == 0 and "(default: 'configs/default.py')" in r.stdout, r.stdout + r.stderr
+    for config in ([], ["--config=configs/tiny.py"], ["--config=configs/default.py:PHD-SWA-3-16-inf"]):
+        r = _run(fresh, script, *config, "--config.model.nope=1")
+        assert r.returncode == 2 and "error: --config.model.nope: 'nope' is not a config key" in r.stderr, (
+            config,
+            r.stdout + r.stderr,
+        )
+        assert "Traceback" not in r.stderr
+    r = _run(fresh, script, "--config=configs/tiny.py:PHD-9x")  # the file's get_config ran, outside the checkout
+    assert r.returncode == 2 and "config argument 'PHD-9x' is invalid" in r.stderr, r.stdout + r.stderr
+    assert not (fresh["outside"] / "runs").exists()
 
 
 def test_no_placeholder_repository_url():

@@ -131,7 +131,7 @@ def test_bad_input_is_named(runs, tmp_path):
 
 def test_curve_from_the_real_trainer(tmp_path):
     """A run written by the project's trainer plots like the hand-written ones, against every x."""
-    from configs.tiny import get_config
+    from phd_jax.configs.tiny import get_config
     from phd_jax.train import train_and_evaluate
 
     c = get_config("PHD-CSWA-2-2-4")

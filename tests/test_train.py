@@ -17,10 +17,10 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from configs import tiny  # noqa: E402
+from phd_jax.configs import tiny  # noqa: E402
 from phd_jax.errors import ConfigError  # noqa: E402
+from phd_jax.train import TrainState, make_optimizer, train_and_evaluate, train_step, validate  # noqa: E402
 from phd_jax.train import checkpoint as ckpt  # noqa: E402
-from phd_jax.train import make_optimizer, train_and_evaluate, train_step, validate  # noqa: E402
 from phd_jax.train import sharding as shd  # noqa: E402
 from phd_jax.train.optimizer import learning_rate_schedule  # noqa: E402
 from phd_jax.train.trainer import abstract_train_state, compute_grads, create_train_state  # noqa: E402
@@ -96,9 +96,9 @@ def test_params_and_opt_state_sharded_by_rules(runs, mesh):
     }
     f, t = m.shape["fsdp"], m.shape["tensor"]
     for state in (created, restored):
-        mu = state["opt_state"][1][0].mu  # chain(clip, adamw): adamw's ScaleByAdamState
+        mu = state.opt_state[1][0].mu  # chain(clip, adamw): adamw's ScaleByAdamState
         for path, spec in expect.items():
-            for tree in (state["params"], mu):
+            for tree in (state.params, mu):
                 leaf = functools.reduce(lambda d, k: d[k], path, tree)
                 got = tuple(leaf.sharding.spec) + (None,) * (leaf.ndim - len(leaf.sharding.spec))
                 assert got == spec, (path, got)
@@ -133,13 +133,7 @@ def test_grad_accumulation_equals_full_batch():
     for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g4)):
         np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5, atol=1e-5 * float(jnp.abs(a).max()))
     opt = make_optimizer(config)
-    state = {
-        "step": jnp.int32(0),
-        "rng": jax.random.PRNGKey(0),
-        "nonfinite": jnp.int32(0),
-        "params": params,
-        "opt_state": opt.init(params),
-    }
+    state = TrainState(step=jnp.int32(0), params=params, opt_state=opt.init(params), nonfinite=jnp.int32(0))
     step = jax.jit(
         functools.partial(
             train_step, cfg=cfg, optimizer=opt, schedule=learning_rate_schedule(config), grad_accum_steps=4
@@ -277,3 +271,12 @@ def test_which_changes_may_resume(tmp_path):
         _set(c, key, value)
         with pytest.raises(ConfigError, match=f"config.{key}=.* does not match the run in workdir"):
             ckpt.check_workdir(wd, c)
+
+
+def test_printed_paths_are_relative_to_where_the_user_stands(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert ckpt.shown_path(str(tmp_path / "runs" / "default")) == os.path.join("runs", "default")
+    assert ckpt.shown_path("runs/default") == os.path.join("runs", "default")
+    assert ckpt.shown_path(str(tmp_path)) == "."
+    outside = os.path.dirname(str(tmp_path))
+    assert ckpt.shown_path(outside) == outside  # not under the working directory: absolute

@@ -25,7 +25,7 @@ class PHDLM(LM):
     def __init__(
         self,
         params,
-        config: ModelConfig,
+        cfg: ModelConfig,
         tokenizer,
         *,
         batch_size: int = 8,
@@ -34,9 +34,10 @@ class PHDLM(LM):
         progress: bool = False,
     ):
         super().__init__()
-        self.params, self.config, self.tokenizer = params, config, tokenizer
+        # `cfg`, not `config`: lm-eval reads `model.config._name_or_path` (a Hugging Face model's)
+        self.params, self.cfg, self.tokenizer = params, cfg, tokenizer
         self.batch_size = as_int("batch_size", batch_size, 1)
-        self.max_length = as_int("max_length", max_length or config.max_seq_len, 2, config.max_seq_len)
+        self.max_length = as_int("max_length", max_length or cfg.max_seq_len, 2, cfg.max_seq_len)
         self.max_gen_toks = as_int("max_gen_toks", max_gen_toks, 1)
         self.progress = progress
 
@@ -46,7 +47,7 @@ class PHDLM(LM):
         """What an empty context conditions on: BOS, else EOS, else token 0."""
         for name in ("bos_id", "eos_id"):
             tid = getattr(self.tokenizer, name, None)
-            if isinstance(tid, int) and 0 <= tid < self.config.vocab_size:
+            if isinstance(tid, int) and 0 <= tid < self.cfg.vocab_size:
                 return tid
         return 0
 
@@ -72,7 +73,7 @@ class PHDLM(LM):
             cont = cont[-self.max_length :]
             seqs.append(((ctx + cont)[-(self.max_length + 1) :], len(cont)))
         with self._bar(len(seqs), "loglikelihood") as bar:
-            out = score_sequences(self.params, self.config, seqs, self.batch_size, self.max_length, progress=bar)
+            out = score_sequences(self.params, self.cfg, seqs, self.batch_size, self.max_length, progress=bar)
         for req, res in zip(requests, out):
             self.cache_hook.add_partial("loglikelihood", req.args, res)
         return out
@@ -90,7 +91,7 @@ class PHDLM(LM):
                 seqs.append((ctx + cont, len(cont)))
                 owner.append(i)
         with self._bar(len(seqs), "loglikelihood_rolling") as bar:
-            scores = score_sequences(self.params, self.config, seqs, self.batch_size, self.max_length, progress=bar)
+            scores = score_sequences(self.params, self.cfg, seqs, self.batch_size, self.max_length, progress=bar)
         totals = [0.0] * len(requests)
         for i, (lp, _) in zip(owner, scores):
             totals[i] += lp
@@ -112,7 +113,7 @@ class PHDLM(LM):
                 temperature = float(kw.pop("temperature", 0.0)) if sample else 0.0
                 texts = generate_text(
                     self.params,
-                    self.config,
+                    self.cfg,
                     self.tokenizer,
                     [requests[i].args[0] for i in idx],
                     max_new,

@@ -1,20 +1,18 @@
 """Validation loss, perplexity and bits per byte on a pipeline's eval batches or a text file.
 
-The loss is the trainer's own (`phd_jax.train.loss_terms`: with `segment_ids`, targets in
+The loss is the trainer's own (`phd_jax.train.loss.loss_terms`: with `segment_ids`, targets in
 another document than their input, and padding = segment 0, do not count), summed over
 every counted token of every batch, then divided once (batches weigh by their tokens).
 """
 
 from __future__ import annotations
 
-import functools
-import math
-
 import jax
 import numpy as np
 
 from phd_jax.config import ModelConfig
 from phd_jax.errors import as_int, fail
+from phd_jax.train.loss import as_batch, bits, loss_terms, perplexity, target_weights
 
 
 def token_bytes(tokenizer, ids) -> int:
@@ -25,11 +23,7 @@ def token_bytes(tokenizer, ids) -> int:
     return len(tokenizer.decode(ids.tolist()).encode("utf-8"))
 
 
-@functools.partial(jax.jit, static_argnums=1)
-def _loss_terms(params, config, batch):
-    from phd_jax.train.trainer import loss_terms
-
-    return loss_terms(params, config, batch)
+_loss_terms = jax.jit(loss_terms, static_argnums=1)
 
 
 def _weights(batch: dict) -> np.ndarray:
@@ -37,22 +31,20 @@ def _weights(batch: dict) -> np.ndarray:
     tokens = np.asarray(batch["tokens"])
     if "segment_ids" not in batch:
         return np.ones(tokens[:, 1:].shape, bool)
-    from phd_jax.train.trainer import target_weights
-
     return target_weights(np.asarray(batch["segment_ids"]))
 
 
-def evaluate_loss(params, config: ModelConfig, batches, tokenizer=None) -> dict:
+def evaluate_loss(params, cfg: ModelConfig, batches, tokenizer=None) -> dict:
     """Loss (nats per token), perplexity, bits per byte, and the token / byte counts over
     `batches` (dicts with `tokens [B, T+1]`, optional `segment_ids`, or token arrays)."""
     nats, count, nbytes = 0.0, 0, 0
     for batch in batches:
-        batch = batch if isinstance(batch, dict) else {"tokens": batch}
+        batch = as_batch(batch)
         tokens = np.asarray(batch["tokens"])
         if tokens.ndim != 2 or tokens.shape[1] < 2:
             fail("batch['tokens']", tokens.shape, "must have shape [batch, seq_len + 1] with seq_len >= 1")
         total, n = jax.device_get(
-            _loss_terms(params, config, {k: np.asarray(v) for k, v in batch.items() if k in ("tokens", "segment_ids")})
+            _loss_terms(params, cfg, {k: np.asarray(v) for k, v in batch.items() if k in ("tokens", "segment_ids")})
         )
         nats += float(total)
         count += int(n)
@@ -63,8 +55,8 @@ def evaluate_loss(params, config: ModelConfig, batches, tokenizer=None) -> dict:
     loss = nats / count
     return {
         "loss": loss,
-        "perplexity": math.exp(min(loss, 700.0)),
-        "bits_per_byte": nats / math.log(2) / max(nbytes, 1),
+        "perplexity": perplexity(loss),
+        "bits_per_byte": bits(nats) / max(nbytes, 1),
         "tokens": count,
         "bytes": nbytes,
     }

@@ -19,9 +19,9 @@ from phd_jax.model import forward
 
 
 @functools.partial(jax.jit, static_argnums=1)
-def token_logprobs(params, config: ModelConfig, inputs, targets):
+def token_logprobs(params, cfg: ModelConfig, inputs, targets):
     """`inputs, targets [B, L]` -> (log p(target) `[B, L]` float32, target is the argmax `[B, L]`)."""
-    logits = forward(params, config, inputs)
+    logits = forward(params, cfg, inputs)
     logp = jax.nn.log_softmax(logits, axis=-1)
     lp = jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
     return lp, jnp.argmax(logits, axis=-1) == targets
@@ -37,7 +37,7 @@ def bucket(length: int, max_length: int, min_bucket: int = 16) -> int:
 
 def score_sequences(
     params,
-    config: ModelConfig,
+    cfg: ModelConfig,
     seqs,
     batch_size: int,
     max_length: int | None = None,
@@ -50,7 +50,7 @@ def score_sequences(
     `tokens` (a list of ids, length >= n + 1, at most max_length + 1) runs as inputs
     `tokens[:-1]` and targets `tokens[1:]`. Longest first, in buckets (see module doc).
     """
-    max_length = max_length or config.max_seq_len
+    max_length = max_length or cfg.max_seq_len
     order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i][0]))
     out: list = [None] * len(seqs)
     for start in range(0, len(order), batch_size):
@@ -62,7 +62,7 @@ def score_sequences(
             toks = seqs[i][0]
             inputs[row, : len(toks) - 1] = toks[:-1]
             targets[row, : len(toks) - 1] = toks[1:]
-        lp, greedy = jax.device_get(token_logprobs(params, config, inputs, targets))
+        lp, greedy = jax.device_get(token_logprobs(params, cfg, inputs, targets))
         for row, i in enumerate(idx):
             toks, n = seqs[i]
             span = slice(len(toks) - 1 - n, len(toks) - 1)

@@ -166,9 +166,9 @@ def config_from_hf(hf: dict, where: str = "config.json", **overrides) -> ModelCo
         raise ConfigError(f"{where}: {e}") from None
 
 
-def config_to_hf(config: ModelConfig) -> dict:
-    """A Llama `config.json` dict for `config`, its PHD fields under `"phd_jax"`."""
-    if config.qk_norm:
+def config_to_hf(cfg: ModelConfig) -> dict:
+    """A Llama `config.json` dict for `cfg`, its PHD fields under `"phd_jax"`."""
+    if cfg.qk_norm:
         fail(
             "ModelConfig.qk_norm",
             True,
@@ -178,27 +178,27 @@ def config_to_hf(config: ModelConfig) -> dict:
     return {
         "architectures": list(ARCHITECTURES),
         "model_type": "llama",
-        "vocab_size": config.vocab_size,
-        "hidden_size": config.d_model,
-        "intermediate_size": config.mlp_dim,
-        "num_hidden_layers": config.num_layers,
-        "num_attention_heads": config.num_heads,
-        "num_key_value_heads": config.num_kv_heads,
-        "head_dim": config.head_dim,
+        "vocab_size": cfg.vocab_size,
+        "hidden_size": cfg.d_model,
+        "intermediate_size": cfg.mlp_dim,
+        "num_hidden_layers": cfg.num_layers,
+        "num_attention_heads": cfg.num_heads,
+        "num_key_value_heads": cfg.num_kv_heads,
+        "head_dim": cfg.head_dim,
         "hidden_act": "silu",
-        "max_position_embeddings": config.max_seq_len,
-        "rms_norm_eps": config.norm_eps,
-        "rope_parameters": {"rope_type": "default", "rope_theta": config.rope_theta},
-        "rope_theta": config.rope_theta,
-        "tie_word_embeddings": config.tie_embeddings,
+        "max_position_embeddings": cfg.max_seq_len,
+        "rms_norm_eps": cfg.norm_eps,
+        "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_theta},
+        "rope_theta": cfg.rope_theta,
+        "tie_word_embeddings": cfg.tie_embeddings,
         "attention_bias": False,
         "mlp_bias": False,
         "attention_dropout": 0.0,
         "pretraining_tp": 1,
-        "dtype": config.param_dtype,
-        "initializer_range": config.init_std,
+        "dtype": cfg.param_dtype,
+        "initializer_range": cfg.init_std,
         "use_cache": True,
-        "phd_jax": {f: getattr(config, f) for f in PHD_FIELDS},
+        "phd_jax": {f: getattr(cfg, f) for f in PHD_FIELDS},
     }
 
 
@@ -207,9 +207,9 @@ def config_to_hf(config: ModelConfig) -> dict:
 # ---------------------------------------------------------------------------
 
 
-def _layer_map(c: ModelConfig):
+def _layer_map(cfg: ModelConfig):
     """(our path inside a layer, HF name, HF shape, ours -> HF, HF -> ours)."""
-    d, h, kvh, hd, f = c.d_model, c.num_heads, c.num_kv_heads, c.head_dim, c.mlp_dim
+    d, h, kvh, hd, f = cfg.d_model, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.mlp_dim
 
     def proj(heads):  # [D, heads, hd] <-> [heads*hd, D]
         return ((heads * hd, d), lambda w: w.reshape(d, heads * hd).T, lambda w: w.T.reshape(d, heads, hd))
@@ -236,13 +236,14 @@ def _layer_map(c: ModelConfig):
     return [(path, name, shape, to_hf, from_hf) for path, name, (shape, to_hf, from_hf) in table]
 
 
-def _global_map(c: ModelConfig):
+def _global_map(cfg: ModelConfig):
     out = [
-        (("embed", "embedding"), "model.embed_tokens.weight", (c.vocab_size, c.d_model), lambda w: w, lambda w: w),
-        (("final_norm", "scale"), "model.norm.weight", (c.d_model,), lambda w: w, lambda w: w),
+        (("embed", "embedding"), "model.embed_tokens.weight", (cfg.vocab_size, cfg.d_model), lambda w: w, lambda w: w),
+        (("final_norm", "scale"), "model.norm.weight", (cfg.d_model,), lambda w: w, lambda w: w),
     ]
-    if not c.tie_embeddings:
-        out.append((("unembed", "kernel"), "lm_head.weight", (c.vocab_size, c.d_model), lambda w: w.T, lambda w: w.T))
+    if not cfg.tie_embeddings:
+        shape = (cfg.vocab_size, cfg.d_model)
+        out.append((("unembed", "kernel"), "lm_head.weight", shape, lambda w: w.T, lambda w: w.T))
     return out
 
 
@@ -258,18 +259,18 @@ def _put(tree, path, value):
     tree[path[-1]] = value
 
 
-def hf_state_dict(params, config: ModelConfig) -> dict[str, np.ndarray]:
-    """Our parameter pytree as HF Llama tensors (numpy, in `config.param_dtype`)."""
+def hf_state_dict(params, cfg: ModelConfig) -> dict[str, np.ndarray]:
+    """Our parameter pytree as HF Llama tensors (numpy, in `cfg.param_dtype`)."""
     import jax
 
     params = jax.device_get(params)
-    dt = np.dtype(config.weight_dtype)
+    dt = np.dtype(cfg.weight_dtype)
     out = {}
-    for path, name, shape, to_hf, _ in _global_map(config):
+    for path, name, shape, to_hf, _ in _global_map(cfg):
         out[name] = _checked(np.asarray(to_hf(np.asarray(_get(params, path)))), shape, name, "params")
-    for i in range(config.num_layers):
-        layer = jax.tree.map(lambda x: x[i], params["layers"]) if config.scan_layers else params[f"layers_{i}"]
-        for path, name, shape, to_hf, _ in _layer_map(config):
+    for i in range(cfg.num_layers):
+        layer = jax.tree.map(lambda x: x[i], params["layers"]) if cfg.scan_layers else params[f"layers_{i}"]
+        for path, name, shape, to_hf, _ in _layer_map(cfg):
             full = f"model.layers.{i}.{name}"
             out[full] = _checked(np.asarray(to_hf(np.asarray(_get(layer, path)))), shape, full, "params")
     return {k: np.ascontiguousarray(v.astype(dt)) for k, v in out.items()}
@@ -325,13 +326,13 @@ def load_hf_llama(path: str, **overrides):
     path = os.fspath(path)
     if not os.path.isdir(path):
         raise FileNotFoundError(f"Hugging Face checkpoint directory {path} does not exist")
-    config = config_from_hf(
+    cfg = config_from_hf(
         _read_json(os.path.join(path, CONFIG_FILE), "Hugging Face config"), os.path.join(path, CONFIG_FILE), **overrides
     )
     files = _weight_files(path)
-    expected = {name: (path_, shape, from_hf, None) for path_, name, shape, _, from_hf in _global_map(config)}
-    for i in range(config.num_layers):
-        for path_, name, shape, _, from_hf in _layer_map(config):
+    expected = {name: (path_, shape, from_hf, None) for path_, name, shape, _, from_hf in _global_map(cfg)}
+    for i in range(cfg.num_layers):
+        for path_, name, shape, _, from_hf in _layer_map(cfg):
             expected[f"model.layers.{i}.{name}"] = (path_, shape, from_hf, i)
     missing = [n for n in expected if n not in files]
     if missing:
@@ -347,7 +348,7 @@ def load_hf_llama(path: str, **overrides):
             "weights phd_jax's Llama does not have)"
         )
 
-    dt = np.dtype(config.weight_dtype)
+    dt = np.dtype(cfg.weight_dtype)
     params: dict = {}
     stacked: dict = {}
     by_file: dict[str, list[str]] = {}
@@ -360,16 +361,16 @@ def load_hf_llama(path: str, **overrides):
                 x = from_hf(_checked(f.get_tensor(name), shape, name, file)).astype(dt)
                 if layer is None:
                     _put(params, path_, x)
-                elif config.scan_layers:
+                elif cfg.scan_layers:
                     buf = stacked.get(path_)
                     if buf is None:
-                        buf = stacked[path_] = np.empty((config.num_layers, *x.shape), dt)
+                        buf = stacked[path_] = np.empty((cfg.num_layers, *x.shape), dt)
                     buf[layer] = x
                 else:
                     _put(params.setdefault(f"layers_{layer}", {}), path_, x)
     for path_, buf in stacked.items():
         _put(params.setdefault("layers", {}), path_, buf)
-    return config, jax.tree.map(jnp.asarray, params)
+    return cfg, jax.tree.map(jnp.asarray, params)
 
 
 # ---------------------------------------------------------------------------
@@ -390,7 +391,7 @@ def _parse_size(size) -> int:
 
 def save_hf_llama(
     params,
-    config: ModelConfig,
+    cfg: ModelConfig,
     path: str,
     *,
     max_shard_size=None,
@@ -408,8 +409,8 @@ def save_hf_llama(
     from safetensors.numpy import save_file
 
     path = os.fspath(path)
-    hf_config = config_to_hf(config)
-    tensors = hf_state_dict(params, config)  # checks every shape before anything is written
+    hf_config = config_to_hf(cfg)
+    tensors = hf_state_dict(params, cfg)  # checks every shape before anything is written
     if os.path.exists(path) and not os.path.isdir(path):
         fail("path", path, "exists and is not a directory")
     old = [

@@ -2,7 +2,9 @@
 
 Public:
     train_and_evaluate(config, workdir) -> final metrics      (the loop; train.py calls it)
-    train_step, eval_step, cross_entropy, loss_terms          (pure functions)
+    TrainState(step, params, opt_state, nonfinite)            (the trainer's state, a pytree)
+    train_step, eval_step                                     (pure functions)
+    cross_entropy, loss_terms, perplexity                     (phd_jax.train.loss: also evaluation's)
     base_config(), validate(config, num_devices, tokenizer), model_config(config, tokenizer=None)
     load_run_config(workdir), restore_params(path, step=None) -> (ModelConfig, params, step)
     make_optimizer(config), make_mesh(config), MetricWriter
@@ -11,14 +13,17 @@ Public:
 from phd_jax.errors import ConfigError
 from phd_jax.train.checkpoint import restore_params
 from phd_jax.train.config import base_config, load_run_config, model_config, validate
+from phd_jax.train.loss import cross_entropy, loss_terms, perplexity
 from phd_jax.train.metrics import MetricWriter
 from phd_jax.train.optimizer import make_optimizer
 from phd_jax.train.sharding import make_mesh
-from phd_jax.train.trainer import TrainingError, cross_entropy, eval_step, loss_terms, train_and_evaluate, train_step
+from phd_jax.train.state import TrainState
+from phd_jax.train.trainer import TrainingError, eval_step, train_and_evaluate, train_step
 
 __all__ = [
     "ConfigError",
     "MetricWriter",
+    "TrainState",
     "TrainingError",
     "base_config",
     "cross_entropy",
@@ -28,6 +33,7 @@ __all__ = [
     "make_mesh",
     "make_optimizer",
     "model_config",
+    "perplexity",
     "restore_params",
     "train_and_evaluate",
     "train_step",

@@ -3,7 +3,8 @@
     WORKDIR/config.json          the full run config
     WORKDIR/model_config.json    the ModelConfig fields (rebuild the model from the workdir alone)
     WORKDIR/version.json         phd_jax version and git commit that wrote it
-    WORKDIR/checkpoints/<step>/  orbax: `state` (params, opt_state, step, rng) and `data` (iterator)
+    WORKDIR/checkpoints/<step>/  orbax: `state` (a TrainState's fields: step, params, opt_state,
+                                 nonfinite) and `data` (the data iterator's position)
     WORKDIR/metrics.jsonl, WORKDIR/tensorboard/   (phd_jax.train.metrics)
 
 A checkpoint is complete once orbax renames its temporary directory to `<step>`; a run
@@ -24,6 +25,7 @@ from phd_jax.config import ModelConfig
 from phd_jax.errors import ConfigError
 from phd_jax.model import check_params
 from phd_jax.train.config import load_run_config, to_json
+from phd_jax.train.state import TrainState
 
 CHECKPOINTS = "checkpoints"
 OUR_FILES = ("config.json", "model_config.json", "version.json", CHECKPOINTS, "metrics.jsonl", "tensorboard")
@@ -56,6 +58,17 @@ RESUMABLE_CHANGES = {
     "data.num_threads",
     "data.prefetch",  # where / how fast, not what
 }
+
+
+def shown_path(path: str) -> str:
+    """`path` as printed for the user: relative to the working directory when it lies under it
+    (`runs/default`), else absolute."""
+    path = os.path.abspath(os.path.expanduser(os.fspath(path)))
+    try:
+        rel = os.path.relpath(path)
+    except ValueError:  # another drive (Windows)
+        return path
+    return path if rel == ".." or rel.startswith(".." + os.sep) else rel
 
 
 def _flatten(d, prefix=""):
@@ -184,24 +197,32 @@ def manager(workdir: str, config=None, read_only: bool = False):
     return ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, CHECKPOINTS)), options=options)
 
 
-def save(mgr, step: int, state, data_state: dict, force: bool = True):
+def save(mgr, step: int, state: TrainState, data_state: dict, force: bool = True):
+    """Write `state` (as the dict of its fields) and the data iterator's state at `step`."""
     import orbax.checkpoint as ocp
 
     mgr.save(
         step,
-        args=ocp.args.Composite(state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)),
+        args=ocp.args.Composite(state=ocp.args.PyTreeSave(state.to_tree()), data=ocp.args.JsonSave(data_state)),
         force=force,
     )
 
 
-def restore(mgr, step: int, abstract_state):
-    """(state placed as `abstract_state`'s shardings say, data iterator state)."""
+def restore(mgr, step: int, abstract: TrainState) -> tuple[TrainState, dict]:
+    """(state placed as `abstract`'s shardings say, data iterator state). Entries of the saved
+    tree that TrainState no longer has (0.1.0's `rng`) stay on disk."""
     import orbax.checkpoint as ocp
 
+    target = abstract.to_tree()
+    restore_args = jax.tree.map(lambda x: ocp.ArrayRestoreArgs(sharding=x.sharding), target)
     out = mgr.restore(
-        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore())
+        step,
+        args=ocp.args.Composite(
+            state=ocp.args.PyTreeRestore(item=target, restore_args=restore_args, partial_restore=True),
+            data=ocp.args.JsonRestore(),
+        ),
     )
-    return out["state"], out["data"]
+    return TrainState.from_tree(out["state"]), out["data"]
 
 
 def _locate(path: str, step: int | None) -> tuple[str, int | None]:
@@ -269,13 +290,12 @@ def restore_params(path: str, step: int | None = None, sharding=None):
     return cfg, params, int(step)
 
 
-def abstract_state(params_shape, opt_shape, params_sh, opt_sh, replicated):
-    """The trainer's state dict as ShapeDtypeStructs carrying target shardings (for restore)."""
+def abstract_state(params_shape, opt_shape, shardings: TrainState) -> TrainState:
+    """The trainer's state as ShapeDtypeStructs carrying target shardings (for restore)."""
     sds = lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s)  # noqa: E731
-    return {
-        "step": jax.ShapeDtypeStruct((), np.int32, sharding=replicated),
-        "rng": jax.ShapeDtypeStruct((2,), np.uint32, sharding=replicated),
-        "nonfinite": jax.ShapeDtypeStruct((), np.int32, sharding=replicated),
-        "params": jax.tree.map(sds, params_shape, params_sh),
-        "opt_state": jax.tree.map(sds, opt_shape, opt_sh),
-    }
+    return TrainState(
+        step=jax.ShapeDtypeStruct((), np.int32, sharding=shardings.step),
+        params=jax.tree.map(sds, params_shape, shardings.params),
+        opt_state=jax.tree.map(sds, opt_shape, shardings.opt_state),
+        nonfinite=jax.ShapeDtypeStruct((), np.int32, sharding=shardings.nonfinite),
+    )

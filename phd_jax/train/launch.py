@@ -8,6 +8,10 @@ import sys
 
 import jax
 
+# The sample printed after training (`config.sample_tokens` tokens after `config.sample_prompt`).
+SAMPLE_TEMPERATURE = 0.8
+SAMPLE_TOP_K = 40
+
 
 def initialize_distributed(
     coordinator_address: str | None = None, num_processes: int | None = None, process_id: int | None = None
@@ -86,8 +90,8 @@ def sample_after_training(config, workdir: str):
         prompt,
         int(config.sample_tokens),
         rng=jax.random.key(config.seed),
-        temperature=0.8,
-        top_k=40,
+        temperature=SAMPLE_TEMPERATURE,
+        top_k=SAMPLE_TOP_K,
         max_len=prompt.shape[1] + int(config.sample_tokens),
     )
     print(f"\n--- sample from {cfg.name} (step {step}) ---\n{config.sample_prompt}{tok.decode(out[0])}")

@@ -295,16 +295,16 @@ def series(records: list[dict], key: str, x: str = "step") -> tuple[np.ndarray, 
 
 
 def throughput(
-    config: ModelConfig, seq_len: int, sequences: int, seconds: float, peak_flops_per_s: float | None = None
+    cfg: ModelConfig, seq_len: int, sequences: int, seconds: float, peak_flops_per_s: float | None = None
 ) -> dict[str, float]:
     """Speed metrics of `sequences` sequences of `seq_len` trained in `seconds`:
     `tokens_per_s` (original), `processed_tokens_per_s` (K x), `tflops` (analytic, see
     `phd_jax.flops`) and `mfu` when a peak FLOP/s is given."""
     tokens = sequences * seq_len
-    flops = sequences * train_flops_per_sequence(config, seq_len)
+    flops = sequences * train_flops_per_sequence(cfg, seq_len)
     out = {
         "tokens_per_s": tokens / seconds,
-        "processed_tokens_per_s": tokens * config.repeat / seconds,
+        "processed_tokens_per_s": tokens * cfg.repeat / seconds,
         "tflops": flops / seconds / 1e12,
     }
     if peak_flops_per_s:

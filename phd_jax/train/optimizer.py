@@ -12,6 +12,8 @@ import fnmatch
 import jax
 import optax
 
+from phd_jax.tree import path_parts
+
 
 def learning_rate_schedule(config) -> optax.Schedule:
     peak, warmup, total = float(config.learning_rate), int(config.warmup_steps), int(config.num_steps)
@@ -32,8 +34,7 @@ def decay_mask(params, patterns: str):
     pats = [p.strip() for p in patterns.split(",") if p.strip()]
 
     def keep(path, _):
-        parts = [getattr(k, "key", getattr(k, "name", str(k))) for k in path]
-        return not any(fnmatch.fnmatchcase(str(part), pat) for part in parts for pat in pats)
+        return not any(fnmatch.fnmatchcase(part, pat) for part in path_parts(path) for pat in pats)
 
     return jax.tree_util.tree_map_with_path(keep, params)
 

@@ -19,6 +19,8 @@ from phd_jax.config import ModelConfig
 from phd_jax.errors import ConfigError
 from phd_jax.model import param_logical_axes, param_shapes
 from phd_jax.train.config import MESH_AXES, logical_rules, mesh_shape
+from phd_jax.train.state import TrainState
+from phd_jax.tree import path_name
 
 
 def make_mesh(config, devices=None) -> Mesh:
@@ -27,10 +29,6 @@ def make_mesh(config, devices=None) -> Mesh:
     if len(devices) == jax.device_count() and devices == jax.devices():
         return jax.make_mesh(shape, MESH_AXES, devices=devices, axis_types=(jax.sharding.AxisType.Auto,) * 3)
     return Mesh(np.asarray(devices).reshape(shape), MESH_AXES)
-
-
-def _path_name(path) -> str:
-    return "/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
 
 
 def _mesh_axes(spec: P, rules) -> P:
@@ -51,7 +49,7 @@ def param_specs(cfg: ModelConfig, rules, mesh: Mesh):
             size = math.prod(mesh.shape[a] for a in ((axes,) if isinstance(axes, str) else axes))
             if shape.shape[dim] % size:
                 raise ConfigError(
-                    f"parameter {_path_name(path)} (shape {tuple(shape.shape)}): dimension {dim} "
+                    f"parameter {path_name(path)} (shape {tuple(shape.shape)}): dimension {dim} "
                     f"({name}={shape.shape[dim]}) is not divisible by mesh axes {axes} of size {size} "
                     f"(config.logical_axis_rules: ({name!r}, {rule_of.get(name)!r})); change the mesh "
                     f"or map {name!r} to None"
@@ -72,12 +70,12 @@ def batch_spec(rules) -> P:
 def opt_state_shardings(optimizer, params_shape, param_shardings, mesh: Mesh):
     """Optimizer state shards like the parameters it mirrors (Adam's mu and nu); the rest is replicated."""
     state_shape = jax.eval_shape(optimizer.init, params_shape)
-    shapes = {_path_name(p): x.shape for p, x in jax.tree_util.tree_leaves_with_path(params_shape)}
-    shards = {_path_name(p): s for p, s in jax.tree_util.tree_leaves_with_path(param_shardings)}
+    shapes = {path_name(p): x.shape for p, x in jax.tree_util.tree_leaves_with_path(params_shape)}
+    shards = {path_name(p): s for p, s in jax.tree_util.tree_leaves_with_path(param_shardings)}
     replicated = NamedSharding(mesh, P())
 
     def one(path, leaf):
-        name = _path_name(path)
+        name = path_name(path)
         for pname, sharding in shards.items():
             if (name == pname or name.endswith("/" + pname)) and leaf.shape == shapes[pname]:
                 return sharding
@@ -87,19 +85,18 @@ def opt_state_shardings(optimizer, params_shape, param_shardings, mesh: Mesh):
 
 
 def train_shardings(cfg: ModelConfig, config, optimizer, mesh: Mesh):
-    """(state shardings, batch sharding) for the trainer's state dict."""
+    """(TrainState of shardings, batch sharding)."""
     rules = logical_rules(config)
     specs = param_specs(cfg, rules, mesh)
     params_sh = shardings_like(specs, mesh)
     params_shape = param_shapes(cfg)
     replicated = NamedSharding(mesh, P())
-    state = {
-        "step": replicated,
-        "rng": replicated,
-        "params": params_sh,
-        "opt_state": opt_state_shardings(optimizer, params_shape, params_sh, mesh),
-        "nonfinite": replicated,
-    }
+    state = TrainState(
+        step=replicated,
+        params=params_sh,
+        opt_state=opt_state_shardings(optimizer, params_shape, params_sh, mesh),
+        nonfinite=replicated,
+    )
     return state, NamedSharding(mesh, batch_spec(rules))
 
 

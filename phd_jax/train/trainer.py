@@ -12,7 +12,6 @@ the same workdir resumes from the latest complete checkpoint.
 from __future__ import annotations
 
 import functools
-import math
 import os
 import signal
 import time
@@ -27,56 +26,31 @@ from jax.sharding import PartitionSpec as P
 
 from phd_jax.config import ModelConfig
 from phd_jax.errors import ConfigError
-from phd_jax.model import check_params, forward, init_params, num_params, param_shapes
+from phd_jax.model import check_params, init_params, num_params, param_shapes
 from phd_jax.train import checkpoint as ckpt
 from phd_jax.train import sharding as shd
 from phd_jax.train.config import logical_rules, to_json, validate
+from phd_jax.train.loss import bits, loss_terms, perplexity
 from phd_jax.train.optimizer import learning_rate_schedule, make_optimizer
+from phd_jax.train.state import TrainState
+
+
+def __getattr__(name: str):
+    if name in ("cross_entropy", "target_weights"):  # moved in 0.2 (the loss is phd_jax.train.loss)
+        import warnings
+
+        from phd_jax.train import loss
+
+        warnings.warn(f"phd_jax.train.trainer.{name} moved to phd_jax.train.loss.{name}", DeprecationWarning, 2)
+        return getattr(loss, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class TrainingError(RuntimeError):
     """Training cannot go on (e.g. a non-finite loss); the message says why and what is saved."""
 
 
-# ---- the loss and the steps (pure) -------------------------------------------------------------
-
-
-def _as_batch(batch) -> dict:
-    return batch if isinstance(batch, dict) else {"tokens": batch}
-
-
-def target_weights(segment_ids):
-    """Which next-token targets of packed documents count (numpy or jax `[B, T+1]` ids -> `[B, T]`
-    bool): not a target in another document than its input, and not padding (segment 0)."""
-    return (segment_ids[:, 1:] == segment_ids[:, :-1]) & (segment_ids[:, 1:] != 0)
-
-
-def loss_terms(params, cfg: ModelConfig, batch):
-    """(sum of next-token NLL in nats, number of predicted tokens) of a batch dict.
-
-    With `segment_ids` (packed documents), targets in another document than their input,
-    and padding (segment 0), do not count.
-    """
-    batch = _as_batch(batch)
-    tokens = batch["tokens"]
-    inputs, targets = tokens[:, :-1], tokens[:, 1:]
-    if "segment_ids" in batch:
-        seg = batch["segment_ids"]
-        logits = forward(params, cfg, inputs, segment_ids=seg[:, :-1])
-        weights = target_weights(seg).astype(jnp.float32)
-    else:
-        logits = forward(params, cfg, inputs)
-        weights = jnp.ones(targets.shape, jnp.float32)
-    logp = jax.nn.log_softmax(logits)
-    nll = -jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
-    return jnp.sum(nll * weights), jnp.sum(weights)
-
-
-def cross_entropy(params, cfg: ModelConfig, batch):
-    """Mean next-token cross-entropy (nats) of `batch`: a dict with `tokens [B, T+1]` (and
-    optional `segment_ids`) or the token array itself."""
-    total, count = loss_terms(params, cfg, batch)
-    return total / jnp.maximum(count, 1.0)
+# ---- the steps (pure) -------------------------------------------------------------------------
 
 
 def compute_grads(params, batch: dict, cfg: ModelConfig, grad_accum_steps: int = 1, batch_spec=None):
@@ -104,25 +78,30 @@ def compute_grads(params, batch: dict, cfg: ModelConfig, grad_accum_steps: int =
 
 
 def train_step(
-    state: dict, batch: dict, cfg: ModelConfig, optimizer, schedule, grad_accum_steps: int = 1, batch_spec=None
+    state: TrainState,
+    batch: dict,
+    cfg: ModelConfig,
+    optimizer,
+    schedule,
+    grad_accum_steps: int = 1,
+    batch_spec=None,
 ):
     """One optimizer step on a global batch: (new state, metrics). A non-finite loss or gradient
-    leaves params and optimizer state unchanged and counts in `state["nonfinite"]`."""
-    params = state["params"]
+    leaves params and optimizer state unchanged and counts in `state.nonfinite`."""
+    params = state.params
     loss, grads = compute_grads(params, batch, cfg, grad_accum_steps, batch_spec)
     grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-    updates, opt_state = optimizer.update(grads, state["opt_state"], params)
+    updates, opt_state = optimizer.update(grads, state.opt_state, params)
     new_params = optax.apply_updates(params, updates)
     keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)  # noqa: E731
-    new_state = {
-        "step": state["step"] + 1,
-        "rng": jax.random.split(state["rng"])[0],
-        "params": keep(new_params, params),
-        "opt_state": keep(opt_state, state["opt_state"]),
-        "nonfinite": state["nonfinite"] + (~finite).astype(jnp.int32),
-    }
-    metrics = {"loss": loss, "grad_norm": grad_norm, "learning_rate": schedule(state["step"]), "finite": finite}
+    new_state = TrainState(
+        step=state.step + 1,
+        params=keep(new_params, params),
+        opt_state=keep(opt_state, state.opt_state),
+        nonfinite=state.nonfinite + (~finite).astype(jnp.int32),
+    )
+    metrics = {"loss": loss, "grad_norm": grad_norm, "learning_rate": schedule(state.step), "finite": finite}
     return new_state, metrics
 
 
@@ -214,21 +193,20 @@ def abstract_train_state(cfg: ModelConfig, optimizer, state_sh):
     """The state's shapes with the target shardings (restore onto any mesh)."""
     params_shape = param_shapes(cfg)
     opt_shape = jax.eval_shape(optimizer.init, params_shape)
-    return ckpt.abstract_state(params_shape, opt_shape, state_sh["params"], state_sh["opt_state"], state_sh["step"])
+    return ckpt.abstract_state(params_shape, opt_shape, state_sh)
 
 
-def create_train_state(config, cfg: ModelConfig, optimizer, state_sh, mesh, log=print) -> dict:
-    """Step 0: params (random or `config.init_from`), optimizer state, RNG; sharded as `state_sh`."""
-    params = _init_params(config, cfg, state_sh["params"], log)
+def create_train_state(config, cfg: ModelConfig, optimizer, state_sh: TrainState, mesh, log=print) -> TrainState:
+    """Step 0: params (random or `config.init_from`) and optimizer state, sharded as `state_sh`."""
+    params = _init_params(config, cfg, state_sh.params, log)
     with jax.set_mesh(mesh):
-        opt_state = jax.jit(optimizer.init, out_shardings=state_sh["opt_state"])(params)
-    return {
-        "step": jax.device_put(np.int32(0), state_sh["step"]),
-        "rng": jax.device_put(np.asarray(jax.random.PRNGKey(config.seed)), state_sh["rng"]),
-        "nonfinite": jax.device_put(np.int32(0), state_sh["nonfinite"]),
-        "params": params,
-        "opt_state": opt_state,
-    }
+        opt_state = jax.jit(optimizer.init, out_shardings=state_sh.opt_state)(params)
+    return TrainState(
+        step=jax.device_put(np.int32(0), state_sh.step),
+        params=params,
+        opt_state=opt_state,
+        nonfinite=jax.device_put(np.int32(0), state_sh.nonfinite),
+    )
 
 
 # ---- the loop -----------------------------------------------------------------------------------
@@ -240,7 +218,7 @@ def train_and_evaluate(config, workdir: str, progress: bool | None = None, devic
     devices of the mesh (default: all)."""
     from phd_jax.data import make_pipeline
     from phd_jax.flops import peak_flops, train_flops_per_sequence
-    from phd_jax.train.metrics import MetricWriter
+    from phd_jax.train.metrics import MetricWriter, throughput
 
     workdir = os.path.abspath(os.path.expanduser(workdir))
     pi, pc = jax.process_index(), jax.process_count()
@@ -269,7 +247,7 @@ def train_and_evaluate(config, workdir: str, progress: bool | None = None, devic
     if latest is not None:
         state, data_state = ckpt.restore(mgr, latest, abstract_train_state(cfg, optimizer, state_sh))
         it.set_state(data_state)
-        log(f"resuming from step {latest} ({workdir}/{ckpt.CHECKPOINTS}/{latest})")
+        log(f"resuming from step {latest} ({os.path.join(ckpt.shown_path(workdir), ckpt.CHECKPOINTS, str(latest))})")
         if saved.get("num_steps") != config.num_steps:
             log(
                 f"config.num_steps changed from {saved.get('num_steps')} to {config.num_steps}: the learning-rate "
@@ -278,7 +256,7 @@ def train_and_evaluate(config, workdir: str, progress: bool | None = None, devic
             )
     elif state is None:  # a workdir whose run was set up but never checkpointed
         state = create_train_state(config, cfg, optimizer, state_sh, mesh, log)
-    start = int(jax.device_get(state["step"]))
+    start = int(jax.device_get(state.step))
 
     spec = shd.batch_spec(rules)
     step_fn = jax.jit(
@@ -291,13 +269,13 @@ def train_and_evaluate(config, workdir: str, progress: bool | None = None, devic
             batch_spec=spec,
         ),
         in_shardings=(state_sh, batch_sh),
-        out_shardings=(state_sh, state_sh["step"]),
+        out_shardings=(state_sh, state_sh.step),
         donate_argnums=0,
     )
     eval_fn = jax.jit(
         functools.partial(eval_step, cfg=cfg),
-        in_shardings=(state_sh["params"], batch_sh),
-        out_shardings=state_sh["step"],
+        in_shardings=(state_sh.params, batch_sh),
+        out_shardings=state_sh.step,
     )
     all_finite = jax.jit(lambda p: jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(p)])))
     eval_data = None
@@ -312,10 +290,10 @@ def train_and_evaluate(config, workdir: str, progress: bool | None = None, devic
             total, count = total + float(t), count + float(c)
         loss = total / max(count, 1.0)
         unit = "byte" if getattr(pipe.tokenizer, "name", "") == "byte" else "token"
-        return {"val_loss": loss, f"val_bits_per_{unit}": loss / math.log(2)}
+        return {"val_loss": loss, f"val_bits_per_{unit}": bits(loss)}
 
     def save(step):
-        if not bool(jax.device_get(all_finite(state["params"]))):
+        if not bool(jax.device_get(all_finite(state.params))):
             raise TrainingError(
                 f"parameters at step {step} are not finite: no checkpoint written "
                 f"(the last complete one is step {mgr.latest_step()})"
@@ -325,7 +303,7 @@ def train_and_evaluate(config, workdir: str, progress: bool | None = None, devic
     tokens_per_step = int(config.batch_size) * int(config.seq_len)
     flops_per_step = int(config.batch_size) * train_flops_per_sequence(cfg, int(config.seq_len))
     peak = peak_flops(float(config.peak_tflops) or None, cfg.dtype) * mesh.size
-    n_params = num_params(state["params"])
+    n_params = num_params(state.params)
     log(
         f"model {cfg.name}: {n_params:,} parameters, {cfg.num_layers} layers, d_model {cfg.d_model}, "
         f"vocab {cfg.vocab_size}; mesh data={mesh.shape['data']} fsdp={mesh.shape['fsdp']} "
@@ -333,8 +311,8 @@ def train_and_evaluate(config, workdir: str, progress: bool | None = None, devic
         f"{pc} process(es)"
     )
     log(
-        f"workdir {workdir}: checkpoints in {ckpt.CHECKPOINTS}/ every {config.checkpoint_every} steps, "
-        f"metrics in metrics.jsonl and tensorboard/"
+        f"workdir {ckpt.shown_path(workdir)}: checkpoints in {ckpt.CHECKPOINTS}/ every "
+        f"{config.checkpoint_every} steps, metrics in metrics.jsonl and tensorboard/"
     )
 
     metrics: dict = {}
@@ -347,7 +325,7 @@ def train_and_evaluate(config, workdir: str, progress: bool | None = None, devic
         with jax.set_mesh(mesh), nn.logical_axis_rules(rules), _Preemption() as stop:
             if start >= config.num_steps:
                 log(f"already trained to step {start} (config.num_steps={config.num_steps})")
-                metrics = {"step": start, **evaluate(state["params"])}
+                metrics = {"step": start, **evaluate(state.params)}
             t_last, step_last, prev = time.perf_counter(), start, None
             data_time = 0.0
             for step in range(start + 1, int(config.num_steps) + 1):
@@ -367,22 +345,19 @@ def train_and_evaluate(config, workdir: str, progress: bool | None = None, devic
                     dt = (now - t_last) / (step - step_last)
                     metrics = {
                         "loss": float(out["loss"]),
-                        "perplexity": math.exp(min(float(out["loss"]), 700)),
+                        "perplexity": perplexity(out["loss"]),
                         "grad_norm": float(out["grad_norm"]),
                         "learning_rate": float(out["learning_rate"]),
                         "step_time": dt,
                         "data_time": data_time / (step - step_last),
                         "tokens": step * tokens_per_step,
                         "flops": step * flops_per_step,
-                        "tokens_per_s": tokens_per_step / dt,
-                        "processed_tokens_per_s": tokens_per_step * cfg.repeat / dt,
-                        "tflops": flops_per_step / dt / 1e12,
-                        "mfu": flops_per_step / dt / peak,
+                        **throughput(cfg, int(config.seq_len), int(config.batch_size), dt, peak),
                     }
                     if config.skip_nonfinite:
-                        metrics["skipped_steps"] = int(jax.device_get(state["nonfinite"]))
+                        metrics["skipped_steps"] = int(jax.device_get(state.nonfinite))
                     if step % config.eval_every == 0 or step == config.num_steps:
-                        metrics.update(evaluate(state["params"]))
+                        metrics.update(evaluate(state.params))
                     writer.write(step, metrics)
                     metrics = {"step": step, **metrics}
                     t_last, step_last, data_time = time.perf_counter(), step, 0.0
@@ -392,7 +367,8 @@ def train_and_evaluate(config, workdir: str, progress: bool | None = None, devic
                     save(step)
                     preempted = True
                     log(
-                        f"{stop.requested}: saved a checkpoint at step {step} in {workdir}/{ckpt.CHECKPOINTS}; "
+                        f"{stop.requested}: saved a checkpoint at step {step} in "
+                        f"{os.path.join(ckpt.shown_path(workdir), ckpt.CHECKPOINTS)}; "
                         f"run the same command again to resume"
                     )
                     break
