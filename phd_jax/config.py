@@ -106,7 +106,7 @@ _INT_FIELDS = (
 class ModelConfig:
     """A Llama/OLMo2-style decoder plus the PHD token-repetition scheme.
 
-    PHD fields (spec section 1): `variant`, `repeat` (K), `window` (W, counted
+    PHD fields (docs/spec.md section 1): `variant`, `repeat` (K), `window` (W, counted
     in hidden decoding tokens), `chunk` (C, counted in original positions,
     `phd_cswa` only), `position_mode` ("shared": every copy of position n has
     rotary position n; "flat": copy s has n*K + s; default: flat for `naive`,
@@ -287,7 +287,7 @@ class ModelConfig:
 
     def cache_shapes(self, batch: int, max_len: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
         """Shapes `[L, B, KVH, slots, D]` of the persistent KV cache's keys (its values alike),
-        spec section 4: (the originals' cache, `max_len * cached_copies` slots; the window of
+        docs/spec.md section 4: (the originals' cache, `max_len * cached_copies` slots; the window of
         hidden tokens, `effective_window` slots). The one home of the cache-size formula."""
         per_slot = (self.num_layers, batch, self.num_kv_heads), (self.head_dim,)
         originals = per_slot[0] + (max_len * self.cached_copies,) + per_slot[1]

@@ -1,4 +1,4 @@
-"""Inference state, prefill and one decode step (spec sections 4 and 5).
+"""Inference state, prefill and one decode step (docs/spec.md sections 4 and 5).
 
 PHD's inference promise: the persistent KV cache is a vanilla transformer's
 (copy 0 of each position only) plus, for PHD-SWA/CSWA, a ring buffer of the
@@ -7,7 +7,7 @@ are computed, used and dropped within one step.
 
 Prefill runs one forward pass over the prompt's original tokens plus the
 hidden copies of only its last few positions (`ModelConfig.prefill_tail`,
-spec section 5), with the static block-sparse pattern of that token set: the
+docs/spec.md section 5), with the static block-sparse pattern of that token set: the
 original stream costs exactly a vanilla prefill. Decode steps run the K copies
 of one new token against the cache with a run-time mask from `masks.allowed`.
 Prompts of different lengths use the fact that originals never attend to
@@ -82,7 +82,7 @@ class DecodeState:
 
 
 def kv_cache_bytes(cfg: ModelConfig, batch: int, max_len: int) -> int:
-    """Persistent KV cache bytes (spec section 4): vanilla = phd = 2*max_len*KVH*D per
+    """Persistent KV cache bytes (docs/spec.md section 4): vanilla = phd = 2*max_len*KVH*D per
     layer and sequence, + 2*W*KVH*D for PHD-SWA/CSWA, x K for naive."""
     check_config(cfg)
     batch, max_len = as_int("batch", batch, 1), as_int("max_len", max_len, 1)
@@ -252,7 +252,7 @@ def _write(cfg: ModelConfig, state: DecodeState, new_k, new_v, pos, copy: np.nda
 
 def prefill_layout(cfg: ModelConfig, prompt_len: int) -> Layout:
     """The static token set of prefill: the cached stream (originals; naive: every copy)
-    plus the hidden copies of the last `prefill_tail` positions (spec section 5)."""
+    plus the hidden copies of the last `prefill_tail` positions (docs/spec.md section 5)."""
     if not cfg.is_phd:  # vanilla and naive: every token is cached
         return Layout.for_config(cfg, prompt_len, "paper")
     return Layout.for_config(cfg, prompt_len, "kernel", hidden_from=prompt_len - cfg.prefill_tail(prompt_len))

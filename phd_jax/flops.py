@@ -9,7 +9,7 @@ What is counted (the usual convention of PaLM / MaxText MFU, 2 FLOPs per multipl
   spec's rules (`attention_pairs`), not T^2/2: a sliding window or a chunk costs what
   it keeps, and kernel padding or skipped-but-computed tiles are not useful FLOPs;
 - `unembed`: the output projection over the T rows that produce logits (only the last
-  copy of each position does, spec section 2).
+  copy of each position does, docs/spec.md section 2).
 Not counted: embedding lookups, norms, rotary embeddings, softmax, the loss and the
 optimizer (all O(tokens * d_model), a few percent at most).
 
@@ -54,7 +54,7 @@ def attention_pairs(cfg: ModelConfig, seq_len: int) -> int:
         return originals
     n = np.arange(t, dtype=np.int64)[:, None]
     s = np.arange(1, k, dtype=np.int64)[None, :]
-    h = n * (k - 1) + (s - 1)  # hidden order of the query (spec section 3)
+    h = n * (k - 1) + (s - 1)  # hidden order of the query (docs/spec.md section 3)
     own = n * (k - 1)  # first hidden copy of the query's position
     w = cfg.effective_window
     if w >= 1:

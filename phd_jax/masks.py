@@ -1,4 +1,4 @@
-"""PHD attention masks: the single source of truth for spec section 3.
+"""PHD attention masks: the single source of truth for docs/spec.md section 3.
 
 `allowed` states the three rules once, elementwise, on (position, copy) pairs.
 It runs on numpy arrays (static masks, built at trace time) and on jax arrays
@@ -62,7 +62,7 @@ def segment_allowed(
     window: int = 0,
     chunk: int | None = None,
 ):
-    """Packed documents (spec section 3): `allowed` on positions counted from each segment's
+    """Packed documents (docs/spec.md section 3): `allowed` on positions counted from each segment's
     start (`*_offset`), and only within one segment (`*_segment`: segment ids). Chunks follow
     the offsets; the window depends only on `n - m`, so it is unchanged. Numpy or jax arrays,
     broadcasting. (Called `document_allowed` before 0.2.)"""
@@ -105,7 +105,7 @@ class Layout:
     - `originals`: copy 0 of every position only, i.e. the vanilla stream.
 
     `hidden_from` (kernel layout only) drops the hidden tokens of positions
-    before it, "treating them as absent": prefill's token set (spec section 5).
+    before it, "treating them as absent": prefill's token set (docs/spec.md section 5).
     """
 
     kind: str

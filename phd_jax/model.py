@@ -31,6 +31,7 @@ from phd_jax.config import MODES, ModelConfig, check_config, check_tokens, check
 from phd_jax.errors import as_rng
 from phd_jax.kv_cache import KVCache, cached_attention
 from phd_jax.masks import Layout
+from phd_jax.tree import path_name
 
 
 class _Partitioned(nn.LogicallyPartitioned):
@@ -100,7 +101,7 @@ def _norm(cfg: ModelConfig, axis_name: str, name: str):
 
 
 def rope_positions(cfg: ModelConfig, pos, copy):
-    """Rotary position id of copy `copy` of position `pos` (spec section 2)."""
+    """Rotary position id of copy `copy` of position `pos` (docs/spec.md section 2)."""
     return pos * cfg.repeat + copy if cfg.position_mode == "flat" else pos + 0 * copy
 
 
@@ -325,19 +326,15 @@ AXIS_FIELDS = {
 }
 
 
-def _path(keys) -> str:
-    """'layers/attention/query/kernel'; attribute steps (a boxed `nn.Partitioned(...).value`) are skipped."""
-    return "/".join(
-        str(getattr(k, "key", getattr(k, "idx", k))) for k in keys if not isinstance(k, jax.tree_util.GetAttrKey)
-    )
-
-
 @functools.lru_cache(maxsize=64)
 def _expected_params(param_cfg):
     """{path: (shape, logical axis names)} of the parameters `param_cfg` makes."""
-    shapes = {_path(p): tuple(x.shape) for p, x in jax.tree_util.tree_flatten_with_path(param_shapes(param_cfg))[0]}
+    shapes = {
+        path_name(p, attributes=False): tuple(x.shape)
+        for p, x in jax.tree_util.tree_flatten_with_path(param_shapes(param_cfg))[0]
+    }
     names = {
-        _path(p): tuple(a)
+        path_name(p, attributes=False): tuple(a)
         for p, a in jax.tree_util.tree_flatten_with_path(
             param_logical_axes(param_cfg), is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec)
         )[0]
@@ -353,7 +350,7 @@ def _params_mismatch(param_cfg, treedef, shapes: tuple) -> str | None:
     `_params_mismatch.cache_info().misses` counts the real checks.
     """
     paths = jax.tree_util.tree_flatten_with_path(treedef.unflatten(range(len(shapes))))[0]
-    got = tuple((_path(p), shapes[i]) for p, i in paths)
+    got = tuple((path_name(p, attributes=False), shapes[i]) for p, i in paths)
     expected = _expected_params(param_cfg)
     got = dict(got)
     if got and all(p.startswith("params/") for p in got):
@@ -461,7 +458,7 @@ def segment_positions(segment_ids):
 def forward(params, cfg: ModelConfig, tokens, segment_ids=None):
     """Logits `[B, T, vocab]`: the last copy of position n predicts token n+1.
 
-    segment_ids `[B, T]` (optional, packed documents, spec section 3): attention only within a
+    segment_ids `[B, T]` (optional, packed documents, docs/spec.md section 3): attention only within a
     document (a run of equal ids), rotary positions and chunks counted from its start, so each
     document's logits equal those of the document run alone. Prefill/decode take no segment ids.
     Pure; jit it with `jax.jit(forward, static_argnums=1)`. Checks `cfg`, `params`

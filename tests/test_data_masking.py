@@ -1,4 +1,4 @@
-"""Document masking (spec section 3, packed documents): a token's logits do not change when
+"""Document masking (docs/spec.md section 3, packed documents): a token's logits do not change when
 another document of the same window changes, and equal those of its document run alone, for
 every variant, with the dense reference and the block-sparse kernel."""
 

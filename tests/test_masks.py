@@ -1,4 +1,4 @@
-"""The mask against a literal reading of spec section 3, and its block-sparse patterns."""
+"""The mask against a literal reading of docs/spec.md section 3, and its block-sparse patterns."""
 
 import itertools
 

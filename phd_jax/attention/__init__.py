@@ -67,7 +67,7 @@ def chunks_matter(cfg: ModelConfig) -> bool:
 def static_config(cfg: ModelConfig, has_segments: bool) -> ModelConfig:
     """The config whose static pattern a backend runs. With packed documents (segment ids),
     chunks count from each document's start, which only the run-time mask knows: phd_cswa runs
-    phd_swa's static pattern (a superset) and the run-time mask cuts the chunks (spec section 3)."""
+    phd_swa's static pattern (a superset) and the run-time mask cuts the chunks (docs/spec.md section 3)."""
     if has_segments and chunks_matter(cfg):
         return cfg.replace(variant="phd_swa", chunk=None)
     return cfg

@@ -328,7 +328,7 @@ def _flash(kern: _Kernel, q_stacks, keys_values, mask_args):
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class SegmentMask:
-    """The packed-documents rule (spec section 3) on token indices of a layout:
+    """The packed-documents rule (docs/spec.md section 3) on token indices of a layout:
     `mask(rows, cols) -> [B, *broadcast(rows, cols)]`, for numpy or jax index arrays.
     A pytree (its arrays are leaves), so kernels can take it across `custom_vjp`.
     (Called `DocumentMask`, with fields `doc` and `off`, before 0.2.)"""

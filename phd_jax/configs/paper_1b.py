@@ -1,4 +1,4 @@
-"""The paper's 1.2B model (PHD_SPEC section 6; Table 1: 500B tokens), vanilla by default.
+"""The paper's 1.2B model (docs/spec.md section 6; Table 1: 500B tokens), vanilla by default.
 
 From the paper: 16 layers, d_model 2048, SwiGLU 8192, 32 query / 8 KV heads of 64, OLMo2-style.
 Where the paper is silent we chose (and say so):

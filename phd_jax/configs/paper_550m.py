@@ -1,4 +1,4 @@
-"""The paper's 550M model (PHD_SPEC section 6; Table 2: 300B tokens), vanilla by default.
+"""The paper's 550M model (docs/spec.md section 6; Table 2: 300B tokens), vanilla by default.
 
 From the paper: 16 layers, d_model 1536, SwiGLU 4096, 16 query / 4 KV heads, OLMo2-style.
 Where the paper is silent we chose (and say so): head_dim 96 (= d_model / heads); the rest as
