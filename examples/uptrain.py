@@ -2,7 +2,7 @@
 as a Hugging Face Llama checkpoint, continued as PHD-2 for N steps (`init_from=hf:PATH`), next
 to PHD-2 and vanilla from scratch. Prints the step-0 gap, how it closes, and a comparison table.
 
-    python examples/uptrain.py [--vanilla_steps=200] [--phd_steps=100] [--root=/tmp/uptrain]
+    python examples/uptrain.py [--vanilla_steps=200] [--phd_steps=100] [--root=runs/uptrain]
 """
 
 import argparse
@@ -35,7 +35,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--vanilla_steps", type=int, default=200)
     ap.add_argument("--phd_steps", type=int, default=100)
-    ap.add_argument("--root", default="/tmp/uptrain")
+    ap.add_argument("--root", default="runs/uptrain")
     a = ap.parse_args()
     s, n, root = a.vanilla_steps, a.phd_steps, a.root
     shutil.rmtree(root, ignore_errors=True)

@@ -6,6 +6,15 @@ axes (`phd_jax.train.config.DEFAULT_RULES`). The bottom of the layers: imports n
 (MaxText keeps the same list in `common_types.py`.)
 """
 
+# Mesh axes: data parallel, fully sharded data parallel, tensor parallel.
+DATA = "data"
+FSDP = "fsdp"
+TENSOR = "tensor"
+MESH_AXES = (DATA, FSDP, TENSOR)
+
+# Inputs (a batch of token ids).
+BATCH = "batch"
+
 # Parameters.
 EMBED = "embed"
 VOCAB = "vocab"

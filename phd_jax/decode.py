@@ -48,8 +48,8 @@ class DecodeState:
     window_hidx: `[B, W]` hidden-order index `h(n, s)` of each window slot, -1 = empty;
       position, copy and chunk follow from it.
     pos: `[B]` the next position of each sequence (= positions consumed).
-    max_len, config: static metadata (part of the tree structure, not arrays): the
-      cache length and the config the state was made for, so that `decode_step`
+    max_len, cfg: static metadata (part of the tree structure, not arrays): the
+      cache length and the `ModelConfig` the state was made for, so that `decode_step`
       refuses a state from another model (`check_state`).
     """
 
@@ -57,7 +57,7 @@ class DecodeState:
     window_hidx: jax.Array
     pos: jax.Array
     max_len: int = flax.struct.field(pytree_node=False)
-    config: ModelConfig = flax.struct.field(pytree_node=False)
+    cfg: ModelConfig = flax.struct.field(pytree_node=False)
 
     @property
     def batch_size(self) -> int:
@@ -73,6 +73,12 @@ class DecodeState:
             f"DecodeState.{name} is deprecated: use DecodeState.cache.{name}", DeprecationWarning, stacklevel=3
         )
         return getattr(self.cache, name)
+
+    @property
+    def config(self) -> ModelConfig:
+        """Deprecated: `cfg` (the name of a `ModelConfig` everywhere since 0.2)."""
+        warnings.warn("DecodeState.config is deprecated: use DecodeState.cfg", DeprecationWarning, stacklevel=2)
+        return self.cfg
 
     # The cache arrays were fields of the state before 0.2: read-only aliases.
     k = property(lambda self: self._deprecated_cache_field("k"), doc="Deprecated: `cache.k`.")
@@ -103,7 +109,7 @@ def init_state(cfg: ModelConfig, batch: int, max_len: int) -> DecodeState:
         window_hidx=jnp.full((batch, cfg.effective_window), -1, jnp.int32),
         pos=jnp.zeros((batch,), jnp.int32),
         max_len=max_len,
-        config=cfg,
+        cfg=cfg,
     )
 
 
@@ -122,7 +128,7 @@ def check_state(state, cfg: ModelConfig, name: str = "state"):
         raise TypeError(
             f"{name} must be a phd_jax.DecodeState (from prefill or init_state), got {type(state).__name__}"
         )
-    made = state.config
+    made = state.cfg
     if made is not cfg and made != cfg:
         diff = [
             f"{f.name} (state {getattr(made, f.name)!r}, config {getattr(cfg, f.name)!r})"

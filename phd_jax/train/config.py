@@ -16,6 +16,8 @@ import os
 
 import ml_collections
 
+from phd_jax import axes
+from phd_jax.axes import MESH_AXES
 from phd_jax.config import ModelConfig, has_window, is_chunked
 from phd_jax.data import check_vocab_size, default_data_config, make_tokenizer, padded_vocab_size
 from phd_jax.data.tokenizers import VOCAB_MULTIPLE
@@ -35,26 +37,25 @@ RUN_MODEL_DEFAULTS = {
 }
 
 SCHEDULES = ("cosine", "linear", "constant")
-MESH_AXES = ("data", "fsdp", "tensor")
 
 # Logical axis -> mesh axes, as in MaxText. Parameters carry the names of
 # `phd_jax.param_logical_axes`; activations use the `activation_*` names (model.py).
 DEFAULT_RULES = (
-    ("batch", ("data", "fsdp")),
-    ("activation_batch", ("data", "fsdp")),
-    ("activation_length", None),
-    ("activation_embed", None),
-    ("activation_heads", "tensor"),
-    ("activation_kv_heads", "tensor"),
-    ("activation_mlp", "tensor"),
-    ("activation_vocab", "tensor"),
-    ("embed", "fsdp"),
-    ("vocab", "tensor"),
-    ("mlp", "tensor"),
-    ("heads", "tensor"),
-    ("kv_heads", "tensor"),
-    ("head_dim", None),
-    ("layers", None),
+    (axes.BATCH, (axes.DATA, axes.FSDP)),
+    (axes.ACTIVATION_BATCH, (axes.DATA, axes.FSDP)),
+    (axes.ACTIVATION_LENGTH, None),
+    (axes.ACTIVATION_EMBED, None),
+    (axes.ACTIVATION_HEADS, axes.TENSOR),
+    (axes.ACTIVATION_KV_HEADS, axes.TENSOR),
+    (axes.ACTIVATION_MLP, axes.TENSOR),
+    (axes.ACTIVATION_VOCAB, axes.TENSOR),
+    (axes.EMBED, axes.FSDP),
+    (axes.VOCAB, axes.TENSOR),
+    (axes.MLP, axes.TENSOR),
+    (axes.HEADS, axes.TENSOR),
+    (axes.KV_HEADS, axes.TENSOR),
+    (axes.HEAD_DIM, None),
+    (axes.LAYERS, None),
 )
 
 
@@ -316,9 +317,9 @@ def validate(config, num_devices: int, tokenizer=None, process_count: int = 1) -
 def _check_rules(rules):
     for i, rule in enumerate(rules):
         ok = isinstance(rule, (list, tuple)) and len(rule) == 2 and isinstance(rule[0], str)
-        axes = rule[1] if ok else None
-        axes = () if axes is None else (axes,) if isinstance(axes, str) else axes
-        if not ok or not all(a in MESH_AXES for a in axes):
+        targets = rule[1] if ok else None
+        targets = () if targets is None else (targets,) if isinstance(targets, str) else targets
+        if not ok or not all(a in MESH_AXES for a in targets):
             raise ConfigError(
                 f"config.logical_axis_rules[{i}]={rule!r} is invalid: must be "
                 f"(logical_name, mesh axes) with mesh axes from {', '.join(MESH_AXES)} or None"
@@ -328,8 +329,8 @@ def _check_rules(rules):
 def logical_rules(config) -> tuple:
     """The rules as a tuple of (name, None | str | tuple of str), what flax expects."""
     out = []
-    for name, axes in config.logical_axis_rules:
-        out.append((name, tuple(axes) if isinstance(axes, (list, tuple)) else axes))
+    for name, targets in config.logical_axis_rules:
+        out.append((name, tuple(targets) if isinstance(targets, (list, tuple)) else targets))
     return tuple(out)
 
 

@@ -15,6 +15,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from phd_jax import axes
 from phd_jax.config import ModelConfig
 from phd_jax.errors import ConfigError
 from phd_jax.model import param_logical_axes, param_shapes
@@ -43,14 +44,14 @@ def param_specs(cfg: ModelConfig, rules, mesh: Mesh):
 
     def one(path, spec, shape):
         mesh_spec = _mesh_axes(spec, rules)
-        for dim, (name, axes) in enumerate(zip(spec, mesh_spec)):
-            if axes is None:
+        for dim, (name, targets) in enumerate(zip(spec, mesh_spec)):
+            if targets is None:
                 continue
-            size = math.prod(mesh.shape[a] for a in ((axes,) if isinstance(axes, str) else axes))
+            size = math.prod(mesh.shape[a] for a in ((targets,) if isinstance(targets, str) else targets))
             if shape.shape[dim] % size:
                 raise ConfigError(
                     f"parameter {path_name(path)} (shape {tuple(shape.shape)}): dimension {dim} "
-                    f"({name}={shape.shape[dim]}) is not divisible by mesh axes {axes} of size {size} "
+                    f"({name}={shape.shape[dim]}) is not divisible by mesh axes {targets} of size {size} "
                     f"(config.logical_axis_rules: ({name!r}, {rule_of.get(name)!r})); change the mesh "
                     f"or map {name!r} to None"
                 )
@@ -64,7 +65,7 @@ def shardings_like(tree_specs, mesh: Mesh):
 
 
 def batch_spec(rules) -> P:
-    return _mesh_axes(P("activation_batch", None), rules)
+    return _mesh_axes(P(axes.ACTIVATION_BATCH, None), rules)
 
 
 def opt_state_shardings(optimizer, params_shape, param_shardings, mesh: Mesh):
@@ -104,17 +105,17 @@ def check_divisible_heads(cfg: ModelConfig, config, mesh: Mesh):
     """Activation axes the rules shard must divide too (heads over `tensor` in attention)."""
     rules = logical_rules(config)
     for name, size in (
-        ("activation_heads", cfg.num_heads),
-        ("activation_kv_heads", cfg.num_kv_heads),
-        ("activation_mlp", cfg.mlp_dim),
-        ("activation_vocab", cfg.vocab_size),
+        (axes.ACTIVATION_HEADS, cfg.num_heads),
+        (axes.ACTIVATION_KV_HEADS, cfg.num_kv_heads),
+        (axes.ACTIVATION_MLP, cfg.mlp_dim),
+        (axes.ACTIVATION_VOCAB, cfg.vocab_size),
     ):
-        axes = _mesh_axes(P(name), rules)[0]
-        if axes is None:
+        targets = _mesh_axes(P(name), rules)[0]
+        if targets is None:
             continue
-        n = math.prod(mesh.shape[a] for a in ((axes,) if isinstance(axes, str) else axes))
+        n = math.prod(mesh.shape[a] for a in ((targets,) if isinstance(targets, str) else targets))
         if size % n:
             raise ConfigError(
                 f"{name.replace('activation_', '')}={size} is not divisible by mesh axes "
-                f"{axes} of size {n} (config.logical_axis_rules: ({name!r}, {axes!r}))"
+                f"{targets} of size {n} (config.logical_axis_rules: ({name!r}, {targets!r}))"
             )

@@ -1,7 +1,7 @@
 """The training loop: `train_step` / `eval_step` (pure, top level) and `train_and_evaluate`.
 
     from phd_jax.train import train_and_evaluate
-    metrics = train_and_evaluate(configs.default.get_config(), "/tmp/run")
+    metrics = train_and_evaluate(configs.default.get_config(), "runs/run")
 
 One `jax.jit` over a (data, fsdp, tensor) mesh; parameters and optimizer state sharded by
 the config's logical-axis rules; each process feeds its slice of the global batch.
