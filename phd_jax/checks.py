@@ -35,7 +35,8 @@ _MOVED = {
         ("MAX_TOKENS_PER_SEQUENCE", "check_config", "check_tokens", "check_tokens_per_sequence", "check_max_len"),
         "config",
     ),
-    **dict.fromkeys(("AXIS_FIELDS", "check_params"), "model"),
+    "AXIS_FIELDS": "params",
+    "check_params": "model",
     **dict.fromkeys(("check_state", "check_room", "check_lengths"), "decode"),
     "check_sampling": "sampling",
 }

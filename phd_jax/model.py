@@ -26,12 +26,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from phd_jax import axes
+from phd_jax import params as params_lib
 from phd_jax.attention import attend, layout_kind, static_config
 from phd_jax.config import MODES, ModelConfig, check_config, check_tokens, check_tokens_per_sequence, param_config
 from phd_jax.errors import as_rng
 from phd_jax.kv_cache import KVCache, cached_attention
 from phd_jax.masks import Layout
-from phd_jax.tree import path_name
 
 
 class _Partitioned(nn.LogicallyPartitioned):
@@ -312,118 +312,13 @@ def num_params(params) -> int:
     return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
 
 
-# ---- parameters vs config ----------------------------------------------------------------
-
-# Logical axis name of a parameter dimension -> the config field that sets its size.
-AXIS_FIELDS = {
-    "layers": "num_layers",
-    "embed": "d_model",
-    "heads": "num_heads",
-    "kv_heads": "num_kv_heads",
-    "head_dim": "head_dim",
-    "mlp": "mlp_dim",
-    "vocab": "vocab_size",
-}
-
-
-@functools.lru_cache(maxsize=64)
-def _expected_params(param_cfg):
-    """{path: (shape, logical axis names)} of the parameters `param_cfg` makes."""
-    shapes = {
-        path_name(p, attributes=False): tuple(x.shape)
-        for p, x in jax.tree_util.tree_flatten_with_path(param_shapes(param_cfg))[0]
-    }
-    names = {
-        path_name(p, attributes=False): tuple(a)
-        for p, a in jax.tree_util.tree_flatten_with_path(
-            param_logical_axes(param_cfg), is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec)
-        )[0]
-    }
-    return {p: (shape, names.get(p, (None,) * len(shape))) for p, shape in shapes.items()}
-
-
-@functools.lru_cache(maxsize=256)
-def _params_mismatch(param_cfg, treedef, shapes: tuple) -> str | None:
-    """The error message for parameters of this tree structure and leaf shapes, or None if they fit.
-
-    Cached: runs once per (param-shaping config, tree structure and shapes).
-    `_params_mismatch.cache_info().misses` counts the real checks.
-    """
-    paths = jax.tree_util.tree_flatten_with_path(treedef.unflatten(range(len(shapes))))[0]
-    got = tuple((path_name(p, attributes=False), shapes[i]) for p, i in paths)
-    expected = _expected_params(param_cfg)
-    got = dict(got)
-    if got and all(p.startswith("params/") for p in got):
-        return (
-            "params looks like a variables dict {'params': ...}: pass variables['params'] "
-            "(the output of phd_jax.init_params)"
-        )
-    missing = [p for p in expected if p not in got]
-    extra = [p for p in got if p not in expected]
-    wrong = [p for p in expected if p in got and got[p] != expected[p][0]]
-    if not (missing or extra or wrong):
-        return None
-    fields = {}
-    for p in wrong:
-        shape, names = expected[p]
-        if len(got[p]) != len(shape):
-            fields.setdefault(
-                "scan_layers" if "layers" in names or p.startswith("layers/") else "shape",
-                f"config {param_cfg.scan_layers}",
-            )
-            continue
-        for dim, (want, have) in enumerate(zip(shape, got[p])):
-            field = AXIS_FIELDS.get(names[dim]) if dim < len(names) else None
-            if want != have and field:
-                fields.setdefault(field, f"config {getattr(param_cfg, field)}, params {have}")
-    for p in missing + extra:
-        if p.startswith("unembed/"):
-            fields.setdefault("tie_embeddings", f"config {param_cfg.tie_embeddings}")
-        elif "query_norm" in p or "key_norm" in p:
-            fields.setdefault("qk_norm", f"config {param_cfg.qk_norm}")
-        elif p.startswith(("layers_", "layers/")):
-            scanned = any(q.startswith("layers/") for q in got)
-            if scanned != param_cfg.scan_layers:
-                fields.setdefault("scan_layers", f"config {param_cfg.scan_layers}, params {scanned}")
-            else:
-                n = len({q.split("/")[0] for q in got if q.startswith("layers_")})
-                fields.setdefault("num_layers", f"config {param_cfg.num_layers}, params {n}")
-    leaves = (
-        [f"{p} has shape {got[p]}, expected {expected[p][0]}" for p in wrong]
-        + [f"{p} is missing" for p in missing]
-        + [f"{p} is unexpected" for p in extra]
-    )
-    explain = (
-        "; ".join(f"{f} ({why})" for f, why in fields.items())
-        or "leaves missing or unexpected (another model, or edited by hand?)"
-    )
-    more = f" (+{len(leaves) - 2} more)" if len(leaves) > 2 else ""
-    return f"params do not fit the config: {explain}. First mismatching leaves: {'; '.join(leaves[:2])}{more}"
-
-
 def check_params(params, cfg: ModelConfig):
-    """Check a parameter tree against the structure and shapes `init_params(cfg)` makes.
-
-    Cheap per call (the tree's structure and shapes are hashed; the comparison runs once
-    per config and tree). Works on arrays, tracers and `jax.ShapeDtypeStruct`s, so a
-    restored checkpoint can be checked before use. Raises a `ValueError` naming the
-    first mismatching leaves and the config fields that explain them.
-    """
+    """Check a parameter tree against the structure and shapes `init_params(cfg)` makes
+    (`phd_jax.params.check`: cheap per call, cached per config and tree; arrays, tracers or
+    `jax.ShapeDtypeStruct`s). Raises a `ValueError` naming the first mismatching leaves and the
+    config fields that explain them."""
     check_config(cfg)
-    if not isinstance(params, dict):
-        raise TypeError(
-            f"params must be a dict of arrays (the output of phd_jax.init_params), got {type(params).__name__}"
-        )
-    leaves, treedef = jax.tree.flatten(params)
-    try:
-        shapes = tuple(tuple(x.shape) for x in leaves)
-    except AttributeError:
-        raise TypeError(
-            "params must be a tree of arrays (the output of phd_jax.init_params); some leaves have no shape"
-        ) from None
-    message = _params_mismatch(param_config(cfg), treedef, shapes)
-    if message:
-        raise ValueError(message)
+    params_lib.check(params, param_config(cfg), param_shapes, param_logical_axes)
 
 
 def run_layout(params, cfg: ModelConfig, layout: Layout, tokens, out_rows, collect_kv: bool = False, segments=None):

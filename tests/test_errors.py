@@ -16,7 +16,8 @@ from helpers import tiny_config
 
 import phd_jax
 from phd_jax.decode import check_state
-from phd_jax.model import _params_mismatch, param_shapes
+from phd_jax.model import param_shapes
+from phd_jax.params import _params_mismatch
 from phd_jax.sampling import decode_loop, sample_token
 
 INTERNALS = ("flax", "tracer", "scope", "jaxlib", "pjit", "non-hashable", "traceback")
