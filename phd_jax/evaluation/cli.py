@@ -1,7 +1,8 @@
 """Evaluate a train.py checkpoint; the model comes from the run's saved config, never from flags.
 
-USAGE: phd-eval --workdir=DIR [--step=N | --checkpoint=DIR/checkpoints/STEP] [--loss] [--loss_file=FILE]
-                [--tasks=a,b] [--generate=PROMPT ...] [--prompts_file=FILE] [--report] [--config.data.*=...]
+USAGE: phd-eval --workdir=DIR [--step=N | --checkpoint=DIR/checkpoints/STEP] [--repeat=K'] [--loss]
+                [--loss_file=FILE] [--tasks=a,b] [--generate=PROMPT ...] [--prompts_file=FILE] [--report]
+                [--config.data.*=...]
 
 Prints a table and writes WORKDIR/eval/<step>.json (`eval.py` and the `phd-eval` console script
 run this module; the logic is `phd_jax.evaluation.run.evaluate_checkpoint`).
@@ -45,6 +46,12 @@ def define_flags():
     flags.DEFINE_string("workdir", None, "A train.py workdir (its latest checkpoint, or --step).")
     flags.DEFINE_string("checkpoint", None, "A checkpoint: WORKDIR/checkpoints/<step>.")
     flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
+    flags.DEFINE_integer(
+        "repeat",
+        None,
+        "Evaluate a PHD-K checkpoint with K' copies per token (default: the trained K; same parameters; "
+        "W and C unchanged; results under repeats.<K'> in the JSON).",
+    )
     flags.DEFINE_bool(
         "loss",
         False,
@@ -82,6 +89,7 @@ def main(argv):
             checkpoint=FLAGS.checkpoint,
             step=FLAGS.step,
             overrides=overrides,
+            repeat=FLAGS.repeat,
             loss=FLAGS.loss,
             loss_file=FLAGS.loss_file,
             tasks=FLAGS.tasks,

@@ -11,6 +11,7 @@ from tqdm.auto import tqdm
 from phd_jax.config import ModelConfig
 from phd_jax.errors import as_int
 from phd_jax.evaluation.generation import generate_text
+from phd_jax.evaluation.repeat import with_repeat
 from phd_jax.evaluation.scoring import score_sequences
 
 
@@ -20,6 +21,8 @@ class PHDLM(LM):
     Requests are batched (`batch_size` rows, padded) and padded to power-of-two lengths,
     so a whole task compiles a handful of shapes. Generation goes through
     `phd_jax.generate` (prefill + a jitted decode scan over the PHD KV cache).
+    `repeat` = K' runs a PHD-K model with K' copies per token (same parameters;
+    `phd_jax.evaluation.repeat.with_repeat` says what is refused).
     """
 
     def __init__(
@@ -32,12 +35,13 @@ class PHDLM(LM):
         max_length: int | None = None,
         max_gen_toks: int = 64,
         progress: bool = False,
+        repeat: int | None = None,
     ):
         super().__init__()
         # `cfg`, not `config`: lm-eval reads `model.config._name_or_path` (a Hugging Face model's)
-        self.params, self.cfg, self.tokenizer = params, cfg, tokenizer
+        self.params, self.cfg, self.tokenizer = params, with_repeat(cfg, repeat), tokenizer
         self.batch_size = as_int("batch_size", batch_size, 1)
-        self.max_length = as_int("max_length", max_length or cfg.max_seq_len, 2, cfg.max_seq_len)
+        self.max_length = as_int("max_length", max_length or cfg.max_seq_len, 2, self.cfg.max_seq_len)
         self.max_gen_toks = as_int("max_gen_toks", max_gen_toks, 1)
         self.progress = progress
 

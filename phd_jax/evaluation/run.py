@@ -7,9 +7,11 @@ The model is rebuilt from the run's saved `model_config.json`, never from flags:
 `overrides` (the `--config.*` flags) may change only inference-only model fields
 (`INFERENCE_ONLY`, said in the output) and the evaluation data (`data.*`, `seq_len`,
 `batch_size`, `eval_batches`, `val_fraction`); a model field that contradicts the
-checkpoint is refused. Every input is checked before any work, and the results are
-written once, at the end, to `WORKDIR/eval/<step>.json` (merged with an earlier
-evaluation of the same step).
+checkpoint is refused. `repeat` = K' evaluates a PHD-K checkpoint with K' copies per token
+(`phd_jax.evaluation.repeat`; PHD adds no parameters). Every input is checked before any
+work, and the results are written once, at the end, to `WORKDIR/eval/<step>.json` (merged
+with an earlier evaluation of the same step; results at a K' other than the trained K go
+under `"repeats": {"<K'>": {...}}`, never over the trained K's).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ class Run:
     config: object  # the run config (ml_collections), with the evaluation overrides
     model_config: object  # ModelConfig, with the inference-only changes
     changes: dict  # inference-only changes: field -> (saved, now)
+    trained: object = None  # the saved ModelConfig (its K: trained.repeat)
 
 
 def _locate(workdir: str | None, checkpoint: str | None, step: int | None):
@@ -61,8 +64,10 @@ def _locate(workdir: str | None, checkpoint: str | None, step: int | None):
     return os.path.abspath(workdir), step
 
 
-def resolve_run(workdir=None, checkpoint=None, step=None, overrides: dict | None = None) -> Run:
-    """The run's config and ModelConfig with `overrides` applied and checked (no weights read)."""
+def resolve_run(workdir=None, checkpoint=None, step=None, overrides: dict | None = None, repeat=None) -> Run:
+    """The run's config and ModelConfig with `overrides` and `repeat` (K') applied and checked
+    (no weights read)."""
+    from phd_jax.evaluation.repeat import with_repeat
     from phd_jax.train import load_run_config
     from phd_jax.train.checkpoint import load_model_config
 
@@ -76,6 +81,15 @@ def resolve_run(workdir=None, checkpoint=None, step=None, overrides: dict | None
             before = config.model[field] if field in config.model else getattr(saved, field, None)
             if value == before:
                 continue
+            if field == "repeat":
+                fail(
+                    f"config.{key}",
+                    value,
+                    f"contradicts the checkpoint, which is {saved.name} with repeat={before!r}; "
+                    f"to evaluate it with K'={value} copies per token, use --repeat={value} "
+                    "(evaluate_checkpoint(..., repeat=...))",
+                    ConfigError,
+                )
             if field not in INFERENCE_ONLY:
                 fail(
                     f"config.{key}",
@@ -105,7 +119,7 @@ def resolve_run(workdir=None, checkpoint=None, step=None, overrides: dict | None
         cfg = saved.replace(**model_changes)
     except ValueError as e:
         raise ConfigError(str(e).replace("ModelConfig.", "config.model.")) from None
-    return Run(workdir, step, config, cfg, changes)
+    return Run(workdir, step, config, with_repeat(cfg, repeat), changes, saved)
 
 
 def _read_prompts(prompts, prompts_file):
@@ -124,6 +138,7 @@ def evaluate_checkpoint(
     checkpoint=None,
     step=None,
     overrides=None,
+    repeat=None,
     loss=False,
     loss_file=None,
     tasks=None,
@@ -143,15 +158,18 @@ def evaluate_checkpoint(
     write=True,
     log=print,
 ) -> dict:
-    """Run the requested evaluations on one checkpoint; return (and write) the results dict."""
+    """Run the requested evaluations on one checkpoint; return (and write) the results dict.
+
+    `repeat` = K': evaluate a PHD-K checkpoint with K' copies per token (None: the trained K)."""
     from phd_jax.data import make_pipeline, make_tokenizer
     from phd_jax.evaluation.generation import generate_text
     from phd_jax.evaluation.loss import evaluate_loss, text_batches
+    from phd_jax.evaluation.repeat import repeat_note
     from phd_jax.evaluation.report import inference_report
     from phd_jax.evaluation.tasks import check_tasks, run_tasks, task_manager
     from phd_jax.train import restore_params
 
-    run = resolve_run(workdir, checkpoint, step, overrides)
+    run = resolve_run(workdir, checkpoint, step, overrides, repeat)
     cfg, config = run.model_config, run.config
     prompts = _read_prompts(prompts, prompts_file)
     if not (loss or loss_file or tasks or prompts or report):
@@ -183,6 +201,8 @@ def evaluate_checkpoint(
             )
     for field, (before, now) in run.changes.items():
         log(f"inference-only change: model.{field} {before!r} -> {now!r} (same weights, same model)")
+    if cfg.repeat != run.trained.repeat:
+        log(repeat_note(run.trained, cfg))
 
     _, params, step = restore_params(run.workdir, run.step)
     results = {
@@ -190,6 +210,8 @@ def evaluate_checkpoint(
         "step": step,
         "workdir": run.workdir,
         "inference_changes": {f: list(v) for f, v in run.changes.items()},
+        "repeat": cfg.repeat,
+        "trained_repeat": run.trained.repeat,
     }
     t0 = time.perf_counter()
     if loss:
@@ -241,7 +263,10 @@ def evaluate_checkpoint(
 
 
 def write_results(workdir: str, step: int, results: dict) -> str:
-    """Merge `results` into `WORKDIR/eval/<step>.json` (atomically); return its path."""
+    """Merge `results` into `WORKDIR/eval/<step>.json` (atomically); return its path.
+
+    Results at the trained K merge at the top level; results at another K' merge into
+    `"repeats": {"<K'>": {...}}` (so no K' overwrites another, nor the trained K's)."""
     folder = os.path.join(workdir, "eval")
     os.makedirs(folder, exist_ok=True)
     path = os.path.join(folder, f"{step}.json")
@@ -249,7 +274,14 @@ def write_results(workdir: str, step: int, results: dict) -> str:
     if os.path.isfile(path):
         with open(path) as f:
             merged = json.load(f)
-    merged.update({k: v for k, v in results.items() if k != "file"})
+    new = {k: v for k, v in results.items() if k != "file"}
+    if new.get("repeat", new.get("trained_repeat")) != new.get("trained_repeat"):
+        shared = {k: new.pop(k) for k in ("step", "workdir", "trained_repeat")}
+        for k, v in shared.items():
+            merged.setdefault(k, v)
+        merged.setdefault("repeats", {}).setdefault(str(new["repeat"]), {}).update(new)
+    else:
+        merged.update(new)
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
         json.dump(merged, f, indent=2)
@@ -258,40 +290,48 @@ def write_results(workdir: str, step: int, results: dict) -> str:
 
 
 def format_results(results: dict) -> str:
-    """A readable table of every metric in `results`."""
-    rows = [("model", f"{results['model']} (step {results['step']})")]
+    """A readable table of every metric in `results` (metrics at a K' other than the trained K
+    are labelled `<metric>@K=<K'>`, as in `loss@K=3: perplexity`)."""
+    from phd_jax.evaluation.repeat import repeat_tag
+
+    tag = repeat_tag(results)
+    model = f"{results['model']} (step {results['step']}"
+    model += f"; trained with K={results['trained_repeat']})" if tag else ")"
+    rows = [("model", model)]
     for key in ("loss", "loss_file"):
         if key in results:
             r = results[key]
             where = r.get("source") or r.get("file")
             rows += [
-                (f"{key}: loss (nats/token)", f"{r['loss']:.4f}"),
-                (f"{key}: perplexity", f"{r['perplexity']:.3f}"),
-                (f"{key}: bits per byte", f"{r['bits_per_byte']:.4f}"),
-                (f"{key}: tokens", f"{r['tokens']:,} ({where})"),
+                (f"{key}{tag}: loss (nats/token)", f"{r['loss']:.4f}"),
+                (f"{key}{tag}: perplexity", f"{r['perplexity']:.3f}"),
+                (f"{key}{tag}: bits per byte", f"{r['bits_per_byte']:.4f}"),
+                (f"{key}{tag}: tokens", f"{r['tokens']:,} ({where})"),
             ]
     for task, metrics in results.get("tasks", {}).items():
         rows += [
-            (f"{task}: {m}", f"{v:.4f}" if isinstance(v, float) else str(v)) for m, v in metrics.items() if m != "alias"
+            (f"{task}{tag}: {m}", f"{v:.4f}" if isinstance(v, float) else str(v))
+            for m, v in metrics.items()
+            if m != "alias"
         ]
     for row in results.get("report", []):
         t = row["prompt_len"]
         rows.append(
             (
-                f"report T={t}: KV cache bytes (vanilla)",
+                f"report{tag} T={t}: KV cache bytes (vanilla)",
                 f"{row['kv_cache_bytes']:,} ({row['vanilla_kv_cache_bytes']:,})",
             )
         )
         rows.append(
             (
-                f"report T={t}: prefill ms (vanilla)",
+                f"report{tag} T={t}: prefill ms (vanilla)",
                 f"{row['prefill_s'] * 1e3:.2f}"
                 + (f" ({row['vanilla_prefill_s'] * 1e3:.2f})" if "vanilla_prefill_s" in row else ""),
             )
         )
         rows.append(
             (
-                f"report T={t}: decode ms/token (vanilla)",
+                f"report{tag} T={t}: decode ms/token (vanilla)",
                 f"{row['decode_s_per_token'] * 1e3:.2f}"
                 + (f" ({row['vanilla_decode_s_per_token'] * 1e3:.2f})" if "vanilla_decode_s_per_token" in row else ""),
             )
