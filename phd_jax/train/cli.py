@@ -7,7 +7,8 @@ CPU, then prints a sample. `--config=configs/NAME.py` names a config shipped in 
 unless such a file exists where you stand. Rerunning with the same --workdir resumes from its
 latest checkpoint. Several hosts: pass --coordinator_address/--num_processes/--process_id (or
 set the usual environment, e.g. on Cloud TPU / SLURM) and run the same command on each.
-Every error is one line on stderr and exit status 2. The logic lives in `phd_jax.train`.
+Every error is one line on stderr and exit status 2 (--debug or PHD_JAX_DEBUG=1: the traceback).
+The logic lives in `phd_jax.train`.
 
 The program: `define_flags()` (before parsing), `parse_flags(argv)` (absl's `flags_parser`),
 `main(argv)`. Importing this module defines nothing and runs nothing.
@@ -32,6 +33,13 @@ def fail(message) -> None:
     """One line on stderr, exit status 2."""
     print(f"error: {message}", file=sys.stderr)
     sys.exit(2)
+
+
+def _debug() -> bool:
+    """--debug (phd_jax.cli defines it) or PHD_JAX_DEBUG=1: errors raise with their traceback."""
+    if os.environ.get("PHD_JAX_DEBUG", "").strip().lower() in ("1", "true", "yes"):
+        return True
+    return "debug" in FLAGS and FLAGS.is_parsed() and bool(FLAGS.debug)
 
 
 def _flag_error(e: BaseException):
@@ -96,4 +104,6 @@ def main(argv):
         if not metrics.get("preempted"):
             sample_after_training(config, workdir)
     except (ConfigError, TrainingError) as e:
+        if _debug():
+            raise
         fail(e)
