@@ -155,3 +155,21 @@ def test_backend_checks_run_before_the_workdir_is_touched(tmp_path):
         "multiples of 128 (got block_q=16, block_kv=16)"
     ), line
     assert _listing(wd) == before
+
+
+def test_a_config_file_that_is_not_utf8_python_is_named(tmp_path, capsys, monkeypatch):
+    from phd_jax.train import cli as train_cli
+
+    monkeypatch.delenv("PHD_JAX_DEBUG", raising=False)
+    bad = tmp_path / "mine.py"
+    bad.write_bytes(b'NAME = "caf\xe9"\n')  # latin-1, not UTF-8
+    try:
+        compile(bad.read_bytes(), str(bad), "exec")  # as ml_collections' loader does
+    except SyntaxError as e:
+        error = ValueError(e)  # under a wrapper, as the flag parser re-raises it
+    with pytest.raises(SystemExit) as exit_:
+        train_cli._flag_error(error)
+    assert exit_.value.code == 2
+    line = capsys.readouterr().err.strip()
+    assert line.startswith(f"error: --config={bad}: cannot load the config file: (unicode error) 'utf-8' codec"), line
+    assert line.endswith("(line 1)") and "\n" not in line

@@ -45,6 +45,17 @@ def _debug() -> bool:
 def _flag_error(e: BaseException):
     from phd_jax.train.launch import flag_error_message
 
+    if _debug():
+        raise e
+    seen, todo = set(), [e]
+    while todo:  # a config file that is not Python (or not UTF-8): name it and the line
+        cause = todo.pop()
+        if cause is None or id(cause) in seen:
+            continue
+        seen.add(id(cause))
+        if isinstance(cause, SyntaxError) and cause.filename and os.path.isfile(cause.filename):
+            fail(f"--config={cause.filename}: cannot load the config file: {cause.msg} (line {cause.lineno})")
+        todo += [cause.__cause__, cause.__context__, *(a for a in cause.args if isinstance(a, BaseException))]
     fail(flag_error_message(e))
 
 
