@@ -59,7 +59,7 @@ def _flag_for(path: str, argv) -> str | None:
     target = os.path.abspath(os.path.expanduser(path))
     candidates = [a[2:].partition("=")[::2] for a in argv[1:] if a.startswith("--") and "=" in a]
     if flags.FLAGS.is_parsed():
-        candidates += [(n, f.value) for n, f in flags.FLAGS._flags().items() if isinstance(f.value, str)]
+        candidates += [(n, v) for n, v in flags.FLAGS.flag_values_dict().items() if isinstance(v, str)]
     best = None
     for name, value in candidates:
         if not value or name.startswith("config."):
