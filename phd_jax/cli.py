@@ -11,9 +11,81 @@ absl with its usage text. Nothing in phd_jax imports this module.
 
 from __future__ import annotations
 
+import errno
+import io
+import os
 import sys
 
 _HELP_FLAGS = ("--help", "-?", "--helpshort", "--helpfull")
+# A write that fails for want of room: the disk, a quota, or a file-size limit (`ulimit -f`).
+_NO_SPACE = {errno.ENOSPC, errno.EFBIG, getattr(errno, "EDQUOT", errno.ENOSPC)}
+DEBUG_ENV = "PHD_JAX_DEBUG"  # PHD_JAX_DEBUG=1: a failing command shows its traceback (as --debug)
+
+
+def debug_requested(argv=None) -> bool:
+    """`--debug` on the command line (parsed or not yet) or PHD_JAX_DEBUG=1 in the environment."""
+    if os.environ.get(DEBUG_ENV, "").strip().lower() in ("1", "true", "yes"):
+        return True
+    from absl import flags
+
+    if "debug" in flags.FLAGS and flags.FLAGS.is_parsed():
+        return bool(flags.FLAGS.debug)
+    args = sys.argv[1:] if argv is None else argv[1:]
+    return any(a in ("--debug", "--debug=true", "--debug=1", "--debug=True") for a in args)
+
+
+def _file_in_traceback(tb) -> str | None:
+    """The name of the innermost open file a failing frame held (a write or decode error
+    carries none): the file object, else a `path` / `filename` local."""
+    frames = []
+    while tb is not None:
+        frames.append(tb.tb_frame)
+        tb = tb.tb_next
+    for frame in reversed(frames):
+        local = frame.f_locals
+        for value in local.values():
+            if isinstance(value, io.IOBase) and isinstance(getattr(value, "name", None), str):
+                return value.name
+        for name in ("path", "filename", "file", "fname"):
+            if isinstance(local.get(name), str):
+                return local[name]
+    return None
+
+
+def _flag_for(path: str, argv) -> str | None:
+    """`--NAME=VALUE` of the command line's (or a default) path flag that `path` lies in or under."""
+    from absl import flags
+
+    target = os.path.abspath(os.path.expanduser(path))
+    candidates = [a[2:].partition("=")[::2] for a in argv[1:] if a.startswith("--") and "=" in a]
+    if flags.FLAGS.is_parsed():
+        candidates += [(n, v) for n, v in flags.FLAGS.flag_values_dict().items() if isinstance(v, str)]
+    best = None
+    for name, value in candidates:
+        if not value or name.startswith("config."):
+            continue
+        root = os.path.abspath(os.path.expanduser(value.partition(":")[0] if name == "config" else value))
+        if (target == root or target.startswith(root.rstrip(os.sep) + os.sep)) and (
+            best is None or len(root) > best[0]
+        ):
+            best = (len(root), f"--{name}={value}")
+    return best and best[1]
+
+
+def os_error_message(e: BaseException, argv=()) -> str:
+    """One line for an operating-system or decoding error: the flag the path came from (if
+    one), the cause, the file. `error: --workdir=/x/FILE/run: Not a directory: /x/FILE/run`."""
+    if isinstance(e, UnicodeDecodeError):
+        path = _file_in_traceback(e.__traceback__)
+        cause = f"not UTF-8 text ({e.reason} at byte {e.start})"
+    else:
+        path = e.filename if isinstance(getattr(e, "filename", None), str) else None
+        path = path or _file_in_traceback(e.__traceback__)
+        cause = e.strerror or str(e) or type(e).__name__
+        if getattr(e, "errno", None) in _NO_SPACE:
+            cause = f"no space left on device or file size limit ({cause})"
+    parts = [p for p in (path and _flag_for(path, argv), cause, path) if p]
+    return ": ".join(parts)
 
 
 def _run(program, argv=None):
@@ -25,7 +97,14 @@ def _run(program, argv=None):
     main_module = sys.modules.get("__main__")
     if main_module is not None and not main_module.__doc__:
         main_module.__doc__ = program.__doc__
-    program.define_flags()
+    if "debug" not in flags.FLAGS:
+        flags.DEFINE_bool(
+            "debug", False, f"A failing command shows its full traceback, not one line (also {DEBUG_ENV}=1)."
+        )
+    try:
+        program.define_flags()
+    except (OSError, UnicodeDecodeError) as e:
+        _os_error(e, argv)
     # absl's --help lists the flags of the module named argv[0]; the console script defines none.
     for name, module_flags in flags.FLAGS.flags_by_module_dict().items():
         if name != argv[0] and name.startswith("phd_jax"):
@@ -38,6 +117,17 @@ def _run(program, argv=None):
         if e.code == 1 and any(a in _HELP_FLAGS for a in argv[1:]):
             raise SystemExit(0) from None
         raise
+    except (OSError, UnicodeDecodeError) as e:  # a workdir below a file, permissions, a full disk
+        _os_error(e, argv)
+
+
+def _os_error(e: BaseException, argv):
+    """One line on stderr and exit status 2 (as every other command-line error); --debug or
+    PHD_JAX_DEBUG=1: the traceback."""
+    if debug_requested(argv):
+        raise e
+    print(f"error: {os_error_message(e, argv)}", file=sys.stderr)
+    raise SystemExit(2) from None
 
 
 def train_main(argv=None):

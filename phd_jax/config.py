@@ -26,6 +26,10 @@ from phd_jax.errors import ConfigError, ConfigTypeError, as_bool, as_float, as_i
 # backend's mask still does not scale past this.
 MAX_TOKENS_PER_SEQUENCE = 65536
 
+# The splash backend's tiles (block_q, block_kv) must be multiples of this (the TPU's lane width);
+# `ModelConfig` checks it for attention="splash", `phd_jax.attention.splash` runs them.
+SPLASH_BLOCK_MULTIPLE = 128
+
 # ---- the string-valued choices: one definition each (strings, so configs and JSON keep working)
 Variant = Literal["vanilla", "naive", "phd", "phd_swa", "phd_cswa"]
 Backend = Literal["auto", "dense", "blocksparse", "splash"]  # attention backends
@@ -175,6 +179,17 @@ class ModelConfig:
                 f"must divide num_heads={self.num_heads} (grouped-query attention)",
                 ConfigError,
             )
+        if self.attention == "splash":
+            for f in ("block_q", "block_kv"):
+                if getattr(self, f) % SPLASH_BLOCK_MULTIPLE:
+                    fail(
+                        name(f),
+                        getattr(self, f),
+                        f"attention='splash' needs block_q and block_kv that are multiples of "
+                        f"{SPLASH_BLOCK_MULTIPLE} (got block_q={self.block_q}, block_kv={self.block_kv}); "
+                        f"set both, e.g. block_q=block_kv={SPLASH_BLOCK_MULTIPLE}, or use attention='blocksparse'",
+                        ConfigError,
+                    )
         if self.head_dim % 2:
             fail(name("head_dim"), self.head_dim, "must be even (rotary embeddings rotate pairs)", ConfigError)
         if self.repeat > MAX_TOKENS_PER_SEQUENCE:

@@ -102,7 +102,7 @@ def test_bad_sources_are_clear_errors(data_root, tmp_path):
     path = write_jsonl_corpus(tmp_path / "c.jsonl", ["a", "b"], key="body")
     _error(
         run_config(data_root, source=f"jsonl:{path}"),
-        r"config.data.text_key='text' is invalid: JSON line 0 of 'jsonl:.*c.jsonl' has keys body, meta",
+        r"config.data.text_key='text' is invalid: .*c.jsonl line 1 has no 'text' \(its keys: body, meta\)",
     )
     one = write_text_corpus(tmp_path / "one", ["just one document"])
     _error(run_config(data_root, source=f"text:{one}"), "holds a single document, so none can be held out")
@@ -121,3 +121,78 @@ def test_a_tfrecord_dataset_is_refused(data_root, tmp_path):
         run_config(data_root, source=f"tfds:{shakespeare.NAME}", data_dir=str(tmp_path)),
         r"is prepared as tfrecord, which has no random access: prepare it again with --file_format=array_record",
     )
+
+
+def _first_error(cfg, role="train") -> str:
+    with pytest.raises(ConfigError) as e:
+        docs = documents(cfg, cfg.data.source, role)
+        [docs[i] for i in range(len(docs))]
+    assert "\n" not in str(e.value)
+    return str(e.value)
+
+
+def test_jsonl_errors_name_the_file_and_its_own_line(data_root, tmp_path):
+    """A bad line of the second file is reported with that file's name and line number (1-based,
+    blank lines counted), not its index among all the lines of the glob."""
+    d = tmp_path / "data"
+    d.mkdir()
+    write_jsonl_corpus(d / "a.jsonl", ["one", "two", "three"])
+    (d / "b.jsonl").write_text('{"text": "four"}\n\n{"text": oops}\n')
+    message = _first_error(run_config(data_root, source=f"jsonl:{d}/*.jsonl", eval_source=f"jsonl:{d}/a.jsonl"))
+    assert message.startswith(f"config.data.source: {d}/b.jsonl line 3: not valid JSON (Expecting value"), message
+    (d / "b.jsonl").write_text('{"text": "four"}\n{"body": "five"}\n')
+    message = _first_error(run_config(data_root, source=f"jsonl:{d}/*.jsonl", eval_source=f"jsonl:{d}/a.jsonl"))
+    assert message == f"config.data.text_key='text' is invalid: {d}/b.jsonl line 2 has no 'text' (its keys: body)"
+    (d / "b.jsonl").write_bytes(b'{"text": "\xff\xfe\xfa\xfb"}\n')  # not UTF-8
+    message = _first_error(run_config(data_root, source=f"jsonl:{d}/*.jsonl", eval_source=f"jsonl:{d}/a.jsonl"))
+    assert message.startswith(f"config.data.source: {d}/b.jsonl line 1: not text (4 of its 17 bytes"), message
+
+
+def test_binary_files_are_refused_unless_decode_errors_replace(data_root, tmp_path):
+    """A text source whose files are not text (NUL bytes, mostly undecodable) is refused naming the
+    file; a few bad bytes are tolerated (U+FFFD); data.decode_errors=replace reads anything."""
+    d = tmp_path / "txt"
+    write_text_corpus(d, ["hello world", "second document", "third"])
+    text = (d / "doc0001.txt").read_bytes()
+    (d / "doc0001.txt").write_bytes(text + b"\xff")  # one stray byte in 16: U+FFFD, too many
+    cfg = run_config(data_root, source=f"text:{d}/*.txt", eval_source=f"text:{d}/doc0000.txt")
+    assert f"{d}/doc0001.txt: not text (1 of its 16 bytes are not UTF-8, the first at byte 15" in _first_error(cfg)
+    (d / "doc0001.txt").write_bytes(text * 10 + b"\xff")  # 1 in 151: under 1%, read with U+FFFD
+    docs = documents(cfg, cfg.data.source, "train")
+    assert docs[1] == text.decode() * 10 + "\ufffd"
+    for binary, cause in (
+        (bytes(range(256)) * 4, "a NUL byte at byte 0"),
+        (os.urandom(2000).replace(b"\0", b"x"), "bytes are not UTF-8"),
+    ):
+        (d / "doc0002.txt").write_bytes(binary)
+        message = _first_error(cfg)
+        assert message.startswith(f"config.data.source: {d}/doc0002.txt: not text (") and cause in message, message
+        assert "config.data.decode_errors=replace" in message
+        cfg.data.decode_errors = "replace"
+        validate_data_config(cfg)
+        docs = documents(cfg, cfg.data.source, "train")
+        assert docs[2] == binary.decode("utf-8", errors="replace")
+        cfg.data.decode_errors = "strict"
+    cfg.data.decode_errors = "lossy"
+    with pytest.raises(ConfigError, match="config.data.decode_errors='lossy' is invalid: allowed: strict, replace"):
+        validate_data_config(cfg)
+    del cfg.data["decode_errors"]  # a run config saved before the key existed: strict
+    validate_data_config(cfg)
+
+
+def test_decode_errors_may_change_on_resume(tmp_path):
+    """data.decode_errors is recorded in config.json and may change when a run resumes (strict
+    only refuses files that replace reads); a run saved before the key existed resumes too."""
+    from phd_jax.train import checkpoint as ckpt
+    from phd_jax.train.config import base_config, to_json
+
+    saved = base_config()
+    assert '"decode_errors": "strict"' in to_json(saved)
+    (tmp_path / "config.json").write_text(to_json(saved))
+    new = base_config()
+    new.data.decode_errors = "replace"
+    assert ckpt.check_workdir(str(tmp_path), new)["data"]["decode_errors"] == "strict"
+    old = json.loads(to_json(saved))
+    del old["data"]["decode_errors"]
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    assert ckpt.check_workdir(str(tmp_path), new) is not None

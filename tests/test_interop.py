@@ -280,3 +280,21 @@ def test_uptraining_from_hf_beats_phd_from_scratch(uptraining):
     assert uptraining["up"] < uptraining["scratch"] - 0.1
     assert 1e-6 < abs(uptraining["phd_step0"] - uptraining["vanilla"]) < 0.05
     assert uptraining["up"] < uptraining["phd_step0"]
+
+
+def test_truncated_or_foreign_safetensors_is_a_config_error_naming_the_file(tmp_path):
+    """A truncated download (or a file that is not safetensors at all) is a ConfigError that names
+    the file, not the safetensors library's bare SafetensorError."""
+    cfg = tiny_config("vanilla", 1)
+    path = str(tmp_path / "ckpt")
+    phd_jax.save_hf_llama(phd_jax.init_params(cfg, 0), cfg, path)
+    weights = os.path.join(path, "model.safetensors")
+    data = open(weights, "rb").read()
+    for content, cause in ((data[: len(data) // 2], "file not fully covered"), (b"<html>not found</html>", "header")):
+        with open(weights, "wb") as f:
+            f.write(content)
+        with pytest.raises(ConfigError) as e:
+            phd_jax.load_hf_llama(path)
+        message = str(e.value)
+        assert message.startswith(f"{weights} is not a readable safetensors file (") and cause in message, message
+        assert "truncated" in message and "\n" not in message

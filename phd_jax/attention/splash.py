@@ -25,10 +25,8 @@ import numpy as np
 from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as splash_mask_lib
 
 from phd_jax import axes
+from phd_jax.config import SPLASH_BLOCK_MULTIPLE
 from phd_jax.masks import EMPTY, FULL, BlockPattern
-
-# Splash's block sizes must be multiples of this (the TPU's lane width).
-SPLASH_BLOCK_MULTIPLE = 128
 
 
 def splash_sizes(pattern: BlockPattern) -> tuple[int, int, int]:

@@ -32,9 +32,9 @@ import numpy as np
 from ml_collections import ConfigDict
 
 from phd_jax.data.packing import TokenStream, token_stream
-from phd_jax.data.sources import documents, parse_source
+from phd_jax.data.sources import DECODE_ERRORS, documents, parse_source
 from phd_jax.data.tokenizers import check_vocab_size, make_tokenizer
-from phd_jax.errors import ConfigError, as_bool, as_float, as_int, fail
+from phd_jax.errors import ConfigError, as_bool, as_float, as_int, fail, one_of
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,7 @@ def default_data_config() -> ConfigDict:
             "train_split": "train",  # TFDS split (slices like train[:99%] work)
             "eval_split": "validation",  # TFDS split held out for validation
             "eval_source": "",  # a separate validation source ("" = the held-out part of `source`)
+            "decode_errors": "strict",  # local files: strict (refuse files that are not text) | replace
             "document_masking": False,  # attention never crosses a document boundary (segment_ids)
             "shuffle": True,  # a new permutation of the windows every epoch, by config.seed
             "cache_dir": "",  # local token cache; "" = ~/.cache/phd_jax/token_cache
@@ -59,6 +60,8 @@ def default_data_config() -> ConfigDict:
     )
 
 
+# Keys newer than a run's saved config.json may be: absent means their default.
+_ADDED_KEYS = {"decode_errors": "strict"}
 _TOP_LEVEL = ("seq_len", "batch_size", "seed", "eval_batches", "val_fraction")
 
 
@@ -96,7 +99,7 @@ def validate_data_config(config, process_count: int = 1):
             f"not a data setting (a typo?); known: {', '.join(defaults.keys())}",
             ConfigError,
         )
-    missing = sorted(set(defaults.keys()) - set(d.keys()))
+    missing = sorted(set(defaults.keys()) - set(d.keys()) - set(_ADDED_KEYS))
     if missing:
         fail(
             f"config.data.{missing[0]}", None, "must be set: start from phd_jax.data.default_data_config()", ConfigError
@@ -109,6 +112,8 @@ def validate_data_config(config, process_count: int = 1):
         parse_source(d.eval_source, "config.data.eval_source")
     if not d.text_key:
         fail("config.data.text_key", d.text_key, "must name the text feature or field", ConfigError)
+    decode_errors = d.get("decode_errors", _ADDED_KEYS["decode_errors"])
+    one_of("config.data.decode_errors", decode_errors, DECODE_ERRORS, error=ConfigError)
     for key in ("document_masking", "shuffle"):
         as_bool(f"config.data.{key}", d[key], error=ConfigError)
     as_int("config.data.num_threads", d.num_threads, 1, error=ConfigError)

@@ -9,12 +9,17 @@
   (TFDS slicing such as `train[:99%]` works);
 - `text:GLOB`: one document per file (UTF-8);
 - `jsonl:GLOB`: one document per line, the string field `data.text_key` (`.jsonl.gz` too).
+Local files must be text: one with NUL bytes, or with more than `MAX_UNDECODABLE` of its bytes
+not UTF-8, is refused naming the file (a few bad bytes become U+FFFD);
+`data.decode_errors="replace"` reads anything, lossily. A bad JSON line is reported with its
+file and line number.
 Local files have no splits: a fixed `val_fraction` of their documents (chosen by a
 seed-independent permutation) is held out for validation, unless `data.eval_source` is set.
 """
 
 from __future__ import annotations
 
+import array
 import glob
 import gzip
 import hashlib
@@ -26,6 +31,10 @@ import numpy as np
 from phd_jax.errors import ConfigError, fail
 
 SOURCE_SPECS = "shakespeare, tfds:NAME[:VERSION], text:GLOB, jsonl:GLOB"
+DECODE_ERRORS = ("strict", "replace")  # config.data.decode_errors
+# With decode_errors="strict": the largest fraction of a file's bytes that may be undecodable
+# (each becomes U+FFFD); above it, or with a NUL byte, the file is not text and is refused.
+MAX_UNDECODABLE = 0.01
 DEFAULT_DATA_DIR = os.path.join("~", ".cache", "phd_jax", "tensorflow_datasets")
 
 
@@ -189,12 +198,42 @@ def _files_fingerprint(kind: str, files: list[str], *extra) -> str:
     return _hash(kind, stats, *extra)
 
 
-def text_documents(spec: str, pattern: str, key: str = "config.data.source") -> Documents:
+def decode_text(data: bytes, where: str, key: str, spec: str, decode_errors: str = "strict") -> str:
+    """`data` as UTF-8 text. With `decode_errors="strict"`, bytes that are not text (a NUL
+    byte, or more than MAX_UNDECODABLE of them undecodable) are a ConfigError naming `where`;
+    a few undecodable bytes become U+FFFD. "replace": always U+FFFD, never an error."""
+    if decode_errors == "replace":
+        return data.decode("utf-8", errors="replace")
+    nul = data.find(b"\0")
+    if nul >= 0:
+        _not_text(where, key, spec, f"a NUL byte at byte {nul}")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        first = e.start
+    text = data.decode("utf-8", errors="replace")
+    bad = text.count("\ufffd") - data.count("\ufffd".encode())
+    if bad > MAX_UNDECODABLE * len(data):
+        _not_text(where, key, spec, f"{bad} of its {len(data)} bytes are not UTF-8, the first at byte {first}")
+    return text
+
+
+def _not_text(where: str, key: str, spec: str, why: str):
+    raise ConfigError(
+        f"{key}: {where}: not text ({why}; source {spec!r}): remove it from the glob, or set "
+        f"config.data.decode_errors=replace to read it anyway (undecodable bytes become U+FFFD)"
+    )
+
+
+def text_documents(
+    spec: str, pattern: str, key: str = "config.data.source", decode_errors: str = "strict"
+) -> Documents:
     files = _glob(spec, pattern, key)
 
     def get(i):
         with open(files[i], "rb") as f:
-            return f.read().decode("utf-8", errors="replace")
+            data = f.read()
+        return decode_text(data, files[i], key, spec, decode_errors)
 
     return Documents(spec, _files_fingerprint("text", files), len(files), get)
 
@@ -203,26 +242,41 @@ def _open(path: str):
     return gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")
 
 
-def jsonl_documents(spec: str, pattern: str, text_key: str, key: str = "config.data.source") -> Documents:
+def jsonl_documents(
+    spec: str, pattern: str, text_key: str, key: str = "config.data.source", decode_errors: str = "strict"
+) -> Documents:
     """Every non-empty line of every file: an index of (file, line) kept in memory, lines
-    read on demand. The first line is checked for `text_key` up front (a clear error early)."""
+    read on demand. The first line is checked for `text_key` up front (a clear error early).
+    An error names the file and its own line number (1-based)."""
     files = _glob(spec, pattern, key)
     lines: list[bytes] = []
-    for path in files:
+    file_of, line_of = array.array("l"), array.array("q")  # each line's file and 1-based number
+    for n, path in enumerate(files):
         with _open(path) as f:
-            lines.extend(line for line in f if line.strip())
+            for number, line in enumerate(f, 1):
+                if line.strip():
+                    lines.append(line)
+                    file_of.append(n)
+                    line_of.append(number)
     if not lines:
         fail(key, spec, f"the files {pattern!r} hold no JSON lines", ConfigError)
 
+    def line_name(i):
+        return f"{files[file_of[i]]} line {line_of[i]}"
+
     def get(i):
         try:
-            record = json.loads(lines[i])
+            text = decode_text(lines[i], line_name(i), key, spec, decode_errors)
+            record = json.loads(text)
         except json.JSONDecodeError as e:
-            fail(key, spec, f"line {i} of the JSONL files is not JSON ({e})", ConfigError)
+            raise ConfigError(f"{key}: {line_name(i)}: not valid JSON ({e})") from None
         if not isinstance(record, dict) or text_key not in record:
             keys = ", ".join(record) if isinstance(record, dict) else type(record).__name__
-            fail("config.data.text_key", text_key, f"JSON line {i} of {spec!r} has keys {keys}", ConfigError)
-        return _as_text(record[text_key], text_key, f"JSON line {i} of {spec!r}")
+            raise ConfigError(
+                f"config.data.text_key={text_key!r} is invalid: {line_name(i)} has no {text_key!r} "
+                f"(its keys: {keys or 'none'})"
+            )
+        return _as_text(record[text_key], text_key, line_name(i))
 
     get(0)
     return Documents(spec, _files_fingerprint("jsonl", files, text_key), len(lines), get)
@@ -270,7 +324,11 @@ def documents(config, spec: str, role: str) -> Documents:
         return shakespeare_documents(split, data_dir(config), split_key, key)
     if kind == "tfds":
         return tfds_documents(arg, split, data_dir(config), d.text_key, spec, split_key, key)
-    docs = text_documents(spec, arg, key) if kind == "text" else jsonl_documents(spec, arg, d.text_key, key)
+    decode_errors = d.get("decode_errors", "strict")
+    if kind == "text":
+        docs = text_documents(spec, arg, key, decode_errors)
+    else:
+        docs = jsonl_documents(spec, arg, d.text_key, key, decode_errors)
     if role == "eval_source" or (role == "train" and d.eval_source):
         return docs  # a separate evaluation source: nothing to hold out
     if len(docs) < 2:

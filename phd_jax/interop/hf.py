@@ -15,6 +15,7 @@ would run such a checkpoint as a plain Llama, which is wrong for K > 1.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -287,6 +288,22 @@ def _checked(x, shape, name, where):
 # ---------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def _safe_open(file: str):
+    """`safetensors.safe_open(file)` whose failures (a truncated download, a file that is not
+    safetensors) are a ConfigError naming the file."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(file, framework="np") as f:
+            yield f
+    except SafetensorError as e:
+        raise ConfigError(
+            f"{file} is not a readable safetensors file ({str(e).strip() or type(e).__name__}): it may be "
+            f"truncated (an interrupted download or copy); download or write it again"
+        ) from None
+
+
 def _weight_files(path: str) -> dict[str, str]:
     """tensor name -> safetensors file, from the index (sharded) or the single file."""
     index = os.path.join(path, INDEX_FILE)
@@ -305,9 +322,7 @@ def _weight_files(path: str) -> dict[str, str]:
             f"{path} has neither {WEIGHTS_FILE} nor {INDEX_FILE}"
             + (f" (found {found}, but no index to say what they hold)" if found else "")
         )
-    from safetensors import safe_open
-
-    with safe_open(single, framework="np") as f:
+    with _safe_open(single) as f:
         return dict.fromkeys(f.keys(), single)
 
 
@@ -321,7 +336,6 @@ def load_hf_llama(path: str, **overrides):
     """
     import jax
     import jax.numpy as jnp
-    from safetensors import safe_open
 
     path = os.fspath(path)
     if not os.path.isdir(path):
@@ -355,7 +369,7 @@ def load_hf_llama(path: str, **overrides):
     for name in expected:
         by_file.setdefault(files[name], []).append(name)
     for file, names in by_file.items():
-        with safe_open(file, framework="np") as f:
+        with _safe_open(file) as f:
             for name in names:
                 path_, shape, from_hf, layer = expected[name]
                 x = from_hf(_checked(f.get_tensor(name), shape, name, file)).astype(dt)

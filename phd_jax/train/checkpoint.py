@@ -57,6 +57,7 @@ RESUMABLE_CHANGES = {
     "data.cache_dir",
     "data.num_threads",
     "data.prefetch",  # where / how fast, not what
+    "data.decode_errors",  # strict only refuses what replace reads: the same tokens when both read a file
 }
 
 
@@ -135,10 +136,13 @@ def version_info() -> dict:
 
     here = os.path.dirname(os.path.dirname(os.path.abspath(phd_jax.__file__)))
     commit = dirty = None
+    # A read-only look: no index.lock (a `git status` alongside the user's own git commands, or one
+    # that fails to write, e.g. on a full disk, would leave one behind or collide with theirs).
+    env = dict(os.environ, GIT_OPTIONAL_LOCKS="0")
     try:
         commit = (
             subprocess.run(
-                ["git", "-C", here, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
+                ["git", "-C", here, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, env=env
             ).stdout.strip()
             or None
         )
@@ -149,6 +153,7 @@ def version_info() -> dict:
                     capture_output=True,
                     text=True,
                     timeout=10,
+                    env=env,
                 ).stdout.strip()
             )
     except (OSError, subprocess.SubprocessError):

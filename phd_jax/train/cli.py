@@ -7,7 +7,8 @@ CPU, then prints a sample. `--config=configs/NAME.py` names a config shipped in 
 unless such a file exists where you stand. Rerunning with the same --workdir resumes from its
 latest checkpoint. Several hosts: pass --coordinator_address/--num_processes/--process_id (or
 set the usual environment, e.g. on Cloud TPU / SLURM) and run the same command on each.
-Every error is one line on stderr and exit status 2. The logic lives in `phd_jax.train`.
+Every error is one line on stderr and exit status 2 (--debug or PHD_JAX_DEBUG=1: the traceback).
+The logic lives in `phd_jax.train`.
 
 The program: `define_flags()` (before parsing), `parse_flags(argv)` (absl's `flags_parser`),
 `main(argv)`. Importing this module defines nothing and runs nothing.
@@ -34,9 +35,27 @@ def fail(message) -> None:
     sys.exit(2)
 
 
+def _debug() -> bool:
+    """--debug (phd_jax.cli defines it) or PHD_JAX_DEBUG=1: errors raise with their traceback."""
+    if os.environ.get("PHD_JAX_DEBUG", "").strip().lower() in ("1", "true", "yes"):
+        return True
+    return "debug" in FLAGS and FLAGS.is_parsed() and bool(FLAGS.debug)
+
+
 def _flag_error(e: BaseException):
     from phd_jax.train.launch import flag_error_message
 
+    if _debug():
+        raise e
+    seen, todo = set(), [e]
+    while todo:  # a config file that is not Python (or not UTF-8): name it and the line
+        cause = todo.pop()
+        if cause is None or id(cause) in seen:
+            continue
+        seen.add(id(cause))
+        if isinstance(cause, SyntaxError) and cause.filename and os.path.isfile(cause.filename):
+            fail(f"--config={cause.filename}: cannot load the config file: {cause.msg} (line {cause.lineno})")
+        todo += [cause.__cause__, cause.__context__, *(a for a in cause.args if isinstance(a, BaseException))]
     fail(flag_error_message(e))
 
 
@@ -96,4 +115,6 @@ def main(argv):
         if not metrics.get("preempted"):
             sample_after_training(config, workdir)
     except (ConfigError, TrainingError) as e:
+        if _debug():
+            raise
         fail(e)

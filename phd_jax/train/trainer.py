@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import os
+import shutil
 import signal
 import time
 
@@ -212,15 +213,56 @@ def create_train_state(config, cfg: ModelConfig, optimizer, state_sh: TrainState
 # ---- the loop -----------------------------------------------------------------------------------
 
 
+class _NewRun:
+    """What a new run adds to its workdir, removed again if it fails before its first step: a
+    failing first run (a bad backend, a full disk, a compile error) leaves the workdir as it was."""
+
+    def __init__(self, workdir: str):
+        self.workdir, self.created, self.active = workdir, None, False
+        path = workdir
+        while not os.path.lexists(path) and os.path.dirname(path) != path:
+            self.created, path = path, os.path.dirname(path)  # the topmost directory the run creates
+        self.before = set(os.listdir(workdir)) if os.path.isdir(workdir) else set()
+
+    def undo(self):
+        if not self.active:
+            return
+        self.active = False
+        try:
+            if os.path.isdir(self.workdir):
+                for name in set(os.listdir(self.workdir)) - self.before:
+                    if name in ckpt.OUR_FILES or (name.startswith(".") and name.endswith(".tmp")):
+                        path = os.path.join(self.workdir, name)
+                        shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+            path = self.workdir
+            while self.created and os.path.isdir(path) and not os.listdir(path):
+                os.rmdir(path)
+                if path == self.created:
+                    break
+                path = os.path.dirname(path)
+        except OSError:  # never hide the error that stopped the run
+            pass
+
+
 def train_and_evaluate(config, workdir: str, progress: bool | None = None, devices=None) -> dict:
     """Train until `config.num_steps` (resuming from WORKDIR's latest checkpoint); return the
     last logged metrics (plus `preempted: True` if SIGTERM stopped the run). `devices`: the
-    devices of the mesh (default: all)."""
+    devices of the mesh (default: all). A new run that fails before its first step leaves
+    nothing in the workdir."""
+    workdir = os.path.abspath(os.path.expanduser(workdir))
+    new_run = _NewRun(workdir)
+    try:
+        return _train_and_evaluate(config, workdir, progress, devices, new_run)
+    except BaseException:
+        new_run.undo()
+        raise
+
+
+def _train_and_evaluate(config, workdir: str, progress, devices, new_run: _NewRun) -> dict:
     from phd_jax.data import make_pipeline
     from phd_jax.flops import peak_flops, train_flops_per_sequence
     from phd_jax.train.metrics import MetricWriter, throughput
 
-    workdir = os.path.abspath(os.path.expanduser(workdir))
     pi, pc = jax.process_index(), jax.process_count()
     is_main = pi == 0
     pipe = make_pipeline(config, pi, pc)
@@ -238,6 +280,7 @@ def train_and_evaluate(config, workdir: str, progress: bool | None = None, devic
     state = None
     if saved is None:  # a new run: step 0 first, so that a bad init_from leaves the workdir as it was
         state = create_train_state(config, cfg, optimizer, state_sh, mesh, log)
+    new_run.active = saved is None and is_main
     if is_main:
         ckpt.write_run_files(workdir, config, cfg)
 
@@ -333,6 +376,7 @@ def train_and_evaluate(config, workdir: str, progress: bool | None = None, devic
                 batch = _global_batch(next(it), batch_sh, pc)
                 data_time += time.perf_counter() - t_data
                 state, out = step_fn(state, batch)
+                new_run.active = False  # it ran: keep what it wrote
                 if prev is not None and not bool(prev[1]["finite"]):  # one step behind: no stall
                     _nonfinite(config, prev[0], prev[1])
                 prev = (step, out)
