@@ -7,8 +7,6 @@ is the point (about 5 s each)."""
 
 import errno
 import os
-import resource
-import signal
 import subprocess
 import sys
 
@@ -31,17 +29,27 @@ def _listing(path):
     return out
 
 
-def _train(*args, preexec_fn=None, env=None):
+# Runs a program under a file-size limit with SIGXFSZ ignored (both survive exec), so that writing
+# past the limit raises EFBIG. A wrapper process, not `preexec_fn`: forking a JAX process (threads)
+# and running Python in the child can deadlock.
+LIMITED = (
+    "import os, resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+    "n = int(sys.argv[1]); resource.setrlimit(resource.RLIMIT_FSIZE, (n, n)); "
+    "os.execv(sys.executable, [sys.executable, *sys.argv[2:]])"
+)
+
+
+def _train(*args, file_size_limit=None, env=None):
     full_env = {k: v for k, v in os.environ.items() if k not in ("JAX_COMPILATION_CACHE_DIR", "PHD_JAX_DEBUG")}
     full_env.update(env or {}, GIT_OPTIONAL_LOCKS="0")
+    prefix = [sys.executable] if file_size_limit is None else [sys.executable, "-c", LIMITED, str(file_size_limit)]
     return subprocess.run(
-        [sys.executable, "train.py", "--config=configs/tiny.py", "--progress=false", *args],
+        [*prefix, "train.py", "--config=configs/tiny.py", "--progress=false", *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=300,
         env=full_env,
-        preexec_fn=preexec_fn,
     )
 
 
@@ -119,16 +127,12 @@ def test_full_disk_is_one_line_and_a_failing_first_run_leaves_nothing(tmp_path):
     corpus = write_text_corpus(tmp_path / "txt", random_documents(12, seed=3, max_len=60))
     wd = str(tmp_path / "run")
 
-    def limit_file_size():  # config.json (about 2.5 kB) does not fit, the small token cache does
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-        resource.setrlimit(resource.RLIMIT_FSIZE, (2000, 2000))
-
     out = _train(
         f"--workdir={wd}",
         f"--config.data.source=text:{corpus}",
         f"--config.data.cache_dir={tmp_path / 'cache'}",
         "--config.sample_tokens=0",
-        preexec_fn=limit_file_size,
+        file_size_limit=2000,  # config.json (about 2.5 kB) does not fit, the small token cache does
     )
     line = _one_line_error(out)
     cause = "no space left on device or file size limit (File too large)"
