@@ -11,6 +11,7 @@ The program: `define_flags()` (before parsing), `main(argv)`. Importing this mod
 nothing and runs nothing.
 """
 
+import os
 import sys
 
 from absl import flags, logging
@@ -21,7 +22,9 @@ _defined = []  # once define_flags() ran
 
 
 def _fail(e) -> None:
-    """One line on stderr, exit status 2."""
+    """One line on stderr, exit status 2; with --debug (or PHD_JAX_DEBUG=1) the traceback instead."""
+    if ("debug" in FLAGS and FLAGS.is_parsed() and FLAGS.debug) or os.environ.get("PHD_JAX_DEBUG") == "1":
+        raise e
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
 
@@ -63,7 +66,9 @@ def define_flags():
     flags.DEFINE_integer("num_fewshot", None, "Few-shot examples per task.")
     flags.DEFINE_multi_string("generate", [], "A prompt to continue (repeatable; \\n = newline).")
     flags.DEFINE_string("prompts_file", None, "Prompts, one per line.")
-    flags.DEFINE_integer("max_new_tokens", 64, "Tokens to generate per prompt.")
+    flags.DEFINE_integer(
+        "max_new_tokens", None, "Tokens to generate per prompt (default: 64, or what fits after the longest prompt)."
+    )
     flags.DEFINE_float("temperature", 0.0, "0 = greedy.")
     flags.DEFINE_integer("top_k", 0, "Sample from the k most likely tokens (0 = all).")
     flags.DEFINE_float("top_p", 1.0, "Nucleus sampling mass.")

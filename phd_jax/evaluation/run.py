@@ -122,14 +122,42 @@ def resolve_run(workdir=None, checkpoint=None, step=None, overrides: dict | None
     return Run(workdir, step, config, with_repeat(cfg, repeat), changes, saved)
 
 
+DEFAULT_NEW_TOKENS = 64  # generated per prompt unless max_new_tokens says otherwise (shortened to fit)
+
+
+def _read_text(flag: str, path: str) -> str:
+    """The UTF-8 text of the file a flag names; a clear error naming both otherwise."""
+    if not os.path.isfile(path):
+        fail(flag, path, "does not exist", FileNotFoundError)
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except UnicodeDecodeError as e:
+        fail(flag, path, f"is not UTF-8 text ({e.reason} at byte {e.start})", ConfigError)
+
+
 def _read_prompts(prompts, prompts_file):
     out = list(prompts or [])
     if prompts_file:
-        if not os.path.isfile(prompts_file):
-            fail("prompts_file", prompts_file, "does not exist", FileNotFoundError)
-        with open(prompts_file, encoding="utf-8") as f:
-            out += [line.rstrip("\n").replace("\\n", "\n") for line in f if line.strip()]
+        lines = [line for line in _read_text("prompts_file", prompts_file).splitlines() if line.strip()]
+        if not lines:
+            fail("prompts_file", prompts_file, "is empty: one prompt per line expected", ConfigError)
+        out += [line.replace("\\n", "\n") for line in lines]
     return out
+
+
+def _new_tokens(max_new_tokens, prompt_lengths: list[int], max_seq_len: int, log) -> int:
+    """`max_new_tokens` as given (checked), or by default DEFAULT_NEW_TOKENS shortened to what fits
+    after the longest prompt in the model's context (said in one line when shortened)."""
+    if max_new_tokens is not None:
+        return as_int("max_new_tokens", max_new_tokens, 1, max_seq_len - 1)
+    room = max_seq_len - max(prompt_lengths)
+    if room < DEFAULT_NEW_TOKENS and room >= 1:
+        log(
+            f"max_new_tokens: {room}, not the default {DEFAULT_NEW_TOKENS}: what fits after the longest "
+            f"prompt ({max(prompt_lengths)} tokens) in the model's context (max_seq_len={max_seq_len})"
+        )
+    return max(1, min(DEFAULT_NEW_TOKENS, room))
 
 
 def evaluate_checkpoint(
@@ -146,7 +174,7 @@ def evaluate_checkpoint(
     num_fewshot=None,
     prompts=(),
     prompts_file=None,
-    max_new_tokens=64,
+    max_new_tokens=None,
     temperature=0.0,
     top_k=0,
     top_p=1.0,
@@ -185,12 +213,11 @@ def evaluate_checkpoint(
     if tasks:
         manager = task_manager(tasks=tasks)
         tasks = check_tasks(tasks, manager)
-    if loss_file and not os.path.isfile(loss_file):
-        fail("loss_file", loss_file, "does not exist", FileNotFoundError)
+    loss_text = _read_text("loss_file", loss_file) if loss_file else None
+    lengths = [len(tokenizer.encode(p)) for p in prompts]
     if prompts:
-        max_new_tokens = as_int("max_new_tokens", max_new_tokens, 1, cfg.max_seq_len - 1)
-    for i, p in enumerate(prompts):
-        n = len(tokenizer.encode(p))
+        max_new_tokens = _new_tokens(max_new_tokens, lengths, cfg.max_seq_len, log)
+    for i, (p, n) in enumerate(zip(prompts, lengths)):
         if n + max_new_tokens > cfg.max_seq_len:
             fail(
                 f"prompt[{i}]",
@@ -220,8 +247,7 @@ def evaluate_checkpoint(
         res["source"] = config.data.eval_source or config.data.source
         results["loss"] = res
     if loss_file:
-        with open(loss_file, encoding="utf-8") as f:
-            batches = text_batches(tokenizer, f.read(), int(config.seq_len), batch_size)
+        batches = text_batches(tokenizer, loss_text, int(config.seq_len), batch_size)
         results["loss_file"] = {**evaluate_loss(params, cfg, batches, tokenizer), "file": loss_file}
     if tasks:
         from phd_jax.evaluation.lm import PHDLM
