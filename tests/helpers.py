@@ -1,5 +1,8 @@
 """Small models and comparison helpers shared by the tests."""
 
+import os
+import shutil
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -192,3 +195,23 @@ def computed_pairs(pattern) -> int:
         + (st.count * st.rows * st.band.width if st.band is not None else 0)
         for st in tile_tables(pattern).stacks
     )
+
+
+# A tiny PHD-2 workdir written by 0.1.0 (tests/fixtures/v0_1_0): evaluation tests use a copy of it.
+V010_WORKDIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "v0_1_0", "tiny_workdir")
+
+
+def copy_v010_workdir(tmp_path) -> str:
+    path = str(tmp_path / "run")
+    shutil.copytree(V010_WORKDIR, path)
+    return path
+
+
+def file_snapshot(folder) -> dict:
+    """{path: (size, mtime)} of every file below `folder`: equal before and after = nothing written."""
+    out = {}
+    for root, _, files in os.walk(folder):
+        for f in files:
+            p = os.path.join(root, f)
+            out[p] = (os.path.getsize(p), os.path.getmtime(p))
+    return out

@@ -10,6 +10,7 @@ import sys
 import jax
 import numpy as np
 import pytest
+from helpers import file_snapshot
 
 import phd_jax
 from phd_jax.errors import ConfigError
@@ -40,15 +41,6 @@ def run_dir(tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("evalrun") / "run")
     train_and_evaluate(tiny_run_config(), workdir, progress=False)
     return workdir
-
-
-def _snapshot(folder):
-    out = {}
-    for root, _, files in os.walk(folder):
-        for f in files:
-            p = os.path.join(root, f)
-            out[p] = (os.path.getsize(p), os.path.getmtime(p))
-    return out
 
 
 @pytest.fixture(scope="session")
@@ -109,7 +101,7 @@ def test_eval_json_holds_every_requested_metric(cli_result):
 def test_bad_requests_are_clear_errors_and_change_nothing(run_dir, cli_result, tmp_path):
     from phd_jax.evaluation.run import evaluate_checkpoint, resolve_run
 
-    before = _snapshot(run_dir)
+    before = file_snapshot(run_dir)
     with pytest.raises(
         ConfigError,
         match=r"config.model.repeat=3 is invalid: contradicts the checkpoint, "
@@ -128,16 +120,16 @@ def test_bad_requests_are_clear_errors_and_change_nothing(run_dir, cli_result, t
         evaluate_checkpoint(checkpoint=os.path.join(run_dir, "checkpoints", "8"), loss=True)
     with pytest.raises(ValueError, match="nothing requested"):
         evaluate_checkpoint(run_dir)
-    assert _snapshot(run_dir) == before
+    assert file_snapshot(run_dir) == before
     # A checkpoint of another model: the weights do not fit the config saved beside them.
     other = str(tmp_path / "other")
     shutil.copytree(run_dir, other)
     mc = json.load(open(os.path.join(other, "model_config.json")))
     json.dump({**mc, "d_model": 64}, open(os.path.join(other, "model_config.json"), "w"))
-    before = _snapshot(other)
+    before = file_snapshot(other)
     with pytest.raises(ConfigError, match="does not match model"):
         evaluate_checkpoint(checkpoint=os.path.join(other, "checkpoints", "4"), loss=True)
-    assert _snapshot(other) == before
+    assert file_snapshot(other) == before
     # An inference-only change is allowed, and said.
     run = resolve_run(
         run_dir, overrides={"model.attention": "dense", "model.repeat": 2, "data.source": "text:/nowhere/*.txt"}

@@ -4,27 +4,17 @@ On a copy of the 0.1.0 fixture workdir (a tiny PHD-2 model whose context is max_
 positions, less than the default 64 new tokens plus any prompt).
 """
 
-import os
-import shutil
-
 import pytest
+from helpers import copy_v010_workdir, file_snapshot
 
 from phd_jax.errors import ConfigError
 from phd_jax.evaluation.run import DEFAULT_NEW_TOKENS, evaluate_checkpoint
 from phd_jax.train import load_run_config, model_config
 
-FIXTURE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "v0_1_0", "tiny_workdir")
-
 
 @pytest.fixture
 def workdir(tmp_path):
-    wd = tmp_path / "run"
-    shutil.copytree(FIXTURE, wd)
-    return str(wd)
-
-
-def _listing(path):
-    return sorted(os.path.relpath(os.path.join(d, f), path) for d, _, fs in os.walk(path) for f in fs)
+    return copy_v010_workdir(tmp_path)
 
 
 def test_default_generation_length_is_shortened_to_fit_and_says_so(workdir):
@@ -42,7 +32,7 @@ def test_default_generation_length_is_shortened_to_fit_and_says_so(workdir):
 
 
 def test_prompt_and_loss_files_that_are_empty_or_not_utf8_are_named(workdir, tmp_path):
-    before = _listing(workdir)
+    before = file_snapshot(workdir)
     empty = tmp_path / "empty.txt"
     empty.write_text("\n  \n")
     with pytest.raises(ConfigError, match=r"prompts_file=.*empty\.txt.* is empty"):
@@ -53,4 +43,4 @@ def test_prompt_and_loss_files_that_are_empty_or_not_utf8_are_named(workdir, tmp
         evaluate_checkpoint(workdir, prompts_file=str(latin))
     with pytest.raises(ConfigError, match=r"loss_file=.*latin\.txt.* is not UTF-8 text"):
         evaluate_checkpoint(workdir, loss_file=str(latin))
-    assert _listing(workdir) == before  # nothing written
+    assert file_snapshot(workdir) == before  # nothing written

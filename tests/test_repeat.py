@@ -5,13 +5,13 @@ the K' results sit next to the trained K's in eval/<step>.json; what cannot work
 import dataclasses
 import json
 import os
-import shutil
 import subprocess
 import sys
 
 import jax
 import numpy as np
 import pytest
+from helpers import copy_v010_workdir, file_snapshot
 
 import phd_jax
 from phd_jax.config import ModelConfig
@@ -19,24 +19,12 @@ from phd_jax.errors import ConfigError
 from phd_jax.evaluation.repeat import repeat_note, with_repeat
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FIXTURE = os.path.join(ROOT, "tests", "fixtures", "v0_1_0", "tiny_workdir")  # PHD-2, step 4
 ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_backend_optimization_level=0"}
 
 
 @pytest.fixture
 def workdir(tmp_path):
-    path = str(tmp_path / "run")
-    shutil.copytree(FIXTURE, path)
-    return path
-
-
-def _snapshot(folder):
-    out = {}
-    for root, _, files in os.walk(folder):
-        for f in files:
-            p = os.path.join(root, f)
-            out[p] = (os.path.getsize(p), os.path.getmtime(p))
-    return out
+    return copy_v010_workdir(tmp_path)
 
 
 def _reference_loss(workdir, **changes):
@@ -136,16 +124,16 @@ def test_refused_by_name_and_nothing_written(workdir, changes, message):
     from phd_jax.evaluation.run import evaluate_checkpoint
 
     _with_model(workdir, **changes)
-    before = _snapshot(workdir)
+    before = file_snapshot(workdir)
     with pytest.raises(ConfigError, match=message):
         evaluate_checkpoint(workdir, repeat=3, loss=True)
-    assert _snapshot(workdir) == before
+    assert file_snapshot(workdir) == before
     assert not os.path.exists(os.path.join(workdir, "eval"))
 
 
 def test_cli_refusal_is_one_line(workdir):
     _with_model(workdir, variant="vanilla", repeat=1)
-    before = _snapshot(workdir)
+    before = file_snapshot(workdir)
     for flag in ("--repeat=3", "--config.model.repeat=3"):
         proc = subprocess.run(
             [sys.executable, os.path.join(ROOT, "eval.py"), f"--workdir={workdir}", "--loss", flag],
@@ -157,7 +145,7 @@ def test_cli_refusal_is_one_line(workdir):
         )
         assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
         assert len(proc.stderr.strip().splitlines()) == 1 and "--repeat" in proc.stderr
-    assert _snapshot(workdir) == before
+    assert file_snapshot(workdir) == before
 
 
 def test_config_override_of_repeat_points_to_the_flag(workdir):
