@@ -209,16 +209,16 @@ def test_pilot_dry_run_lists_its_runs_in_order(tmp_path, capsys):
     out = capsys.readouterr().out
     labels = re.findall(r"^  (d256-\S+ seed\d)\s", out, re.M)
     seed_major = [f"d256-{n}steps-{m} seed{s}" for n in (600,) for s in range(3) for m in ("vanilla", "PHD-2")]
-    lr = [f"d256-600steps-{m}-lr{x}x seed0" for x in ("0.5", "2") for m in ("vanilla", "PHD-2")]
-    long = [f"d256-1200steps-{m} seed{s}" for s in range(3) for m in ("vanilla", "PHD-2")]
-    assert labels == seed_major + lr + long
-    assert "16 runs (0 finished)" in out and out.count(" new ") == 16
+    lr = [f"d256-600steps-{m}-lr{x}x seed0" for x in ("0.5", "2", "0.25") for m in ("vanilla", "PHD-2")]
+    assert labels == seed_major + lr
+    assert "12 runs (0 finished)" in out and out.count(" new ") == 12
     assert not os.path.exists(root) and not os.path.exists(results)
     runs = plan(list(PILOT.settings), [0, 1], PILOT.steps, root, defaults=dict(PILOT.defaults), evals=PILOT.evals)
     by = {r.label: r.config for r in runs}
-    c = by["d256-1200steps-PHD-2 seed1"]
+    c = by["d256-600steps-PHD-2 seed1"]
     assert (c.model.d_model, c.model.head_dim, c.model.mlp_dim, c.model.num_layers) == (256, 64, 768, 4)
-    assert (c.num_steps, c.eval_every, c.keep_checkpoints, c.model.repeat, c.seed) == (1200, 60, 1, 2, 1)
+    assert (c.num_steps, c.eval_every, c.keep_checkpoints, c.model.repeat, c.seed) == (600, 30, 1, 2, 1)
+    assert by["d256-600steps-PHD-2-lr0.25x seed0"].learning_rate == pytest.approx(7.5e-4)
     assert by["d256-600steps-vanilla-lr2x seed0"].learning_rate == pytest.approx(6e-3)
     assert by["d256-600steps-vanilla seed0"].eval_every == 30
     assert "d256-600steps-vanilla-lr2x seed1" not in by  # the learning-rate check is seed 0 only
