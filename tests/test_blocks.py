@@ -354,3 +354,18 @@ def test_checkpoint_and_workdir_of_another_block_are_refused(tmp_path):
         changed = ml_collections.ConfigDict({**today, "model": {**today["model"], field: value}})
         with pytest.raises(ConfigError, match=rf"config.model.{field}='{value}' does not match the run"):
             check_workdir(V010_WORKDIR, changed)
+
+
+@pytest.mark.parametrize("name", ["paper_550m", "paper_1b"])
+def test_paper_configs_use_the_olmo2_block(name):
+    """The paper builds on OLMo2: its configs use that block, and docs/training.md gives their size."""
+    import importlib
+
+    from phd_jax.model import num_params
+    from phd_jax.train.config import model_config
+
+    cfg = model_config(importlib.import_module(f"phd_jax.configs.{name}").get_config())
+    assert (cfg.norm_position, cfg.qk_norm, cfg.qkv_bias, cfg.rope_scaling) == ("post", "projection", False, "none")
+    with open(os.path.join(os.path.dirname(V010_WORKDIR), "..", "..", "..", "docs", "training.md")) as f:
+        row = next(line for line in f if line.startswith(f"| `configs/{name}.py`"))
+    assert f"| {num_params(param_shapes(cfg)):,} |" in row
