@@ -225,6 +225,65 @@ PILOT = Study(
     evals=20,
     defaults=(("eval_batches", 8), ("keep_checkpoints", 1)),
 )
-OTHER_STUDIES = {PILOT.name: PILOT}  # run and reported on their own, never part of `all`
+
+# ---- the main study: when does PHD pay? (issue 20) ----------------------------------------------
+
+# The pilot's choice (docs/pilot.md): its d_model-256 model for 600 steps, at 0.5x configs/repro.py's
+# learning rate, where vanilla and PHD-2 were both best of 0.25x, 0.5x, 1x and 2x.
+MAIN_LR = PILOT_LR * 0.5
+
+
+def _main(name, model=None, group=0, **kw):
+    return Setting(name, model or name, group=group, **kw)
+
+
+WHEN_PAYS = Study(
+    name="when_pays",
+    title="When does PHD pay? PHD vs vanilla at matched tokens and at matched FLOPs (d_model 256)",
+    description=(
+        "The pilot's setting: configs/repro.py at d_model 256 (head_dim 64, MLP 768; 4 layers, "
+        "128-byte sequences, batch 16), 600 steps at learning rate 1.5e-3 (the best of four for both "
+        "vanilla and PHD-2 in the pilot), 20 validations a run, seed-paired. Loss vs K at matched "
+        "original tokens (vanilla, PHD-2, PHD-3, PHD-SWA-2-16, PHD-CSWA-2-16-32, naive-2) and at "
+        "matched training FLOPs (PHD-2 vs vanilla on 2x the tokens and vs a vanilla deepened to "
+        "PHD-2's FLOPs per token). Vanilla keeps its midpoint checkpoint for the continuation."
+    ),
+    settings=(
+        _main("vanilla"),
+        _main("PHD-2"),
+        _main("PHD-3", group=1),
+        _main("vanilla-x2tokens", "vanilla", group=1, steps_factor=2),
+        _main("vanilla-depth-PHD-2", "vanilla", group=1, match_flops_of="PHD-2"),
+        _main(f"PHD-SWA-2-{WINDOW}-inf", group=2),
+        _main(f"PHD-CSWA-2-{WINDOW}-{CHUNK}", group=2),
+        _main("naive-2", group=2),
+    ),
+    claims=(
+        Claim("lower", "PHD-2", "vanilla", "PHD-2 beats vanilla at matched tokens"),
+        Claim("lower", "PHD-3", "PHD-2", "K=3 beats K=2 (loss falls with K, Table 2)"),
+        Claim("lower", "PHD-3", "vanilla", "PHD-3 beats vanilla at matched tokens"),
+        Claim("lower", f"PHD-SWA-2-{WINDOW}-inf", "vanilla", "PHD-SWA-2-16 beats vanilla (Table 2)"),
+        Claim("lower", f"PHD-CSWA-2-{WINDOW}-{CHUNK}", "vanilla", "PHD-CSWA-2-16-32 beats vanilla (Table 1)"),
+        Claim(
+            "same",
+            f"PHD-CSWA-2-{WINDOW}-{CHUNK}",
+            f"PHD-SWA-2-{WINDOW}-inf",
+            "chunks of C=32 cost almost nothing (Table 1)",
+        ),
+        Claim("which", "naive-2", "PHD-2", "naive repetition vs PHD at K=2 (Figure 1 baseline)"),
+        Claim("which", "PHD-2", "vanilla-x2tokens", "PHD-2 vs vanilla on 2x the tokens (equal training FLOPs)"),
+        Claim(
+            "which",
+            "PHD-2",
+            "vanilla-depth-PHD-2",
+            "PHD-2 vs a deeper vanilla with PHD-2's FLOPs per token (equal training FLOPs)",
+        ),
+    ),
+    steps=PILOT_STEPS,
+    evals=20,
+    defaults=PILOT_MODEL + (("learning_rate", MAIN_LR), ("eval_batches", 8), ("keep_checkpoints", 4)),
+)
+
+OTHER_STUDIES = {PILOT.name: PILOT, WHEN_PAYS.name: WHEN_PAYS}  # run and reported on their own, never part of `all`
 REPORTABLE = {**STUDIES, **OTHER_STUDIES}
 COMMANDS = {**STUDIES, "all": ALL, **OTHER_STUDIES}

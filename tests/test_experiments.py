@@ -13,7 +13,7 @@ import shutil
 import pytest
 
 from experiments import cli, report
-from experiments.studies import ALL, FLOP_KS, PILOT, STUDIES, Claim
+from experiments.studies import ALL, FLOP_KS, PILOT, STUDIES, WHEN_PAYS, Claim
 from experiments.sweep import (
     REPO,
     RESULT_FILES,
@@ -222,6 +222,23 @@ def test_pilot_dry_run_lists_its_runs_in_order(tmp_path, capsys):
     assert by["d256-600steps-vanilla-lr2x seed0"].learning_rate == pytest.approx(6e-3)
     assert by["d256-600steps-vanilla seed0"].eval_every == 30
     assert "d256-600steps-vanilla-lr2x seed1" not in by  # the learning-rate check is seed 0 only
+
+
+def test_when_pays_plan_matches_tokens_and_flops(tmp_path):
+    root = str(tmp_path / "none")
+    runs = plan(list(WHEN_PAYS.settings), [0], WHEN_PAYS.steps, root, defaults=dict(WHEN_PAYS.defaults), evals=20)
+    by = {r.label.split()[0]: r.config for r in runs}
+    for c in by.values():  # the pilot's model at its best learning rate; vanilla keeps its midpoint
+        assert (c.model.d_model, c.model.head_dim, c.model.mlp_dim) == (256, 64, 768)
+        assert c.learning_rate == pytest.approx(1.5e-3) and c.keep_checkpoints == 4
+    v = by["vanilla"]  # every checkpoint of a 600-step run is kept, the midpoint (300) among them
+    assert v.num_steps == 600 and 300 % v.checkpoint_every == 0 and v.num_steps // v.checkpoint_every <= 4
+    assert by["vanilla-x2tokens"].num_steps == 1200 and by["vanilla-x2tokens"].model.repeat == 1
+    deep, phd2 = by["vanilla-depth-PHD-2"], by["PHD-2"]
+    assert deep.model.num_layers == 2 * phd2.model.num_layers and deep.model.repeat == 1
+    assert (phd2.model.repeat, by["PHD-3"].model.repeat) == (2, 3)
+    assert (by["PHD-CSWA-2-16-32"].model.window, by["PHD-CSWA-2-16-32"].model.chunk) == (16, 32)
+    assert {c.b for c in WHEN_PAYS.claims} <= set(by) and {c.a for c in WHEN_PAYS.claims} <= set(by)
 
 
 def test_another_step_count_in_the_same_root_is_refused(sweep, capsys):
