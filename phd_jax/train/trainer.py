@@ -29,6 +29,7 @@ from phd_jax.config import ModelConfig
 from phd_jax.errors import ConfigError
 from phd_jax.model import check_params, init_params, num_params, param_shapes
 from phd_jax.train import checkpoint as ckpt
+from phd_jax.train import continuation
 from phd_jax.train import sharding as shd
 from phd_jax.train.config import logical_rules, to_json, validate
 from phd_jax.train.loss import bits, loss_terms, perplexity
@@ -210,6 +211,20 @@ def create_train_state(config, cfg: ModelConfig, optimizer, state_sh: TrainState
     )
 
 
+def first_state(config, cfg: ModelConfig, optimizer, state_sh: TrainState, mesh, log=print):
+    """A new run's first (state, None or (data iterator state, continuation info), config to record).
+    `init_state="full"` continues the run `init_from` names (phd_jax.train.continuation): its whole
+    TrainState and data position, and the config records the checkpoint's step directory; else
+    step 0 (params random or from `init_from`, a fresh optimizer state)."""
+    if config.get("init_state", "params") != "full":
+        return create_train_state(config, cfg, optimizer, state_sh, mesh, log), None, config
+    state, data_state, info = continuation.restore_full(config, abstract_train_state(cfg, optimizer, state_sh), log)
+    recorded = config.copy_and_resolve_references()
+    if os.path.basename(os.path.dirname(os.path.abspath(config.init_from))) != ckpt.CHECKPOINTS:
+        recorded.init_from = info["init_from"]  # a WORKDIR meant its latest checkpoint: record which one
+    return state, (data_state, info), recorded
+
+
 # ---- the loop -----------------------------------------------------------------------------------
 
 
@@ -277,12 +292,14 @@ def _train_and_evaluate(config, workdir: str, progress, devices, new_run: _NewRu
 
     enable_compilation_cache(config.compilation_cache)
     log = print if is_main else (lambda *a, **k: None)
-    state = None
-    if saved is None:  # a new run: step 0 first, so that a bad init_from leaves the workdir as it was
-        state = create_train_state(config, cfg, optimizer, state_sh, mesh, log)
+    state = continued = None
+    if saved is None:  # a new run: its first state first, so that a bad init_from leaves the workdir as it was
+        state, continued, config = first_state(config, cfg, optimizer, state_sh, mesh, log)
     new_run.active = saved is None and is_main
     if is_main:
         ckpt.write_run_files(workdir, config, cfg)
+        if continued is not None:
+            continuation.write_info(workdir, continued[1])
 
     mgr = ckpt.manager(workdir, config)
     it = pipe.train_iterator()
@@ -298,7 +315,9 @@ def _train_and_evaluate(config, workdir: str, progress, devices, new_run: _NewRu
                 f"{config.num_steps}, so it continues from the new schedule's value at step {latest})"
             )
     elif state is None:  # a workdir whose run was set up but never checkpointed
-        state = create_train_state(config, cfg, optimizer, state_sh, mesh, log)
+        state, continued, _ = first_state(config, cfg, optimizer, state_sh, mesh, log)
+    if continued is not None and latest is None:  # a full-state continuation: the source's data position
+        it.set_state(continued[0])
     start = int(jax.device_get(state.step))
 
     spec = shd.batch_spec(rules)
@@ -345,6 +364,7 @@ def _train_and_evaluate(config, workdir: str, progress, devices, new_run: _NewRu
 
     tokens_per_step = int(config.batch_size) * int(config.seq_len)
     flops_per_step = int(config.batch_size) * train_flops_per_sequence(cfg, int(config.seq_len))
+    flops_offset = continuation.flops_offset(workdir, flops_per_step)  # a continuation's source steps
     peak = peak_flops(float(config.peak_tflops) or None, cfg.dtype) * mesh.size
     n_params = num_params(state.params)
     log(
@@ -395,7 +415,7 @@ def _train_and_evaluate(config, workdir: str, progress, devices, new_run: _NewRu
                         "step_time": dt,
                         "data_time": data_time / (step - step_last),
                         "tokens": step * tokens_per_step,
-                        "flops": step * flops_per_step,
+                        "flops": step * flops_per_step + flops_offset,
                         **throughput(cfg, int(config.seq_len), int(config.batch_size), dt, peak),
                     }
                     if config.skip_nonfinite:
