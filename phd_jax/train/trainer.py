@@ -31,9 +31,10 @@ from phd_jax.model import check_params, init_params, num_params, param_shapes
 from phd_jax.train import checkpoint as ckpt
 from phd_jax.train import continuation
 from phd_jax.train import sharding as shd
-from phd_jax.train.config import logical_rules, to_json, validate
+from phd_jax.train.config import logical_rules, profile_steps, to_json, validate
 from phd_jax.train.loss import bits, loss_terms, perplexity
 from phd_jax.train.optimizer import learning_rate_schedule, make_optimizer
+from phd_jax.train.profiling import StepProfiler
 from phd_jax.train.state import TrainState
 
 
@@ -384,6 +385,7 @@ def _train_and_evaluate(config, workdir: str, progress, devices, new_run: _NewRu
     )
     writer.write_text("config", "```\n" + to_json(config) + "\n```", start)
     preempted = False
+    profiler = StepProfiler(workdir, profile_steps(config), log)
     try:
         with jax.set_mesh(mesh), nn.logical_axis_rules(rules), _Preemption() as stop:
             if start >= config.num_steps:
@@ -392,10 +394,13 @@ def _train_and_evaluate(config, workdir: str, progress, devices, new_run: _NewRu
             t_last, step_last, prev = time.perf_counter(), start, None
             data_time = 0.0
             for step in range(start + 1, int(config.num_steps) + 1):
-                t_data = time.perf_counter()
-                batch = _global_batch(next(it), batch_sh, pc)
-                data_time += time.perf_counter() - t_data
-                state, out = step_fn(state, batch)
+                profiler.begin(step)
+                with profiler.annotate(step):
+                    t_data = time.perf_counter()
+                    batch = _global_batch(next(it), batch_sh, pc)
+                    data_time += time.perf_counter() - t_data
+                    state, out = step_fn(state, batch)
+                profiler.end(step, state)
                 new_run.active = False  # it ran: keep what it wrote
                 if prev is not None and not bool(prev[1]["finite"]):  # one step behind: no stall
                     _nonfinite(config, prev[0], prev[1])
@@ -439,6 +444,7 @@ def _train_and_evaluate(config, workdir: str, progress, devices, new_run: _NewRu
                 if step % config.checkpoint_every == 0 or step == config.num_steps:
                     save(step)
     finally:
+        profiler.close()  # a run stopped inside the range: the trace ends there
         mgr.wait_until_finished()
         mgr.close()
         writer.close()
