@@ -127,7 +127,7 @@ class Attention(nn.Module):
         q = _dense(cfg, (cfg.num_heads, cfg.head_dim), (axes.EMBED, axes.HEADS, axes.HEAD_DIM), "query")(x)
         k = _dense(cfg, (cfg.num_kv_heads, cfg.head_dim), (axes.EMBED, axes.KV_HEADS, axes.HEAD_DIM), "key")(x)
         v = _dense(cfg, (cfg.num_kv_heads, cfg.head_dim), (axes.EMBED, axes.KV_HEADS, axes.HEAD_DIM), "value")(x)
-        if cfg.qk_norm:  # OLMo2-style normalisation of queries and keys
+        if cfg.qk_norm == "head":  # per-head normalisation of queries and keys (Qwen3)
             q = _norm(cfg, axes.HEAD_DIM, "query_norm")(q)
             k = _norm(cfg, axes.HEAD_DIM, "key_norm")(k)
         q = apply_rope(q, positions, cfg.rope_theta)

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from phd_jax.config import ModelConfig
+from phd_jax.config import ARCHITECTURE_FIELDS, ModelConfig, as_qk_norm
 from phd_jax.errors import ConfigError, fail
 
 # model_type -> (architecture, the block fields it implies)
@@ -36,7 +36,6 @@ ARCHITECTURES = {
 PHD_PREFIX_TYPE, PHD_PREFIX_ARCH = "phd_", "Phd"  # K > 1: phd_<model_type>, Phd<Architecture>
 # The block fields and their values in a Llama block (ModelConfig's defaults).
 BLOCK_DEFAULTS = {"norm_position": "pre", "qk_norm": "none", "qkv_bias": False}
-ROPE_FIELDS = ("rope_factor", "rope_low_freq_factor", "rope_high_freq_factor", "rope_original_max_len")
 # Llama 3 rope parameters in config.json -> ModelConfig field.
 _LLAMA3_KEYS = {
     "factor": "rope_factor",
@@ -54,21 +53,7 @@ _ARCH_KEYS = {
     "intermediate_size": "mlp_dim",
     "rms_norm_eps": "norm_eps",
 }
-ARCH_FIELDS = (
-    "vocab_size",
-    "num_layers",
-    "d_model",
-    "num_heads",
-    "num_kv_heads",
-    "head_dim",
-    "mlp_dim",
-    "rope_theta",
-    "norm_eps",
-    "tie_embeddings",
-    *BLOCK_DEFAULTS,
-    "rope_scaling",
-    *ROPE_FIELDS,
-)
+ARCH_FIELDS = ARCHITECTURE_FIELDS  # they shape the weights or fix the function: from the checkpoint
 # Everything else in ModelConfig: PHD fields, dtypes, kernels, training knobs (recorded under "phd_jax").
 PHD_FIELDS = tuple(f.name for f in dataclasses.fields(ModelConfig) if f.name not in ARCH_FIELDS)
 # Features phd_jax does not implement, per model_type: refused by name, never silently ignored.
@@ -87,10 +72,6 @@ _DTYPES = {
     "F16": "float16",
 }
 _MOE_KEYS = ("num_experts", "num_local_experts", "n_routed_experts", "moe_intermediate_size")
-
-
-def _model_fields() -> set[str]:
-    return {f.name for f in dataclasses.fields(ModelConfig)}
 
 
 def architecture(hf: dict, where: str = "config.json", allowed=None) -> tuple[str, bool]:
@@ -221,13 +202,6 @@ def config_from_hf(hf: dict, where: str = "config.json", *, allowed=None, **over
 
 
 def _model_config(fields: dict, where: str) -> ModelConfig:
-    known = _model_fields()
-    for name in [f for f in fields if f not in known]:  # a ModelConfig without the block fields
-        value = fields.pop(name)
-        if name not in ROPE_FIELDS and value != {**BLOCK_DEFAULTS, "rope_scaling": "none"}.get(name):
-            raise ConfigError(f"{where}: {name}={value!r} needs a phd_jax whose ModelConfig has that field")
-    if isinstance(ModelConfig.qk_norm, bool) and fields.get("qk_norm") in ("none", "head"):
-        fields["qk_norm"] = fields["qk_norm"] == "head"  # a ModelConfig whose qk_norm is a bool
     try:
         return ModelConfig(**fields)
     except ValueError as e:
@@ -236,10 +210,8 @@ def _model_config(fields: dict, where: str) -> ModelConfig:
 
 def block_of(cfg: ModelConfig) -> dict:
     """`cfg`'s block fields (qk_norm spelled as a string)."""
-    out = {f: getattr(cfg, f, default) for f, default in BLOCK_DEFAULTS.items()}
-    if isinstance(out["qk_norm"], bool):  # a ModelConfig from before qk_norm had several kinds
-        out["qk_norm"] = "head" if out["qk_norm"] else "none"
-    return out
+    out = {f: getattr(cfg, f) for f in BLOCK_DEFAULTS}
+    return {**out, "qk_norm": as_qk_norm("ModelConfig.qk_norm", out["qk_norm"])}
 
 
 def model_type_of(cfg: ModelConfig, allowed=None) -> str:
@@ -286,7 +258,7 @@ def config_to_hf(cfg: ModelConfig, allowed=None, phd_names: bool = True) -> dict
         "initializer_range": cfg.init_std,
         "use_cache": True,
     }
-    if getattr(cfg, "rope_scaling", "none") == "llama3":
+    if cfg.rope_scaling == "llama3":
         scaling = {k: getattr(cfg, field) for k, field in _LLAMA3_KEYS.items()}
         hf["rope_parameters"] = {"rope_type": "llama3", "rope_theta": cfg.rope_theta, **scaling}
     if base == "llama":

@@ -56,8 +56,8 @@ def _layer_map(cfg: ModelConfig):
         ]
     else:  # OLMo2: x + norm(attn(x)); x + norm(mlp(x))
         table += [
-            (("attention_norm", "scale"), "post_attention_layernorm.weight", vec(d, (d,))),
-            (("mlp_norm", "scale"), "post_feedforward_layernorm.weight", vec(d, (d,))),
+            (("post_attention_norm", "scale"), "post_attention_layernorm.weight", vec(d, (d,))),
+            (("post_mlp_norm", "scale"), "post_feedforward_layernorm.weight", vec(d, (d,))),
         ]
     if block["qk_norm"] == "head":  # Qwen3: one [hd] scale shared by every head
         table += [

@@ -21,7 +21,7 @@ import subprocess
 import jax
 import numpy as np
 
-from phd_jax.config import ModelConfig
+from phd_jax.config import ModelConfig, canonical_field
 from phd_jax.errors import ConfigError
 from phd_jax.model import check_params
 from phd_jax.train.config import load_run_config, to_json
@@ -86,6 +86,11 @@ def _norm(v):
     return json.loads(json.dumps(v, default=list))
 
 
+def _canonical(flat: dict) -> dict:
+    """Model fields in today's spelling (`model.qk_norm: false` of a run before 0.3 is "none")."""
+    return {k: canonical_field(k[len("model.") :], v) if k.startswith("model.") else v for k, v in flat.items()}
+
+
 def check_workdir(workdir: str, config):
     """Raise ConfigError if `workdir` holds something we did not write or another run.
     Returns the saved run config (a dict) when it holds a run of this config (to be resumed),
@@ -111,7 +116,7 @@ def check_workdir(workdir: str, config):
     ckpt = os.path.join(workdir, CHECKPOINTS)
     if os.path.exists(ckpt) and not os.path.isdir(ckpt):
         raise ConfigError(f"workdir={workdir!r} is invalid: {ckpt} is a file, not phd_jax's checkpoint directory")
-    old, new = _flatten(_norm(saved)), _flatten(_norm(config.to_dict()))
+    old, new = (_canonical(_flatten(_norm(c))) for c in (saved, config.to_dict()))
     from phd_jax.train.config import base_config
 
     defaults = _flatten(_norm(base_config().to_dict()))
