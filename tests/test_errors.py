@@ -134,7 +134,7 @@ def test_too_many_tokens_per_sequence_is_refused_before_building_masks():
         (dict(tie_embeddings=False), r"tie_embeddings \(config True\).*unembed/kernel is unexpected"),
         (dict(mlp_dim=32), r"mlp_dim \(config 64, params 32\)"),
         (dict(num_kv_heads=4), r"num_kv_heads \(config 2, params 4\)"),
-        (dict(qk_norm=True), r"qk_norm \(config none\)"),
+        (dict(qk_norm=True), r"qk_norm \(config 'none', params 'head'\)"),
         (dict(scan_layers=False), r"scan_layers \(config True, params False\)"),
     ],
 )
