@@ -69,14 +69,14 @@ def random_checkpoint(name: str, path: str):
     return model
 
 
-def run(*args):
-    """Run a command line of this repository, echoing it and its output."""
-    shown = " ".join(a if " " not in a else repr(a) for a in args)
-    print(f"$ python {shown}", flush=True)
-    out = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True)
+def run(program, *args):
+    """Run a command line of this repository (train.py, eval.py), echoing it and its output."""
+    args = (os.path.relpath(os.path.join(ROOT, program)), *args)
+    print(f"$ python {' '.join(args)}", flush=True)
+    out = subprocess.run([sys.executable, *args], capture_output=True, text=True)
     print((out.stdout + out.stderr).rstrip(), flush=True)
     if out.returncode:
-        sys.exit(f"{args[0]} failed with exit status {out.returncode}")
+        sys.exit(f"{program} failed with exit status {out.returncode}")
 
 
 def main():
@@ -85,7 +85,7 @@ def main():
     ap.add_argument("--root", default="runs/uptrain_hf")
     ap.add_argument("--archs", default=",".join(ARCHS))
     a = ap.parse_args()
-    root = os.path.abspath(a.root)
+    root = a.root
     shutil.rmtree(root, ignore_errors=True)
     import torch
     import transformers
