@@ -365,3 +365,22 @@ def test_one_train_step_from_hf_checkpoint(uptrained, name):
     # started from the checkpoint's weights, then one Adam step of size ~LR moved every one of them
     moved = max_diff(params, hf_params)
     assert 0 < moved <= 2 * LR, moved
+
+
+def test_config_spellings_of_older_transformers(hf_archs):
+    """transformers < 5 wrote `rope_theta` + `rope_scaling` and no `layer_types`: the same models."""
+    from phd_jax.interop import config_from_hf
+
+    v5 = json.load(open(os.path.join(_model(hf_archs, "llama3")[0], "config.json")))
+    v4 = {k: v for k, v in v5.items() if k != "rope_parameters"}
+    v4["rope_theta"] = v5["rope_parameters"]["rope_theta"]
+    v4["rope_scaling"] = {k: v for k, v in v5["rope_parameters"].items() if k != "rope_theta"}
+    assert config_from_hf(v4) == config_from_hf(v5) and config_from_hf(v5).rope_scaling == "llama3"
+    with pytest.raises(ConfigError, match="rope_scaling=.* disagrees with rope_parameters"):
+        config_from_hf({**v5, "rope_scaling": {"rope_type": "default"}})
+    qwen2 = json.load(open(os.path.join(_model(hf_archs, "qwen2")[0], "config.json")))
+    qwen2 = {k: v for k, v in qwen2.items() if k != "layer_types"}
+    sliding = dict(use_sliding_window=True, sliding_window=8)
+    assert config_from_hf({**qwen2, **sliding, "max_window_layers": 2}).qkv_bias  # no layer slides
+    with pytest.raises(ConfigError, match=r"layer\(s\) \[1\] use sliding-window attention"):
+        config_from_hf({**qwen2, **sliding, "max_window_layers": 1})

@@ -22,6 +22,7 @@ from phd_jax.config import ModelConfig
 from phd_jax.interop.hf_config import (
     ARCH_FIELDS,
     ARCHITECTURES,
+    MODEL_TYPES,
     PHD_FIELDS,
     architecture,
     config_from_hf,
@@ -35,6 +36,7 @@ __all__ = [
     "ARCH_FIELDS",
     "CONFIG_FILE",
     "INDEX_FILE",
+    "MODEL_TYPES",
     "PHD_FIELDS",
     "WEIGHTS_FILE",
     "architecture",

@@ -27,12 +27,13 @@ from phd_jax.config import ARCHITECTURE_FIELDS, ModelConfig, as_qk_norm
 from phd_jax.errors import ConfigError, fail
 
 # model_type -> (architecture, the block fields it implies)
-ARCHITECTURES = {
+MODEL_TYPES = {
     "llama": ("LlamaForCausalLM", {}),
     "qwen2": ("Qwen2ForCausalLM", {"qkv_bias": True}),
     "qwen3": ("Qwen3ForCausalLM", {"qk_norm": "head"}),
     "olmo2": ("Olmo2ForCausalLM", {"norm_position": "post", "qk_norm": "projection"}),
 }
+ARCHITECTURES = tuple(arch for arch, _ in MODEL_TYPES.values())  # the transformers class names
 PHD_PREFIX_TYPE, PHD_PREFIX_ARCH = "phd_", "Phd"  # K > 1: phd_<model_type>, Phd<Architecture>
 # The block fields and their values in a Llama block (ModelConfig's defaults).
 BLOCK_DEFAULTS = {"norm_position": "pre", "qk_norm": "none", "qkv_bias": False}
@@ -76,17 +77,17 @@ _MOE_KEYS = ("num_experts", "num_local_experts", "n_routed_experts", "moe_interm
 
 def architecture(hf: dict, where: str = "config.json", allowed=None) -> tuple[str, bool]:
     """(the base model_type, whether it is a PHD checkpoint) of a `config.json` dict."""
-    allowed = tuple(allowed or ARCHITECTURES)
+    allowed = tuple(allowed or MODEL_TYPES)
     model_type = hf.get("model_type")
     arch = hf.get("architectures") or [None]
     phd = isinstance(model_type, str) and model_type.startswith(PHD_PREFIX_TYPE)
     base = model_type[len(PHD_PREFIX_TYPE) :] if phd else model_type
     want = None
     if base in allowed:
-        want = PHD_PREFIX_ARCH * phd + ARCHITECTURES[base][0]
+        want = PHD_PREFIX_ARCH * phd + MODEL_TYPES[base][0]
     if want is None or arch[0] != want or len(arch) != 1:
         moe = [k for k in _MOE_KEYS if hf.get(k)]
-        names = ", ".join(f"{ARCHITECTURES[t][0]} ({t!r})" for t in allowed)
+        names = ", ".join(f"{MODEL_TYPES[t][0]} ({t!r})" for t in allowed)
         fail(
             f"{where}.architectures",
             hf.get("architectures"),
@@ -154,7 +155,7 @@ def config_from_hf(hf: dict, where: str = "config.json", *, allowed=None, **over
     `overrides` may set the fields in `PHD_FIELDS` (variant, repeat, window, chunk,
     position_mode, dtype, param_dtype, attention, max_seq_len, ...); fields that
     shape the weights come from the checkpoint and are refused. `allowed`: the model_types
-    accepted (default: every one of `ARCHITECTURES`).
+    accepted (default: every one of `MODEL_TYPES`).
     """
     base, _ = architecture(hf, where, allowed)
     missing = [k for k in (*_ARCH_KEYS, "num_key_value_heads", "max_position_embeddings") if k not in hf]
@@ -177,7 +178,7 @@ def config_from_hf(hf: dict, where: str = "config.json", *, allowed=None, **over
     fields["head_dim"] = hf.get("head_dim") or hf["hidden_size"] // hf["num_attention_heads"]
     fields.update(_rope(hf, where))
     fields["tie_embeddings"] = bool(hf.get("tie_word_embeddings", False))
-    fields.update(BLOCK_DEFAULTS, **ARCHITECTURES[base][1])
+    fields.update(BLOCK_DEFAULTS, **MODEL_TYPES[base][1])
     fields["max_seq_len"] = hf["max_position_embeddings"]
     stored = _DTYPES.get(str(hf.get("dtype", hf.get("torch_dtype", "float32"))), "float32")
     fields["dtype"] = fields["param_dtype"] = stored
@@ -217,13 +218,13 @@ def block_of(cfg: ModelConfig) -> dict:
 def model_type_of(cfg: ModelConfig, allowed=None) -> str:
     """The base model_type whose block is `cfg`'s; a ConfigError naming the fields if none is."""
     block = block_of(cfg)
-    for model_type in allowed or ARCHITECTURES:
-        if block == {**BLOCK_DEFAULTS, **ARCHITECTURES[model_type][1]}:
+    for model_type in allowed or MODEL_TYPES:
+        if block == {**BLOCK_DEFAULTS, **MODEL_TYPES[model_type][1]}:
             return model_type
     shown = ", ".join(f"{k}={v!r}" for k, v in block.items())
     known = "; ".join(
-        f"{ARCHITECTURES[t][0]}: " + (", ".join(f"{k}={v!r}" for k, v in ARCHITECTURES[t][1].items()) or "the defaults")
-        for t in allowed or ARCHITECTURES
+        f"{MODEL_TYPES[t][0]}: " + (", ".join(f"{k}={v!r}" for k, v in MODEL_TYPES[t][1].items()) or "the defaults")
+        for t in allowed or MODEL_TYPES
     )
     raise ConfigError(
         f"ModelConfig block ({shown}) is no Hugging Face architecture phd_jax can save "
@@ -237,7 +238,7 @@ def config_to_hf(cfg: ModelConfig, allowed=None, phd_names: bool = True) -> dict
     base = model_type_of(cfg, allowed)
     phd = phd_names and cfg.repeat > 1
     hf = {
-        "architectures": [PHD_PREFIX_ARCH * phd + ARCHITECTURES[base][0]],
+        "architectures": [PHD_PREFIX_ARCH * phd + MODEL_TYPES[base][0]],
         "model_type": PHD_PREFIX_TYPE * phd + base,
         "vocab_size": cfg.vocab_size,
         "hidden_size": cfg.d_model,

@@ -1,5 +1,5 @@
 """Our parameter pytree <-> Hugging Face tensor names and layouts, for every architecture of
-`hf_config.ARCHITECTURES`.
+`hf_config.MODEL_TYPES`.
 
 transformers applies rotate-half RoPE to `q_proj`/`k_proj` outputs exactly like
 `phd_jax.model.apply_rope` (first half of each head's features paired with the second half),
