@@ -82,24 +82,9 @@ PARAM_FIELDS = (
 # frequencies, norm epsilon), as opposed to PHD's fields and how the model is run (dtypes,
 # kernels, layer stacking). `phd_jax.interop` reads these from a Hugging Face config.
 ARCHITECTURE_FIELDS = (
-    "vocab_size",
-    "num_layers",
-    "d_model",
-    "num_heads",
-    "num_kv_heads",
-    "head_dim",
-    "mlp_dim",
-    "rope_theta",
-    "norm_eps",
-    "tie_embeddings",
-    "norm_position",
-    "qk_norm",
-    "qkv_bias",
-    "rope_scaling",
-    "rope_factor",
-    "rope_low_freq_factor",
-    "rope_high_freq_factor",
-    "rope_original_max_len",
+    *("vocab_size", "num_layers", "d_model", "num_heads", "num_kv_heads", "head_dim", "mlp_dim"),
+    *("rope_theta", "norm_eps", "tie_embeddings", "norm_position", "qk_norm", "qkv_bias", "rope_scaling"),
+    *("rope_factor", "rope_low_freq_factor", "rope_high_freq_factor", "rope_original_max_len"),
 )
 
 

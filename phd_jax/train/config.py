@@ -120,6 +120,7 @@ def paper_config(num_layers, d_model, mlp_dim, num_heads, num_kv_heads, head_dim
     m.num_layers, m.d_model, m.mlp_dim = num_layers, d_model, mlp_dim
     m.num_heads, m.num_kv_heads, m.head_dim = num_heads, num_kv_heads, head_dim
     m.vocab_size, m.tie_embeddings, m.max_seq_len = 100352, True, 4096
+    m.norm_position, m.qk_norm = "post", "projection"  # the OLMo2 block the paper builds on
     m.dtype, m.param_dtype, m.remat, m.block_q, m.block_kv = "bfloat16", "float32", "dots", 512, 512
     c.seq_len, c.batch_size = 2048, 512
     c.num_steps = tokens // (c.seq_len * c.batch_size)
