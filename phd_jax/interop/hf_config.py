@@ -57,7 +57,7 @@ _ARCH_KEYS = {
 ARCH_FIELDS = ARCHITECTURE_FIELDS  # they shape the weights or fix the function: from the checkpoint
 # Everything else in ModelConfig: PHD fields, dtypes, kernels, training knobs (recorded under "phd_jax").
 PHD_FIELDS = tuple(f.name for f in dataclasses.fields(ModelConfig) if f.name not in ARCH_FIELDS)
-# Features phd_jax does not implement, per model_type: refused by name, never silently ignored.
+# Features phd_jax does not implement (any model_type): refused by name, never silently ignored.
 _MUST_BE = {
     "hidden_act": ("silu",),
     "attention_bias": (False, None),  # q, k, v AND o biases (Qwen2's q/k/v biases are its own)
@@ -79,13 +79,13 @@ def architecture(hf: dict, where: str = "config.json", allowed=None) -> tuple[st
     """(the base model_type, whether it is a PHD checkpoint) of a `config.json` dict."""
     allowed = tuple(allowed or MODEL_TYPES)
     model_type = hf.get("model_type")
-    arch = hf.get("architectures") or [None]
+    arch = hf.get("architectures") or [None]  # absent: the model_type alone decides
     phd = isinstance(model_type, str) and model_type.startswith(PHD_PREFIX_TYPE)
     base = model_type[len(PHD_PREFIX_TYPE) :] if phd else model_type
     want = None
     if base in allowed:
         want = PHD_PREFIX_ARCH * phd + MODEL_TYPES[base][0]
-    if want is None or arch[0] != want or len(arch) != 1:
+    if want is None or arch[0] not in (want, None) or len(arch) != 1:
         moe = [k for k in _MOE_KEYS if hf.get(k)]
         names = ", ".join(f"{MODEL_TYPES[t][0]} ({t!r})" for t in allowed)
         fail(
