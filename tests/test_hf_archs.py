@@ -310,11 +310,12 @@ def _byte_level_tokenizer(path):
 
 
 LR = 1e-3
+TRAINED = ("llama", "qwen2", "qwen3", "olmo2")  # the four architectures (Llama 3 is Llama's, rope aside)
 
 
 @pytest.fixture(scope="module")
 def uptrained(hf_archs, tmp_path_factory):
-    """One PHD-2 train.py step (in process) from each architecture's checkpoint, the run config
+    """One PHD-2 train.py step (in process) from a checkpoint of each architecture, the run config
     left at the tiny config's dimensions (which differ from the checkpoints'). Qwen2's checkpoint
     carries a tokenizer.json, the others none (the byte tokenizer)."""
     from phd_jax.configs.tiny import get_config
@@ -322,7 +323,7 @@ def uptrained(hf_archs, tmp_path_factory):
 
     root = tmp_path_factory.mktemp("init_from")
     out = {}
-    for name in NAMES:
+    for name in TRAINED:
         path = str(root / f"{name}-hf")
         shutil.copytree(_model(hf_archs, name)[0], path)
         if name == "qwen2":
@@ -339,7 +340,7 @@ def uptrained(hf_archs, tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", TRAINED)
 def test_one_train_step_from_hf_checkpoint(uptrained, name):
     from phd_jax.train import restore_params
 
