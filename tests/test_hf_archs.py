@@ -385,3 +385,18 @@ def test_config_spellings_of_older_transformers(hf_archs):
     assert config_from_hf({**qwen2, **sliding, "max_window_layers": 2}).qkv_bias  # no layer slides
     with pytest.raises(ConfigError, match=r"layer\(s\) \[1\] use sliding-window attention"):
         config_from_hf({**qwen2, **sliding, "max_window_layers": 1})
+
+
+def test_init_from_an_unsupported_checkpoint_is_refused_before_the_workdir_is_touched(hf_archs, tmp_path):
+    from phd_jax.configs.tiny import get_config
+    from phd_jax.train import train_and_evaluate
+
+    path = _copy(_model(hf_archs, "qwen3")[0], tmp_path / "yarn", rope_parameters={"rope_type": "yarn", "factor": 4.0})
+    c = get_config("PHD-2")
+    c.init_from, c.compilation_cache = f"hf:{path}", ""
+    with pytest.raises(ConfigError, match=r"config.init_from='hf:.*yarn' is invalid: .*rope_type='yarn'"):
+        train_and_evaluate(c, str(tmp_path / "run"), progress=False)
+    c.init_from = f"hf:{tmp_path / 'nowhere'}"
+    with pytest.raises(ConfigError, match=r"config.init_from='hf:.*nowhere' is invalid: .* does not exist"):
+        train_and_evaluate(c, str(tmp_path / "run"), progress=False)
+    assert not os.path.exists(tmp_path / "run")
