@@ -262,6 +262,7 @@ def config_to_hf(cfg: ModelConfig, allowed=None, phd_names: bool = True) -> dict
     if cfg.rope_scaling == "llama3":
         scaling = {k: getattr(cfg, field) for k, field in _LLAMA3_KEYS.items()}
         hf["rope_parameters"] = {"rope_type": "llama3", "rope_theta": cfg.rope_theta, **scaling}
+        hf["rope_scaling"] = {"rope_type": "llama3", **scaling}  # what transformers < 5 reads
     if base == "llama":
         hf.update(mlp_bias=False, pretraining_tp=1)
     if base in ("qwen2", "qwen3"):
