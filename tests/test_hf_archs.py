@@ -400,3 +400,17 @@ def test_init_from_an_unsupported_checkpoint_is_refused_before_the_workdir_is_to
     with pytest.raises(ConfigError, match=r"config.init_from='hf:.*nowhere' is invalid: .* does not exist"):
         train_and_evaluate(c, str(tmp_path / "run"), progress=False)
     assert not os.path.exists(tmp_path / "run")
+
+
+def test_the_tokenizer_travels_with_the_checkpoint(hf_archs, tmp_path):
+    src = tmp_path / "tokenizer"
+    src.mkdir()
+    _byte_level_tokenizer(str(src))
+    cfg, params = phd_jax.load_hf(_model(hf_archs, "qwen2")[0])
+    out = phd_jax.save_hf(params, cfg, str(tmp_path / "out"), tokenizer_dir=str(src))
+    for f in ("tokenizer.json", "tokenizer_config.json"):
+        assert open(os.path.join(out, f), "rb").read() == open(src / f, "rb").read()
+    text = "To be, or not to be: that is the question."
+    ours, theirs = phd_jax.load_hf_tokenizer(out), phd_jax.load_hf_tokenizer(str(src))
+    assert ours.encode(text) == theirs.encode(text) and ours.decode(ours.encode(text)) == text
+    assert ours.eos_id == 256
