@@ -52,7 +52,7 @@ NORM_POSITIONS: tuple[NormPosition, ...] = get_args(NormPosition)
 QK_NORMS: tuple[QKNorm, ...] = get_args(QKNorm)
 ROPE_SCALINGS: tuple[RopeScaling, ...] = get_args(RopeScaling)
 
-# `qk_norm` was a bool before 0.3: True meant the per-head norm. Still accepted everywhere
+# `qk_norm` was a bool in phd_jax 0.2 and earlier: True meant the per-head norm. Still accepted everywhere
 # (constructor, model_config.json, run configs, "phd_jax" blocks) and read as these names.
 QK_NORM_BOOLS: dict[bool, QKNorm] = {True: "head", False: "none"}
 
@@ -89,7 +89,7 @@ ARCHITECTURE_FIELDS = (
 
 
 def as_qk_norm(name: str, value, error=ConfigError) -> QKNorm:
-    """`value` as one of `QK_NORMS`; a bool (the spelling before 0.3) becomes `QK_NORM_BOOLS[value]`."""
+    """`value` as one of `QK_NORMS`; a bool (the spelling of phd_jax <= 0.2) becomes `QK_NORM_BOOLS[value]`."""
     if isinstance(value, (bool, np.bool_)):
         return QK_NORM_BOOLS[bool(value)]
     if not isinstance(value, str) or value not in QK_NORMS:
@@ -166,7 +166,7 @@ class ModelConfig:
     - `qk_norm`: "none"; "head" (RMSNorm over each head's `head_dim` features of queries and
       keys, before RoPE: Qwen3); "projection" (RMSNorm over the whole query projection,
       `num_heads*head_dim` features, and the whole key projection, before RoPE: OLMo2).
-      True / False (the bool before 0.3) are read as "head" / "none";
+      True / False (the bool of phd_jax <= 0.2) are read as "head" / "none";
     - `qkv_bias`: biases on the query, key and value projections (Qwen2; never on the output);
     - `rope_scaling`: "none", or "llama3" (Llama 3.1's frequency rescaling, transformers'
       `_compute_llama3_parameters`, with `rope_factor`, `rope_low_freq_factor`,

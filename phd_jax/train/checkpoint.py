@@ -88,7 +88,7 @@ def _norm(v):
 
 
 def _canonical(flat: dict) -> dict:
-    """Model fields in today's spelling (`model.qk_norm: false` of a run before 0.3 is "none")."""
+    """Model fields in today's spelling (`model.qk_norm: false` of a phd_jax <= 0.2 run is "none")."""
     return {k: canonical_field(k[len("model.") :], v) if k.startswith("model.") else v for k, v in flat.items()}
 
 

@@ -63,7 +63,7 @@ def base_config() -> ml_collections.ConfigDict:
     """The defaults every config file starts from (each file changes only what differs)."""
     c = ml_collections.ConfigDict()
     model = {f.name: RUN_MODEL_DEFAULTS.get(f.name, f.default) for f in dataclasses.fields(ModelConfig)}
-    # qk_norm takes a name or, as before 0.3, a bool (config files, `--config.model.qk_norm=True`):
+    # qk_norm takes a name or, as in phd_jax <= 0.2, a bool (config files, `--config.model.qk_norm=True`):
     # an untyped field, so ml_collections' type check lets both through to ModelConfig's.
     model["qk_norm"] = ml_collections.FieldReference(model["qk_norm"], field_type=object)
     c.model = ml_collections.ConfigDict(model)
