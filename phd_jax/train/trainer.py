@@ -32,6 +32,7 @@ from phd_jax.train import checkpoint as ckpt
 from phd_jax.train import continuation
 from phd_jax.train import sharding as shd
 from phd_jax.train.config import logical_rules, profile_steps, to_json, validate
+from phd_jax.train.init_from import HF_PREFIX, apply_hf_architecture
 from phd_jax.train.loss import bits, loss_terms, perplexity
 from phd_jax.train.optimizer import learning_rate_schedule, make_optimizer
 from phd_jax.train.profiling import StepProfiler
@@ -172,10 +173,10 @@ def _init_params(config, cfg: ModelConfig, params_sh, log):
     source = config.init_from
     if not source:
         return jax.jit(lambda: init_params(cfg, int(config.seed)), out_shardings=params_sh)()
-    if source.startswith("hf:"):
-        from phd_jax.interop import load_hf_llama  # lazily: only this path needs transformers files
+    if source.startswith(HF_PREFIX):
+        from phd_jax.interop import load_hf  # lazily: only this path reads Hugging Face checkpoints
 
-        src_cfg, params = load_hf_llama(source[3:], param_dtype=cfg.param_dtype, scan_layers=cfg.scan_layers)
+        src_cfg, params = load_hf(source[len(HF_PREFIX) :], param_dtype=cfg.param_dtype, scan_layers=cfg.scan_layers)
     else:
         src_cfg, params, step = ckpt.restore_params(source)
         source = f"{source} (step {step})"
@@ -264,7 +265,9 @@ def train_and_evaluate(config, workdir: str, progress: bool | None = None, devic
     """Train until `config.num_steps` (resuming from WORKDIR's latest checkpoint); return the
     last logged metrics (plus `preempted: True` if SIGTERM stopped the run). `devices`: the
     devices of the mesh (default: all). A new run that fails before its first step leaves
-    nothing in the workdir."""
+    nothing in the workdir. With `config.init_from=hf:PATH`, `config.model`'s architecture
+    fields (and `config.data.tokenizer`, if left at `byte`) are set from the checkpoint, in
+    `config` itself (`phd_jax.train.init_from`)."""
     workdir = os.path.abspath(os.path.expanduser(workdir))
     new_run = _NewRun(workdir)
     try:
@@ -281,6 +284,7 @@ def _train_and_evaluate(config, workdir: str, progress, devices, new_run: _NewRu
 
     pi, pc = jax.process_index(), jax.process_count()
     is_main = pi == 0
+    apply_hf_architecture(config, print if is_main else (lambda *a, **k: None))  # before the tokenizer is made
     pipe = make_pipeline(config, pi, pc)
     cfg = validate(config, len(devices or jax.devices()), pipe.tokenizer, pc)  # every check before any work
     mesh = shd.make_mesh(config, devices)
