@@ -86,7 +86,6 @@ def save_hf(
     overwrite: bool = False,
     tokenizer_dir: str | None = None,
     _allowed=None,
-    _phd_names: bool = True,
 ) -> str:
     """Write `params` as a Hugging Face checkpoint (`config.json` + safetensors) in directory `path`.
 
@@ -97,7 +96,7 @@ def save_hf(
     tokenizer's files (`tokenizer.json`, `tokenizer_config.json`, ...) from there. Everything is
     written to a temporary directory first, so a failure leaves `path` as it was.
     """
-    hf = config_to_hf(cfg, _allowed, _phd_names)
+    hf = config_to_hf(cfg, _allowed)
     tensors = hf_state_dict(params, cfg)  # checks every shape before anything is written
     return write_checkpoint(
         path, hf, tensors, max_shard_size=max_shard_size, overwrite=overwrite, tokenizer_dir=tokenizer_dir
@@ -112,9 +111,8 @@ def load_hf_llama(path: str, **overrides):
 def save_hf_llama(params, cfg: ModelConfig, path: str, **kwargs) -> str:
     """`save_hf` for a model with a Llama block only (others are refused, naming the fields).
 
-    Kept as it was before `save_hf`: a PHD model (K > 1) is written under the Llama names
-    (`llama`, `LlamaForCausalLM`) with its PHD fields under `"phd_jax"`, which transformers
-    ignores, running it as a plain Llama. `save_hf` writes such a model as `phd_llama` /
-    `PhdLlamaForCausalLM`, which transformers refuses; both load back with `load_hf`.
+    Like `save_hf`, a PHD model (K > 1) is written as `phd_llama` / `PhdLlamaForCausalLM`, which
+    transformers refuses by name instead of running it as a plain Llama (0.2.0 wrote the Llama
+    names); `load_hf_llama` and `load_hf` read both.
     """
-    return save_hf(params, cfg, path, _allowed=("llama",), _phd_names=False, **kwargs)
+    return save_hf(params, cfg, path, _allowed=("llama",), **kwargs)

@@ -232,11 +232,11 @@ def model_type_of(cfg: ModelConfig, allowed=None) -> str:
     )
 
 
-def config_to_hf(cfg: ModelConfig, allowed=None, phd_names: bool = True) -> dict:
+def config_to_hf(cfg: ModelConfig, allowed=None) -> dict:
     """The `config.json` dict for `cfg`: its architecture (`phd_<type>` / `Phd<Arch>` when
-    K > 1 and `phd_names`), its PHD fields under `"phd_jax"`."""
+    K > 1), its PHD fields under `"phd_jax"`."""
     base = model_type_of(cfg, allowed)
-    phd = phd_names and cfg.repeat > 1
+    phd = cfg.repeat > 1
     hf = {
         "architectures": [PHD_PREFIX_ARCH * phd + MODEL_TYPES[base][0]],
         "model_type": PHD_PREFIX_TYPE * phd + base,
