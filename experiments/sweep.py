@@ -309,7 +309,7 @@ def run_state(run: Run) -> str:
     return "finished" if is_finished(run.workdir, int(run.config.num_steps)) else "partial"
 
 
-RESULT_FILES = ("metrics.jsonl", "config.json", "model_config.json", "version.json")
+RESULT_FILES = ("metrics.jsonl", "config.json", "model_config.json", "version.json", "kprime.json")
 
 
 def save_results(run: Run) -> str | None:
