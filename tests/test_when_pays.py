@@ -1,0 +1,201 @@
+"""The main study (experiments.when_pays) end to end at a tiny size: its sweep, the K' step
+(experiments.kprime) on the trained PHD checkpoint, and the report's every table and plot
+(verdicts with minimum detectable effects, Δ curves, K' table and plot, continuation table).
+
+One module fixture trains vanilla, PHD-2 and vanilla-x2tokens of the tiny config (2 steps, one
+seed) through the study command and measures K' = 1 .. 3 of PHD-2; the tests read those files.
+"""
+
+import json
+import os
+import re
+import shutil
+
+import numpy as np
+import pytest
+
+from experiments import cli, kprime, report
+from experiments.curves import delta_curve, describe, zero_crossings
+from experiments.studies import CONTINUATION, LOSS_VS_K
+from experiments.sweep import REPO, RESULT_FILES, is_finished
+from experiments.verdicts import collect
+from phd_jax.train.metrics import read_metrics
+
+TINY = os.path.join(REPO, "phd_jax", "configs", "tiny.py")
+STEPS = 2
+ONLY = ("vanilla", "PHD-2", "vanilla-x2tokens")
+ARGS = [
+    f"--config={TINY}",
+    f"--only={','.join(ONLY)}",
+    "--seeds=0",
+    f"--steps={STEPS}",
+    "--config.eval_batches=1",
+    # the study's d_model-256 defaults, shrunk back to the tiny model (--config.* wins)
+    "--config.model.d_model=32",
+    "--config.model.head_dim=8",
+    "--config.model.mlp_dim=64",
+    "--config.checkpoint_every=2",
+]
+DECODE = dict(extra=1, prompt=8, new_tokens=4, reps=1)
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    base = tmp_path_factory.mktemp("when_pays")
+    root, results = str(base / "runs"), str(base / "results")
+    rc = cli.main("when_pays", ARGS + [f"--root={root}", f"--results={results}"])
+    measured = kprime.run("when_pays", root, results, log=lambda _: None, **DECODE)
+    return root, results, rc, measured
+
+
+def _kept(results, name):
+    return os.path.join(results, "when_pays", name, "seed0")
+
+
+def test_sweep_trains_and_keeps_every_setting(study):
+    root, results, rc, _ = study
+    assert rc == 0
+    for name in ONLY:
+        wd = os.path.join(root, name, "seed0")
+        steps = STEPS * (2 if name == "vanilla-x2tokens" else 1)
+        assert is_finished(wd, steps)
+        assert read_metrics(_kept(results, name)) == read_metrics(wd)
+        assert set(os.listdir(_kept(results, name))) <= set(RESULT_FILES)
+    with open(os.path.join(root, "PHD-2", "seed0", "config.json")) as f:
+        cfg = json.load(f)
+    assert (cfg["model"]["d_model"], cfg["model"]["repeat"], cfg["learning_rate"]) == (32, 2, pytest.approx(1.5e-3))
+
+
+def test_kprime_measures_phd_runs_only_and_is_skipped_when_present(study):
+    root, results, _, measured = study
+    assert measured == {"measured": ["PHD-2 seed0"], "skipped": [], "missing": []}
+    assert not os.path.exists(os.path.join(_kept(results, "vanilla"), kprime.KPRIME_FILE))
+    data = kprime.load(_kept(results, "PHD-2"))
+    assert data == kprime.load(os.path.join(root, "PHD-2", "seed0"))  # the workdir keeps it too
+    rows = {r["repeat"]: r for r in data["kprime"]}
+    assert sorted(rows) == [1, 2, 3] and data["trained_repeat"] == 2
+    assert [rows[k]["model"] for k in (1, 2, 3)] == ["PHD-1", "PHD-2", "PHD-3"]
+    # at the trained K it is the trainer's own final validation loss (same batches, same parameters)
+    final = read_metrics(os.path.join(root, "PHD-2", "seed0"))[-1]["val_loss"]
+    assert rows[2]["val_loss"] == pytest.approx(final, rel=1e-5)
+    assert rows[1]["val_loss"] != pytest.approx(final, rel=1e-6)  # K' changed the computation
+    assert rows[1]["speed_vs_k1"] == 1.0 and all(r["decode_tokens_per_s"] > 0 for r in rows.values())
+    # rerun: nothing measured again, nothing rewritten
+    before = open(os.path.join(_kept(results, "PHD-2"), kprime.KPRIME_FILE), "rb").read()
+    again = kprime.run("when_pays", root, results, log=lambda _: None, **DECODE)
+    assert again == {"measured": [], "skipped": ["PHD-2 seed0"], "missing": []}
+    assert open(os.path.join(_kept(results, "PHD-2"), kprime.KPRIME_FILE), "rb").read() == before
+
+
+def test_kprime_command_line_refuses_bad_input(study, capsys):
+    root, *_ = study
+    assert kprime.main(["--study=nope", f"--root={root}"]) == 2
+    assert "--study='nope' is invalid" in capsys.readouterr().err
+    assert kprime.main(["--root=/no/such/dir"]) == 2
+    assert "--root='/no/such/dir' is invalid" in capsys.readouterr().err
+    assert kprime.main([f"--root={root}", "--only=PHD-9"]) == 2
+    assert "--only='PHD-9' is invalid" in capsys.readouterr().err
+
+
+def test_report_builds_every_table_and_plot(study, tmp_path):
+    root, results, _, _ = study
+    where = os.path.join(results, "when_pays")
+    out = str(tmp_path / "docs" / "page.md")
+    text = report.write(f"when_pays={where}", out, ["when_pays"], skip_missing=True)
+    finals = {n: read_metrics(_kept(results, n))[-1]["val_loss"] for n in ONLY}
+    # the claims: Δ from the runs, one seed so no σ and no minimum detectable effect
+    row = next(line for line in text.splitlines() if line.startswith("| PHD-2 beats vanilla at matched tokens |"))
+    assert "**not detected: 1 seed, so no σ and no minimum detectable effect**" in row
+    assert f"Δ = {finals['PHD-2'] - finals['vanilla']:+.4f}" in row
+    # the K' table: the kprime.json numbers
+    data = {r["repeat"]: r for r in kprime.load(_kept(results, "PHD-2"))["kprime"]}
+    for k, r in data.items():
+        kk = f"**{k}**" if k == 2 else str(k)
+        assert f"| PHD-2 (K = 2) | {kk} | PHD-{k} | 1 | {r['val_loss']:.4f} ± – |" in text
+        assert f"| {r['decode_tokens_per_s']:.1f} | {r['speed_vs_k1']:.2f} |" in text
+    # the Δ curves: PHD-2 − vanilla at every evaluation, from the two runs' metrics
+    res = {n: collect(where, n) for n in ONLY}
+    c = delta_curve(res["PHD-2"], res["vanilla"], "tokens")
+    van = {r["tokens"]: r["val_loss"] for r in read_metrics(_kept(results, "vanilla")) if "val_loss" in r}
+    phd = [(r["tokens"], r["val_loss"]) for r in read_metrics(_kept(results, "PHD-2")) if "val_loss" in r]
+    assert np.allclose(c.x, [t for t, _ in phd]) and np.allclose(c.mean, [v - van[t] for t, v in phd])
+    assert f"- {describe(c)}" in text
+    # at matched FLOPs: vanilla-x2tokens read at PHD-2's final FLOPs (between its evaluations)
+    f = delta_curve(res["PHD-2"], res["vanilla-x2tokens"], "flops")
+    x2 = [(r["flops"], r["val_loss"]) for r in read_metrics(_kept(results, "vanilla-x2tokens")) if "val_loss" in r]
+    at = np.interp(read_metrics(_kept(results, "PHD-2"))[-1]["flops"], [p[0] for p in x2], [p[1] for p in x2])
+    assert f.mean[-1] == pytest.approx(finals["PHD-2"] - at, abs=1e-9)
+    assert f"- {describe(f)}" in text
+    for stem in (
+        "when_pays_tokens",
+        "when_pays_flops",
+        "when_pays_delta_tokens",
+        "when_pays_delta_flops",
+        "when_pays_kprime",
+    ):
+        png = tmp_path / "docs" / "page" / f"{stem}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"](page/{stem}.png)" in text
+    # the continuation table says it has nothing yet, and the page still builds
+    assert "No finished runs of `vanilla-then-PHD-2`" in text
+    # the pilot's numbers lead the main study (from the committed pilot results)
+    assert "**The pilot**" in text
+
+
+def test_continuation_table_at_matched_tokens_and_flops(study, tmp_path):
+    """A continued run's row: Δ against vanilla at the same step, and against vanilla-x2tokens read at
+    the continued run's training FLOPs (vanilla's steps up to the checkpoint, then PHD-2's)."""
+    _, results, _, _ = study
+    where = str(tmp_path / "when_pays")
+    shutil.copytree(os.path.join(results, "when_pays"), where)
+    name, _, _ = CONTINUATION["when_pays"]
+    cont = os.path.join(where, name, "seed0")
+    shutil.copytree(os.path.join(where, "PHD-2", "seed0"), cont)  # stands in for a continued PHD-2 run
+    with open(os.path.join(cont, "config.json")) as f:
+        cfg = json.load(f)
+    cfg.update(init_from="runs/vanilla/seed0/checkpoints/1", init_state="full")
+    with open(os.path.join(cont, "config.json"), "w") as f:
+        json.dump(cfg, f)
+    text = report.write(f"when_pays={where}", str(tmp_path / "page.md"), ["when_pays"], skip_missing=True)
+    last = {n: read_metrics(os.path.join(where, n, "seed0"))[-1] for n in ("vanilla", "PHD-2", "vanilla-x2tokens")}
+    tokens_row = next(line for line in text.splitlines() if line.startswith("| matched original tokens |"))
+    assert (
+        f"| {name} | vanilla | {last['PHD-2']['val_loss'] - last['vanilla']['val_loss']:+.4f} | – | 1 |" in tokens_row
+    )
+    # FLOPs: 1 step at vanilla's rate, 1 at PHD-2's (each run's logged flops / steps)
+    flops = last["vanilla"]["flops"] / STEPS + last["PHD-2"]["flops"] / STEPS
+    x2 = [
+        (r["flops"], r["val_loss"])
+        for r in read_metrics(os.path.join(where, "vanilla-x2tokens", "seed0"))
+        if "val_loss" in r
+    ]
+    ref = np.interp(flops, [p[0] for p in x2], [p[1] for p in x2])
+    flops_row = next(line for line in text.splitlines() if line.startswith("| matched training FLOPs"))
+    assert f"| {last['PHD-2']['val_loss'] - ref:+.4f} | – | 1 |" in flops_row
+    assert "vanilla-x2tokens at the same FLOPs" in flops_row
+
+
+def test_zero_crossings_are_found_between_evaluations():
+    x = np.array([0.0, 1.0, 2.0, 3.0, 4.0])
+    assert zero_crossings(x, np.array([1.0, -1.0, -2.0, 2.0, 3.0])) == [(0.5, "down"), (2.5, "up")]
+    assert zero_crossings(x, np.array([-1.0, -1.0, -2.0, -2.0, -3.0])) == []
+
+
+def test_a_study_without_runs_keeps_its_part_of_the_page_rejudged(tmp_path):
+    """Regenerating on a machine without an old study's runs keeps that study's part, with its
+    verdicts re-judged by the current rule from the numbers it shows."""
+    claim = LOSS_VS_K.claims[0]
+    begin, end = report.study_markers("loss_vs_k")
+    numbers = "Δ = -0.0008, σ = 0.0159 (paired, n = 3)"  # as an earlier report wrote it
+    old_row = f"| {claim.text} | {claim.a} | {claim.b} | **inconclusive at this scale** | {numbers} |"
+    page = tmp_path / "page.md"
+    page.write_text(f"# P\n{report.BEGIN}\n{begin}\n### old part\n{old_row}\n{end}\n{report.END}\n")
+    empty = tmp_path / "no_runs"
+    empty.mkdir()
+    text = report.write(str(empty), str(page), ["loss_vs_k"], skip_missing=True)
+    assert "### old part" in text and "inconclusive" not in text
+    assert "**not detected: the minimum detectable effect here is 2σ = 0.0318**" in text
+    assert f"no finished run of this study under `{empty}`" in text
+    assert text.count("Kept from the previous page") == 1
+    text = report.write(str(empty), str(page), ["loss_vs_k"], skip_missing=True)  # stable on a rerun
+    assert text.count("Kept from the previous page") == 1 and "2σ = 0.0318" in text
+    assert re.search(r"\| vanilla \| \d+ \| \d+ \|", text) is None  # nothing of the empty root was added
