@@ -54,6 +54,7 @@ from experiments.verdicts import (  # noqa: E402, F401  (the report's API before
     difference,
     fmt,
     judge,
+    not_detected,
     si,
     verdict,
 )
@@ -221,9 +222,25 @@ def kept_part(old: str | None, name: str) -> str | None:
     return None
 
 
-def render(root, out: str, studies: list[str], skip_missing: bool = False, old: str | None = None) -> str:
+KEPT_NOTE = "*Kept from the previous page: no finished run of this study under `{where}` here.*"
+
+
+def part_text(name: str, where: str, out: str, skip_missing: bool, old: str | None) -> str:
+    """A study's part: generated from its runs, or (none here) kept from the page `old` and re-judged."""
+    body, has_runs = study_part(name, where, out, skip_missing)
+    kept = None if has_runs else kept_part(old, name)
+    if kept is None:
+        return body
+    kept = "\n".join(
+        line for line in kept.splitlines() if not line.startswith(("*Kept from the previous page", "**Verdict rule.**"))
+    ).strip()
+    return f"{KEPT_NOTE.format(where=where)}\n\n{rejudge(kept, REPORTABLE[name])}"
+
+
+def render(root, out: str, studies: list[str], skip_missing: bool = False, old: str | None = None, placed=()) -> str:
     """The results section. `root`: a directory or `DIR,STUDY=DIR` items (see the module doc);
-    `old`: the previous page, whose part of a study without runs here is kept."""
+    `old`: the previous page, whose part of a study without runs here is kept; `placed`: studies
+    whose parts sit elsewhere on the page (left out here)."""
     default, per = parse_roots(root)
     cmd = "python -m experiments.report"
     if root:
@@ -241,31 +258,57 @@ def render(root, out: str, studies: list[str], skip_missing: bool = False, old: 
         f"**Verdict rule.** {RULE}",
     ]
     for name in studies:
-        where = root_for(name, default, per)
-        body, has_runs = study_part(name, where, out, skip_missing)
-        kept = None if has_runs else kept_part(old, name)
-        if kept is not None:
-            note = f"*Kept from the previous page: no finished run of this study under `{where}` here.*"
-            body = rejudge(kept, REPORTABLE[name])
-            if note not in body:
-                body = f"{note}\n\n{body}"
+        if name in placed:
+            continue
         begin, end = study_markers(name)
-        parts += ["", begin, body, end]
+        parts += ["", begin, part_text(name, root_for(name, default, per), out, skip_missing, old), end]
     return "\n".join(parts) + "\n"
 
 
-def summary(root, out: str, studies: list[str], path: str) -> str:
-    """The README's summary: every claim of the `studies` with finished runs in one table, and the
-    first study's loss-vs-tokens plot (written by `render` beside `out`), linked relative to `path`."""
+SUMMARY_ROW = re.compile(
+    r"^\| `(?P<study>[^`]+)` \| (?P<text>.+?) \| (?P<a>\S+) \| (?P<b>\S+) \| (?P<d>[-+]?[\d.]+|–) \| "
+    r"(?P<s>[\d.]+|–) \| (?P<n>\d+) \| \*\*(?P<v>[^|]+)\*\* \|$"
+)
+
+
+def kept_summary_rows(old: str | None, study: Study) -> list[str]:
+    """A study's rows of the previous summary, their verdicts re-judged by the current rule."""
+    claims = {c.text: c for c in study.claims}
+    rows = []
+    for line in (old or "").splitlines():
+        m = SUMMARY_ROW.match(line)
+        if not m or m["study"] != study.name or m["text"] not in claims or m["d"] == "–":
+            continue
+        sigma = math.nan if m["s"] == "–" else float(m["s"])
+        claim = claims[m["text"]]
+        if claim.kind == "same":  # its gain is not in the row: the old words, renamed
+            v = {"reproduced": "reproduced", "not reproduced": "contradicted", "contradicted": "contradicted"}.get(
+                m["v"], not_detected(sigma, int(m["n"]))
+            )
+        else:
+            v = judge(claim, float(m["d"]), sigma, int(m["n"]))
+        rows.append(line.replace(f"**{m['v']}**", f"**{v}**", 1))
+    return rows
+
+
+def summary(root, out: str, studies: list[str], path: str, old: str | None = None) -> str:
+    """The README's summary: every claim of the `studies` in one table (a study without runs here
+    keeps its rows of the previous summary `old`, re-judged), and the loss-vs-tokens plot of the
+    first study with runs (written by `render` beside `out`), linked relative to `path`."""
     default, per = parse_roots(root)
     rows = ["| study | claim | A | B | Δ = A − B | σ | n | verdict |", "|---|---|---|---|---|---|---|---|"]
+    shown, kept = [], []
     for name in studies:
         study = REPORTABLE[name]
         where = root_for(name, default, per)
         names = {c.a for c in study.claims} | {c.b for c in study.claims} | {"vanilla"}
         results = {n: collect(where, n) for n in names}
         if not any(r.n for r in results.values()):
+            old_rows = kept_summary_rows(old, study)
+            rows += old_rows
+            kept += [name] if old_rows else []
             continue
+        shown.append(name)
         for c in study.claims:
             v, _ = verdict(c, results)
             a, b = results[c.a], results[c.b]
@@ -276,19 +319,19 @@ def summary(root, out: str, studies: list[str], path: str) -> str:
                 nums = "– | – | 0"
             rows.append(f"| `{name}` | {c.text} | {c.a} | {c.b} | {nums} | **{v}** |")
     here = os.path.dirname(os.path.abspath(path))
-    page, fig = os.path.relpath(out, here), os.path.relpath(figure_path(out, studies[0], "tokens"), here)
-    src = roots_text(default, per) or ", ".join(root_for(n, default, per) for n in studies)
+    first = (shown or kept or list(studies))[0]
+    page, fig = os.path.relpath(out, here), os.path.relpath(figure_path(out, first, "tokens"), here)
+    src = ", ".join(f"`{root_for(n, default, per)}`" for n in shown) or "no runs here"
+    lines = [
+        f"Generated by `python -m experiments.report` from {src} (the rule and the full tables: [{page}]({page})).",
+    ]
+    if kept:
+        lines += [
+            f"Rows of {', '.join(f'`{n}`' for n in kept)} are kept from the previous summary (no runs here), "
+            "their verdicts re-judged by the current rule."
+        ]
     return (
-        "\n".join(
-            [
-                f"Generated by `python -m experiments.report` from `{src}` (the rule and the "
-                f"full tables: [{page}]({page})).",
-                "",
-                *rows,
-                "",
-                f"![{REPORTABLE[studies[0]].title}: validation loss vs original tokens]({fig})",
-            ]
-        )
+        "\n".join([*lines, "", *rows, "", f"![{REPORTABLE[first].title}: validation loss vs original tokens]({fig})"])
         + "\n"
     )
 
@@ -304,14 +347,36 @@ def _replace_between(path: str, begin: str, end: str, body: str) -> str | None:
     return None
 
 
+def _outside_block(text: str, name: str) -> bool:
+    """The page holds the study's markers outside its results block (a part placed by hand)."""
+    begin, end = study_markers(name)
+    if begin not in text or end not in text:
+        return False
+    i = text.index(begin)
+    return not (BEGIN in text and END in text and text.index(BEGIN) < i < text.index(END))
+
+
 def write(root, out: str, studies: list[str], skip_missing: bool = False) -> str:
+    """Write the page: its results block, and the parts of studies placed elsewhere on it."""
     old = None
     if os.path.isfile(out):
         with open(out) as f:
             old = f.read()
-    body = render(root, out, studies, skip_missing, old)
-    text = _replace_between(out, BEGIN, END, body)
-    if text is None:
+    placed = [n for n in studies if old and _outside_block(old, n)]
+    default, per = parse_roots(root)
+    text = old
+    for name in placed:  # a part placed on the page by hand: replaced where it stands, with the rule
+        begin, end = study_markers(name)
+        body = part_text(name, root_for(name, default, per), out, skip_missing, old)
+        text = (
+            text[: text.index(begin) + len(begin)] + f"\n**Verdict rule.** {RULE}\n\n{body}\n" + text[text.index(end) :]
+        )
+    body = render(root, out, studies, skip_missing, old, placed)
+    if text is not None and BEGIN in text and END in text and text.index(BEGIN) < text.index(END):
+        text = text[: text.index(BEGIN) + len(BEGIN)] + "\n" + body + text[text.index(END) :]
+    elif placed:  # parts placed by hand, no results block yet: it goes at the end
+        text = f"{text.rstrip()}\n\n{BEGIN}\n{body}{END}\n"
+    else:
         text = f"# Reproduction results\n\n{BEGIN}\n{body}{END}\n"
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     with open(out, "w") as f:
@@ -321,7 +386,11 @@ def write(root, out: str, studies: list[str], skip_missing: bool = False) -> str
 
 def write_summary(root, out: str, studies: list[str], path: str) -> str:
     """Replace the summary between the markers in `path`; a ValueError if it has none."""
-    text = _replace_between(path, SUMMARY_BEGIN, SUMMARY_END, summary(root, out, studies, path))
+    old = None
+    if os.path.isfile(path):
+        with open(path) as f:
+            old = f.read()
+    text = _replace_between(path, SUMMARY_BEGIN, SUMMARY_END, summary(root, out, studies, path, old))
     if text is None:
         raise ValueError(
             f"--summary={path!r} is invalid: it must exist and hold the markers {SUMMARY_BEGIN} and {SUMMARY_END}"
