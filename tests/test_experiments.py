@@ -211,9 +211,9 @@ def test_pilot_dry_run_lists_its_runs_in_order(tmp_path, capsys):
     out = capsys.readouterr().out
     labels = re.findall(r"^  (d256-\S+ seed\d)\s", out, re.M)
     seed_major = [f"d256-{n}steps-{m} seed{s}" for n in (600,) for s in range(3) for m in ("vanilla", "PHD-2")]
-    lr = [f"d256-600steps-{m}-lr{x}x seed0" for x in ("0.5", "2", "0.25") for m in ("vanilla", "PHD-2")]
+    lr = [f"d256-600steps-{m}-lr{x}x seed0" for x in ("0.5", "2", "0.25", "0.125") for m in ("vanilla", "PHD-2")]
     assert labels == seed_major + lr
-    assert "12 runs (0 finished)" in out and out.count(" new ") == 12
+    assert "14 runs (0 finished)" in out and out.count(" new ") == 14
     assert not os.path.exists(root) and not os.path.exists(results)
     runs = plan(list(PILOT.settings), [0, 1], PILOT.steps, root, defaults=dict(PILOT.defaults), evals=PILOT.evals)
     by = {r.label: r.config for r in runs}
