@@ -13,6 +13,7 @@ import numpy as np
 from experiments.verdicts import SettingResult, si
 
 AXES = {"tokens": 1, "flops": 2}  # the column of SettingResult.curves' (step, tokens, flops, loss)
+MAX_CROSSINGS = 3  # more are summarised: first two and the last
 AXIS_LABEL = {"tokens": "original tokens", "flops": "training FLOPs"}
 
 
@@ -90,10 +91,16 @@ def describe(c: DeltaCurve) -> str:
         side = f"{c.a} lower" if y[-1] < 0 else f"{c.b} lower"
         where = f"never crosses zero ({'below' if y[-1] < 0 else 'above'} it at every evaluation: {side})"
     else:
-        where = "crosses zero at " + ", ".join(
-            f"{si(x0)} {unit} ({'falling below: ' + c.a if d == 'down' else 'rising above: ' + c.b} lower after)"
-            for x0, d in cross
-        )
+        said = [
+            f"{si(x0)} {unit} ({(c.a if d == 'down' else c.b) + ' lower after'})" for x0, d in cross[:MAX_CROSSINGS]
+        ]
+        where = "crosses zero at " + ", ".join(said)
+        if len(cross) > MAX_CROSSINGS:
+            x0, d = cross[-1]
+            where = (
+                f"crosses zero {len(cross)} times (the first at {', '.join(said[:2])}; the last at {si(x0)} "
+                f"{unit}, {c.a if d == 'down' else c.b} lower after)"
+            )
     below = np.flatnonzero(~(c.hi < 0))  # the evaluations where some seed is not below zero
     band = ""
     if len(below) == 0:

@@ -11,7 +11,7 @@ import numpy as np
 
 from experiments import kprime, plots
 from experiments.curves import delta_curve, describe
-from experiments.studies import CONTINUATION, CURVES, PILOT, Claim
+from experiments.studies import CONTINUATION, CURVES, PILOT, PILOT_LR, Claim
 from experiments.verdicts import SettingResult, collect, difference, fmt, si, verdict
 
 CONCLUSIONS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "conclusions.md")
@@ -30,26 +30,39 @@ def pilot_summary(pilot_root: str) -> list[str]:
             f"- PHD-2 − vanilla at 600 steps and the default learning rate 3e-3: Δ = {delta:+.4f}, "
             f"σ = {fmt(sigma)} over n = {n} paired seeds, so a minimum detectable effect 2σ = {fmt(2 * sigma)}.",
         ]
-    rows = []
+    rows = []  # (learning rate, vanilla's seed-0 loss or None, PHD-2's or None)
     for s in PILOT.settings:
         m = re.fullmatch(r"d256-600steps-vanilla(-lr([\d.]+)x)?", s.name)
-        phd = results.get(s.name.replace("vanilla", "PHD-2"))
-        van = results[s.name]
-        if not m or phd is None or 0 not in van.finals or 0 not in phd.finals:
+        if not m:
             continue
-        lr = 3e-3 * float(m.group(2) or 1)
-        rows.append((lr, van.finals[0], phd.finals[0]))
+        van, phd = results[s.name].finals.get(0), results.get(s.name.replace("vanilla", "PHD-2"))
+        phd = phd.finals.get(0) if phd is not None else None
+        if van is not None or phd is not None:
+            rows.append((PILOT_LR * float(m.group(2) or 1), van, phd))
     if rows:
+        show = lambda x: "not run yet" if x is None else f"{x:.4f}"  # noqa: E731
         out += [
             "- Learning rate (seed 0): "
-            + "; ".join(f"{lr:g}: vanilla {v:.4f}, PHD-2 {p:.4f} (Δ {p - v:+.4f})" for lr, v, p in sorted(rows))
+            + "; ".join(
+                f"{lr:g}: vanilla {show(v)}, PHD-2 {show(p)}"
+                + (f" (Δ {p - v:+.4f})" if v is not None and p is not None else "")
+                for lr, v, p in sorted(rows)
+            )
             + "."
         ]
-        best_v = min(rows, key=lambda r: r[1])[0]
-        best_p = min(rows, key=lambda r: r[2])[0]
+        best = {}
+        for i, model in ((1, "vanilla"), (2, "PHD-2")):
+            done = [r for r in rows if r[i] is not None]
+            if done:
+                best[model] = min(done, key=lambda r: r[i])[0]
         out += [
-            f"- Best rate: vanilla {best_v:g}, PHD-2 {best_p:g}"
-            + (" (the same: one rate is fair to both)." if best_v == best_p else " (they differ).")
+            "- Best rate so far: "
+            + ", ".join(f"{m} {lr:g}" for m, lr in best.items())
+            + (
+                " (the same: one rate is fair to both)."
+                if len(set(best.values())) == 1 and len(best) == 2
+                else " (they differ, or one is not measured: each model's best rate is what a fair comparison needs)."
+            )
         ]
     return out
 
@@ -59,17 +72,22 @@ def curves_section(study: str, results: dict, figure) -> list[str]:
     pairs = CURVES.get(study, ())
     if not pairs:
         return []
+    axes = [axis for axis in ("tokens", "flops") if any(ax == axis for _, _, ax in pairs)]
     out = [
         "",
         "**The difference over training.** Each curve is A − B of the validation loss at every "
         "evaluation, per seed (same seed: same weights and batches), B read at A's tokens or FLOPs "
         "(linear between B's evaluations, only where B has them); the line is the mean over seeds, "
-        "the band spans the seeds' minimum to maximum. Below zero, A is lower. At matched FLOPs, before "
-        "the end, the vanilla trained on 2x the tokens is only part-way through its twice-as-long "
-        "learning-rate schedule (its rate is higher than that of a run ending there), which favours A; "
-        "at the end both runs have finished their schedules.",
+        "the band spans the seeds' minimum to maximum. Below zero, A is lower."
+        + (
+            " At matched FLOPs, before the end, the vanilla trained on 2x the tokens is only part-way through "
+            "its twice-as-long learning-rate schedule (its rate is higher than that of a run ending there), "
+            "which favours A; at the end both runs have finished their schedules."
+            if "flops" in axes
+            else ""
+        ),
     ]
-    for axis in ("tokens", "flops"):
+    for axis in axes:
         curves = []
         for a, b, ax in pairs:
             ra, rb = results.get(a), results.get(b)
