@@ -17,15 +17,15 @@ when it exists (experiments/sections.py).
 Roots: a study's runs are read from ROOT/<setting>/seed<k>/, a train.py workdir or a results
 directory (`experiments/results/<study>`, the sweep's `--results`: metrics.jsonl, config.json,
 kprime.json, no checkpoints). `--root=DIR` is every study's root; `STUDY=DIR` items name one
-study's. A study with neither reads `experiments/results/<study>` when that exists, else
-`runs/repro`. `--studies` also takes `pilot` (not part of the default).
+study's. A study with neither reads `experiments/results/<study>` (the pilot and the main study
+always; the others when it exists, else `runs/repro`). `--studies` also takes `pilot` (not part of the default).
 
 The page: if `--out` exists and holds the markers `<!-- results:begin -->` / `<!-- results:end -->`,
 only the text between them is replaced (the hand-written part of the page stays); otherwise the
 file is written whole. Each study's part sits between `<!-- study:NAME:begin -->` /
 `<!-- study:NAME:end -->`; a study with no finished run under its root keeps its part from the
-previous page (its verdicts re-judged from its numbers by the current rule), so regenerating on
-a machine without an old study's runs never loses its results.
+previous page when that part shows results (its verdicts re-judged from its numbers by the
+current rule), so regenerating on a machine without an old study's runs never loses its results.
 `--summary=FILE` also writes one table (the verdict of every claim of the studies with runs, with
 Δ, σ and n) and the first study's main plot between `<!-- reproduction:begin -->` /
 `<!-- reproduction:end -->` in FILE (the README), so the summary there is generated too.
@@ -43,7 +43,7 @@ if __package__ in (None, ""):  # python experiments/report.py
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from experiments import plots, sections  # noqa: E402
-from experiments.studies import CONTINUATION, MAIN_STUDY, REPORTABLE, STUDIES, Study  # noqa: E402
+from experiments.studies import CONTINUATION, MAIN_STUDY, OTHER_STUDIES, REPORTABLE, STUDIES, Study  # noqa: E402
 from experiments.sweep import DEFAULT_RESULTS, DEFAULT_ROOT  # noqa: E402
 from experiments.verdicts import (  # noqa: E402, F401  (the report's API before the split)
     RULE,
@@ -94,7 +94,13 @@ def root_for(study: str, default: str | None, per: dict) -> str:
     if default:
         return default
     committed = os.path.join(DEFAULT_RESULTS, study)
-    return committed if os.path.isdir(committed) else DEFAULT_ROOT
+    return committed if study in OTHER_STUDIES or os.path.isdir(committed) else DEFAULT_ROOT
+
+
+def shown(path: str) -> str:
+    """`path` as the page shows it: relative to the working directory when it is below it."""
+    rel = os.path.relpath(path)
+    return path if rel.startswith("..") else rel
 
 
 def roots_text(default: str | None, per: dict) -> str:
@@ -189,10 +195,13 @@ def study_part(name: str, root: str, out: str, skip_missing: bool = False) -> tu
         png = os.path.join(figure_dir(out), f"{stem}.png")
         return png, os.path.relpath(png, out_dir)
 
-    parts = [f"### {study.title} (`{name}`)", "", f"Runs: `{root}`.", "", study.description]
+    parts = [f"### {study.title} (`{name}`)", "", f"Runs: `{shown(root)}`.", "", study.description]
     if name == MAIN_STUDY:
         parts += ["", *sections.pilot_summary(PILOT_ROOT)]
-    parts += ["", table(study, results, skip_missing)]
+    if has_runs:
+        parts += ["", table(study, results, skip_missing)]
+    else:
+        parts += ["", f"No finished runs under `{shown(root)}` yet."]
     unfinished = [f"{r.name} seed{s}" for r in results.values() for s in r.unfinished]
     if unfinished:
         parts += ["", f"Unfinished runs (not counted): {', '.join(unfinished)}."]
@@ -200,7 +209,7 @@ def study_part(name: str, root: str, out: str, skip_missing: bool = False) -> tu
         png = plots.loss_plot(study, results, figure_path(out, name, axis), axis)
         if png:
             parts += ["", f"![{study.title}: validation loss vs {axis}]({os.path.relpath(png, out_dir)})"]
-    if study.claims:
+    if study.claims and has_runs:
         parts += ["", claims_table(study, results, skip_missing)]
     parts += sections.curves_section(name, results, figure)
     if name == MAIN_STUDY or any(r.dirs for r in results.values() if r.n):
@@ -218,7 +227,7 @@ def kept_part(old: str | None, name: str) -> str | None:
     """The study's part of the previous page `old`, if it has one."""
     begin, end = study_markers(name)
     if old and begin in old and end in old and old.index(begin) < old.index(end):
-        return old[old.index(begin) + len(begin) : old.index(end)].strip("\n")
+        return old[old.index(begin) + len(begin) : old.index(end)].strip("\n") or None
     return None
 
 
@@ -229,12 +238,12 @@ def part_text(name: str, where: str, out: str, skip_missing: bool, old: str | No
     """A study's part: generated from its runs, or (none here) kept from the page `old` and re-judged."""
     body, has_runs = study_part(name, where, out, skip_missing)
     kept = None if has_runs else kept_part(old, name)
-    if kept is None:
-        return body
+    if kept is None or not any(CLAIM_ROW.match(line) for line in kept.splitlines()):
+        return body  # runs here, or nothing worth keeping (no results in the old part)
     kept = "\n".join(
         line for line in kept.splitlines() if not line.startswith(("*Kept from the previous page", "**Verdict rule.**"))
     ).strip()
-    return f"{KEPT_NOTE.format(where=where)}\n\n{rejudge(kept, REPORTABLE[name])}"
+    return f"{KEPT_NOTE.format(where=shown(where))}\n\n{rejudge(kept, REPORTABLE[name])}"
 
 
 def render(root, out: str, studies: list[str], skip_missing: bool = False, old: str | None = None, placed=()) -> str:
@@ -297,7 +306,7 @@ def summary(root, out: str, studies: list[str], path: str, old: str | None = Non
     first study with runs (written by `render` beside `out`), linked relative to `path`."""
     default, per = parse_roots(root)
     rows = ["| study | claim | A | B | Δ = A − B | σ | n | verdict |", "|---|---|---|---|---|---|---|---|"]
-    shown, kept = [], []
+    with_runs, kept = [], []
     for name in studies:
         study = REPORTABLE[name]
         where = root_for(name, default, per)
@@ -308,7 +317,7 @@ def summary(root, out: str, studies: list[str], path: str, old: str | None = Non
             rows += old_rows
             kept += [name] if old_rows else []
             continue
-        shown.append(name)
+        with_runs.append(name)
         for c in study.claims:
             v, _ = verdict(c, results)
             a, b = results[c.a], results[c.b]
@@ -319,12 +328,15 @@ def summary(root, out: str, studies: list[str], path: str, old: str | None = Non
                 nums = "– | – | 0"
             rows.append(f"| `{name}` | {c.text} | {c.a} | {c.b} | {nums} | **{v}** |")
     here = os.path.dirname(os.path.abspath(path))
-    first = (shown or kept or list(studies))[0]
+    first = (with_runs or kept or list(studies))[0]
     page, fig = os.path.relpath(out, here), os.path.relpath(figure_path(out, first, "tokens"), here)
-    src = ", ".join(f"`{root_for(n, default, per)}`" for n in shown) or "no runs here"
+    src = ", ".join(f"`{shown(root_for(n, default, per))}`" for n in with_runs)
     lines = [
-        f"Generated by `python -m experiments.report` from {src} (the rule and the full tables: [{page}]({page})).",
+        f"Generated by `python -m experiments.report`{' from ' + src if src else ''} (the rule and the full "
+        f"tables: [{page}]({page})).",
     ]
+    if studies[0] not in with_runs + kept:
+        lines += [f"The main study (`{studies[0]}`) has no finished runs yet: its rows appear as they land."]
     if kept:
         lines += [
             f"Rows of {', '.join(f'`{n}`' for n in kept)} are kept from the previous summary (no runs here), "

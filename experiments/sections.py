@@ -176,7 +176,8 @@ def continuation_section(study: str, root: str) -> list[str]:
         "",
     ]
     if cont.n == 0:
-        return out + [f"No finished runs of `{name}` under `{root}` yet: no continuation result to report."]
+        where = os.path.relpath(root) if not os.path.relpath(root).startswith("..") else root
+        return out + [f"No finished runs of `{name}` under `{where}` yet: no continuation result to report."]
     rows = ["| comparison | A | B | Δ = A − B | σ | n | verdict |", "|---|---|---|---|---|---|---|"]
 
     def row(label, b_name, b_finals):

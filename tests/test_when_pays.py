@@ -199,3 +199,37 @@ def test_a_study_without_runs_keeps_its_part_of_the_page_rejudged(tmp_path):
     text = report.write(str(empty), str(page), ["loss_vs_k"], skip_missing=True)  # stable on a rerun
     assert text.count("Kept from the previous page") == 1 and "2σ = 0.0318" in text
     assert re.search(r"\| vanilla \| \d+ \| \d+ \|", text) is None  # nothing of the empty root was added
+
+
+def test_the_main_study_leads_where_the_page_places_it(study, tmp_path):
+    """docs/reproduction.md places the main study's markers above its results block: the part is
+    written there (with the rule), the other studies stay in the block, and a rerun is stable."""
+    _, results, _, _ = study
+    begin, end = report.study_markers("when_pays")
+    page = tmp_path / "page.md"
+    page.write_text(f"# P\n## Main\n{begin}\n{end}\n## Old study\nhand-written\n{report.BEGIN}\n{report.END}\n")
+    empty = tmp_path / "no_runs"
+    empty.mkdir()
+    roots = f"{empty},when_pays={os.path.join(results, 'when_pays')}"
+    text = report.write(roots, str(page), ["when_pays", "loss_vs_k"], skip_missing=True)
+    main, rest = text.split("## Old study\n")
+    assert "| PHD-2 beats vanilla at matched tokens |" in main and "**Verdict rule.**" in main
+    assert "(`loss_vs_k`)" in rest and "(`when_pays`)" not in rest
+    assert report.write(roots, str(page), ["when_pays", "loss_vs_k"], skip_missing=True) == text
+
+
+def test_readme_summary_follows_the_main_study_and_keeps_old_rows(study, tmp_path):
+    _, results, _, _ = study
+    claim = LOSS_VS_K.claims[0]
+    nums, old = "-0.0008 | 0.0159 | 3", "**inconclusive at this scale**"  # as an earlier summary wrote it
+    old_row = f"| `loss_vs_k` | {claim.text} | {claim.a} | {claim.b} | {nums} | {old} |"
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# R\n{report.SUMMARY_BEGIN}\n| h |\n{old_row}\n{report.SUMMARY_END}\n")
+    empty = tmp_path / "no_runs"
+    empty.mkdir()
+    roots = f"{empty},when_pays={os.path.join(results, 'when_pays')}"
+    text = report.write_summary(roots, str(tmp_path / "docs" / "page.md"), ["when_pays", "loss_vs_k"], str(readme))
+    rows = [line for line in text.splitlines() if line.startswith("| `")]
+    assert rows[0].startswith("| `when_pays` | PHD-2 beats vanilla at matched tokens |")  # the main study first
+    assert rows[-1] == old_row.replace("inconclusive at this scale", report.not_detected(0.0159, 3))
+    assert "](docs/page/when_pays_tokens.png)" in text
