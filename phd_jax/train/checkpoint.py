@@ -6,6 +6,8 @@
     WORKDIR/checkpoints/<step>/  orbax: `state` (a TrainState's fields: step, params, opt_state,
                                  nonfinite) and `data` (the data iterator's position)
     WORKDIR/metrics.jsonl, WORKDIR/tensorboard/   (phd_jax.train.metrics)
+    WORKDIR/continuation.json    a full-state continuation's source (phd_jax.train.continuation)
+    WORKDIR/profile/             config.profile_steps' jax.profiler trace (TensorBoard's layout)
 
 A checkpoint is complete once orbax renames its temporary directory to `<step>`; a run
 killed while saving leaves only the temporary one, which restore ignores.
@@ -28,7 +30,16 @@ from phd_jax.train.config import load_run_config, to_json
 from phd_jax.train.state import TrainState
 
 CHECKPOINTS = "checkpoints"
-OUR_FILES = ("config.json", "model_config.json", "version.json", CHECKPOINTS, "metrics.jsonl", "tensorboard")
+OUR_FILES = (
+    "config.json",
+    "model_config.json",
+    "version.json",
+    CHECKPOINTS,
+    "metrics.jsonl",
+    "tensorboard",
+    "continuation.json",  # phd_jax.train.continuation.INFO_FILE
+    "profile",  # PROFILE_DIR: config.profile_steps' trace
+)
 
 # Keys that may differ when a run resumes (everything else describes the model, the data or
 # the optimisation, and must match the saved run).
@@ -42,6 +53,8 @@ RESUMABLE_CHANGES = {
     "keep_checkpoints",
     "async_checkpointing",
     "init_from",
+    "init_state",  # init_* only shape a new run's step 0; a resume starts from its own checkpoint
+    "profile_steps",  # a trace of some steps: observes the run, changes nothing in it
     "log_every",
     "eval_every",
     "eval_batches",
@@ -86,6 +99,27 @@ def _norm(v):
     return json.loads(json.dumps(v, default=list))
 
 
+def first_change(saved: dict, config, may_change) -> tuple[str, object, object] | None:
+    """The first key (sorted, dotted: `model.d_model`) whose value in `config` differs from the
+    saved run config `saved` (a dict), as (key, saved value, new value); None if none does. Keys
+    in `may_change` (or under a section named there) are skipped; so are a key a newer phd_jax
+    added, left at its default (the old run used that behaviour), and a key this version dropped."""
+    from phd_jax.train.config import base_config
+
+    old, new = _flatten(_norm(saved)), _flatten(_norm(config.to_dict()))
+    defaults = _flatten(_norm(base_config().to_dict()))
+    for key in sorted(set(old) | set(new)):
+        if key in may_change or key.split(".")[0] in may_change:
+            continue
+        if key not in old and key in defaults and new.get(key) == defaults[key]:
+            continue
+        if key not in new:
+            continue
+        if old.get(key, "<absent>") != new.get(key, "<absent>"):
+            return key, old.get(key, "<absent>"), new[key]
+    return None
+
+
 def check_workdir(workdir: str, config):
     """Raise ConfigError if `workdir` holds something we did not write or another run.
     Returns the saved run config (a dict) when it holds a run of this config (to be resumed),
@@ -111,23 +145,14 @@ def check_workdir(workdir: str, config):
     ckpt = os.path.join(workdir, CHECKPOINTS)
     if os.path.exists(ckpt) and not os.path.isdir(ckpt):
         raise ConfigError(f"workdir={workdir!r} is invalid: {ckpt} is a file, not phd_jax's checkpoint directory")
-    old, new = _flatten(_norm(saved)), _flatten(_norm(config.to_dict()))
-    from phd_jax.train.config import base_config
-
-    defaults = _flatten(_norm(base_config().to_dict()))
-    for key in sorted(set(old) | set(new)):
-        if key in RESUMABLE_CHANGES or key.split(".")[0] in RESUMABLE_CHANGES:
-            continue
-        if key not in old and key in defaults and new.get(key) == defaults[key]:
-            continue  # a key added by a newer phd_jax, at its default: the old run used that behaviour
-        if key not in new:
-            continue  # a key this version no longer has
-        if old.get(key, "<absent>") != new.get(key, "<absent>"):
-            raise ConfigError(
-                f"config.{key}={new.get(key, '<absent>')!r} does not match the run in workdir={workdir!r} "
-                f"(saved: {old.get(key, '<absent>')!r}); it describes another model or optimisation, so it "
-                f"cannot resume there: use another --workdir, or the saved value"
-            )
+    change = first_change(saved, config, RESUMABLE_CHANGES)
+    if change is not None:
+        key, was, now = change
+        raise ConfigError(
+            f"config.{key}={now!r} does not match the run in workdir={workdir!r} "
+            f"(saved: {was!r}); it describes another model or optimisation, so it "
+            f"cannot resume there: use another --workdir, or the saved value"
+        )
     return saved
 
 

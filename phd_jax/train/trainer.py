@@ -29,10 +29,12 @@ from phd_jax.config import ModelConfig
 from phd_jax.errors import ConfigError
 from phd_jax.model import check_params, init_params, num_params, param_shapes
 from phd_jax.train import checkpoint as ckpt
+from phd_jax.train import continuation
 from phd_jax.train import sharding as shd
-from phd_jax.train.config import logical_rules, to_json, validate
+from phd_jax.train.config import logical_rules, profile_steps, to_json, validate
 from phd_jax.train.loss import bits, loss_terms, perplexity
 from phd_jax.train.optimizer import learning_rate_schedule, make_optimizer
+from phd_jax.train.profiling import StepProfiler
 from phd_jax.train.state import TrainState
 
 
@@ -210,6 +212,20 @@ def create_train_state(config, cfg: ModelConfig, optimizer, state_sh: TrainState
     )
 
 
+def first_state(config, cfg: ModelConfig, optimizer, state_sh: TrainState, mesh, log=print):
+    """A new run's first (state, None or (data iterator state, continuation info), config to record).
+    `init_state="full"` continues the run `init_from` names (phd_jax.train.continuation): its whole
+    TrainState and data position, and the config records the checkpoint's step directory; else
+    step 0 (params random or from `init_from`, a fresh optimizer state)."""
+    if config.get("init_state", "params") != "full":
+        return create_train_state(config, cfg, optimizer, state_sh, mesh, log), None, config
+    state, data_state, info = continuation.restore_full(config, abstract_train_state(cfg, optimizer, state_sh), log)
+    recorded = config.copy_and_resolve_references()
+    if os.path.basename(os.path.dirname(os.path.abspath(config.init_from))) != ckpt.CHECKPOINTS:
+        recorded.init_from = info["init_from"]  # a WORKDIR meant its latest checkpoint: record which one
+    return state, (data_state, info), recorded
+
+
 # ---- the loop -----------------------------------------------------------------------------------
 
 
@@ -277,12 +293,14 @@ def _train_and_evaluate(config, workdir: str, progress, devices, new_run: _NewRu
 
     enable_compilation_cache(config.compilation_cache)
     log = print if is_main else (lambda *a, **k: None)
-    state = None
-    if saved is None:  # a new run: step 0 first, so that a bad init_from leaves the workdir as it was
-        state = create_train_state(config, cfg, optimizer, state_sh, mesh, log)
+    state = continued = None
+    if saved is None:  # a new run: its first state first, so that a bad init_from leaves the workdir as it was
+        state, continued, config = first_state(config, cfg, optimizer, state_sh, mesh, log)
     new_run.active = saved is None and is_main
     if is_main:
         ckpt.write_run_files(workdir, config, cfg)
+        if continued is not None:
+            continuation.write_info(workdir, continued[1])
 
     mgr = ckpt.manager(workdir, config)
     it = pipe.train_iterator()
@@ -298,7 +316,9 @@ def _train_and_evaluate(config, workdir: str, progress, devices, new_run: _NewRu
                 f"{config.num_steps}, so it continues from the new schedule's value at step {latest})"
             )
     elif state is None:  # a workdir whose run was set up but never checkpointed
-        state = create_train_state(config, cfg, optimizer, state_sh, mesh, log)
+        state, continued, _ = first_state(config, cfg, optimizer, state_sh, mesh, log)
+    if continued is not None and latest is None:  # a full-state continuation: the source's data position
+        it.set_state(continued[0])
     start = int(jax.device_get(state.step))
 
     spec = shd.batch_spec(rules)
@@ -345,6 +365,7 @@ def _train_and_evaluate(config, workdir: str, progress, devices, new_run: _NewRu
 
     tokens_per_step = int(config.batch_size) * int(config.seq_len)
     flops_per_step = int(config.batch_size) * train_flops_per_sequence(cfg, int(config.seq_len))
+    flops_offset = continuation.flops_offset(workdir, flops_per_step)  # a continuation's source steps
     peak = peak_flops(float(config.peak_tflops) or None, cfg.dtype) * mesh.size
     n_params = num_params(state.params)
     log(
@@ -364,6 +385,7 @@ def _train_and_evaluate(config, workdir: str, progress, devices, new_run: _NewRu
     )
     writer.write_text("config", "```\n" + to_json(config) + "\n```", start)
     preempted = False
+    profiler = StepProfiler(workdir, profile_steps(config), log)
     try:
         with jax.set_mesh(mesh), nn.logical_axis_rules(rules), _Preemption() as stop:
             if start >= config.num_steps:
@@ -372,10 +394,13 @@ def _train_and_evaluate(config, workdir: str, progress, devices, new_run: _NewRu
             t_last, step_last, prev = time.perf_counter(), start, None
             data_time = 0.0
             for step in range(start + 1, int(config.num_steps) + 1):
-                t_data = time.perf_counter()
-                batch = _global_batch(next(it), batch_sh, pc)
-                data_time += time.perf_counter() - t_data
-                state, out = step_fn(state, batch)
+                profiler.begin(step)
+                with profiler.annotate(step):
+                    t_data = time.perf_counter()
+                    batch = _global_batch(next(it), batch_sh, pc)
+                    data_time += time.perf_counter() - t_data
+                    state, out = step_fn(state, batch)
+                profiler.end(step, state)
                 new_run.active = False  # it ran: keep what it wrote
                 if prev is not None and not bool(prev[1]["finite"]):  # one step behind: no stall
                     _nonfinite(config, prev[0], prev[1])
@@ -395,7 +420,7 @@ def _train_and_evaluate(config, workdir: str, progress, devices, new_run: _NewRu
                         "step_time": dt,
                         "data_time": data_time / (step - step_last),
                         "tokens": step * tokens_per_step,
-                        "flops": step * flops_per_step,
+                        "flops": step * flops_per_step + flops_offset,
                         **throughput(cfg, int(config.seq_len), int(config.batch_size), dt, peak),
                     }
                     if config.skip_nonfinite:
@@ -419,6 +444,7 @@ def _train_and_evaluate(config, workdir: str, progress, devices, new_run: _NewRu
                 if step % config.checkpoint_every == 0 or step == config.num_steps:
                     save(step)
     finally:
+        profiler.close()  # a run stopped inside the range: the trace ends there
         mgr.wait_until_finished()
         mgr.close()
         writer.close()
