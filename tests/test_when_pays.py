@@ -14,7 +14,7 @@ import shutil
 import numpy as np
 import pytest
 
-from experiments import cli, kprime, report
+from experiments import cli, kprime, report, sections
 from experiments.curves import delta_curve, describe, zero_crossings
 from experiments.studies import CONTINUATION, LOSS_VS_K
 from experiments.sweep import REPO, RESULT_FILES, is_finished
@@ -34,7 +34,7 @@ ARGS = [
     "--config.model.d_model=32",
     "--config.model.head_dim=8",
     "--config.model.mlp_dim=64",
-    "--config.checkpoint_every=2",
+    "--config.checkpoint_every=1",  # vanilla's step-1 checkpoint: the continuation's source
 ]
 DECODE = dict(extra=1, prompt=8, new_tokens=4, reps=1)
 
@@ -142,36 +142,41 @@ def test_report_builds_every_table_and_plot(study, tmp_path):
 
 
 def test_continuation_table_at_matched_tokens_and_flops(study, tmp_path):
-    """A continued run's row: Δ against vanilla at the same step, and against vanilla-x2tokens read at
-    the continued run's training FLOPs (vanilla's steps up to the checkpoint, then PHD-2's)."""
-    _, results, _, _ = study
+    """A real continuation (vanilla's step-1 checkpoint continued as PHD-2 with its full state): its
+    row against vanilla at the same step, and against vanilla-x2tokens read at the FLOPs the trainer
+    logged for the continued run (vanilla's step, then PHD-2's)."""
+    from phd_jax.train import load_run_config, train_and_evaluate
+
+    root, results, _, _ = study
     where = str(tmp_path / "when_pays")
     shutil.copytree(os.path.join(results, "when_pays"), where)
-    name, _, _ = CONTINUATION["when_pays"]
-    cont = os.path.join(where, name, "seed0")
-    shutil.copytree(os.path.join(where, "PHD-2", "seed0"), cont)  # stands in for a continued PHD-2 run
-    with open(os.path.join(cont, "config.json")) as f:
-        cfg = json.load(f)
-    cfg.update(init_from="runs/vanilla/seed0/checkpoints/1", init_state="full")
-    with open(os.path.join(cont, "config.json"), "w") as f:
-        json.dump(cfg, f)
+    name, source, _ = CONTINUATION["when_pays"]
+    config = load_run_config(os.path.join(root, "PHD-2", "seed0"))
+    config.init_from = os.path.join(root, source, "seed0", "checkpoints", "1")
+    config.init_state = "full"
+    wd = str(tmp_path / "runs" / name / "seed0")
+    train_and_evaluate(config, wd, progress=False)
+    os.makedirs(os.path.join(where, name, "seed0"))
+    for f in RESULT_FILES:
+        if os.path.isfile(os.path.join(wd, f)):
+            shutil.copy2(os.path.join(wd, f), os.path.join(where, name, "seed0", f))
     text = report.write(f"when_pays={where}", str(tmp_path / "page.md"), ["when_pays"], skip_missing=True)
-    last = {n: read_metrics(os.path.join(where, n, "seed0"))[-1] for n in ("vanilla", "PHD-2", "vanilla-x2tokens")}
+    last = {n: read_metrics(os.path.join(where, n, "seed0"))[-1] for n in (name, "vanilla", "vanilla-x2tokens")}
     tokens_row = next(line for line in text.splitlines() if line.startswith("| matched original tokens |"))
-    assert (
-        f"| {name} | vanilla | {last['PHD-2']['val_loss'] - last['vanilla']['val_loss']:+.4f} | – | 1 |" in tokens_row
-    )
-    # FLOPs: 1 step at vanilla's rate, 1 at PHD-2's (each run's logged flops / steps)
-    flops = last["vanilla"]["flops"] / STEPS + last["PHD-2"]["flops"] / STEPS
+    delta = last[name]["val_loss"] - last["vanilla"]["val_loss"]
+    assert f"| {name} | vanilla | {delta:+.4f} | – | 1 |" in tokens_row
     x2 = [
         (r["flops"], r["val_loss"])
         for r in read_metrics(os.path.join(where, "vanilla-x2tokens", "seed0"))
         if "val_loss" in r
     ]
-    ref = np.interp(flops, [p[0] for p in x2], [p[1] for p in x2])
+    ref = np.interp(last[name]["flops"], [p[0] for p in x2], [p[1] for p in x2])
     flops_row = next(line for line in text.splitlines() if line.startswith("| matched training FLOPs"))
-    assert f"| {last['PHD-2']['val_loss'] - ref:+.4f} | – | 1 |" in flops_row
+    assert f"| {last[name]['val_loss'] - ref:+.4f} | – | 1 |" in flops_row
     assert "vanilla-x2tokens at the same FLOPs" in flops_row
+    # the report's FLOPs of the continuation (phd_jax.flops) are the trainer's logged ones
+    res = {n: collect(where, n) for n in (name, "vanilla")}
+    assert sections.continuation_flops(res[name], res["vanilla"], 0) == pytest.approx(last[name]["flops"], rel=1e-9)
 
 
 def test_zero_crossings_are_found_between_evaluations():
