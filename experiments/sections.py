@@ -203,8 +203,9 @@ def continuation_section(study: str, root: str) -> list[str]:
     return out + rows
 
 
-def conclusions(path: str = CONCLUSIONS) -> list[str]:
-    """The lead's hand-written conclusions (never generated), when the file exists."""
+def conclusions(path: str | None = None) -> list[str]:
+    """The lead's hand-written conclusions (`CONCLUSIONS`, never generated), when the file exists."""
+    path = path or CONCLUSIONS
     if not os.path.isfile(path):
         return []
     with open(path) as f:

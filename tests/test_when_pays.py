@@ -206,10 +206,14 @@ def test_a_study_without_runs_keeps_its_part_of_the_page_rejudged(tmp_path):
     assert re.search(r"\| vanilla \| \d+ \| \d+ \|", text) is None  # nothing of the empty root was added
 
 
-def test_the_main_study_leads_where_the_page_places_it(study, tmp_path):
+def test_the_main_study_leads_where_the_page_places_it(study, tmp_path, monkeypatch):
     """docs/reproduction.md places the main study's markers above its results block: the part is
-    written there (with the rule), the other studies stay in the block, and a rerun is stable."""
+    written there (with the rule and the hand-written conclusions), the other studies stay in the
+    block, and a rerun is stable."""
     _, results, _, _ = study
+    conclusions = tmp_path / "conclusions.md"
+    conclusions.write_text("**What to conclude.** Hand-written, kept as it is.\n")
+    monkeypatch.setattr(sections, "CONCLUSIONS", str(conclusions))
     begin, end = report.study_markers("when_pays")
     page = tmp_path / "page.md"
     page.write_text(f"# P\n## Main\n{begin}\n{end}\n## Old study\nhand-written\n{report.BEGIN}\n{report.END}\n")
@@ -219,6 +223,7 @@ def test_the_main_study_leads_where_the_page_places_it(study, tmp_path):
     text = report.write(roots, str(page), ["when_pays", "loss_vs_k"], skip_missing=True)
     main, rest = text.split("## Old study\n")
     assert "| PHD-2 beats vanilla at matched tokens |" in main and "**Verdict rule.**" in main
+    assert main.count("**What to conclude.** Hand-written, kept as it is.") == 1
     assert "(`loss_vs_k`)" in rest and "(`when_pays`)" not in rest
     assert report.write(roots, str(page), ["when_pays", "loss_vs_k"], skip_missing=True) == text
 
