@@ -15,10 +15,11 @@ sweep keeps its runs as they were trained). For each finished PHD run ROOT/<sett
   `--reps`), as tokens/s and as a ratio to K' = 1 measured in the same process.
 It writes `kprime.json` (`KPRIME_FILE`) into the workdir and, with `--results`, into
 RESULTS/<study>/<setting>/seed<k>/ next to the run's committed result files (the sweep copies it
-too: it is one of experiments/sweep.py's RESULT_FILES). A run whose kprime.json is present
-(in the results directory, or in the workdir without --results) is skipped, so the step can be
-rerun at any time. Runs that cannot change K (vanilla, naive repetition, `position_mode="flat"`)
-are left out; the report (experiments/report.py) tables and plots what is there.
+too: it is one of experiments/sweep.py's RESULT_FILES). A run whose kprime.json is present (in
+the results directory or in the workdir; one in the workdir is copied to the results directory
+once that holds the run's results) is skipped, so the step can be rerun at any time. Runs that
+cannot change K (vanilla, naive repetition, `position_mode="flat"`) are left out; the report
+(experiments/report.py) tables and plots what is there.
 """
 
 from __future__ import annotations
@@ -125,6 +126,11 @@ def run(study: str, root: str, results: str | None, seeds=None, only=None, log=p
                 continue
             dest = os.path.join(results, study, s.name, f"seed{seed}") if results else wd
             if os.path.isfile(os.path.join(dest, KPRIME_FILE)):
+                out["skipped"].append(label)
+                continue
+            if os.path.isfile(os.path.join(wd, KPRIME_FILE)):  # measured before its results were kept
+                if os.path.isfile(os.path.join(dest, "config.json")):
+                    shutil.copy2(os.path.join(wd, KPRIME_FILE), os.path.join(dest, KPRIME_FILE))
                 out["skipped"].append(label)
                 continue
             if not is_finished(wd, int(config["num_steps"])):

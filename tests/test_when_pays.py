@@ -87,6 +87,19 @@ def test_kprime_measures_phd_runs_only_and_is_skipped_when_present(study):
     assert open(os.path.join(_kept(results, "PHD-2"), kprime.KPRIME_FILE), "rb").read() == before
 
 
+def test_kprime_measured_before_the_results_were_kept_is_copied_not_remeasured(study, tmp_path):
+    root, results, _, _ = study
+    other = str(tmp_path / "results")  # a results directory without this run's results yet
+    quiet = dict(log=lambda _: None, **DECODE)
+    assert kprime.run("when_pays", root, other, **quiet)["measured"] == []  # the workdir has kprime.json
+    dest = os.path.join(other, "when_pays", "PHD-2", "seed0")
+    assert not os.path.exists(dest)
+    shutil.copytree(_kept(results, "PHD-2"), dest)
+    os.remove(os.path.join(dest, kprime.KPRIME_FILE))
+    assert kprime.run("when_pays", root, other, **quiet) == {"measured": [], "skipped": ["PHD-2 seed0"], "missing": []}
+    assert kprime.load(dest) == kprime.load(os.path.join(root, "PHD-2", "seed0"))
+
+
 def test_kprime_command_line_refuses_bad_input(study, capsys):
     root, *_ = study
     assert kprime.main(["--study=nope", f"--root={root}"]) == 2
