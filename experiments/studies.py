@@ -249,7 +249,9 @@ WHEN_PAYS = Study(
         "vanilla and PHD-2 in the pilot), 20 validations a run, seed-paired. Loss vs K at matched "
         "original tokens (vanilla, PHD-2, PHD-3, PHD-SWA-2-16, PHD-CSWA-2-16-32, naive-2) and at "
         "matched training FLOPs (PHD-2 vs vanilla on 2x the tokens and vs a vanilla deepened to "
-        "PHD-2's FLOPs per token). Vanilla keeps its midpoint checkpoint for the continuation."
+        "PHD-2's FLOPs per token). Vanilla keeps its midpoint checkpoint for the continuation: "
+        "vanilla-then-PHD-2 continues vanilla's step-300 checkpoint with its full state (optimizer "
+        "state, learning-rate schedule, data position) as PHD-2 to step 600."
     ),
     settings=(
         _main("vanilla"),
@@ -260,6 +262,9 @@ WHEN_PAYS = Study(
         _main(f"PHD-SWA-2-{WINDOW}-inf", group=2),
         _main(f"PHD-CSWA-2-{WINDOW}-{CHUNK}", group=2),
         _main("naive-2", group=2),
+        # Up-training with full state: vanilla's step-300 checkpoint (optimizer state, schedule, data
+        # position) continued as PHD-2 to step 600, against vanilla itself from the same checkpoint.
+        _main("vanilla-then-PHD-2", "PHD-2", group=3, continue_from="vanilla"),
     ),
     claims=(
         Claim("lower", "PHD-2", "vanilla", "PHD-2 beats vanilla at matched tokens"),
@@ -280,6 +285,19 @@ WHEN_PAYS = Study(
             "PHD-2",
             "vanilla-depth-PHD-2",
             "PHD-2 vs a deeper vanilla with PHD-2's FLOPs per token (equal training FLOPs)",
+        ),
+        Claim(
+            "lower",
+            "vanilla-then-PHD-2",
+            "vanilla",
+            "vanilla continued as PHD-2 from its midpoint (full state) beats vanilla at matched tokens",
+        ),
+        Claim(
+            "which",
+            "vanilla-then-PHD-2",
+            "vanilla-x2tokens",
+            "vanilla continued as PHD-2 from its midpoint (about 1.5x vanilla's training FLOPs) vs vanilla "
+            "on 2x the tokens (2x its FLOPs)",
         ),
     ),
     steps=PILOT_STEPS,

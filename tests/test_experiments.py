@@ -18,6 +18,7 @@ from experiments.sweep import (
     REPO,
     RESULT_FILES,
     Setting,
+    execute,
     is_finished,
     load_config_module,
     matched_depth,
@@ -25,6 +26,10 @@ from experiments.sweep import (
     run_state,
 )
 from phd_jax.errors import ConfigError
+from phd_jax.flops import train_flops_per_sequence
+from phd_jax.train import model_config
+from phd_jax.train.checkpoint import RESUMABLE_CHANGES, first_change
+from phd_jax.train.continuation import MAY_CHANGE
 from phd_jax.train.metrics import read_metrics
 
 TINY = os.path.join(REPO, "phd_jax", "configs", "tiny.py")
@@ -241,6 +246,82 @@ def test_when_pays_plan_matches_tokens_and_flops(tmp_path):
     assert (phd2.model.repeat, by["PHD-3"].model.repeat) == (2, 3)
     assert (by["PHD-CSWA-2-16-32"].model.window, by["PHD-CSWA-2-16-32"].model.chunk) == (16, 32)
     assert {c.b for c in WHEN_PAYS.claims} <= set(by) and {c.a for c in WHEN_PAYS.claims} <= set(by)
+    # vanilla-then-PHD-2: vanilla's step-300 checkpoint continued with its full state as PHD-2, after
+    # every vanilla run; its config differs from vanilla's only where a continuation may differ
+    cont = by["vanilla-then-PHD-2"]
+    assert (cont.init_state, cont.num_steps, cont.model.variant, cont.model.repeat) == ("full", 600, "phd", 2)
+    assert cont.init_from == os.path.join(os.path.abspath(root), "vanilla", "seed0", "checkpoints", "300")
+    assert first_change(v.to_dict(), cont, MAY_CHANGE) is None
+    assert first_change(v.to_dict(), cont, RESUMABLE_CHANGES)[0] == "model.repeat"
+    labels = [r.label for r in plan(list(WHEN_PAYS.settings), [0, 1, 2], 600, root, defaults=dict(WHEN_PAYS.defaults))]
+    assert min(i for i, x in enumerate(labels) if x.startswith("vanilla-then")) > labels.index("vanilla seed2")
+    # its FLOPs: 300 vanilla steps and 300 PHD-2 steps, about 1.5x vanilla's (what the claim says)
+    flops = {n: train_flops_per_sequence(model_config(by[n]), 128) for n in ("vanilla", "PHD-2")}
+    assert (flops["vanilla"] + flops["PHD-2"]) / 2 / flops["vanilla"] == pytest.approx(1.5, abs=0.05)
+    (claim,) = [c for c in WHEN_PAYS.claims if (c.a, c.b) == ("vanilla-then-PHD-2", "vanilla-x2tokens")]
+    assert claim.kind == "which" and "1.5x vanilla's training FLOPs" in claim.text
+    assert [c.kind for c in WHEN_PAYS.claims if (c.a, c.b) == ("vanilla-then-PHD-2", "vanilla")] == ["lower"]
+
+
+CALIBRATION = {"flops_per_s": 1e9, "overhead_s": 1.0, "description": "a test's"}
+CONT_STEPS = 4  # tiny: checkpoints at 1..4, the last 3 kept; the continuation starts at step 2
+
+
+def _continuation_plan(root, results=None, **kw):
+    kw = {"group": 1, "continue_from": "vanilla", **kw}
+    settings = [Setting("vanilla", "vanilla"), Setting("vanilla-then-PHD-2", "PHD-2", **kw)]
+    return plan(settings, [0], CONT_STEPS, root, TINY, {"eval_batches": 1}, results_root=results)
+
+
+def test_sweep_runs_a_continuation_after_its_source(tmp_path):
+    """In process: vanilla, then vanilla-then-PHD-2 from its step-2 checkpoint (full state); on a
+    fresh machine with only the saved results nothing trains; without the continuation's results
+    the source is trained again into the root (its saved results untouched) and the continuation
+    reproduces its first result; a missing checkpoint that cannot be retrained fails in one line."""
+    results = str(tmp_path / "results")
+    runs = _continuation_plan(str(tmp_path / "a"), results)
+    out = execute(runs, CALIBRATION, progress=False, log=lambda *a: None)
+    assert out["trained"] == ["vanilla seed0", "vanilla-then-PHD-2 seed0"] and not out["failed"]
+    src, cont = (read_metrics(r.workdir) for r in runs)
+    assert [r["step"] for r in cont] == [3, 4]  # the steps after the checkpoint
+    assert [r["learning_rate"] for r in cont] == [r["learning_rate"] for r in src[2:]]  # the schedule goes on
+    assert [r["loss"] for r in cont] != [r["loss"] for r in src[2:]]  # as another model
+    with open(os.path.join(runs[1].workdir, "config.json")) as f:
+        assert json.load(f)["init_from"] == os.path.join(runs[0].workdir, "checkpoints", "2")
+
+    fresh = _continuation_plan(str(tmp_path / "fresh"), results)
+    assert execute(fresh, CALIBRATION, progress=False, log=lambda *a: None)["trained"] == []
+    assert not os.path.exists(str(tmp_path / "fresh"))
+    shutil.rmtree(fresh[1].results_dir)
+    saved_source = files_of(fresh[0].results_dir)
+    lines = []
+    out = execute(fresh, CALIBRATION, progress=False, log=lines.append)
+    assert out["trained"] == ["vanilla-then-PHD-2 seed0"] and not out["failed"]
+    assert any("trained again into" in line and "vanilla seed0" in line for line in lines)
+    assert files_of(fresh[0].results_dir) == saved_source
+    assert [r["loss"] for r in read_metrics(fresh[1].workdir)] == [r["loss"] for r in cont]
+
+    broken = _continuation_plan(str(tmp_path / "broken"))
+    shutil.copytree(runs[0].workdir, broken[0].workdir)
+    shutil.rmtree(os.path.join(broken[0].workdir, "checkpoints", "2"))
+    out = execute(broken, CALIBRATION, progress=False, log=lambda *a: None)
+    ((label, message),) = out["failed"]
+    assert label == "vanilla-then-PHD-2 seed0" and "missing: rerun vanilla seed0 into" in message
+    assert not os.path.exists(broken[1].workdir)
+
+
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        (dict(continue_at=0.3), r"continue_at=0.3 is invalid: step 1.2 of vanilla's 4 is not one of its checkpoints"),
+        (dict(continue_at=0.25), r"vanilla keeps only its last 3 checkpoints \(2, 3, 4\), not step 1"),
+        (dict(group=0), r"the source's group \(0\) must come before 0"),
+        (dict(continue_from="PHD-9"), r"continue_from='PHD-9' is not a setting of this sweep"),
+    ],
+)
+def test_a_continuation_that_cannot_run_is_refused_when_planning(tmp_path, kw, match):
+    with pytest.raises(ConfigError, match=match):
+        _continuation_plan(str(tmp_path / "none"), **kw)
 
 
 def test_another_step_count_in_the_same_root_is_refused(sweep, capsys):

@@ -23,7 +23,8 @@ from phd_jax.train.metrics import read_metrics
 
 TINY = os.path.join(REPO, "phd_jax", "configs", "tiny.py")
 STEPS = 2
-ONLY = ("vanilla", "PHD-2", "vanilla-x2tokens")
+CONTINUED = CONTINUATION["when_pays"][0]  # vanilla-then-PHD-2: vanilla's step-1 checkpoint continued as PHD-2
+ONLY = ("vanilla", "PHD-2", "vanilla-x2tokens", CONTINUED)
 ARGS = [
     f"--config={TINY}",
     f"--only={','.join(ONLY)}",
@@ -44,7 +45,8 @@ def study(tmp_path_factory):
     base = tmp_path_factory.mktemp("when_pays")
     root, results = str(base / "runs"), str(base / "results")
     rc = cli.main("when_pays", ARGS + [f"--root={root}", f"--results={results}"])
-    measured = kprime.run("when_pays", root, results, log=lambda _: None, **DECODE)
+    # K' of PHD-2 only (the continuation is a PHD-2 model too; measuring one keeps the test short)
+    measured = kprime.run("when_pays", root, results, only=["PHD-2"], log=lambda _: None, **DECODE)
     return root, results, rc, measured
 
 
@@ -82,7 +84,7 @@ def test_kprime_measures_phd_runs_only_and_is_skipped_when_present(study):
     assert rows[1]["speed_vs_k1"] == 1.0 and all(r["decode_tokens_per_s"] > 0 for r in rows.values())
     # rerun: nothing measured again, nothing rewritten
     before = open(os.path.join(_kept(results, "PHD-2"), kprime.KPRIME_FILE), "rb").read()
-    again = kprime.run("when_pays", root, results, log=lambda _: None, **DECODE)
+    again = kprime.run("when_pays", root, results, only=["PHD-2"], log=lambda _: None, **DECODE)
     assert again == {"measured": [], "skipped": ["PHD-2 seed0"], "missing": []}
     assert open(os.path.join(_kept(results, "PHD-2"), kprime.KPRIME_FILE), "rb").read() == before
 
@@ -90,7 +92,7 @@ def test_kprime_measures_phd_runs_only_and_is_skipped_when_present(study):
 def test_kprime_measured_before_the_results_were_kept_is_copied_not_remeasured(study, tmp_path):
     root, results, _, _ = study
     other = str(tmp_path / "results")  # a results directory without this run's results yet
-    quiet = dict(log=lambda _: None, **DECODE)
+    quiet = dict(only=["PHD-2"], log=lambda _: None, **DECODE)
     assert kprime.run("when_pays", root, other, **quiet)["measured"] == []  # the workdir has kprime.json
     dest = os.path.join(other, "when_pays", "PHD-2", "seed0")
     assert not os.path.exists(dest)
@@ -148,48 +150,39 @@ def test_report_builds_every_table_and_plot(study, tmp_path):
     ):
         png = tmp_path / "docs" / "page" / f"{stem}.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"](page/{stem}.png)" in text
-    # the continuation table says it has nothing yet, and the page still builds
-    assert "No finished runs of `vanilla-then-PHD-2`" in text
+    # the continuation's claims are judged like the others (one seed: no σ)
+    row = next(line for line in text.splitlines() if line.startswith("| vanilla continued as PHD-2 from its midpoint"))
+    assert f"Δ = {finals[CONTINUED] - finals['vanilla']:+.4f}" in row and "not detected: 1 seed" in row
     # the pilot's numbers lead the main study (from the committed pilot results)
     assert "**The pilot**" in text
 
 
 def test_continuation_table_at_matched_tokens_and_flops(study, tmp_path):
-    """A real continuation (vanilla's step-1 checkpoint continued as PHD-2 with its full state): its
-    row against vanilla at the same step, and against vanilla-x2tokens read at the FLOPs the trainer
-    logged for the continued run (vanilla's step, then PHD-2's)."""
-    from phd_jax.train import load_run_config, train_and_evaluate
-
+    """The sweep's continuation (vanilla's step-1 checkpoint continued as PHD-2 with its full state):
+    its row against vanilla at the same step, and against vanilla-x2tokens read at the FLOPs the
+    trainer logged for it (vanilla's step, then PHD-2's)."""
     root, results, _, _ = study
-    where = str(tmp_path / "when_pays")
-    shutil.copytree(os.path.join(results, "when_pays"), where)
-    name, source, _ = CONTINUATION["when_pays"]
-    config = load_run_config(os.path.join(root, "PHD-2", "seed0"))
-    config.init_from = os.path.join(root, source, "seed0", "checkpoints", "1")
-    config.init_state = "full"
-    wd = str(tmp_path / "runs" / name / "seed0")
-    train_and_evaluate(config, wd, progress=False)
-    os.makedirs(os.path.join(where, name, "seed0"))
-    for f in RESULT_FILES:
-        if os.path.isfile(os.path.join(wd, f)):
-            shutil.copy2(os.path.join(wd, f), os.path.join(where, name, "seed0", f))
+    where = os.path.join(results, "when_pays")
+    with open(os.path.join(root, CONTINUED, "seed0", "config.json")) as f:
+        cfg = json.load(f)
+    assert cfg["init_state"] == "full" and cfg["init_from"].endswith(
+        os.path.join("vanilla", "seed0", "checkpoints", "1")
+    )
     text = report.write(f"when_pays={where}", str(tmp_path / "page.md"), ["when_pays"], skip_missing=True)
-    last = {n: read_metrics(os.path.join(where, n, "seed0"))[-1] for n in (name, "vanilla", "vanilla-x2tokens")}
+    last = {n: read_metrics(_kept(results, n))[-1] for n in (CONTINUED, "vanilla", "vanilla-x2tokens")}
     tokens_row = next(line for line in text.splitlines() if line.startswith("| matched original tokens |"))
-    delta = last[name]["val_loss"] - last["vanilla"]["val_loss"]
-    assert f"| {name} | vanilla | {delta:+.4f} | – | 1 |" in tokens_row
-    x2 = [
-        (r["flops"], r["val_loss"])
-        for r in read_metrics(os.path.join(where, "vanilla-x2tokens", "seed0"))
-        if "val_loss" in r
-    ]
-    ref = np.interp(last[name]["flops"], [p[0] for p in x2], [p[1] for p in x2])
+    delta = last[CONTINUED]["val_loss"] - last["vanilla"]["val_loss"]
+    assert f"| {CONTINUED} | vanilla | {delta:+.4f} | – | 1 |" in tokens_row
+    x2 = [(r["flops"], r["val_loss"]) for r in read_metrics(_kept(results, "vanilla-x2tokens")) if "val_loss" in r]
+    ref = np.interp(last[CONTINUED]["flops"], [p[0] for p in x2], [p[1] for p in x2])
     flops_row = next(line for line in text.splitlines() if line.startswith("| matched training FLOPs"))
-    assert f"| {last[name]['val_loss'] - ref:+.4f} | – | 1 |" in flops_row
+    assert f"| {last[CONTINUED]['val_loss'] - ref:+.4f} | – | 1 |" in flops_row
     assert "vanilla-x2tokens at the same FLOPs" in flops_row
     # the report's FLOPs of the continuation (phd_jax.flops) are the trainer's logged ones
-    res = {n: collect(where, n) for n in (name, "vanilla")}
-    assert sections.continuation_flops(res[name], res["vanilla"], 0) == pytest.approx(last[name]["flops"], rel=1e-9)
+    res = {n: collect(where, n) for n in (CONTINUED, "vanilla")}
+    flops = sections.continuation_flops(res[CONTINUED], res["vanilla"], 0)
+    assert flops == pytest.approx(last[CONTINUED]["flops"], rel=1e-9)
+    assert last["vanilla"]["flops"] < flops < last["vanilla-x2tokens"]["flops"]
 
 
 def test_zero_crossings_are_found_between_evaluations():
