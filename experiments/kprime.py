@@ -10,9 +10,10 @@ sweep keeps its runs as they were trained). For each finished PHD run ROOT/<sett
 (final checkpoint) it measures, in one process:
 - the validation loss at each K' (the run's own validation batches, `evaluate_loss`: at K' = K
   it is the run's final `val_loss`);
-- the decode speed at each K' (batch 1, greedy; benchmarks/inference.py's `decode_latency`:
-  a jitted scan of `--new-tokens` decode steps after a `--prompt`-token prefill, median of
-  `--reps`), as tokens/s and as a ratio to K' = 1 measured in the same process.
+- the decode speed at each K' (batch 1, greedy; as benchmarks/inference.py's `decode_latency`:
+  a jitted scan of `--new-tokens` decode steps after a `--prompt`-token prefill), every K'
+  compiled first, then timed in turns (K' = 1, 2, ..., `--reps` rounds; the median), so that a
+  machine whose speed drifts slows every K' alike; as tokens/s and as a ratio to K' = 1.
 It writes `kprime.json` (`KPRIME_FILE`) into the workdir and, with `--results`, into
 RESULTS/<study>/<setting>/seed<k>/ next to the run's committed result files (the sweep copies it
 too: it is one of experiments/sweep.py's RESULT_FILES). A run whose kprime.json is present (in
@@ -40,7 +41,7 @@ from phd_jax.errors import ConfigError  # noqa: E402
 
 KPRIME_FILE = "kprime.json"
 EXTRA = 2  # K' runs 1 .. K + EXTRA
-PROMPT, NEW_TOKENS, REPS = 64, 32, 3
+PROMPT, NEW_TOKENS, REPS = 64, 32, 5
 
 
 def can_change_k(model: dict) -> bool:
@@ -52,13 +53,62 @@ def can_change_k(model: dict) -> bool:
     )
 
 
+def decode_runs(params, cfgs: dict, prompt: int, new_tokens: int):
+    """{K': a function that decodes `new_tokens` greedily (batch 1) after a `prompt`-token prefill},
+    each compiled (run once): benchmarks/inference.py's `decode_latency`, split so that the K' can
+    be timed in turns."""
+    import jax
+
+    import phd_jax
+    from phd_jax.sampling import decode_loop
+
+    runs = {}
+    for k, cfg in cfgs.items():
+        tokens = jax.random.randint(jax.random.key(0), (1, prompt), 0, cfg.vocab_size)
+        logits, state = phd_jax.prefill(params, cfg, tokens, max_len=prompt + new_tokens + 1)
+
+        def run(cfg=cfg, logits=logits, state=state):
+            return decode_loop(
+                params,
+                cfg,
+                logits,
+                state,
+                jax.random.key(0),
+                0.0,
+                1.0,
+                max_new_tokens=new_tokens + 1,
+                greedy=True,
+                top_k=0,
+                use_top_p=False,
+                eos_id=None,
+                pad_id=0,
+            )
+
+        jax.block_until_ready(run())  # compile
+        runs[k] = run
+    return runs
+
+
+def time_in_turns(runs: dict, reps: int) -> dict:
+    """{K': median seconds of one call}, the K' timed in turns (K' = 1, 2, ..., then again) so that
+    a machine whose speed drifts (other work, clocks) affects every K' alike."""
+    import jax
+
+    times = {k: [] for k in runs}
+    for _ in range(reps):
+        for k, run in runs.items():
+            t0 = time.perf_counter()
+            jax.block_until_ready(run())
+            times[k].append(time.perf_counter() - t0)
+    return {k: sorted(v)[len(v) // 2] for k, v in times.items()}
+
+
 def measure(
     workdir: str, extra: int = EXTRA, prompt: int = PROMPT, new_tokens: int = NEW_TOKENS, reps: int = REPS, log=print
 ) -> dict:
     """The K' = 1 .. K+extra losses and decode speeds of the run's final checkpoint."""
     import jax
 
-    from benchmarks.inference import decode_latency
     from phd_jax.data import make_pipeline, make_tokenizer
     from phd_jax.evaluation.loss import evaluate_loss
     from phd_jax.evaluation.repeat import repeat_note
@@ -72,19 +122,19 @@ def measure(
     tokenizer = make_tokenizer(config.data.tokenizer)
     prompt = max(1, min(prompt, trained.max_seq_len // 2))
     new_tokens = max(1, min(new_tokens, trained.max_seq_len - prompt - 2))
-    rows = []
+    cfgs, rows = {}, []
     for k in range(1, trained.repeat + extra + 1):
-        cfg = resolve_run(workdir, step=step, repeat=k).model_config
+        cfgs[k] = resolve_run(workdir, step=step, repeat=k).model_config
         if k != trained.repeat:
-            log("  " + repeat_note(trained, cfg))
-        loss = evaluate_loss(params, cfg, make_pipeline(config).eval_batches(), tokenizer)["loss"]
-        t0 = time.perf_counter()
-        seconds = decode_latency(cfg, params, prompt, new_tokens, reps)
-        rows.append({"repeat": k, "model": cfg.name, "val_loss": loss, "decode_tokens_per_s": 1.0 / seconds})
-        log(f"  K'={k}: val loss {loss:.4f}, decode {1.0 / seconds:.1f} tokens/s ({time.perf_counter() - t0:.0f} s)")
-    base = rows[0]["decode_tokens_per_s"]
+            log("  " + repeat_note(trained, cfgs[k]))
+        loss = evaluate_loss(params, cfgs[k], make_pipeline(config).eval_batches(), tokenizer)["loss"]
+        rows.append({"repeat": k, "model": cfgs[k].name, "val_loss": loss})
+        log(f"  K'={k}: val loss {loss:.4f}")
+    seconds = time_in_turns(decode_runs(params, cfgs, prompt, new_tokens), reps)
     for r in rows:
-        r["speed_vs_k1"] = r["decode_tokens_per_s"] / base
+        r["decode_tokens_per_s"] = new_tokens / seconds[r["repeat"]]
+        r["speed_vs_k1"] = seconds[1] / seconds[r["repeat"]]
+    log("  decode tokens/s: " + ", ".join(f"K'={r['repeat']} {r['decode_tokens_per_s']:.1f}" for r in rows))
     return {
         "model": trained.name,
         "trained_repeat": trained.repeat,

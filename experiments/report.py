@@ -42,7 +42,7 @@ import sys
 if __package__ in (None, ""):  # python experiments/report.py
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from experiments import plots, sections  # noqa: E402
+from experiments import kprime, plots, sections  # noqa: E402
 from experiments.studies import CONTINUATION, MAIN_STUDY, OTHER_STUDIES, REPORTABLE, STUDIES, Study  # noqa: E402
 from experiments.sweep import DEFAULT_RESULTS, DEFAULT_ROOT  # noqa: E402
 from experiments.verdicts import (  # noqa: E402, F401  (the report's API before the split)
@@ -212,10 +212,8 @@ def study_part(name: str, root: str, out: str, skip_missing: bool = False) -> tu
     if study.claims and has_runs:
         parts += ["", claims_table(study, results, skip_missing)]
     parts += sections.curves_section(name, results, figure)
-    if name == MAIN_STUDY or any(r.dirs for r in results.values() if r.n):
-        kp = sections.kprime_section(name, results, figure)
-        if name == MAIN_STUDY or not kp[-1].startswith("No `kprime.json`"):
-            parts += kp
+    if name == MAIN_STUDY or any(kprime.load(d) for r in results.values() for d in r.dirs.values()):
+        parts += sections.kprime_section(name, results, figure)
     if name in CONTINUATION:
         parts += sections.continuation_section(name, root)
     if name == MAIN_STUDY:

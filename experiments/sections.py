@@ -129,7 +129,7 @@ def kprime_section(study: str, results: dict, figure) -> list[str]:
         kprime.table(rows),
         "",
         f"Decode: batch {d['batch']}, {d['new_tokens']} tokens after a {d['prompt_tokens']}-token prompt, "
-        f"median of {d['reps']}, on `{d['device']}`.",
+        f"every K' compiled first, then timed in turns, the median of {d['reps']} rounds, on `{d['device']}`.",
         "",
         f"![K chosen at inference: validation loss and decode speed vs K']({rel})",
     ]
