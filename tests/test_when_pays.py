@@ -249,3 +249,10 @@ def test_readme_summary_follows_the_main_study_and_keeps_old_rows(study, tmp_pat
     assert rows[0].startswith("| `when_pays` | PHD-2 beats vanilla at matched tokens |")  # the main study first
     assert rows[-1] == old_row.replace("inconclusive at this scale", report.not_detected(0.0159, 3))
     assert "](docs/page/when_pays_tokens.png)" in text
+
+
+def test_report_refuses_a_root_of_an_unknown_study(tmp_path, capsys):
+    assert report.main([f"--root=nostudy={tmp_path}", f"--out={tmp_path / 'p.md'}"]) == 2
+    assert "'nostudy' is not a study" in capsys.readouterr().err and not (tmp_path / "p.md").exists()
+    assert report.main([f"--root=when_pays={tmp_path / 'absent'}", f"--out={tmp_path / 'p.md'}"]) == 2
+    assert "no such directory" in capsys.readouterr().err and not (tmp_path / "p.md").exists()
