@@ -169,7 +169,7 @@ def config_from_hf(hf: dict, where: str = "config.json", **overrides) -> ModelCo
 
 def config_to_hf(cfg: ModelConfig) -> dict:
     """A Llama `config.json` dict for `cfg`, its PHD fields under `"phd_jax"`."""
-    if cfg.qk_norm:
+    if cfg.qk_norm != "none":
         fail(
             "ModelConfig.qk_norm",
             True,

@@ -23,11 +23,12 @@ import subprocess
 import jax
 import numpy as np
 
-from phd_jax.config import ModelConfig
+from phd_jax.config import ModelConfig, canonical_field
 from phd_jax.errors import ConfigError
 from phd_jax.model import check_params
 from phd_jax.train.config import load_run_config, to_json
 from phd_jax.train.state import TrainState
+from phd_jax.tree import path_name
 
 CHECKPOINTS = "checkpoints"
 OUR_FILES = (
@@ -99,6 +100,11 @@ def _norm(v):
     return json.loads(json.dumps(v, default=list))
 
 
+def _canonical(flat: dict) -> dict:
+    """Model fields in today's spelling (`model.qk_norm: false` of a phd_jax <= 0.2 run is "none")."""
+    return {k: canonical_field(k[len("model.") :], v) if k.startswith("model.") else v for k, v in flat.items()}
+
+
 def first_change(saved: dict, config, may_change) -> tuple[str, object, object] | None:
     """The first key (sorted, dotted: `model.d_model`) whose value in `config` differs from the
     saved run config `saved` (a dict), as (key, saved value, new value); None if none does. Keys
@@ -106,7 +112,7 @@ def first_change(saved: dict, config, may_change) -> tuple[str, object, object] 
     added, left at its default (the old run used that behaviour), and a key this version dropped."""
     from phd_jax.train.config import base_config
 
-    old, new = _flatten(_norm(saved)), _flatten(_norm(config.to_dict()))
+    old, new = (_canonical(_flatten(_norm(c))) for c in (saved, config.to_dict()))
     defaults = _flatten(_norm(base_config().to_dict()))
     for key in sorted(set(old) | set(new)):
         if key in may_change or key.split(".")[0] in may_change:
@@ -292,6 +298,7 @@ def restore_params(path: str, step: int | None = None, sharding=None):
             step = max(steps)
         elif step not in steps:
             raise ConfigError(f"step={step} is invalid: checkpoints in {workdir} are at steps {sorted(steps)}")
+        _check_saved_params(workdir, step, cfg)
         sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
         shapes = param_shapes(cfg)
         target = {"params": jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), shapes)}
@@ -313,11 +320,34 @@ def restore_params(path: str, step: int | None = None, sharding=None):
     params = out["state"]["params"]
     try:
         check_params(params, cfg)
+        missing = [path_name(p) for p, x in jax.tree_util.tree_leaves_with_path(params) if not isinstance(x, jax.Array)]
+        if missing:  # a partial restore leaves what the checkpoint lacks unfilled
+            raise ValueError(f"params missing from the checkpoint: {', '.join(missing[:3])}")
     except (TypeError, ValueError) as e:
         raise ConfigError(
             f"checkpoint {workdir}/{CHECKPOINTS}/{step} does not match model_config.json ({cfg.name}): {e}"
         ) from None
     return cfg, params, int(step)
+
+
+def _check_saved_params(workdir: str, step: int, cfg: ModelConfig):
+    """The parameter tree saved at `step` (read from orbax's metadata, no arrays) against `cfg`:
+    a ConfigError naming the fields that differ (a checkpoint of another block option, say),
+    before a partial restore would leave the parameters it lacks unfilled."""
+    import orbax.checkpoint as ocp
+    from etils import epath
+
+    try:
+        meta = ocp.PyTreeCheckpointHandler().metadata(epath.Path(workdir) / CHECKPOINTS / str(step) / "state")
+        saved = (meta.tree if hasattr(meta, "tree") else meta)["params"]
+    except Exception:  # unreadable metadata: the restore below reports the checkpoint
+        return
+    try:
+        check_params(saved, cfg)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(
+            f"checkpoint {workdir}/{CHECKPOINTS}/{step} does not match model_config.json ({cfg.name}): {e}"
+        ) from None
 
 
 def abstract_state(params_shape, opt_shape, shardings: TrainState) -> TrainState:

@@ -68,9 +68,11 @@ DEFAULT_RULES = (
 def base_config() -> ml_collections.ConfigDict:
     """The defaults every config file starts from (each file changes only what differs)."""
     c = ml_collections.ConfigDict()
-    c.model = ml_collections.ConfigDict(
-        {f.name: RUN_MODEL_DEFAULTS.get(f.name, f.default) for f in dataclasses.fields(ModelConfig)}
-    )
+    model = {f.name: RUN_MODEL_DEFAULTS.get(f.name, f.default) for f in dataclasses.fields(ModelConfig)}
+    # qk_norm takes a name or, as in phd_jax <= 0.2, a bool (config files, `--config.model.qk_norm=True`):
+    # an untyped field, so ml_collections' type check lets both through to ModelConfig's.
+    model["qk_norm"] = ml_collections.FieldReference(model["qk_norm"], field_type=object)
+    c.model = ml_collections.ConfigDict(model)
 
     # Data: phd_jax.data validates this section.
     c.data = default_data_config()
@@ -127,6 +129,7 @@ def paper_config(num_layers, d_model, mlp_dim, num_heads, num_kv_heads, head_dim
     m.num_layers, m.d_model, m.mlp_dim = num_layers, d_model, mlp_dim
     m.num_heads, m.num_kv_heads, m.head_dim = num_heads, num_kv_heads, head_dim
     m.vocab_size, m.tie_embeddings, m.max_seq_len = 100352, True, 4096
+    m.norm_position, m.qk_norm = "post", "projection"  # the OLMo2 block the paper builds on
     m.dtype, m.param_dtype, m.remat, m.block_q, m.block_kv = "bfloat16", "float32", "dots", 512, 512
     c.seq_len, c.batch_size = 2048, 512
     c.num_steps = tokens // (c.seq_len * c.batch_size)
