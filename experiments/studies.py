@@ -308,3 +308,27 @@ WHEN_PAYS = Study(
 OTHER_STUDIES = {PILOT.name: PILOT, WHEN_PAYS.name: WHEN_PAYS}  # run and reported on their own, never part of `all`
 REPORTABLE = {**STUDIES, **OTHER_STUDIES}
 COMMANDS = {**STUDIES, "all": ALL, **OTHER_STUDIES}
+
+# ---- what the report draws from the main study (experiments/report.py, experiments/sections.py) ----
+
+# (A, B, axis): the difference A − B over training, per seed, at matched original tokens or at matched
+# training FLOPs (B read at A's FLOPs: vanilla on 2x the tokens spans PHD-2's FLOPs).
+CURVES = {
+    WHEN_PAYS.name: (
+        ("PHD-2", "vanilla", "tokens"),
+        ("PHD-3", "vanilla", "tokens"),
+        (f"PHD-SWA-2-{WINDOW}-inf", "vanilla", "tokens"),
+        (f"PHD-CSWA-2-{WINDOW}-{CHUNK}", "vanilla", "tokens"),
+        ("naive-2", "vanilla", "tokens"),
+        ("PHD-2", "vanilla-x2tokens", "flops"),
+        ("PHD-3", "vanilla-x2tokens", "flops"),
+        ("PHD-2", "vanilla-depth-PHD-2", "flops"),
+    ),
+    PILOT.name: tuple(
+        (s.name.replace("vanilla", "PHD-2"), s.name, "tokens") for s in PILOT.settings if "-vanilla" in s.name
+    ),
+}
+# (continued setting, the run it continues, the run that spends its training FLOPs on vanilla):
+# vanilla continued from its midpoint checkpoint as PHD-2 with the full training state.
+CONTINUATION = {WHEN_PAYS.name: ("vanilla-then-PHD-2", "vanilla", "vanilla-x2tokens")}
+MAIN_STUDY = WHEN_PAYS.name  # the report's first study, and the README summary's

@@ -11,7 +11,8 @@ the one the FLOP-matched study compares with), so a setting is trained once per 
 
 Results: with a results directory (`--results`, default experiments/results in the repository),
 a run's small result files (`RESULT_FILES`: metrics.jsonl, config.json, model_config.json,
-version.json; never checkpoints or tensorboard) are copied to RESULTS/<study>/<setting>/seed<k>/
+version.json, and kprime.json once experiments/kprime.py measured it; never checkpoints or
+tensorboard) are copied to RESULTS/<study>/<setting>/seed<k>/
 when it finishes, and a later sweep skips a run whose results are there (state `saved`), even on
 a fresh machine without its workdir. The report reads such a directory like a root of workdirs.
 
@@ -333,7 +334,7 @@ def run_state(run: Run) -> str:
     return "finished" if is_finished(run.workdir, int(run.config.num_steps)) else "partial"
 
 
-RESULT_FILES = ("metrics.jsonl", "config.json", "model_config.json", "version.json")
+RESULT_FILES = ("metrics.jsonl", "config.json", "model_config.json", "version.json", "kprime.json")
 
 
 def save_results(run: Run) -> str | None:

@@ -93,7 +93,8 @@ def test_report_numbers_equal_the_runs_metrics(sweep, tmp_path):
         assert float(m.group(4)) == pytest.approx(finals[name], abs=5e-5)
         assert m.group(7) == f"s0: {finals[name]:.4f}"
     assert float(rows["PHD-2"].group(6)) == pytest.approx(finals["PHD-2"] - finals["vanilla"], abs=1e-4)
-    assert "| PHD-2 (no window) beats vanilla | PHD-2 | vanilla | **inconclusive (fewer than 2 seeds)** |" in text
+    one_seed = "not detected: 1 seed, so no σ and no minimum detectable effect"
+    assert f"| PHD-2 (no window) beats vanilla | PHD-2 | vanilla | **{one_seed}** |" in text
     assert "**not run** | no finished runs of PHD-4" in text
     for axis in ("tokens", "flops"):
         png = tmp_path / "docs" / "repro" / f"loss_vs_k_{axis}.png"
@@ -121,7 +122,8 @@ def test_report_summary_in_the_readme_is_generated(sweep, tmp_path, capsys):
     assert text.startswith("# Project\n") and text.endswith(f"{report.SUMMARY_END}\nrest\n") and "old" not in text
     finals = {n: read_metrics(os.path.join(root, n, "seed0"))[-1]["val_loss"] for n in ("vanilla", "PHD-2")}
     row = next(line for line in text.splitlines() if "| PHD-2 (no window) beats vanilla |" in line)
-    assert f"| {finals['PHD-2'] - finals['vanilla']:+.4f} | – | 1 | **inconclusive (fewer than 2 seeds)** |" in row
+    one_seed = "not detected: 1 seed, so no σ and no minimum detectable effect"
+    assert f"| {finals['PHD-2'] - finals['vanilla']:+.4f} | – | 1 | **{one_seed}** |" in row
     assert "](docs/repro/loss_vs_k_tokens.png)" in text and (tmp_path / "docs/repro/loss_vs_k_tokens.png").exists()
     plain = tmp_path / "plain.md"
     plain.write_text("no markers\n")
@@ -398,12 +400,24 @@ def _result(name, values):
     "a, b, kind, expected",
     [
         ([1.00, 1.01, 1.02], [1.10, 1.11, 1.12], "lower", "reproduced"),
-        ([1.10, 1.11, 1.12], [1.00, 1.01, 1.02], "lower", "not reproduced"),
-        ([1.00, 1.05, 1.01], [1.03, 1.00, 1.05], "lower", "inconclusive at this scale"),
-        ([1.00], [1.10], "lower", "inconclusive (fewer than 2 seeds)"),
+        ([1.10, 1.11, 1.12], [1.00, 1.01, 1.02], "lower", "contradicted"),
+        # paired differences -0.03, +0.05, -0.04: σ = 0.0493, so 2σ = 0.0987 is what could have counted
+        (
+            [1.00, 1.05, 1.01],
+            [1.03, 1.00, 1.05],
+            "lower",
+            "not detected: the minimum detectable effect here is 2σ = 0.0987",
+        ),
+        ([1.00], [1.10], "lower", "not detected: 1 seed, so no σ and no minimum detectable effect"),
         ([1.00, 1.01, 1.02], [1.10, 1.11, 1.12], "which", "A lower"),
+        (
+            [1.00, 1.05, 1.01],
+            [1.03, 1.00, 1.05],
+            "which",
+            "not detected: the minimum detectable effect here is 2σ = 0.0987",
+        ),
         ([1.0001, 1.0101, 1.0201], [1.0, 1.01, 1.02], "same", "reproduced"),  # vanilla 1.5: gain 0.49
-        ([1.30, 1.31, 1.32], [1.0, 1.01, 1.02], "same", "not reproduced"),
+        ([1.30, 1.31, 1.32], [1.0, 1.01, 1.02], "same", "contradicted"),
     ],
 )
 def test_verdict_rule(a, b, kind, expected):
