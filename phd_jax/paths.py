@@ -235,8 +235,8 @@ def copy_to(local: str, url: str) -> None:
 @contextlib.contextmanager
 def staged(path, names=None) -> Iterator[str]:
     """A local path with `path`'s content: `path` itself when it is local; for a URL, a copy in
-    a temporary folder (a file, or a folder's files, only `names` of them if given, missing
-    ones skipped), deleted when the block ends."""
+    a temporary folder (a file, or a folder's files: only `names` of them if given, a collection
+    or a predicate on the name, missing ones skipped), deleted when the block ends."""
     path = os.fspath(path)
     if not is_remote(path):
         yield path
@@ -253,7 +253,7 @@ def staged(path, names=None) -> Iterator[str]:
             local = os.path.join(tmp, os.path.basename(src) or "staged")
             os.makedirs(local)
             for name in listdir(path):
-                if names is not None and name not in names:
+                if names is not None and not (names(name) if callable(names) else name in names):
                     continue
                 if isfile(f"{path.rstrip('/')}/{name}"):
                     fs.get_file(f"{src}/{name}", os.path.join(local, name))

@@ -64,3 +64,53 @@ def test_paths_absolute_keeps_urls(tmp_path, monkeypatch):
     assert paths.is_remote("gs://b/x") and not paths.is_remote("/tmp/x")
     with pytest.raises(ValueError, match="cannot append"):
         paths.open_file("gs://b/x.jsonl", "a")
+
+
+# ---- metrics.jsonl as segments ----------------------------------------------------------------
+
+
+def _log(workdir, steps, start, offset):
+    from phd_jax.train.metrics import MetricWriter
+
+    with MetricWriter(workdir, start_step=start, progress=False) as w:
+        for step in steps:
+            w.write(step, {"loss": step + offset})
+            if step % 3 == 0:
+                w.sync()  # a checkpoint
+        return w.dropped
+
+
+def test_metric_segments_read_back_as_the_local_file(gcs, tmp_path):
+    """The same writes (a run, a resume from step 5 after it logged 8, a run started over at 0)
+    read back the same from a local metrics.jsonl and from gs:// segments, none rewritten."""
+    from phd_jax.train.metrics import SEGMENTS_DIR, read_metrics
+
+    got, first = {}, None
+    for wd in (str(tmp_path / "run"), f"{gcs}/run"):
+        dropped = [_log(wd, range(1, 9), 0, 0.0)]
+        if paths.is_remote(wd):
+            first = _objects(f"{wd}/{SEGMENTS_DIR}")
+        dropped.append(_log(wd, range(6, 12), 5, 0.5))
+        got[wd] = [read_metrics(wd)]
+        dropped.append(_log(wd, range(1, 4), 0, 0.25))  # started over: replaces everything
+        got[wd].append(read_metrics(wd))
+        got[wd].append(dropped)
+    local, remote = got.values()
+    assert local == remote
+    assert [(r["step"], r["loss"]) for r in local[0]] == [(s, s + (0.5 if s > 5 else 0.0)) for s in range(1, 12)]
+    assert [(r["step"], r["loss"]) for r in local[1]] == [(s, s + 0.25) for s in range(1, 4)]
+    assert local[2] == [0, 3, 11]
+    assert not paths.exists(f"{gcs}/run/metrics.jsonl")
+    objects = _objects(f"{gcs}/run/{SEGMENTS_DIR}")
+    assert sorted(name.split("-")[0] for name in objects) == ["000001"] * 3 + ["000002"] * 3 + ["000003"]
+    assert len(first) == 3 and all(objects[n]["generation"] == info["generation"] for n, info in first.items())
+
+
+def _objects(prefix) -> dict:
+    """{name below prefix: object info} of every object under `prefix` (fresh listing)."""
+    import fsspec
+
+    fs = fsspec.filesystem("gs")
+    fs.invalidate_cache()
+    root = prefix.removeprefix("gs://").rstrip("/")
+    return {k[len(root) + 1 :]: v for k, v in fs.find(root, detail=True).items()}

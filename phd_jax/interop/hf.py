@@ -25,6 +25,7 @@ import tempfile
 
 import numpy as np
 
+from phd_jax import paths
 from phd_jax.config import ModelConfig
 from phd_jax.errors import ConfigError, fail
 
@@ -338,6 +339,11 @@ def load_hf_llama(path: str, **overrides):
     import jax.numpy as jnp
 
     path = os.fspath(path)
+    if paths.is_remote(path):  # gs://...: safetensors reads local files, so a staged copy
+        if not paths.isdir(path):
+            raise FileNotFoundError(f"Hugging Face checkpoint directory {path} does not exist")
+        with paths.staged(path, names=lambda name: name.endswith((".json", ".safetensors"))) as local:
+            return load_hf_llama(local, **overrides)
     if not os.path.isdir(path):
         raise FileNotFoundError(f"Hugging Face checkpoint directory {path} does not exist")
     cfg = config_from_hf(
