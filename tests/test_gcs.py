@@ -2,9 +2,16 @@
 (phd_jax.paths) on local paths and gs:// alike, then `train.py`/`eval.py` with gs:// workdirs and
 data."""
 
+import json
 import os
+import subprocess
+import sys
+import types
+import uuid
 
+import numpy as np
 import pytest
+from gcs_emulator import point_clients
 
 from phd_jax import paths
 
@@ -114,3 +121,93 @@ def _objects(prefix) -> dict:
     fs.invalidate_cache()
     root = prefix.removeprefix("gs://").rstrip("/")
     return {k[len(root) + 1 :]: v for k, v in fs.find(root, detail=True).items()}
+
+
+# ---- train.py and eval.py with a gs:// workdir ------------------------------------------------
+
+from test_train_resume import ARGS, FAULTY, ROOT, STEPS, reference  # noqa: E402, F401  (reference: a local run)
+from test_train_resume import metrics as local_metrics  # noqa: E402
+
+TRAIN, EVAL = os.path.join(ROOT, "train.py"), os.path.join(ROOT, "eval.py")
+GS_ARGS = [a.replace("configs/tiny.py", os.path.join(ROOT, "configs", "tiny.py")) for a in ARGS]
+
+
+def run(script, *args, env, cwd, fault=None, timeout=600):
+    """`python SCRIPT ARGS` in `cwd` (an empty folder: nothing may land there)."""
+    cmd = [sys.executable, script, *args]
+    full = {**os.environ, **env}
+    if fault:
+        cmd[1:2] = ["-c", FAULTY.replace('run_path("train.py"', f"run_path({TRAIN!r}")]
+        full.update(FAULT=fault[0], FAULT_STEP=str(fault[1]))
+    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=full)
+
+
+@pytest.fixture(scope="module")
+def gs_env(gcs_emulator):
+    """This module's process pointed at the emulator; the environment for its subprocesses."""
+    with pytest.MonkeyPatch.context() as mp:
+        point_clients(gcs_emulator, mp)
+        yield {**gcs_emulator.env, "PYTHONPATH": ROOT}
+
+
+@pytest.fixture(scope="module")
+def gs_run(gs_env, gcs_emulator, tmp_path_factory):
+    """train.py on gs://: preempted (SIGTERM) after step 13, then run again to the end."""
+    cwd = str(tmp_path_factory.mktemp("cwd"))
+    wd = f"gs://{gcs_emulator.bucket}/runs-{uuid.uuid4().hex[:8]}/run"
+    first = run(TRAIN, f"--workdir={wd}", *GS_ARGS, "--config.sample_tokens=0", env=gs_env, cwd=cwd, fault=("term", 13))
+    assert first.returncode == 0, first.stderr[-3000:]
+    second = run(TRAIN, f"--workdir={wd}", *GS_ARGS, "--config.sample_tokens=0", env=gs_env, cwd=cwd)
+    assert second.returncode == 0, second.stderr[-3000:]
+    return types.SimpleNamespace(workdir=wd, cwd=cwd, first=first, second=second, env=gs_env)
+
+
+def test_train_py_on_gs_writes_every_workdir_file_to_the_bucket(gs_run):
+    wd = gs_run.workdir
+    assert f"workdir {wd}: checkpoints in checkpoints/ every 5 steps" in gs_run.first.stdout
+    assert "SIGTERM: saved a checkpoint at step 13" in gs_run.first.stdout
+    names = _objects(wd)
+    top = {n.split("/")[0] for n in names}
+    assert top == {"config.json", "model_config.json", "version.json", "checkpoints", "metrics.jsonl.d", "tensorboard"}
+    steps = {n.split("/")[1] for n in names if n.startswith("checkpoints/")}
+    assert steps == {"5", "10", "13", "15", "20"}
+    assert all(f"checkpoints/{s}/commit_success.txt" in names for s in steps)  # complete, on an object store
+    assert [n for n in names if n.startswith("tensorboard/events.out.tfevents.")]
+    assert json.loads(paths.read_text(f"{wd}/model_config.json"))["vocab_size"] == 384
+    from phd_jax.train import load_run_config
+
+    assert load_run_config(wd).num_steps == STEPS
+    # Nothing of the workdir on local disk: not in the working directory, not as a `gs:` folder.
+    assert os.listdir(gs_run.cwd) == [] and not os.path.exists(os.path.join(ROOT, "gs:"))
+
+
+def test_sigterm_on_gs_resumes_bitwise_as_on_local_disk(gs_run, reference):  # noqa: F811
+    import jax
+
+    from phd_jax.train import restore_params
+    from phd_jax.train.metrics import read_metrics
+
+    assert "resuming from step 13" in gs_run.second.stdout
+    ref, got = local_metrics(reference[0]), read_metrics(gs_run.workdir)
+    assert [r["step"] for r in got] == list(range(1, STEPS + 1))  # no step lost or twice
+    for a, b in zip(ref, got):
+        assert (a["loss"], a["grad_norm"], a.get("val_loss")) == (b["loss"], b["grad_norm"], b.get("val_loss")), a[
+            "step"
+        ]
+    cfg_a, pa, step_a = restore_params(reference[0])
+    cfg_b, pb, step_b = restore_params(gs_run.workdir)
+    assert cfg_a == cfg_b and step_a == step_b == STEPS
+    for x, y in zip(jax.tree.leaves(pa), jax.tree.leaves(pb)):
+        assert np.array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_eval_py_reads_gs_and_writes_its_results_there(gs_run, reference):  # noqa: F811
+    out = run(EVAL, f"--workdir={gs_run.workdir}", "--loss", env=gs_run.env, cwd=gs_run.cwd)
+    assert out.returncode == 0, out.stderr[-3000:]
+    got = json.loads(paths.read_text(f"{gs_run.workdir}/eval/{STEPS}.json"))
+    local = run(EVAL, f"--workdir={reference[0]}", "--loss", env={}, cwd=gs_run.cwd)
+    assert local.returncode == 0, local.stderr[-3000:]
+    want = json.load(open(os.path.join(reference[0], "eval", f"{STEPS}.json")))
+    assert got["loss"] == want["loss"] and got["step"] == want["step"] == STEPS
+    assert got["workdir"] == gs_run.workdir
+    assert os.listdir(gs_run.cwd) == []
