@@ -211,3 +211,81 @@ def test_eval_py_reads_gs_and_writes_its_results_there(gs_run, reference):  # no
     assert got["loss"] == want["loss"] and got["step"] == want["step"] == STEPS
     assert got["workdir"] == gs_run.workdir
     assert os.listdir(gs_run.cwd) == []
+
+
+def test_workdir_errors_on_gs_as_locally_and_foreign_objects_untouched(gs_run, gcs_emulator):
+    """Another run's workdir, and a prefix holding objects phd_jax did not write: the local
+    errors, one line, and not one object written, rewritten or removed."""
+    foreign = f"gs://{gcs_emulator.bucket}/foreign-{uuid.uuid4().hex[:8]}"
+    paths.write_atomic(f"{foreign}/notes.txt", "mine")
+    paths.write_atomic(f"{foreign}/metrics.jsonl", '{"step": 1}\n')  # a name phd_jax writes, but not config.json
+    before = {p: _objects(p) for p in (gs_run.workdir, foreign)}
+    for wd, extra, message in [
+        (
+            gs_run.workdir,
+            "--config.model.d_model=64",
+            "error: config.model.d_model=64 does not match the run in workdir",
+        ),
+        (
+            foreign,
+            "--config.seed=1",
+            f"error: workdir={foreign!r} is invalid: it holds 'metrics.jsonl' but no config.json",
+        ),
+    ]:
+        out = run(TRAIN, f"--workdir={wd}", *GS_ARGS, extra, env=gs_run.env, cwd=gs_run.cwd)
+        assert out.returncode == 2, out.stderr[-2000:]
+        assert out.stderr.strip().startswith(message) and len(out.stderr.strip().splitlines()) == 1, out.stderr[-2000:]
+    after = {p: _objects(p) for p in (gs_run.workdir, foreign)}
+    gen = lambda objs: {n: (o["generation"], o["md5Hash"]) for n, o in objs.items()}  # noqa: E731
+    assert {p: gen(o) for p, o in after.items()} == {p: gen(o) for p, o in before.items()}
+    assert os.listdir(gs_run.cwd) == []
+
+
+# ---- data and weights from the bucket ---------------------------------------------------------
+
+
+def test_text_source_and_hf_checkpoint_from_the_bucket(gs_run, gs_env, tmp_path):
+    """`text:gs://.../docs/*.txt` reads the same documents as the local files; `hf:gs://...`
+    loads the same model as the local folder (staged, then removed); train.py trains on both."""
+    import tempfile
+
+    import jax
+
+    from phd_jax.data.sources import text_documents
+    from phd_jax.interop import load_hf_llama, save_hf_llama
+    from phd_jax.train import restore_params
+
+    bucket = gs_run.workdir.rsplit("/", 1)[0]
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    rng = np.random.default_rng(0)
+    words = ["thou", "art", "the", "king", "of", "all", "that", "is", "fair", "and", "good", "night"]
+    for i in range(6):
+        (docs / f"{i}.txt").write_text(" ".join(rng.choice(words, 600)) + "\n")
+    paths.copy_to(str(docs), f"{bucket}/docs")
+    local, remote = text_documents("t", f"{docs}/*.txt"), text_documents("t", f"{bucket}/docs/*.txt")
+    assert len(remote) == len(local) == 6 and [remote[i] for i in range(6)] == [local[i] for i in range(6)]
+
+    cfg, params, _ = restore_params(gs_run.workdir)
+    save_hf_llama(params, cfg, str(tmp_path / "hf"))
+    paths.copy_to(str(tmp_path / "hf"), f"{bucket}/hf")
+    staged_before = {n for n in os.listdir(tempfile.gettempdir()) if n.startswith("phd_jax-staged-")}
+    cfg_l, p_l = load_hf_llama(str(tmp_path / "hf"))
+    cfg_r, p_r = load_hf_llama(f"{bucket}/hf")
+    assert cfg_r == cfg_l
+    for x, y in zip(jax.tree.leaves(p_l), jax.tree.leaves(p_r)):
+        assert np.array_equal(np.asarray(x), np.asarray(y))
+    assert {n for n in os.listdir(tempfile.gettempdir()) if n.startswith("phd_jax-staged-")} == staged_before
+
+    wd = f"{bucket}/text-run"
+    source, init = f"text:{bucket}/docs/*.txt", f"hf:{bucket}/hf"
+    short = ["--config.num_steps=4", "--config.checkpoint_every=4", "--config.eval_every=4", "--config.sample_tokens=0"]
+    out = run(TRAIN, f"--workdir={wd}", *GS_ARGS, *short, f"--config.data.source={source}",
+              f"--config.init_from={init}", env=gs_env, cwd=gs_run.cwd)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert f"initialised the weights from {init}" in out.stdout
+    from phd_jax.train.metrics import read_metrics
+
+    rows = read_metrics(wd)
+    assert [r["step"] for r in rows] == [1, 2, 3, 4] and np.isfinite(rows[-1]["val_loss"])
+    assert json.loads(paths.read_text(f"{wd}/config.json"))["data"]["source"] == source
