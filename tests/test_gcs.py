@@ -289,3 +289,70 @@ def test_text_source_and_hf_checkpoint_from_the_bucket(gs_run, gs_env, tmp_path)
     rows = read_metrics(wd)
     assert [r["step"] for r in rows] == [1, 2, 3, 4] and np.isfinite(rows[-1]["val_loss"])
     assert json.loads(paths.read_text(f"{wd}/config.json"))["data"]["source"] == source
+
+
+# ---- multi-host ---------------------------------------------------------------------------------
+
+
+def test_two_processes_share_a_gs_workdir(gs_env, gcs_emulator, reference, tmp_path):  # noqa: F811
+    """jax.distributed on localhost (gloo CPU collectives), 2 processes x 4 devices, one gs://
+    workdir: both write their checkpoint shards there, only process 0 writes the logs."""
+    import socket
+
+    from phd_jax.train.metrics import SEGMENTS_DIR, read_metrics
+
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    wd = f"gs://{gcs_emulator.bucket}/multi-{uuid.uuid4().hex[:8]}/run"
+    env = {
+        **os.environ,
+        **gs_env,
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=4 --xla_backend_optimization_level=0",
+    }
+    cwd = str(tmp_path)
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                TRAIN,
+                f"--workdir={wd}",
+                *GS_ARGS,
+                "--config.sample_tokens=0",
+                f"--coordinator_address=localhost:{port}",
+                "--num_processes=2",
+                f"--process_id={i}",
+            ],
+            cwd=cwd,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        for i in range(2)
+    ]
+    outs = [p.communicate(timeout=600) for p in procs]
+    for p, (_, e) in zip(procs, outs):
+        assert p.returncode == 0, e[-3000:]
+    assert "2 process(es)" in outs[0][0] and "step 1/" in outs[0][0] and "step 1/" not in outs[1][0]
+    ref, got = local_metrics(reference[0]), read_metrics(wd)
+    assert [r["step"] for r in got] == list(range(1, STEPS + 1))
+    for a, b in zip(ref, got):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-5), a["step"]
+    names = _objects(wd)
+    assert {n.split("-")[0] for n in names if n.startswith(SEGMENTS_DIR + "/")} == {
+        f"{SEGMENTS_DIR}/000001"
+    }  # one writer
+    assert len([n for n in names if n.startswith("tensorboard/events.")]) == 1
+    assert "checkpoints/20/commit_success.txt" in names
+    # Both processes' shards: the parameters restore, equal to the one-process run's within float tolerance.
+    import jax
+
+    from phd_jax.train import restore_params
+
+    _, pa, _ = restore_params(reference[0])
+    _, pb, step = restore_params(wd)
+    assert step == STEPS
+    for x, y in zip(jax.tree.leaves(pa), jax.tree.leaves(pb)):
+        np.testing.assert_allclose(np.asarray(y), np.asarray(x), rtol=1e-4, atol=1e-5)
+    assert os.listdir(cwd) == []
