@@ -356,3 +356,38 @@ def test_two_processes_share_a_gs_workdir(gs_env, gcs_emulator, reference, tmp_p
     for x, y in zip(jax.tree.leaves(pa), jax.tree.leaves(pb)):
         np.testing.assert_allclose(np.asarray(y), np.asarray(x), rtol=1e-4, atol=1e-5)
     assert os.listdir(cwd) == []
+
+
+@pytest.mark.parametrize("where", ["local", "gs"])
+def test_a_new_run_that_fails_removes_only_what_it_wrote(where, gs_env, gcs_emulator, tmp_path, monkeypatch):
+    """A first run that fails after writing its JSON files but before its first step (here: the
+    checkpoint manager cannot be created) leaves the workdir's foreign files exactly as they were."""
+    from phd_jax.configs.tiny import get_config
+    from phd_jax.train import checkpoint, trainer
+
+    if where == "local":
+        wd = str(tmp_path / "run")
+        os.makedirs(wd)
+    else:
+        wd = f"gs://{gcs_emulator.bucket}/undo-{uuid.uuid4().hex[:8]}/run"
+    paths.write_atomic(f"{wd}/notes.txt", "mine")
+
+    def listing():
+        if where == "local":
+            return {n: open(os.path.join(wd, n)).read() for n in sorted(os.listdir(wd))}
+        return {n: (o["generation"], o["md5Hash"]) for n, o in _objects(wd).items()}
+
+    before = listing()
+    written = []
+
+    def manager(workdir, *a, **k):
+        written.extend(sorted(paths.listdir(workdir)))
+        raise OSError("no space left on device")
+
+    monkeypatch.setattr(checkpoint, "manager", manager)
+    config = get_config()
+    config.num_steps = 1
+    with pytest.raises(OSError, match="no space left"):
+        trainer.train_and_evaluate(config, wd, progress=False)
+    assert written == ["config.json", "model_config.json", "notes.txt", "version.json"]  # it had written
+    assert listing() == before
