@@ -141,7 +141,9 @@ def open_file(path, mode: str = "r", encoding: str | None = None):
         return open(path, mode, encoding=encoding)
     if "a" in mode:
         raise ValueError(f"{path}: object stores cannot append (write segments, or the whole object)")
-    return as_path(path).open(mode)
+    if "b" in mode:
+        return _fs(path).open(_strip(path), mode)
+    return _fs(path).open(_strip(path), mode, encoding=encoding or "utf-8")  # text: universal newlines
 
 
 def read_text(path) -> str:

@@ -46,6 +46,9 @@ def test_paths_write_read_list_remove(root):
         paths.listdir(f"{root}/missing")
     paths.remove(f"{root}/a/b.txt")
     assert not paths.exists(f"{root}/a/b.txt")
+    paths.write_atomic(f"{root}/a/crlf.txt", "é\r\nb\n".encode())
+    with paths.open_file(f"{root}/a/crlf.txt", encoding="utf-8") as f:  # text as open() reads it
+        assert f.read() == "é\nb\n"
     paths.rmtree(f"{root}/a")
     assert not paths.exists(f"{root}/a")
 

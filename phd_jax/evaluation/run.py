@@ -131,8 +131,8 @@ def _read_text(flag: str, path: str) -> str:
     if not paths.isfile(path):
         fail(flag, path, "does not exist", FileNotFoundError)
     try:
-        with paths.open_file(path, "rb") as f:
-            return f.read().decode("utf-8")
+        with paths.open_file(path, encoding="utf-8") as f:
+            return f.read()
     except UnicodeDecodeError as e:
         fail(flag, path, f"is not UTF-8 text ({e.reason} at byte {e.start})", ConfigError)
 
