@@ -394,3 +394,20 @@ def test_a_new_run_that_fails_removes_only_what_it_wrote(where, gs_env, gcs_emul
         trainer.train_and_evaluate(config, wd, progress=False)
     assert written == ["config.json", "model_config.json", "notes.txt", "version.json"]  # it had written
     assert listing() == before
+
+
+def test_sweep_reads_a_gs_run_and_saves_its_results_locally(gs_run, tmp_path):
+    """The study tooling on a gs:// workdir: finished (metrics end at num_steps with a validation
+    loss, checkpoint committed), and its saved results are one local metrics.jsonl holding
+    exactly `read_metrics`' records, plus the JSON files as written."""
+    from experiments import sweep
+    from phd_jax.train.metrics import read_metrics
+
+    assert sweep.is_finished(gs_run.workdir, STEPS) and not sweep.is_finished(gs_run.workdir, STEPS + 1)
+    assert sweep.steps_done(gs_run.workdir) == STEPS
+    run_ = types.SimpleNamespace(workdir=gs_run.workdir, results_dir=str(tmp_path / "results"))
+    dest = sweep.save_results(run_)
+    assert sorted(os.listdir(dest)) == sorted(sweep.RESULT_FILES)
+    assert local_metrics(dest) == read_metrics(gs_run.workdir)
+    assert open(os.path.join(dest, "config.json")).read() == paths.read_text(f"{gs_run.workdir}/config.json")
+    assert sweep.is_saved_result(dest, STEPS)
