@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import functools
 import os
-import shutil
 import signal
 import time
 
@@ -25,6 +24,7 @@ import optax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from phd_jax import paths
 from phd_jax.config import ModelConfig
 from phd_jax.errors import ConfigError
 from phd_jax.model import check_params, init_params, num_params, param_shapes
@@ -222,7 +222,7 @@ def first_state(config, cfg: ModelConfig, optimizer, state_sh: TrainState, mesh,
         return create_train_state(config, cfg, optimizer, state_sh, mesh, log), None, config
     state, data_state, info = continuation.restore_full(config, abstract_train_state(cfg, optimizer, state_sh), log)
     recorded = config.copy_and_resolve_references()
-    if os.path.basename(os.path.dirname(os.path.abspath(config.init_from))) != ckpt.CHECKPOINTS:
+    if os.path.basename(os.path.dirname(paths.absolute(config.init_from))) != ckpt.CHECKPOINTS:
         recorded.init_from = info["init_from"]  # a WORKDIR meant its latest checkpoint: record which one
     return state, (data_state, info), recorded
 
@@ -237,20 +237,22 @@ class _NewRun:
     def __init__(self, workdir: str):
         self.workdir, self.created, self.active = workdir, None, False
         path = workdir
-        while not os.path.lexists(path) and os.path.dirname(path) != path:
+        while not paths.is_remote(path) and not os.path.lexists(path) and os.path.dirname(path) != path:
             self.created, path = path, os.path.dirname(path)  # the topmost directory the run creates
-        self.before = set(os.listdir(workdir)) if os.path.isdir(workdir) else set()
+        paths.refresh(workdir)
+        self.before = set(paths.listdir(workdir)) if paths.isdir(workdir) else set()  # no directories on gs://
 
     def undo(self):
         if not self.active:
             return
         self.active = False
         try:
-            if os.path.isdir(self.workdir):
-                for name in set(os.listdir(self.workdir)) - self.before:
+            paths.refresh(self.workdir)
+            if paths.isdir(self.workdir):
+                for name in set(paths.listdir(self.workdir)) - self.before:
                     if name in ckpt.OUR_FILES or (name.startswith(".") and name.endswith(".tmp")):
                         path = os.path.join(self.workdir, name)
-                        shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+                        paths.rmtree(path) if paths.isdir(path) else paths.remove(path)
             path = self.workdir
             while self.created and os.path.isdir(path) and not os.listdir(path):
                 os.rmdir(path)
@@ -268,7 +270,7 @@ def train_and_evaluate(config, workdir: str, progress: bool | None = None, devic
     nothing in the workdir. With `config.init_from=hf:PATH`, `config.model`'s architecture
     fields (and `config.data.tokenizer`, if left at `byte`) are set from the checkpoint, in
     `config` itself (`phd_jax.train.init_from`)."""
-    workdir = os.path.abspath(os.path.expanduser(workdir))
+    workdir = paths.absolute(workdir)  # a gs:// URL stays as is
     new_run = _NewRun(workdir)
     try:
         return _train_and_evaluate(config, workdir, progress, devices, new_run)
@@ -365,6 +367,7 @@ def _train_and_evaluate(config, workdir: str, progress, devices, new_run: _NewRu
                 f"parameters at step {step} are not finite: no checkpoint written "
                 f"(the last complete one is step {mgr.latest_step()})"
             )
+        writer.sync()  # the metrics lines up to the checkpoint are durable first (a segment on gs://)
         ckpt.save(mgr, step, state, it.get_state())
 
     tokens_per_step = int(config.batch_size) * int(config.seq_len)
@@ -380,7 +383,8 @@ def _train_and_evaluate(config, workdir: str, progress, devices, new_run: _NewRu
     )
     log(
         f"workdir {ckpt.shown_path(workdir)}: checkpoints in {ckpt.CHECKPOINTS}/ every "
-        f"{config.checkpoint_every} steps, metrics in metrics.jsonl and tensorboard/"
+        f"{config.checkpoint_every} steps, metrics in "
+        f"{'metrics.jsonl.d/ (segments)' if paths.is_remote(workdir) else 'metrics.jsonl'} and tensorboard/"
     )
 
     metrics: dict = {}
