@@ -237,7 +237,7 @@ def test_when_pays_plan_matches_tokens_and_flops(tmp_path):
     by = {r.label.split()[0]: r.config for r in runs}
     for c in by.values():  # the pilot's model at its best learning rate; vanilla keeps its midpoint
         assert (c.model.d_model, c.model.head_dim, c.model.mlp_dim) == (256, 64, 768)
-        assert c.learning_rate == pytest.approx(1.5e-3) and c.keep_checkpoints == 4
+        assert c.learning_rate == pytest.approx(7.5e-4) and c.keep_checkpoints == 4
     v = by["vanilla"]  # every checkpoint of a 600-step run is kept, the midpoint (300) among them
     assert v.num_steps == 600 and 300 % v.checkpoint_every == 0 and v.num_steps // v.checkpoint_every <= 4
     assert by["vanilla-x2tokens"].num_steps == 1200 and by["vanilla-x2tokens"].model.repeat == 1

@@ -65,7 +65,7 @@ def test_sweep_trains_and_keeps_every_setting(study):
         assert set(os.listdir(_kept(results, name))) <= set(RESULT_FILES)
     with open(os.path.join(root, "PHD-2", "seed0", "config.json")) as f:
         cfg = json.load(f)
-    assert (cfg["model"]["d_model"], cfg["model"]["repeat"], cfg["learning_rate"]) == (32, 2, pytest.approx(1.5e-3))
+    assert (cfg["model"]["d_model"], cfg["model"]["repeat"], cfg["learning_rate"]) == (32, 2, pytest.approx(7.5e-4))
 
 
 def test_kprime_measures_phd_runs_only_and_is_skipped_when_present(study):
