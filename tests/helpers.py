@@ -215,3 +215,19 @@ def file_snapshot(folder) -> dict:
             p = os.path.join(root, f)
             out[p] = (os.path.getsize(p), os.path.getmtime(p))
     return out
+
+
+def random_hf_model(path: str, hf_config, model_cls: str, dtype=None, seed: int = 0, **save_kw):
+    """A random transformers model (`model_cls`, e.g. "LlamaForCausalLM") built offline from
+    `hf_config`, every weight non-trivial (norm scales near 1), saved to `path`; returns it."""
+    import torch
+    import transformers
+
+    torch.manual_seed(seed)
+    model = getattr(transformers, model_cls)(hf_config).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.copy_(torch.randn_like(p) * (0.2 if "norm" not in name else 0.1) + ("norm" in name))
+    model = model.to(torch.float32 if dtype is None else dtype)
+    model.save_pretrained(path, **save_kw)
+    return model

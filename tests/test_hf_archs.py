@@ -17,7 +17,7 @@ import pytest
 
 import phd_jax
 from phd_jax.errors import ConfigError
-from tests.helpers import max_diff
+from tests.helpers import max_diff, random_hf_model
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -64,15 +64,8 @@ TOL = 2e-5  # float32; the models' logits are O(1)
 
 def _build(path, name, tie, dtype=torch.float32, seed=0, **save_kw):
     cfg_cls, model_cls, extra, _ = ARCHS[name]
-    torch.manual_seed(seed)
     cfg = getattr(transformers, cfg_cls)(**{**DIMS, **extra}, tie_word_embeddings=tie)
-    model = getattr(transformers, model_cls)(cfg).eval()
-    with torch.no_grad():
-        for pname, p in model.named_parameters():
-            p.copy_(torch.randn_like(p) * (0.2 if "norm" not in pname else 0.1) + ("norm" in pname))
-    model = model.to(dtype)
-    model.save_pretrained(path, **save_kw)
-    return model
+    return random_hf_model(path, cfg, model_cls, dtype, seed, **save_kw)
 
 
 @pytest.fixture(scope="session")

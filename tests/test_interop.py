@@ -10,7 +10,7 @@ import pytest
 
 import phd_jax
 from phd_jax.errors import ConfigError
-from tests.helpers import max_diff, tiny_config
+from tests.helpers import max_diff, random_hf_model, tiny_config
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -30,15 +30,8 @@ HF_DIMS = dict(
 
 def _random_llama(path, tie: bool, dtype=torch.float32, seed=0, **save_kw):
     """A random tiny LlamaForCausalLM built offline, every weight (norms too) non-trivial."""
-    torch.manual_seed(seed)
     cfg = transformers.LlamaConfig(**HF_DIMS, tie_word_embeddings=tie)
-    model = transformers.LlamaForCausalLM(cfg).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            p.copy_(torch.randn_like(p) * (0.2 if "norm" not in name else 0.1) + ("norm" in name))
-    model = model.to(dtype)
-    model.save_pretrained(path, **save_kw)
-    return model
+    return random_hf_model(path, cfg, "LlamaForCausalLM", dtype, seed, **save_kw)
 
 
 @pytest.fixture(scope="session")
