@@ -1,7 +1,7 @@
 """`train.py` as a subprocess on the tiny config: it learns and writes checkpoints, TensorBoard
 events and metrics.jsonl; runs killed (SIGKILL after a checkpoint, SIGKILL inside an async
 save) or preempted (SIGTERM) resume bit-for-bit; two processes with jax.distributed agree
-with one."""
+with one and both exit."""
 
 import glob
 import json
@@ -220,8 +220,12 @@ def test_config_file_with_model_name_reaches_validation(tmp_path):
     assert not (tmp_path / "w").exists()
 
 
+MULTI_PROCESS_EXIT_S = 300  # both processes train 20 steps, sample and exit well within this
+
+
 def test_two_processes_agree_with_one(reference, tmp_path):
-    """jax.distributed on localhost (gloo CPU collectives), 2 processes x 4 devices = one mesh of 8."""
+    """jax.distributed on localhost (gloo CPU collectives), 2 processes x 4 devices = one mesh of 8,
+    with the default settings (the sample after training included): every process exits 0 in time."""
     import socket
 
     with socket.socket() as s:
@@ -236,7 +240,6 @@ def test_two_processes_agree_with_one(reference, tmp_path):
                 "train.py",
                 f"--workdir={wd}",
                 *ARGS,
-                "--config.sample_tokens=0",
                 f"--coordinator_address=localhost:{port}",
                 "--num_processes=2",
                 f"--process_id={i}",
@@ -249,12 +252,21 @@ def test_two_processes_agree_with_one(reference, tmp_path):
         )
         for i in range(2)
     ]
-    outs = [p.communicate(timeout=600) for p in procs]
+    try:
+        outs = [p.communicate(timeout=MULTI_PROCESS_EXIT_S) for p in procs]
+    except subprocess.TimeoutExpired:
+        for p in procs:
+            p.kill()
+        pytest.fail(
+            f"the two processes did not both exit within {MULTI_PROCESS_EXIT_S} s: "
+            + repr([p.communicate()[0][-1500:] for p in procs])
+        )
     for p, (_, e) in zip(procs, outs):
         assert p.returncode == 0, e[-3000:]
     assert "2 process(es)" in outs[0][0] and "over 8 cpu device(s)" in outs[0][0]
     # only process 0 logs (process 1 prints only gloo's own C++ lines, which may interleave mid-line)
     assert "step 1/" in outs[0][0]
+    assert "--- sample from PHD-2 (step 20) ---" in outs[0][0]
     assert not [
         line for line in outs[1][0].splitlines() if re.match(r"(model |workdir |step \d|resuming|--- sample)", line)
     ], outs[1][0]
