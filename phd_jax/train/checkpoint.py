@@ -8,7 +8,9 @@
     WORKDIR/metrics.jsonl, WORKDIR/tensorboard/   (phd_jax.train.metrics)
 
 A checkpoint is complete once orbax renames its temporary directory to `<step>`; a run
-killed while saving leaves only the temporary one, which restore ignores.
+killed while saving leaves only the temporary one, which restore ignores. A damaged newest
+checkpoint is skipped on resume and moved aside to `checkpoints/<step>.damaged`
+(`restore_newest`, phd_jax.train.restore).
 """
 
 from __future__ import annotations
@@ -24,7 +26,9 @@ import numpy as np
 from phd_jax.config import ModelConfig
 from phd_jax.errors import ConfigError
 from phd_jax.model import check_params
+from phd_jax.train import restore as restore_lib
 from phd_jax.train.config import load_run_config, to_json
+from phd_jax.train.restore import RestoreError, describe, incomplete_reason, is_transient
 from phd_jax.train.state import TrainState
 
 CHECKPOINTS = "checkpoints"
@@ -230,6 +234,32 @@ def restore(mgr, step: int, abstract: TrainState) -> tuple[TrainState, dict]:
     return TrainState.from_tree(out["state"]), out["data"]
 
 
+def restore_newest(workdir: str, abstract: TrainState, log=print):
+    """(step, (state, data state)) from the newest checkpoint that restores, None if there is
+    none yet. A damaged newer one is skipped with a one-line notice and, once the restore
+    succeeded, moved aside to `checkpoints/<step>.damaged` (by process 0; the others wait).
+    Raises RestoreError (nothing changed) if none restores or a transient error persists."""
+    directory = os.path.join(workdir, CHECKPOINTS)
+    if not os.path.isdir(directory):
+        return None
+    reader = manager(workdir, read_only=True)
+    try:
+        found = restore_lib.restore_newest(
+            directory, reader.all_steps(), lambda step: restore(reader, step, abstract), log, shown_path(workdir)
+        )
+    finally:
+        reader.close()
+    if found is None:
+        return None
+    step, value, skipped = found
+    if jax.process_index() == 0:
+        for bad, _ in skipped:
+            moved = restore_lib.move_aside(directory, bad)
+            log(f"moved damaged checkpoint {bad} aside to {shown_path(os.fspath(moved))}")
+    restore_lib.sync_processes("phd_jax_damaged_moved_aside")
+    return step, value
+
+
 def _locate(path: str, step: int | None) -> tuple[str, int | None]:
     path = os.path.abspath(path)
     if os.path.isfile(os.path.join(path, "config.json")):
@@ -263,10 +293,17 @@ def restore_params(path: str, step: int | None = None, sharding=None):
         steps = mgr.all_steps()
         if not steps:
             raise ConfigError(f"workdir={workdir!r} has no complete checkpoint yet")
+        latest = step is None
         if step is None:
             step = max(steps)
         elif step not in steps:
             raise ConfigError(f"step={step} is invalid: checkpoints in {workdir} are at steps {sorted(steps)}")
+        where = f"{workdir}/{CHECKPOINTS}/{step}" + (" (the latest)" if latest else "")
+        others = sorted(s for s in steps if s != step)
+        hint = f"; pick another with --step (steps: {', '.join(map(str, others))})" if latest and others else ""
+        reason = incomplete_reason(os.path.join(workdir, CHECKPOINTS, str(step)))
+        if reason:
+            raise ConfigError(f"checkpoint {where} is damaged: {reason}{hint}")
         sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
         shapes = param_shapes(cfg)
         target = {"params": jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), shapes)}
@@ -279,9 +316,13 @@ def restore_params(path: str, step: int | None = None, sharding=None):
                 ),
             )
         except Exception as e:  # orbax raises many types for truncated or mismatched files
+            if is_transient(e):
+                raise RestoreError(
+                    f"cannot read checkpoint {where}: {describe(e)}; this looks transient (I/O, "
+                    f"permissions, memory): fix the cause and try again"
+                ) from None
             raise ConfigError(
-                f"checkpoint {workdir}/{CHECKPOINTS}/{step} is unreadable or does not match "
-                f"model {cfg.name} ({type(e).__name__}: {str(e)[:300]})"
+                f"checkpoint {where} is damaged or does not match model {cfg.name} ({describe(e)}){hint}"
             ) from None
     finally:
         mgr.close()

@@ -29,6 +29,7 @@ from phd_jax.config import ModelConfig
 from phd_jax.errors import ConfigError
 from phd_jax.model import check_params, init_params, num_params, param_shapes
 from phd_jax.train import checkpoint as ckpt
+from phd_jax.train import restore
 from phd_jax.train import sharding as shd
 from phd_jax.train.config import logical_rules, to_json, validate
 from phd_jax.train.loss import bits, loss_terms, perplexity
@@ -281,14 +282,17 @@ def _train_and_evaluate(config, workdir: str, progress, devices, new_run: _NewRu
     if saved is None:  # a new run: step 0 first, so that a bad init_from leaves the workdir as it was
         state = create_train_state(config, cfg, optimizer, state_sh, mesh, log)
     new_run.active = saved is None and is_main
+    it = pipe.train_iterator()
+    # A resume writes nothing (config.json included) until a checkpoint restored.
+    abstract = abstract_train_state(cfg, optimizer, state_sh)
+    restored = ckpt.restore_newest(workdir, abstract, log) if saved is not None else None
     if is_main:
         ckpt.write_run_files(workdir, config, cfg)
 
     mgr = ckpt.manager(workdir, config)
-    it = pipe.train_iterator()
-    latest = mgr.latest_step() if saved is not None else None
-    if latest is not None:
-        state, data_state = ckpt.restore(mgr, latest, abstract_train_state(cfg, optimizer, state_sh))
+    latest = None
+    if restored is not None:
+        latest, (state, data_state) = restored
         it.set_state(data_state)
         log(f"resuming from step {latest} ({os.path.join(ckpt.shown_path(workdir), ckpt.CHECKPOINTS, str(latest))})")
         if saved.get("num_steps") != config.num_steps:
@@ -335,13 +339,22 @@ def _train_and_evaluate(config, workdir: str, progress, devices, new_run: _NewRu
         unit = "byte" if getattr(pipe.tokenizer, "name", "") == "byte" else "token"
         return {"val_loss": loss, f"val_bits_per_{unit}": bits(loss)}
 
+    saved_steps = []  # this run's saves; the newest is checked once orbax finished it
+
+    def check_saved():
+        if saved_steps:
+            mgr.wait_until_finished()  # orbax waits for it before the next save anyway
+            _check_finalized(workdir, saved_steps.pop())
+
     def save(step):
         if not bool(jax.device_get(all_finite(state.params))):
             raise TrainingError(
                 f"parameters at step {step} are not finite: no checkpoint written "
                 f"(the last complete one is step {mgr.latest_step()})"
             )
+        check_saved()
         ckpt.save(mgr, step, state, it.get_state())
+        saved_steps.append(step)
 
     tokens_per_step = int(config.batch_size) * int(config.seq_len)
     flops_per_step = int(config.batch_size) * train_flops_per_sequence(cfg, int(config.seq_len))
@@ -418,6 +431,8 @@ def _train_and_evaluate(config, workdir: str, progress, devices, new_run: _NewRu
                     break
                 if step % config.checkpoint_every == 0 or step == config.num_steps:
                     save(step)
+        mgr.wait_until_finished()
+        check_saved()
     finally:
         mgr.wait_until_finished()
         mgr.close()
@@ -425,6 +440,16 @@ def _train_and_evaluate(config, workdir: str, progress, devices, new_run: _NewRu
     if preempted:
         metrics["preempted"] = True
     return metrics
+
+
+def _check_finalized(workdir: str, step: int):
+    """A cheap look (no array data) that orbax finished every item of checkpoint `step`."""
+    reason = restore.incomplete_reason(os.path.join(workdir, ckpt.CHECKPOINTS, str(step)))
+    if reason:
+        raise TrainingError(
+            f"checkpoint {step} in {os.path.join(ckpt.shown_path(workdir), ckpt.CHECKPOINTS)} was not "
+            f"written completely ({reason}): the next resume skips it"
+        )
 
 
 def _nonfinite(config, step: int, out):
