@@ -253,13 +253,14 @@ def train_and_evaluate(config, workdir: str, progress: bool | None = None, devic
     workdir = os.path.abspath(os.path.expanduser(workdir))
     new_run = _NewRun(workdir)
     try:
-        return _train_and_evaluate(config, workdir, progress, devices, new_run)
+        with _Preemption() as stop:  # from the start: a signal during setup, restore or compilation
+            return _train_and_evaluate(config, workdir, progress, devices, new_run, stop)
     except BaseException:
         new_run.undo()
         raise
 
 
-def _train_and_evaluate(config, workdir: str, progress, devices, new_run: _NewRun) -> dict:
+def _train_and_evaluate(config, workdir: str, progress, devices, new_run: _NewRun, stop: _Preemption) -> dict:
     from phd_jax.data import make_pipeline
     from phd_jax.flops import peak_flops, train_flops_per_sequence
     from phd_jax.train.metrics import MetricWriter, throughput
@@ -378,13 +379,17 @@ def _train_and_evaluate(config, workdir: str, progress, devices, new_run: _NewRu
     writer.write_text("config", "```\n" + to_json(config) + "\n```", start)
     preempted = False
     try:
-        with jax.set_mesh(mesh), nn.logical_axis_rules(rules), _Preemption() as stop:
+        with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
             if start >= config.num_steps:
                 log(f"already trained to step {start} (config.num_steps={config.num_steps})")
                 metrics = {"step": start, **evaluate(state.params)}
             t_last, step_last, prev = time.perf_counter(), start, None
             data_time = 0.0
             for step in range(start + 1, int(config.num_steps) + 1):
+                if stop.requested and step == start + 1:  # a signal during setup or restore
+                    preempted = True
+                    log(f"{stop.requested}: stopped before step {step}; nothing new to save (resumes at step {start})")
+                    break
                 t_data = time.perf_counter()
                 batch = _global_batch(next(it), batch_sh, pc)
                 data_time += time.perf_counter() - t_data
