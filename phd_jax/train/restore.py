@@ -141,7 +141,7 @@ def incomplete_reason(step_dir) -> str | None:
 # ---- several processes ---------------------------------------------------------------------------
 
 
-def _gather(value: int) -> list[int]:
+def gather(value: int) -> list[int]:
     """`value` of every process (one process: just this one)."""
     if jax.process_count() == 1:
         return [value]
@@ -196,7 +196,7 @@ def restore_newest(directory, steps, try_restore: Callable, log=print, workdir: 
                     value = try_restore(step)
                 except Exception as e:  # orbax raises many types; sorted out below
                     outcome, error = (TRANSIENT if is_transient(e) else DAMAGED), e
-            outcomes = _gather(outcome)
+            outcomes = gather(outcome)
             if TRANSIENT in outcomes:
                 if attempt + 1 < RESTORE_ATTEMPTS:
                     time.sleep(RETRY_DELAY_S * 2**attempt)

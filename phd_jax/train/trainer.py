@@ -152,6 +152,15 @@ class _Preemption:
         if signum == signal.SIGINT:  # a second Ctrl-C behaves as usual
             signal.signal(signal.SIGINT, self._old.get(signal.SIGINT, signal.default_int_handler))
 
+    def agreed(self) -> str | None:
+        """The signal's name if this or any other process was asked to stop (every process
+        then saves the same step: a save is collective). One process: no communication."""
+        if jax.process_count() > 1:
+            anywhere = max(restore.gather(int(self.requested is not None)))
+            if anywhere and self.requested is None:
+                self.requested = "a signal to another process"
+        return self.requested
+
     def __exit__(self, *exc):
         for sig, old in self._old.items():
             signal.signal(sig, old)
@@ -386,7 +395,7 @@ def _train_and_evaluate(config, workdir: str, progress, devices, new_run: _NewRu
             t_last, step_last, prev = time.perf_counter(), start, None
             data_time = 0.0
             for step in range(start + 1, int(config.num_steps) + 1):
-                if stop.requested and step == start + 1:  # a signal during setup or restore
+                if step == start + 1 and stop.agreed():  # a signal during setup or restore
                     preempted = True
                     log(f"{stop.requested}: stopped before step {step}; nothing new to save (resumes at step {start})")
                     break
@@ -425,7 +434,7 @@ def _train_and_evaluate(config, workdir: str, progress, devices, new_run: _NewRu
                     t_last, step_last, data_time = time.perf_counter(), step, 0.0
                 else:
                     writer.update(step)
-                if stop.requested:
+                if stop.agreed():
                     save(step)
                     preempted = True
                     log(
