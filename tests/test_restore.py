@@ -1,5 +1,5 @@
-"""Resuming over a damaged newest checkpoint: each kind of damage (a truncated or deleted data
-file, the state's metadata deleted, a step orbax left unfinished) is skipped with one line, the
+"""Resuming over a damaged newest checkpoint: each kind of damage (truncated or deleted data
+files, the state's metadata deleted, a step orbax left unfinished) is skipped with one line, the
 run continues from the previous good step and ends bit for bit where a run resumed from that
 step ends; the damaged step is moved aside, never deleted. A transient error (permissions, an
 I/O error) skips nothing and changes nothing; neither does a workdir where nothing restores."""
@@ -54,15 +54,22 @@ def base(tmp_path_factory):
     return wd, good
 
 
-def _largest_file(folder):
-    files = [os.path.join(r, f) for r, _, fs in os.walk(folder) for f in fs]
-    return max(files, key=os.path.getsize)
+def _data_files(step_dir):
+    """The array data files of the state item (OCDBT's `d/` folders). Damage goes to all of them:
+    a data file may hold only superseded records the restore never reads."""
+    state = os.path.join(step_dir, "state")
+    return [os.path.join(r, f) for r, _, fs in os.walk(state) if os.path.basename(r) == "d" for f in fs]
 
 
 def _truncate(step_dir):
-    path = _largest_file(os.path.join(step_dir, "state"))
-    with open(path, "r+b") as f:
-        f.truncate(os.path.getsize(path) // 2)
+    for path in _data_files(step_dir):
+        with open(path, "r+b") as f:
+            f.truncate(os.path.getsize(path) // 2)
+
+
+def _delete(step_dir):
+    for path in _data_files(step_dir):
+        os.remove(path)
 
 
 def _unfinished(step_dir):  # what a save interrupted before orbax's commit leaves
@@ -76,7 +83,7 @@ def _unfinished(step_dir):  # what a save interrupted before orbax's commit leav
 
 DAMAGE = {
     "truncated": _truncate,
-    "deleted": lambda d: os.remove(_largest_file(os.path.join(d, "state"))),
+    "deleted": _delete,
     "no_metadata": lambda d: os.remove(os.path.join(d, "state", "_METADATA")),
     "unfinished": _unfinished,
 }
