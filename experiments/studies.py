@@ -196,7 +196,7 @@ PILOT = Study(
         "configs/repro.py at d_model 256 (head_dim 64, mlp 768; 4 layers, 128-byte sequences, "
         "batch 16), 20 validations a run. How large is the seed-to-seed spread of the paired "
         "difference PHD-2 - vanilla (same seed: same initial weights and batches) at 600 steps, "
-        "and does a 0.25x, 0.5x or 2x learning rate (seed 0 only) change the picture? Runs go: "
+        "and does a 0.125x, 0.25x, 0.5x or 2x learning rate (seed 0 only) change the picture? Runs go: "
         "600 steps seed by seed, then the learning-rate check."
     ),
     settings=(
@@ -206,9 +206,12 @@ PILOT = Study(
         _pilot("PHD-2", lr=0.5, group=1, seeds=(0,)),
         _pilot("vanilla", lr=2, group=1, seeds=(0,)),
         _pilot("PHD-2", lr=2, group=1, seeds=(0,)),
-        # Both were best at 0.5x, the edge of the grid: 0.25x tells whether the optimum is lower still.
+        # Both were best at 0.5x, the edge of the grid: 0.25x tells whether the optimum is lower still
+        # (vanilla: it is, 1.715 against 1.776), and 0.125x the same again.
         _pilot("vanilla", lr=0.25, group=1, seeds=(0,)),
         _pilot("PHD-2", lr=0.25, group=1, seeds=(0,)),
+        _pilot("vanilla", lr=0.125, group=1, seeds=(0,)),
+        _pilot("PHD-2", lr=0.125, group=1, seeds=(0,)),
         # The 1200-step candidate (`factor=2`) was trimmed: three seeds of it cost ~85 min of the
         # 6-hour budget, and the main study at 600 steps needs the rest (docs/pilot.md).
     ),
@@ -225,6 +228,107 @@ PILOT = Study(
     evals=20,
     defaults=(("eval_batches", 8), ("keep_checkpoints", 1)),
 )
-OTHER_STUDIES = {PILOT.name: PILOT}  # run and reported on their own, never part of `all`
+
+# ---- the main study: when does PHD pay? (issue 20) ----------------------------------------------
+
+# The pilot's choice (docs/pilot.md): its d_model-256 model for 600 steps, at 0.5x configs/repro.py's
+# learning rate, where vanilla and PHD-2 were both best of 0.25x, 0.5x, 1x and 2x.
+MAIN_LR = PILOT_LR * 0.5
+
+
+def _main(name, model=None, group=0, **kw):
+    return Setting(name, model or name, group=group, **kw)
+
+
+WHEN_PAYS = Study(
+    name="when_pays",
+    title="When does PHD pay? PHD vs vanilla at matched tokens and at matched FLOPs (d_model 256)",
+    description=(
+        "The pilot's setting: configs/repro.py at d_model 256 (head_dim 64, MLP 768; 4 layers, "
+        "128-byte sequences, batch 16), 600 steps at learning rate 1.5e-3 (the best of four for both "
+        "vanilla and PHD-2 in the pilot), 20 validations a run, seed-paired. Loss vs K at matched "
+        "original tokens (vanilla, PHD-2, PHD-3, PHD-SWA-2-16, PHD-CSWA-2-16-32, naive-2) and at "
+        "matched training FLOPs (PHD-2 vs vanilla on 2x the tokens and vs a vanilla deepened to "
+        "PHD-2's FLOPs per token). Vanilla keeps its midpoint checkpoint for the continuation: "
+        "vanilla-then-PHD-2 continues vanilla's step-300 checkpoint with its full state (optimizer "
+        "state, learning-rate schedule, data position) as PHD-2 to step 600."
+    ),
+    settings=(
+        _main("vanilla"),
+        _main("PHD-2"),
+        _main("PHD-3", group=1),
+        _main("vanilla-x2tokens", "vanilla", group=1, steps_factor=2),
+        _main("vanilla-depth-PHD-2", "vanilla", group=1, match_flops_of="PHD-2"),
+        _main(f"PHD-SWA-2-{WINDOW}-inf", group=2),
+        _main(f"PHD-CSWA-2-{WINDOW}-{CHUNK}", group=2),
+        _main("naive-2", group=2),
+        # Up-training with full state: vanilla's step-300 checkpoint (optimizer state, schedule, data
+        # position) continued as PHD-2 to step 600, against vanilla itself from the same checkpoint.
+        _main("vanilla-then-PHD-2", "PHD-2", group=3, continue_from="vanilla"),
+    ),
+    claims=(
+        Claim("lower", "PHD-2", "vanilla", "PHD-2 beats vanilla at matched tokens"),
+        Claim("lower", "PHD-3", "PHD-2", "K=3 beats K=2 (loss falls with K, Table 2)"),
+        Claim("lower", "PHD-3", "vanilla", "PHD-3 beats vanilla at matched tokens"),
+        Claim("lower", f"PHD-SWA-2-{WINDOW}-inf", "vanilla", "PHD-SWA-2-16 beats vanilla (Table 2)"),
+        Claim("lower", f"PHD-CSWA-2-{WINDOW}-{CHUNK}", "vanilla", "PHD-CSWA-2-16-32 beats vanilla (Table 1)"),
+        Claim(
+            "same",
+            f"PHD-CSWA-2-{WINDOW}-{CHUNK}",
+            f"PHD-SWA-2-{WINDOW}-inf",
+            "chunks of C=32 cost almost nothing (Table 1)",
+        ),
+        Claim("which", "naive-2", "PHD-2", "naive repetition vs PHD at K=2 (Figure 1 baseline)"),
+        Claim("which", "PHD-2", "vanilla-x2tokens", "PHD-2 vs vanilla on 2x the tokens (equal training FLOPs)"),
+        Claim(
+            "which",
+            "PHD-2",
+            "vanilla-depth-PHD-2",
+            "PHD-2 vs a deeper vanilla with PHD-2's FLOPs per token (equal training FLOPs)",
+        ),
+        Claim(
+            "lower",
+            "vanilla-then-PHD-2",
+            "vanilla",
+            "vanilla continued as PHD-2 from its midpoint (full state) beats vanilla at matched tokens",
+        ),
+        Claim(
+            "which",
+            "vanilla-then-PHD-2",
+            "vanilla-x2tokens",
+            "vanilla continued as PHD-2 from its midpoint (about 1.5x vanilla's training FLOPs) vs vanilla "
+            "on 2x the tokens (2x its FLOPs)",
+        ),
+    ),
+    steps=PILOT_STEPS,
+    evals=20,
+    defaults=PILOT_MODEL + (("learning_rate", MAIN_LR), ("eval_batches", 8), ("keep_checkpoints", 4)),
+)
+
+OTHER_STUDIES = {PILOT.name: PILOT, WHEN_PAYS.name: WHEN_PAYS}  # run and reported on their own, never part of `all`
 REPORTABLE = {**STUDIES, **OTHER_STUDIES}
 COMMANDS = {**STUDIES, "all": ALL, **OTHER_STUDIES}
+
+# ---- what the report draws from the main study (experiments/report.py, experiments/sections.py) ----
+
+# (A, B, axis): the difference A − B over training, per seed, at matched original tokens or at matched
+# training FLOPs (B read at A's FLOPs: vanilla on 2x the tokens spans PHD-2's FLOPs).
+CURVES = {
+    WHEN_PAYS.name: (
+        ("PHD-2", "vanilla", "tokens"),
+        ("PHD-3", "vanilla", "tokens"),
+        (f"PHD-SWA-2-{WINDOW}-inf", "vanilla", "tokens"),
+        (f"PHD-CSWA-2-{WINDOW}-{CHUNK}", "vanilla", "tokens"),
+        ("naive-2", "vanilla", "tokens"),
+        ("PHD-2", "vanilla-x2tokens", "flops"),
+        ("PHD-3", "vanilla-x2tokens", "flops"),
+        ("PHD-2", "vanilla-depth-PHD-2", "flops"),
+    ),
+    PILOT.name: tuple(
+        (s.name.replace("vanilla", "PHD-2"), s.name, "tokens") for s in PILOT.settings if "-vanilla" in s.name
+    ),
+}
+# (continued setting, the run it continues, the run that spends its training FLOPs on vanilla):
+# vanilla continued from its midpoint checkpoint as PHD-2 with the full training state.
+CONTINUATION = {WHEN_PAYS.name: ("vanilla-then-PHD-2", "vanilla", "vanilla-x2tokens")}
+MAIN_STUDY = WHEN_PAYS.name  # the report's first study, and the README summary's

@@ -11,9 +11,20 @@ the one the FLOP-matched study compares with), so a setting is trained once per 
 
 Results: with a results directory (`--results`, default experiments/results in the repository),
 a run's small result files (`RESULT_FILES`: metrics.jsonl, config.json, model_config.json,
-version.json; never checkpoints or tensorboard) are copied to RESULTS/<study>/<setting>/seed<k>/
+version.json, and kprime.json once experiments/kprime.py measured it; never checkpoints or
+tensorboard) are copied to RESULTS/<study>/<setting>/seed<k>/
 when it finishes, and a later sweep skips a run whose results are there (state `saved`), even on
 a fresh machine without its workdir. The report reads such a directory like a root of workdirs.
+
+Continuations: a setting with `continue_from` (the name of another setting of the study, trained
+at the same seed) starts from that run's checkpoint at `continue_at` of its steps with its full
+state (`init_from=ROOT/<source>/seed<k>/checkpoints/<step>`, `init_state=full`: optimizer state,
+step, schedule and data position; docs/training.md), in a later `group`. The checkpoint must be
+one the source writes and keeps (`checkpoint_every`, `keep_checkpoints`), checked when planning.
+When the source's results are saved but its workdir (and so the checkpoint) is gone, e.g. on a
+fresh machine with only the committed results, the sweep retrains the source into ROOT first (one
+line says so), keeping its saved results as they are; any other missing checkpoint fails the
+continuation with one line naming the source run to rerun.
 
 Resuming: a run is *finished* when its `metrics.jsonl` ends at `num_steps` with a validation
 loss and `checkpoints/<num_steps>` exists; a rerun skips it. Any other run with a config.json
@@ -32,6 +43,7 @@ import math
 import os
 import time
 
+from experiments.continuations import continuation_step, missing_source, source_setting, sources_to_retrain
 from phd_jax import configs
 from phd_jax.errors import ConfigError, fail
 
@@ -55,6 +67,8 @@ class Setting:
     overrides: tuple = ()  # ((dotted key, value), ...) fixed by the study
     group: int = 0  # runs go group by group (each seed-major), in increasing group
     seeds: tuple | None = None  # only these of the sweep's seeds (None: every seed)
+    continue_from: str | None = None  # a setting (same study, same seed) whose run this one continues
+    continue_at: float = 0.5  # ... from its checkpoint at this fraction of its steps
 
 
 @dataclasses.dataclass
@@ -64,6 +78,7 @@ class Run:
     config: object  # the full ml_collections run config
     workdir: str
     results_dir: str | None = None  # where its result files are copied when it finishes
+    start_step: int = 0  # a continuation starts after its source's checkpoint at this step
 
     @property
     def label(self) -> str:
@@ -250,6 +265,16 @@ def plan(
                 where = os.path.join(setting.name, f"seed{seed}")
                 results = os.path.join(results_root, where) if results_root else None
                 runs.append(Run(setting, seed, config, os.path.join(root, where), results))
+    by_name = {s.name: s for s in settings}
+    for run in runs:
+        if run.setting.continue_from:
+            source = source_setting(run.setting, by_name, run.seed)
+            src = run_config(module, source, run.seed, steps, overrides, evals)
+            run.start_step = continuation_step(run.setting, src)
+            run.config.init_from = os.path.join(
+                os.path.abspath(root), source.name, f"seed{run.seed}", "checkpoints", str(run.start_step)
+            )
+            run.config.init_state = "full"
     return runs
 
 
@@ -309,7 +334,7 @@ def run_state(run: Run) -> str:
     return "finished" if is_finished(run.workdir, int(run.config.num_steps)) else "partial"
 
 
-RESULT_FILES = ("metrics.jsonl", "config.json", "model_config.json", "version.json")
+RESULT_FILES = ("metrics.jsonl", "config.json", "model_config.json", "version.json", "kprime.json")
 
 
 def save_results(run: Run) -> str | None:
@@ -349,7 +374,7 @@ def estimate_seconds(run: Run, calibration: dict) -> float:
     c = run.config
     cfg = model_config(c)
     per_seq = train_flops_per_sequence(cfg, int(c.seq_len))
-    steps = int(c.num_steps)
+    steps = int(c.num_steps) - run.start_step
     evals = math.ceil(steps / int(c.eval_every))
     flops = steps * int(c.batch_size) * per_seq + evals * int(c.eval_batches) * int(c.batch_size) * per_seq / 3
     rate = calibration["flops_per_s"] * (calibration.get("naive_efficiency", 1.0) if cfg.variant == "naive" else 1.0)
@@ -380,10 +405,9 @@ def execute(runs: list[Run], calibration: dict, dry_run: bool = False, progress:
         if states[run.workdir] == "finished" and run.results_dir and not dry_run:
             save_results(run)
     done = ("finished", "saved")
-    todo = [r for r in runs if states[r.workdir] not in done]
-    remaining = sum(
-        estimate_seconds(r, calibration) * (1 - steps_done(r.workdir) / int(r.config.num_steps)) for r in todo
-    )
+    sources = sources_to_retrain(runs, states, log)
+    todo = [r for r in runs if states[r.workdir] not in done or r.workdir in sources]
+    remaining = sum(estimate_seconds(r, calibration) * (1 - _fraction_done(r)) for r in todo)
     total = sum(estimate_seconds(r, calibration) for r in runs)
     width = max(len(r.label) for r in runs)
     log(
@@ -395,7 +419,8 @@ def execute(runs: list[Run], calibration: dict, dry_run: bool = False, progress:
         c = run.config
         log(
             f"  {run.label:<{width}}  {states[run.workdir]:<8}  {c.model.num_layers} layers, "
-            f"{c.num_steps} steps x {c.batch_size} x {c.seq_len} tokens  "
+            f"{c.num_steps} steps x {c.batch_size} x {c.seq_len} tokens"
+            f"{f' from {run.setting.continue_from} step {run.start_step}' if run.start_step else ''}  "
             f"~{format_seconds(estimate_seconds(run, calibration))}"
             f"  {run.results_dir if states[run.workdir] == 'saved' else run.workdir}"
         )
@@ -410,8 +435,14 @@ def execute(runs: list[Run], calibration: dict, dry_run: bool = False, progress:
     from phd_jax.train import TrainingError, train_and_evaluate
 
     for i, run in enumerate(todo, 1):
-        log(f"\n=== [{i}/{len(todo)}] {run.label} ({states[run.workdir]}) -> {run.workdir}")
+        state = "retrain: a continuation needs its checkpoint" if run.workdir in sources else states[run.workdir]
+        log(f"\n=== [{i}/{len(todo)}] {run.label} ({state}) -> {run.workdir}")
         t0 = time.perf_counter()
+        missing = missing_source(run)
+        if missing:
+            log(f"FAILED {run.label}: {missing}")
+            result["failed"].append((run.label, missing))
+            continue
         try:
             out = train_and_evaluate(run.config, run.workdir, progress=progress)
         except TrainingError as e:
@@ -423,9 +454,16 @@ def execute(runs: list[Run], calibration: dict, dry_run: bool = False, progress:
             result["preempted"] = True
             break
         log(f"=== {run.label}: val_loss {out.get('val_loss', float('nan')):.4f} in {time.perf_counter() - t0:.0f} s")
+        if run.workdir in sources:  # retrained for its checkpoint: its saved results stay as they are
+            continue
         saved = save_results(run)
         if saved:
             log(f"    results -> {saved}")
         result["trained"].append(run.label)
         result["finished"].append(run.label)
     return result
+
+
+def _fraction_done(run: Run) -> float:
+    total = int(run.config.num_steps) - run.start_step
+    return max(0, steps_done(run.workdir) - run.start_step) / total if total > 0 else 1.0

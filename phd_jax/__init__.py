@@ -24,8 +24,10 @@ _PUBLIC = {
     "kv_cache_bytes": "decode",
     "prefill": "decode",
     "prefill_token_counts": "decode",
+    "load_hf": "interop",
     "load_hf_llama": "interop",
     "load_hf_tokenizer": "interop",
+    "save_hf": "interop",
     "save_hf_llama": "interop",
     "attention_mask": "masks",
     "forward": "model",
@@ -55,7 +57,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     from phd_jax.config import MAX_TOKENS_PER_SEQUENCE, ModelConfig
     from phd_jax.decode import DecodeState, decode_step, init_state, kv_cache_bytes, prefill, prefill_token_counts
     from phd_jax.errors import ConfigError, checked
-    from phd_jax.interop import load_hf_llama, load_hf_tokenizer, save_hf_llama
+    from phd_jax.interop import load_hf, load_hf_llama, load_hf_tokenizer, save_hf, save_hf_llama
     from phd_jax.masks import attention_mask
     from phd_jax.model import check_params, forward, init_params, num_params, param_logical_axes
     from phd_jax.sampling import generate, sample_token

@@ -37,6 +37,10 @@ PositionMode = Literal["shared", "flat"]
 DType = Literal["float32", "bfloat16", "float16"]
 RematPolicy = Literal["none", "full", "dots"]
 Mode = Literal["full", "extend"]  # the model's mode (`model.Transformer.mode`)
+# Block options (docs/architecture.md, "Block options"): one field per feature, so they compose.
+NormPosition = Literal["pre", "post"]  # RMSNorm before each sublayer (Llama) or on its output (OLMo2)
+QKNorm = Literal["none", "head", "projection"]  # none; per head (Qwen3); whole projection (OLMo2)
+RopeScaling = Literal["none", "llama3"]  # rotary frequencies as is, or Llama 3.1's rescaling
 
 VARIANTS: tuple[Variant, ...] = get_args(Variant)
 BACKENDS: tuple[Backend, ...] = get_args(Backend)
@@ -44,6 +48,13 @@ POSITION_MODES: tuple[PositionMode, ...] = get_args(PositionMode)
 DTYPES: tuple[DType, ...] = get_args(DType)
 REMAT_POLICIES: tuple[RematPolicy, ...] = get_args(RematPolicy)
 MODES: tuple[Mode, ...] = get_args(Mode)
+NORM_POSITIONS: tuple[NormPosition, ...] = get_args(NormPosition)
+QK_NORMS: tuple[QKNorm, ...] = get_args(QKNorm)
+ROPE_SCALINGS: tuple[RopeScaling, ...] = get_args(RopeScaling)
+
+# `qk_norm` was a bool in phd_jax 0.2 and earlier: True meant the per-head norm. Still accepted everywhere
+# (constructor, model_config.json, run configs, "phd_jax" blocks) and read as these names.
+QK_NORM_BOOLS: dict[bool, QKNorm] = {True: "head", False: "none"}
 
 PHD_VARIANTS: tuple[Variant, ...] = ("phd", "phd_swa", "phd_cswa")
 
@@ -57,12 +68,46 @@ PARAM_FIELDS = (
     "head_dim",
     "mlp_dim",
     "tie_embeddings",
+    "norm_position",
     "qk_norm",
+    "qkv_bias",
     "dtype",
     "param_dtype",
     "scan_layers",
     "init_std",
 )
+
+
+# The model's architecture: the fields a checkpoint fixes (shapes, block options, rotary
+# frequencies, norm epsilon), as opposed to PHD's fields and how the model is run (dtypes,
+# kernels, layer stacking). `phd_jax.interop` reads these from a Hugging Face config.
+ARCHITECTURE_FIELDS = (
+    *("vocab_size", "num_layers", "d_model", "num_heads", "num_kv_heads", "head_dim", "mlp_dim"),
+    *("rope_theta", "norm_eps", "tie_embeddings", "norm_position", "qk_norm", "qkv_bias", "rope_scaling"),
+    *("rope_factor", "rope_low_freq_factor", "rope_high_freq_factor", "rope_original_max_len"),
+)
+
+
+def as_qk_norm(name: str, value, error=ConfigError) -> QKNorm:
+    """`value` as one of `QK_NORMS`; a bool (the spelling of phd_jax <= 0.2) becomes `QK_NORM_BOOLS[value]`."""
+    if isinstance(value, (bool, np.bool_)):
+        return QK_NORM_BOOLS[bool(value)]
+    if not isinstance(value, str) or value not in QK_NORMS:
+        fail(
+            name,
+            value,
+            f"allowed: {', '.join(QK_NORMS)} (or a bool: True = 'head', False = 'none')",
+            error if isinstance(value, str) else ConfigTypeError,
+        )
+    return value
+
+
+def canonical_field(name: str, value):
+    """A saved `ModelConfig` field's value in today's spelling (`qk_norm: true` -> "head"), for
+    comparing saved configs with new ones; other fields and values unchanged."""
+    if name == "qk_norm" and isinstance(value, (bool, np.bool_)):
+        return QK_NORM_BOOLS[bool(value)]
+    return value
 
 
 # ---- the variant predicates: the one definition every module uses ----------------
@@ -103,12 +148,29 @@ _INT_FIELDS = (
     "max_seq_len",
     "block_q",
     "block_kv",
+    "rope_original_max_len",
 )
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    """A Llama/OLMo2-style decoder plus the PHD token-repetition scheme.
+    """A decoder-only transformer (Llama, OLMo2, Qwen2, Qwen3 blocks) plus the PHD token-repetition scheme.
+
+    Block options, one field per feature (they compose; defaults are the Llama block of
+    phd_jax <= 0.2, bit for bit). `phd_jax.interop` maps Hugging Face architecture names
+    onto them (Llama: the defaults, plus `rope_scaling="llama3"` for Llama 3.1+; OLMo2:
+    `norm_position="post"`, `qk_norm="projection"`; Qwen2: `qkv_bias=True`; Qwen3:
+    `qk_norm="head"`):
+    - `norm_position`: "pre" (`x + attn(norm(x))`, `h + mlp(norm(h))`) or "post" (OLMo2:
+      `x + norm(attn(x))`, `h + norm(mlp(h))`, no input norm); the final norm stays either way;
+    - `qk_norm`: "none"; "head" (RMSNorm over each head's `head_dim` features of queries and
+      keys, before RoPE: Qwen3); "projection" (RMSNorm over the whole query projection,
+      `num_heads*head_dim` features, and the whole key projection, before RoPE: OLMo2).
+      True / False (the bool of phd_jax <= 0.2) are read as "head" / "none";
+    - `qkv_bias`: biases on the query, key and value projections (Qwen2; never on the output);
+    - `rope_scaling`: "none", or "llama3" (Llama 3.1's frequency rescaling, transformers'
+      `_compute_llama3_parameters`, with `rope_factor`, `rope_low_freq_factor`,
+      `rope_high_freq_factor`, `rope_original_max_len`; those four are used only then).
 
     PHD fields (docs/spec.md section 1): `variant`, `repeat` (K), `window` (W, counted
     in hidden decoding tokens), `chunk` (C, counted in original positions,
@@ -138,7 +200,15 @@ class ModelConfig:
     rope_theta: float = 10000.0
     norm_eps: float = 1e-6
     tie_embeddings: bool = True
-    qk_norm: bool = False
+    # Block options (class docstring): defaults are the Llama block.
+    norm_position: NormPosition = "pre"
+    qk_norm: QKNorm = "none"
+    qkv_bias: bool = False
+    rope_scaling: RopeScaling = "none"
+    rope_factor: float = 8.0
+    rope_low_freq_factor: float = 1.0
+    rope_high_freq_factor: float = 4.0
+    rope_original_max_len: int = 8192
     dtype: DType = "float32"
     param_dtype: DType = "float32"
     attention: Backend = "auto"
@@ -158,11 +228,17 @@ class ModelConfig:
 
         for f in _INT_FIELDS:
             put(f, as_int(name(f), getattr(self, f), 1, error=ConfigError))
-        for f in ("tie_embeddings", "qk_norm", "scan_layers"):
+        for f in ("tie_embeddings", "qkv_bias", "scan_layers"):
             put(f, as_bool(name(f), getattr(self, f), error=ConfigError))
+        put("qk_norm", as_qk_norm(name("qk_norm"), self.qk_norm))
         for f in ("dtype", "param_dtype"):
             put(f, one_of(name(f), _dtype_name(getattr(self, f)), DTYPES, error=ConfigError))
-        for f, allowed in (("attention", BACKENDS), ("remat", REMAT_POLICIES)):
+        for f, allowed in (
+            ("attention", BACKENDS),
+            ("remat", REMAT_POLICIES),
+            ("norm_position", NORM_POSITIONS),
+            ("rope_scaling", ROPE_SCALINGS),
+        ):
             one_of(name(f), getattr(self, f), allowed, error=ConfigError)
         phd = check_phd_args(self.variant, self.repeat, self.window, self.chunk, "ModelConfig.", ConfigError)
         for f, value in zip(("variant", "repeat", "window", "chunk"), phd):
@@ -170,8 +246,18 @@ class ModelConfig:
         if self.position_mode is None:
             put("position_mode", "flat" if self.variant == "naive" else "shared")
         one_of(name("position_mode"), self.position_mode, POSITION_MODES, error=ConfigError)
-        for f in ("rope_theta", "norm_eps", "init_std"):
+        for f in ("rope_theta", "norm_eps", "init_std", "rope_factor", "rope_low_freq_factor"):
             put(f, as_float(name(f), getattr(self, f), 0.0, low_open=True, error=ConfigError))
+        put(
+            "rope_high_freq_factor",
+            as_float(
+                name("rope_high_freq_factor"),
+                self.rope_high_freq_factor,
+                self.rope_low_freq_factor,
+                low_open=True,
+                error=ConfigError,
+            ),
+        )
         if self.num_heads % self.num_kv_heads:
             fail(
                 name("num_kv_heads"),

@@ -1,4 +1,14 @@
-"""The PHD transformer, a Llama/OLMo2-style decoder (Flax Linen), top to bottom.
+"""The PHD transformer, a decoder with Llama, OLMo2, Qwen2 or Qwen3 blocks (Flax Linen), top to bottom.
+
+The block options are `ModelConfig` fields (`norm_position`, `qk_norm`, `qkv_bias`,
+`rope_scaling`; docs/architecture.md). Parameter names, per layer (under `layers/` stacked,
+or `layers_<i>/`): `attention/{query,key,value,out}/kernel`, with `qkv_bias`
+`attention/{query,key,value}/bias` `[heads, head_dim]`; `qk_norm` "head":
+`attention/{query,key}_norm/scale` `[head_dim]`, "projection": the same names with shape
+`[num_heads, head_dim]` / `[num_kv_heads, head_dim]` (one RMSNorm over all heads together);
+`norm_position` "pre": `attention_norm/scale`, `mlp_norm/scale` (on the sublayer inputs),
+"post": `post_attention_norm/scale`, `post_mlp_norm/scale` (on the sublayer outputs);
+`mlp/{gate,up,down}/kernel`; then `final_norm/scale`, `embed/embedding`, `unembed/kernel`.
 
 PHD adds no parameters: it changes only which tokens run through the layers
 (each input token repeated K times, all copies with the same embedding) and
@@ -42,9 +52,9 @@ class _Partitioned(nn.LogicallyPartitioned):
         return super().unbox(apply_constraint and self.value.ndim == len(self.names))
 
 
-def _init(cfg: ModelConfig, names: tuple[str, ...]):
-    """Normal init carrying logical axis names, so training can shard parameters."""
-    init = nn.initializers.normal(cfg.init_std)
+def _init(cfg: ModelConfig, names: tuple[str, ...], init=None):
+    """Normal init (or `init`) carrying logical axis names, so training can shard parameters."""
+    init = nn.initializers.normal(cfg.init_std) if init is None else init
     return lambda *args, **kwargs: _Partitioned(init(*args, **kwargs), names)
 
 
@@ -71,16 +81,19 @@ def token_matmul(lhs, rhs, dimension_numbers, precision=None, preferred_element_
     return out.reshape(tokens + rhs.shape[nc:])
 
 
-def _dense(cfg: ModelConfig, features, names: tuple[str, ...], name: str, axis=-1):
-    """Bias-free projection whose kernel carries the logical axis `names`."""
+def _dense(cfg: ModelConfig, features, names: tuple[str, ...], name: str, axis=-1, bias: bool = False):
+    """Projection whose kernel carries the logical axis `names`; with `bias`, a bias (zeros at
+    init) over the output features, named by the output's axes."""
+    n_out = len(features) if isinstance(features, tuple) else 1
     return nn.DenseGeneral(
         features,
         axis=axis,
-        use_bias=False,
+        use_bias=bias,
         dtype=cfg.compute_dtype,
         param_dtype=cfg.weight_dtype,
         name=name,
         kernel_init=_init(cfg, names),
+        bias_init=_init(cfg, names[-n_out:], nn.initializers.zeros_init()),
         dot_general=token_matmul,
     )
 
@@ -90,13 +103,18 @@ def _constrain(x, *names):
     return nn.with_logical_constraint(x, names)
 
 
-def _norm(cfg: ModelConfig, axis_name: str, name: str):
+def _norm(cfg: ModelConfig, axis_names, name: str):
+    """RMSNorm over the last `len(axis_names)` dims (one logical axis name each), one scale per feature."""
+    axis_names = (axis_names,) if isinstance(axis_names, str) else tuple(axis_names)
+    dims = tuple(range(-len(axis_names), 0))
     return nn.RMSNorm(
         epsilon=cfg.norm_eps,
         dtype=cfg.compute_dtype,
         param_dtype=cfg.weight_dtype,
         name=name,
-        scale_init=nn.with_logical_partitioning(nn.initializers.ones, (axis_name,)),
+        reduction_axes=dims if len(dims) > 1 else -1,
+        feature_axes=dims if len(dims) > 1 else -1,
+        scale_init=nn.with_logical_partitioning(nn.initializers.ones, axis_names),
     )
 
 
@@ -105,10 +123,32 @@ def rope_positions(cfg: ModelConfig, pos, copy):
     return pos * cfg.repeat + copy if cfg.position_mode == "flat" else pos + 0 * copy
 
 
-def apply_rope(x, positions, theta: float):
-    """Rotate-half RoPE. x `[B, N, H, D]`; positions `[N]` or `[B, N]`."""
+def rope_inv_freq(cfg: ModelConfig):
+    """The rotary inverse frequencies `[head_dim / 2]` (float32): `rope_theta ** (-2i / head_dim)`,
+    with `rope_scaling="llama3"` rescaled as Llama 3.1 does (transformers'
+    `modeling_rope_utils._compute_llama3_parameters`): wavelengths above
+    `rope_original_max_len / rope_low_freq_factor` divided by `rope_factor`, those below
+    `rope_original_max_len / rope_high_freq_factor` kept, and a smooth blend in between."""
+    d = cfg.head_dim
+    inv_freq = cfg.rope_theta ** (-jnp.arange(0, d, 2, dtype=jnp.float32) / d)
+    if cfg.rope_scaling == "none":
+        return inv_freq
+    factor, low, high = cfg.rope_factor, cfg.rope_low_freq_factor, cfg.rope_high_freq_factor
+    old_len = cfg.rope_original_max_len
+    wavelen = 2 * math.pi / inv_freq
+    scaled = jnp.where(wavelen > old_len / low, inv_freq / factor, inv_freq)
+    smooth = (old_len / wavelen - low) / (high - low)
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+    medium = (wavelen >= old_len / high) & (wavelen <= old_len / low)
+    return jnp.where(medium, smoothed, scaled)
+
+
+def apply_rope(x, positions, theta: float | None = None, inv_freq=None):
+    """Rotate-half RoPE. x `[B, N, H, D]`; positions `[N]` or `[B, N]`; the frequencies
+    `inv_freq` `[D/2]` (`rope_inv_freq`), or `theta ** (-2i / D)` from `theta`."""
     d = x.shape[-1]
-    inv_freq = theta ** (-jnp.arange(0, d, 2, dtype=jnp.float32) / d)
+    if inv_freq is None:
+        inv_freq = theta ** (-jnp.arange(0, d, 2, dtype=jnp.float32) / d)
     angles = jnp.asarray(positions, jnp.float32)[..., None] * inv_freq  # [(B,) N, D/2]
     angles = jnp.broadcast_to(angles, x.shape[:2] + angles.shape[-1:])[:, :, None, :]
     sin, cos = jnp.sin(angles), jnp.cos(angles)
@@ -124,14 +164,22 @@ class Attention(nn.Module):
     @nn.compact
     def __call__(self, x, positions, mask=None, cache: KVCache | None = None, segments=None):
         cfg = self.cfg
-        q = _dense(cfg, (cfg.num_heads, cfg.head_dim), (axes.EMBED, axes.HEADS, axes.HEAD_DIM), "query")(x)
-        k = _dense(cfg, (cfg.num_kv_heads, cfg.head_dim), (axes.EMBED, axes.KV_HEADS, axes.HEAD_DIM), "key")(x)
-        v = _dense(cfg, (cfg.num_kv_heads, cfg.head_dim), (axes.EMBED, axes.KV_HEADS, axes.HEAD_DIM), "value")(x)
-        if cfg.qk_norm:  # OLMo2-style normalisation of queries and keys
+        q_axes, kv_axes = (axes.EMBED, axes.HEADS, axes.HEAD_DIM), (axes.EMBED, axes.KV_HEADS, axes.HEAD_DIM)
+        q = _dense(cfg, (cfg.num_heads, cfg.head_dim), q_axes, "query", bias=cfg.qkv_bias)(x)
+        k = _dense(cfg, (cfg.num_kv_heads, cfg.head_dim), kv_axes, "key", bias=cfg.qkv_bias)(x)
+        v = _dense(cfg, (cfg.num_kv_heads, cfg.head_dim), kv_axes, "value", bias=cfg.qkv_bias)(x)
+        if cfg.qk_norm == "head":  # RMSNorm of each head's queries and keys (Qwen3)
             q = _norm(cfg, axes.HEAD_DIM, "query_norm")(q)
             k = _norm(cfg, axes.HEAD_DIM, "key_norm")(k)
-        q = apply_rope(q, positions, cfg.rope_theta)
-        k = apply_rope(k, positions, cfg.rope_theta)
+        elif cfg.qk_norm == "projection":  # one RMSNorm over all heads' features together (OLMo2)
+            q = _norm(cfg, q_axes[1:], "query_norm")(q)
+            k = _norm(cfg, kv_axes[1:], "key_norm")(k)
+        if cfg.rope_scaling == "none":  # the frequencies of phd_jax <= 0.2, computed as they were
+            q = apply_rope(q, positions, cfg.rope_theta)
+            k = apply_rope(k, positions, cfg.rope_theta)
+        else:
+            q = apply_rope(q, positions, inv_freq=rope_inv_freq(cfg))
+            k = apply_rope(k, positions, inv_freq=rope_inv_freq(cfg))
         q = _constrain(q, axes.ACTIVATION_BATCH, axes.ACTIVATION_LENGTH, axes.ACTIVATION_HEADS, None)
         k, v = (
             _constrain(x, axes.ACTIVATION_BATCH, axes.ACTIVATION_LENGTH, axes.ACTIVATION_KV_HEADS, None) for x in (k, v)
@@ -160,7 +208,8 @@ class Mlp(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-    """Pre-norm block: x + attn(norm(x)), then x + mlp(norm(x))."""
+    """Pre-norm block (`norm_position="pre"`, Llama / Qwen): x + attn(norm(x)), then
+    h + mlp(norm(h)); post-norm block ("post", OLMo2): x + norm(attn(x)), then h + norm(mlp(h))."""
 
     cfg: ModelConfig
     layout: Layout | None = None
@@ -170,11 +219,15 @@ class DecoderLayer(nn.Module):
     @nn.compact
     def __call__(self, x, positions, mask=None, cache=None, segments=None):
         cfg = self.cfg
-        h, kv = Attention(cfg, self.layout, self.mode, name="attention")(
-            _norm(cfg, axes.EMBED, "attention_norm")(x), positions, mask, cache, segments
-        )
-        x = x + h
-        x = x + Mlp(cfg, name="mlp")(_norm(cfg, axes.EMBED, "mlp_norm")(x))
+        attention = Attention(cfg, self.layout, self.mode, name="attention")
+        if cfg.norm_position == "pre":
+            h, kv = attention(_norm(cfg, axes.EMBED, "attention_norm")(x), positions, mask, cache, segments)
+            x = x + h
+            x = x + Mlp(cfg, name="mlp")(_norm(cfg, axes.EMBED, "mlp_norm")(x))
+        else:
+            h, kv = attention(x, positions, mask, cache, segments)
+            x = x + _norm(cfg, axes.EMBED, "post_attention_norm")(h)
+            x = x + _norm(cfg, axes.EMBED, "post_mlp_norm")(Mlp(cfg, name="mlp")(x))
         x = _constrain(x, axes.ACTIVATION_BATCH, axes.ACTIVATION_LENGTH, axes.ACTIVATION_EMBED)
         return x, (kv if self.collect_kv or self.mode == "extend" else None)
 

@@ -25,6 +25,32 @@ AXIS_FIELDS = {
 }
 
 
+# Module names (the part before the parameter's own name) that belong to a block option.
+_QK_NORMS = ("query_norm", "key_norm")
+_BLOCK_NORMS = ("attention_norm", "mlp_norm", "post_attention_norm", "post_mlp_norm")
+
+
+def _part(path: str) -> str:
+    """The module a parameter belongs to: `layers/attention/query_norm/scale` -> `query_norm`."""
+    parts = path.split("/")
+    return parts[-2] if len(parts) > 1 else ""
+
+
+def _block_option(field: str, param_cfg, got: dict) -> str:
+    """`config X, params Y` for a block option, Y read off the parameter names and shapes."""
+    if field == "norm_position":
+        value = "post" if any(_part(p) == "post_attention_norm" for p in got) else "pre"
+    elif field == "qkv_bias":
+        value = any(p.endswith("/bias") and _part(p) == "query" for p in got)
+    else:
+        scales = [(p, shape) for p, shape in got.items() if _part(p) == "query_norm"]
+        value = "none"
+        if scales:
+            p, shape = scales[0]
+            value = "head" if len(shape) - p.startswith("layers/") == 1 else "projection"
+    return f"config {getattr(param_cfg, field)!r}, params {value!r}"
+
+
 @functools.lru_cache(maxsize=64)
 def _expected_params(param_cfg, shapes_of, axes_of):
     """{path: (shape, logical axis names)} of the parameters `param_cfg` makes."""
@@ -65,6 +91,9 @@ def _params_mismatch(param_cfg, treedef, shapes: tuple, shapes_of, axes_of) -> s
     fields = {}
     for p in wrong:
         shape, names = expected[p]
+        if _part(p) in _QK_NORMS:
+            fields.setdefault("qk_norm", _block_option("qk_norm", param_cfg, got))
+            continue
         if len(got[p]) != len(shape):
             fields.setdefault(
                 "scan_layers" if "layers" in names or p.startswith("layers/") else "shape",
@@ -78,8 +107,12 @@ def _params_mismatch(param_cfg, treedef, shapes: tuple, shapes_of, axes_of) -> s
     for p in missing + extra:
         if p.startswith("unembed/"):
             fields.setdefault("tie_embeddings", f"config {param_cfg.tie_embeddings}")
-        elif "query_norm" in p or "key_norm" in p:
-            fields.setdefault("qk_norm", f"config {param_cfg.qk_norm}")
+        elif _part(p) in _QK_NORMS:
+            fields.setdefault("qk_norm", _block_option("qk_norm", param_cfg, got))
+        elif _part(p) in _BLOCK_NORMS:
+            fields.setdefault("norm_position", _block_option("norm_position", param_cfg, got))
+        elif p.endswith("/bias") and _part(p) in ("query", "key", "value"):
+            fields.setdefault("qkv_bias", _block_option("qkv_bias", param_cfg, got))
         elif p.startswith(("layers_", "layers/")):
             scanned = any(q.startswith("layers/") for q in got)
             if scanned != param_cfg.scan_layers:

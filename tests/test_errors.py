@@ -47,7 +47,7 @@ def model():
     [
         (dict(tie_embeddings="no"), TypeError, r"ModelConfig.tie_embeddings='no' is invalid: must be True or False"),
         (dict(scan_layers="False"), TypeError, r"ModelConfig.scan_layers='False' is invalid"),
-        (dict(qk_norm=0), TypeError, r"ModelConfig.qk_norm=0 is invalid: must be True or False"),
+        (dict(qk_norm=0), TypeError, r"ModelConfig.qk_norm=0 is invalid: allowed: none, head, projection \(or a bool"),
         (dict(rope_theta="1e4"), TypeError, r"ModelConfig.rope_theta='1e4' is invalid: must be a finite number > 0"),
         (dict(init_std=None), TypeError, r"ModelConfig.init_std=None is invalid"),
         (dict(rope_theta=math.inf), ValueError, r"ModelConfig.rope_theta=inf is invalid: must be a finite number"),
@@ -134,7 +134,7 @@ def test_too_many_tokens_per_sequence_is_refused_before_building_masks():
         (dict(tie_embeddings=False), r"tie_embeddings \(config True\).*unembed/kernel is unexpected"),
         (dict(mlp_dim=32), r"mlp_dim \(config 64, params 32\)"),
         (dict(num_kv_heads=4), r"num_kv_heads \(config 2, params 4\)"),
-        (dict(qk_norm=True), r"qk_norm \(config False\)"),
+        (dict(qk_norm=True), r"qk_norm \(config 'none', params 'head'\)"),
         (dict(scan_layers=False), r"scan_layers \(config True, params False\)"),
     ],
 )

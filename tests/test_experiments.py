@@ -13,11 +13,12 @@ import shutil
 import pytest
 
 from experiments import cli, report
-from experiments.studies import ALL, FLOP_KS, PILOT, STUDIES, Claim
+from experiments.studies import ALL, FLOP_KS, PILOT, STUDIES, WHEN_PAYS, Claim
 from experiments.sweep import (
     REPO,
     RESULT_FILES,
     Setting,
+    execute,
     is_finished,
     load_config_module,
     matched_depth,
@@ -25,6 +26,10 @@ from experiments.sweep import (
     run_state,
 )
 from phd_jax.errors import ConfigError
+from phd_jax.flops import train_flops_per_sequence
+from phd_jax.train import model_config
+from phd_jax.train.checkpoint import RESUMABLE_CHANGES, first_change
+from phd_jax.train.continuation import MAY_CHANGE
 from phd_jax.train.metrics import read_metrics
 
 TINY = os.path.join(REPO, "phd_jax", "configs", "tiny.py")
@@ -88,7 +93,8 @@ def test_report_numbers_equal_the_runs_metrics(sweep, tmp_path):
         assert float(m.group(4)) == pytest.approx(finals[name], abs=5e-5)
         assert m.group(7) == f"s0: {finals[name]:.4f}"
     assert float(rows["PHD-2"].group(6)) == pytest.approx(finals["PHD-2"] - finals["vanilla"], abs=1e-4)
-    assert "| PHD-2 (no window) beats vanilla | PHD-2 | vanilla | **inconclusive (fewer than 2 seeds)** |" in text
+    one_seed = "not detected: 1 seed, so no σ and no minimum detectable effect"
+    assert f"| PHD-2 (no window) beats vanilla | PHD-2 | vanilla | **{one_seed}** |" in text
     assert "**not run** | no finished runs of PHD-4" in text
     for axis in ("tokens", "flops"):
         png = tmp_path / "docs" / "repro" / f"loss_vs_k_{axis}.png"
@@ -116,7 +122,8 @@ def test_report_summary_in_the_readme_is_generated(sweep, tmp_path, capsys):
     assert text.startswith("# Project\n") and text.endswith(f"{report.SUMMARY_END}\nrest\n") and "old" not in text
     finals = {n: read_metrics(os.path.join(root, n, "seed0"))[-1]["val_loss"] for n in ("vanilla", "PHD-2")}
     row = next(line for line in text.splitlines() if "| PHD-2 (no window) beats vanilla |" in line)
-    assert f"| {finals['PHD-2'] - finals['vanilla']:+.4f} | – | 1 | **inconclusive (fewer than 2 seeds)** |" in row
+    one_seed = "not detected: 1 seed, so no σ and no minimum detectable effect"
+    assert f"| {finals['PHD-2'] - finals['vanilla']:+.4f} | – | 1 | **{one_seed}** |" in row
     assert "](docs/repro/loss_vs_k_tokens.png)" in text and (tmp_path / "docs/repro/loss_vs_k_tokens.png").exists()
     plain = tmp_path / "plain.md"
     plain.write_text("no markers\n")
@@ -209,9 +216,9 @@ def test_pilot_dry_run_lists_its_runs_in_order(tmp_path, capsys):
     out = capsys.readouterr().out
     labels = re.findall(r"^  (d256-\S+ seed\d)\s", out, re.M)
     seed_major = [f"d256-{n}steps-{m} seed{s}" for n in (600,) for s in range(3) for m in ("vanilla", "PHD-2")]
-    lr = [f"d256-600steps-{m}-lr{x}x seed0" for x in ("0.5", "2", "0.25") for m in ("vanilla", "PHD-2")]
+    lr = [f"d256-600steps-{m}-lr{x}x seed0" for x in ("0.5", "2", "0.25", "0.125") for m in ("vanilla", "PHD-2")]
     assert labels == seed_major + lr
-    assert "12 runs (0 finished)" in out and out.count(" new ") == 12
+    assert "14 runs (0 finished)" in out and out.count(" new ") == 14
     assert not os.path.exists(root) and not os.path.exists(results)
     runs = plan(list(PILOT.settings), [0, 1], PILOT.steps, root, defaults=dict(PILOT.defaults), evals=PILOT.evals)
     by = {r.label: r.config for r in runs}
@@ -222,6 +229,99 @@ def test_pilot_dry_run_lists_its_runs_in_order(tmp_path, capsys):
     assert by["d256-600steps-vanilla-lr2x seed0"].learning_rate == pytest.approx(6e-3)
     assert by["d256-600steps-vanilla seed0"].eval_every == 30
     assert "d256-600steps-vanilla-lr2x seed1" not in by  # the learning-rate check is seed 0 only
+
+
+def test_when_pays_plan_matches_tokens_and_flops(tmp_path):
+    root = str(tmp_path / "none")
+    runs = plan(list(WHEN_PAYS.settings), [0], WHEN_PAYS.steps, root, defaults=dict(WHEN_PAYS.defaults), evals=20)
+    by = {r.label.split()[0]: r.config for r in runs}
+    for c in by.values():  # the pilot's model at its best learning rate; vanilla keeps its midpoint
+        assert (c.model.d_model, c.model.head_dim, c.model.mlp_dim) == (256, 64, 768)
+        assert c.learning_rate == pytest.approx(1.5e-3) and c.keep_checkpoints == 4
+    v = by["vanilla"]  # every checkpoint of a 600-step run is kept, the midpoint (300) among them
+    assert v.num_steps == 600 and 300 % v.checkpoint_every == 0 and v.num_steps // v.checkpoint_every <= 4
+    assert by["vanilla-x2tokens"].num_steps == 1200 and by["vanilla-x2tokens"].model.repeat == 1
+    deep, phd2 = by["vanilla-depth-PHD-2"], by["PHD-2"]
+    assert deep.model.num_layers == 2 * phd2.model.num_layers and deep.model.repeat == 1
+    assert (phd2.model.repeat, by["PHD-3"].model.repeat) == (2, 3)
+    assert (by["PHD-CSWA-2-16-32"].model.window, by["PHD-CSWA-2-16-32"].model.chunk) == (16, 32)
+    assert {c.b for c in WHEN_PAYS.claims} <= set(by) and {c.a for c in WHEN_PAYS.claims} <= set(by)
+    # vanilla-then-PHD-2: vanilla's step-300 checkpoint continued with its full state as PHD-2, after
+    # every vanilla run; its config differs from vanilla's only where a continuation may differ
+    cont = by["vanilla-then-PHD-2"]
+    assert (cont.init_state, cont.num_steps, cont.model.variant, cont.model.repeat) == ("full", 600, "phd", 2)
+    assert cont.init_from == os.path.join(os.path.abspath(root), "vanilla", "seed0", "checkpoints", "300")
+    assert first_change(v.to_dict(), cont, MAY_CHANGE) is None
+    assert first_change(v.to_dict(), cont, RESUMABLE_CHANGES)[0] == "model.repeat"
+    labels = [r.label for r in plan(list(WHEN_PAYS.settings), [0, 1, 2], 600, root, defaults=dict(WHEN_PAYS.defaults))]
+    assert min(i for i, x in enumerate(labels) if x.startswith("vanilla-then")) > labels.index("vanilla seed2")
+    # its FLOPs: 300 vanilla steps and 300 PHD-2 steps, about 1.5x vanilla's (what the claim says)
+    flops = {n: train_flops_per_sequence(model_config(by[n]), 128) for n in ("vanilla", "PHD-2")}
+    assert (flops["vanilla"] + flops["PHD-2"]) / 2 / flops["vanilla"] == pytest.approx(1.5, abs=0.05)
+    (claim,) = [c for c in WHEN_PAYS.claims if (c.a, c.b) == ("vanilla-then-PHD-2", "vanilla-x2tokens")]
+    assert claim.kind == "which" and "1.5x vanilla's training FLOPs" in claim.text
+    assert [c.kind for c in WHEN_PAYS.claims if (c.a, c.b) == ("vanilla-then-PHD-2", "vanilla")] == ["lower"]
+
+
+CALIBRATION = {"flops_per_s": 1e9, "overhead_s": 1.0, "description": "a test's"}
+CONT_STEPS = 4  # tiny: checkpoints at 1..4, the last 3 kept; the continuation starts at step 2
+
+
+def _continuation_plan(root, results=None, **kw):
+    kw = {"group": 1, "continue_from": "vanilla", **kw}
+    settings = [Setting("vanilla", "vanilla"), Setting("vanilla-then-PHD-2", "PHD-2", **kw)]
+    return plan(settings, [0], CONT_STEPS, root, TINY, {"eval_batches": 1}, results_root=results)
+
+
+def test_sweep_runs_a_continuation_after_its_source(tmp_path):
+    """In process: vanilla, then vanilla-then-PHD-2 from its step-2 checkpoint (full state); on a
+    fresh machine with only the saved results nothing trains; without the continuation's results
+    the source is trained again into the root (its saved results untouched) and the continuation
+    reproduces its first result; a missing checkpoint that cannot be retrained fails in one line."""
+    results = str(tmp_path / "results")
+    runs = _continuation_plan(str(tmp_path / "a"), results)
+    out = execute(runs, CALIBRATION, progress=False, log=lambda *a: None)
+    assert out["trained"] == ["vanilla seed0", "vanilla-then-PHD-2 seed0"] and not out["failed"]
+    src, cont = (read_metrics(r.workdir) for r in runs)
+    assert [r["step"] for r in cont] == [3, 4]  # the steps after the checkpoint
+    assert [r["learning_rate"] for r in cont] == [r["learning_rate"] for r in src[2:]]  # the schedule goes on
+    assert [r["loss"] for r in cont] != [r["loss"] for r in src[2:]]  # as another model
+    with open(os.path.join(runs[1].workdir, "config.json")) as f:
+        assert json.load(f)["init_from"] == os.path.join(runs[0].workdir, "checkpoints", "2")
+
+    fresh = _continuation_plan(str(tmp_path / "fresh"), results)
+    assert execute(fresh, CALIBRATION, progress=False, log=lambda *a: None)["trained"] == []
+    assert not os.path.exists(str(tmp_path / "fresh"))
+    shutil.rmtree(fresh[1].results_dir)
+    saved_source = files_of(fresh[0].results_dir)
+    lines = []
+    out = execute(fresh, CALIBRATION, progress=False, log=lines.append)
+    assert out["trained"] == ["vanilla-then-PHD-2 seed0"] and not out["failed"]
+    assert any("trained again into" in line and "vanilla seed0" in line for line in lines)
+    assert files_of(fresh[0].results_dir) == saved_source
+    assert [r["loss"] for r in read_metrics(fresh[1].workdir)] == [r["loss"] for r in cont]
+
+    broken = _continuation_plan(str(tmp_path / "broken"))
+    shutil.copytree(runs[0].workdir, broken[0].workdir)
+    shutil.rmtree(os.path.join(broken[0].workdir, "checkpoints", "2"))
+    out = execute(broken, CALIBRATION, progress=False, log=lambda *a: None)
+    ((label, message),) = out["failed"]
+    assert label == "vanilla-then-PHD-2 seed0" and "missing: rerun vanilla seed0 into" in message
+    assert not os.path.exists(broken[1].workdir)
+
+
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        (dict(continue_at=0.3), r"continue_at=0.3 is invalid: step 1.2 of vanilla's 4 is not one of its checkpoints"),
+        (dict(continue_at=0.25), r"vanilla keeps only its last 3 checkpoints \(2, 3, 4\), not step 1"),
+        (dict(group=0), r"the source's group \(0\) must come before 0"),
+        (dict(continue_from="PHD-9"), r"continue_from='PHD-9' is not a setting of this sweep"),
+    ],
+)
+def test_a_continuation_that_cannot_run_is_refused_when_planning(tmp_path, kw, match):
+    with pytest.raises(ConfigError, match=match):
+        _continuation_plan(str(tmp_path / "none"), **kw)
 
 
 def test_another_step_count_in_the_same_root_is_refused(sweep, capsys):
@@ -300,12 +400,24 @@ def _result(name, values):
     "a, b, kind, expected",
     [
         ([1.00, 1.01, 1.02], [1.10, 1.11, 1.12], "lower", "reproduced"),
-        ([1.10, 1.11, 1.12], [1.00, 1.01, 1.02], "lower", "not reproduced"),
-        ([1.00, 1.05, 1.01], [1.03, 1.00, 1.05], "lower", "inconclusive at this scale"),
-        ([1.00], [1.10], "lower", "inconclusive (fewer than 2 seeds)"),
+        ([1.10, 1.11, 1.12], [1.00, 1.01, 1.02], "lower", "contradicted"),
+        # paired differences -0.03, +0.05, -0.04: σ = 0.0493, so 2σ = 0.0987 is what could have counted
+        (
+            [1.00, 1.05, 1.01],
+            [1.03, 1.00, 1.05],
+            "lower",
+            "not detected: the minimum detectable effect here is 2σ = 0.0987",
+        ),
+        ([1.00], [1.10], "lower", "not detected: 1 seed, so no σ and no minimum detectable effect"),
         ([1.00, 1.01, 1.02], [1.10, 1.11, 1.12], "which", "A lower"),
+        (
+            [1.00, 1.05, 1.01],
+            [1.03, 1.00, 1.05],
+            "which",
+            "not detected: the minimum detectable effect here is 2σ = 0.0987",
+        ),
         ([1.0001, 1.0101, 1.0201], [1.0, 1.01, 1.02], "same", "reproduced"),  # vanilla 1.5: gain 0.49
-        ([1.30, 1.31, 1.32], [1.0, 1.01, 1.02], "same", "not reproduced"),
+        ([1.30, 1.31, 1.32], [1.0, 1.01, 1.02], "same", "contradicted"),
     ],
 )
 def test_verdict_rule(a, b, kind, expected):

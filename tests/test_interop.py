@@ -77,7 +77,8 @@ def test_save_load_roundtrip_keeps_params_and_phd_fields(hf_models, tmp_path):
     assert cfg2 == cfg
     assert jax.tree.structure(params2) == jax.tree.structure(params) and max_diff(params, params2) == 0
     written = json.load(open(os.path.join(out, "config.json")))
-    assert written["phd_jax"]["variant"] == "phd_cswa" and written["model_type"] == "llama"
+    assert written["phd_jax"]["variant"] == "phd_cswa" and written["model_type"] == "phd_llama"
+    assert written["architectures"] == ["PhdLlamaForCausalLM"]  # transformers refuses it by name
     # scanned and unscanned layouts hold the same weights
     cfg3, params3 = phd_jax.load_hf_llama(out, scan_layers=True)
     assert (

@@ -273,6 +273,30 @@ def test_which_changes_may_resume(tmp_path):
             ckpt.check_workdir(wd, c)
 
 
+def test_profile_of_two_steps_writes_a_trace_of_those_steps(tmp_path, capsys):
+    """profile_steps=2,3 (the command line's spelling): a TensorBoard-layout xplane.pb and a Perfetto
+    trace whose step annotations are exactly steps 2 and 3; a resume may change or drop it; a
+    bad range is refused by name before anything is written."""
+    import glob
+    import gzip
+
+    wd, one = str(tmp_path / "w"), jax.devices()[:1]
+    train_and_evaluate(run_config(profile_steps="2,3"), wd, progress=False, devices=one)
+    (run,) = glob.glob(os.path.join(wd, "profile", "plugins", "profile", "*"))
+    (xplane,) = glob.glob(os.path.join(run, "*.xplane.pb"))
+    assert os.path.getsize(xplane) > 0
+    with gzip.open(os.path.join(run, "perfetto_trace.json.gz")) as f:
+        events = json.load(f)["traceEvents"]
+    assert sorted(int(e["args"]["step_num"]) for e in events if e.get("name") == "train") == [2, 3]
+    assert f"profiled steps 2-3: trace in {ckpt.shown_path(run)}" in capsys.readouterr().out
+    train_and_evaluate(run_config(num_steps=STEPS + 1, profile_steps=None), wd, progress=False, devices=one)
+    assert sorted(losses(wd)) == list(range(1, STEPS + 2))  # resumed, with profile_steps changed
+    bad = tmp_path / "bad"
+    with pytest.raises(ConfigError, match=r"config.profile_steps='3,2' is invalid: START=3 is after END=2"):
+        train_and_evaluate(run_config(profile_steps="3,2"), str(bad), progress=False, devices=one)
+    assert not bad.exists()
+
+
 def test_printed_paths_are_relative_to_where_the_user_stands(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert ckpt.shown_path(str(tmp_path / "runs" / "default")) == os.path.join("runs", "default")

@@ -22,6 +22,7 @@ import json
 import os
 import time
 
+from phd_jax.config import canonical_field
 from phd_jax.errors import ConfigError, as_int, fail
 
 INFERENCE_ONLY = ("attention", "block_q", "block_kv", "dtype", "remat")
@@ -79,7 +80,7 @@ def resolve_run(workdir=None, checkpoint=None, step=None, overrides: dict | None
         section, _, field = key.partition(".")
         if section == "model":
             before = config.model[field] if field in config.model else getattr(saved, field, None)
-            if value == before:
+            if canonical_field(field, value) == canonical_field(field, before):
                 continue
             if field == "repeat":
                 fail(

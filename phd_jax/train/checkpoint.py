@@ -6,6 +6,8 @@
     WORKDIR/checkpoints/<step>/  orbax: `state` (a TrainState's fields: step, params, opt_state,
                                  nonfinite) and `data` (the data iterator's position)
     WORKDIR/metrics.jsonl, WORKDIR/tensorboard/   (phd_jax.train.metrics)
+    WORKDIR/continuation.json    a full-state continuation's source (phd_jax.train.continuation)
+    WORKDIR/profile/             config.profile_steps' jax.profiler trace (TensorBoard's layout)
 
 A checkpoint is complete once orbax renames its temporary directory to `<step>`; a run
 killed while saving leaves only the temporary one, which restore ignores. A damaged newest
@@ -23,16 +25,26 @@ import subprocess
 import jax
 import numpy as np
 
-from phd_jax.config import ModelConfig
+from phd_jax.config import ModelConfig, canonical_field
 from phd_jax.errors import ConfigError
 from phd_jax.model import check_params
 from phd_jax.train import restore as restore_lib
 from phd_jax.train.config import load_run_config, to_json
 from phd_jax.train.restore import RestoreError, describe, incomplete_reason, is_transient
 from phd_jax.train.state import TrainState
+from phd_jax.tree import path_name
 
 CHECKPOINTS = "checkpoints"
-OUR_FILES = ("config.json", "model_config.json", "version.json", CHECKPOINTS, "metrics.jsonl", "tensorboard")
+OUR_FILES = (
+    "config.json",
+    "model_config.json",
+    "version.json",
+    CHECKPOINTS,
+    "metrics.jsonl",
+    "tensorboard",
+    "continuation.json",  # phd_jax.train.continuation.INFO_FILE
+    "profile",  # PROFILE_DIR: config.profile_steps' trace
+)
 
 # Keys that may differ when a run resumes (everything else describes the model, the data or
 # the optimisation, and must match the saved run).
@@ -46,6 +58,8 @@ RESUMABLE_CHANGES = {
     "keep_checkpoints",
     "async_checkpointing",
     "init_from",
+    "init_state",  # init_* only shape a new run's step 0; a resume starts from its own checkpoint
+    "profile_steps",  # a trace of some steps: observes the run, changes nothing in it
     "log_every",
     "eval_every",
     "eval_batches",
@@ -90,6 +104,32 @@ def _norm(v):
     return json.loads(json.dumps(v, default=list))
 
 
+def _canonical(flat: dict) -> dict:
+    """Model fields in today's spelling (`model.qk_norm: false` of a phd_jax <= 0.2 run is "none")."""
+    return {k: canonical_field(k[len("model.") :], v) if k.startswith("model.") else v for k, v in flat.items()}
+
+
+def first_change(saved: dict, config, may_change) -> tuple[str, object, object] | None:
+    """The first key (sorted, dotted: `model.d_model`) whose value in `config` differs from the
+    saved run config `saved` (a dict), as (key, saved value, new value); None if none does. Keys
+    in `may_change` (or under a section named there) are skipped; so are a key a newer phd_jax
+    added, left at its default (the old run used that behaviour), and a key this version dropped."""
+    from phd_jax.train.config import base_config
+
+    old, new = (_canonical(_flatten(_norm(c))) for c in (saved, config.to_dict()))
+    defaults = _flatten(_norm(base_config().to_dict()))
+    for key in sorted(set(old) | set(new)):
+        if key in may_change or key.split(".")[0] in may_change:
+            continue
+        if key not in old and key in defaults and new.get(key) == defaults[key]:
+            continue
+        if key not in new:
+            continue
+        if old.get(key, "<absent>") != new.get(key, "<absent>"):
+            return key, old.get(key, "<absent>"), new[key]
+    return None
+
+
 def check_workdir(workdir: str, config):
     """Raise ConfigError if `workdir` holds something we did not write or another run.
     Returns the saved run config (a dict) when it holds a run of this config (to be resumed),
@@ -115,23 +155,14 @@ def check_workdir(workdir: str, config):
     ckpt = os.path.join(workdir, CHECKPOINTS)
     if os.path.exists(ckpt) and not os.path.isdir(ckpt):
         raise ConfigError(f"workdir={workdir!r} is invalid: {ckpt} is a file, not phd_jax's checkpoint directory")
-    old, new = _flatten(_norm(saved)), _flatten(_norm(config.to_dict()))
-    from phd_jax.train.config import base_config
-
-    defaults = _flatten(_norm(base_config().to_dict()))
-    for key in sorted(set(old) | set(new)):
-        if key in RESUMABLE_CHANGES or key.split(".")[0] in RESUMABLE_CHANGES:
-            continue
-        if key not in old and key in defaults and new.get(key) == defaults[key]:
-            continue  # a key added by a newer phd_jax, at its default: the old run used that behaviour
-        if key not in new:
-            continue  # a key this version no longer has
-        if old.get(key, "<absent>") != new.get(key, "<absent>"):
-            raise ConfigError(
-                f"config.{key}={new.get(key, '<absent>')!r} does not match the run in workdir={workdir!r} "
-                f"(saved: {old.get(key, '<absent>')!r}); it describes another model or optimisation, so it "
-                f"cannot resume there: use another --workdir, or the saved value"
-            )
+    change = first_change(saved, config, RESUMABLE_CHANGES)
+    if change is not None:
+        key, was, now = change
+        raise ConfigError(
+            f"config.{key}={now!r} does not match the run in workdir={workdir!r} "
+            f"(saved: {was!r}); it describes another model or optimisation, so it "
+            f"cannot resume there: use another --workdir, or the saved value"
+        )
     return saved
 
 
@@ -304,6 +335,7 @@ def restore_params(path: str, step: int | None = None, sharding=None):
         reason = incomplete_reason(os.path.join(workdir, CHECKPOINTS, str(step)))
         if reason:
             raise ConfigError(f"checkpoint {where} is damaged: {reason}{hint}")
+        _check_saved_params(workdir, step, cfg)
         sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
         shapes = param_shapes(cfg)
         target = {"params": jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), shapes)}
@@ -329,11 +361,34 @@ def restore_params(path: str, step: int | None = None, sharding=None):
     params = out["state"]["params"]
     try:
         check_params(params, cfg)
+        missing = [path_name(p) for p, x in jax.tree_util.tree_leaves_with_path(params) if not isinstance(x, jax.Array)]
+        if missing:  # a partial restore leaves what the checkpoint lacks unfilled
+            raise ValueError(f"params missing from the checkpoint: {', '.join(missing[:3])}")
     except (TypeError, ValueError) as e:
         raise ConfigError(
             f"checkpoint {workdir}/{CHECKPOINTS}/{step} does not match model_config.json ({cfg.name}): {e}"
         ) from None
     return cfg, params, int(step)
+
+
+def _check_saved_params(workdir: str, step: int, cfg: ModelConfig):
+    """The parameter tree saved at `step` (read from orbax's metadata, no arrays) against `cfg`:
+    a ConfigError naming the fields that differ (a checkpoint of another block option, say),
+    before a partial restore would leave the parameters it lacks unfilled."""
+    import orbax.checkpoint as ocp
+    from etils import epath
+
+    try:
+        meta = ocp.PyTreeCheckpointHandler().metadata(epath.Path(workdir) / CHECKPOINTS / str(step) / "state")
+        saved = (meta.tree if hasattr(meta, "tree") else meta)["params"]
+    except Exception:  # unreadable metadata: the restore below reports the checkpoint
+        return
+    try:
+        check_params(saved, cfg)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(
+            f"checkpoint {workdir}/{CHECKPOINTS}/{step} does not match model_config.json ({cfg.name}): {e}"
+        ) from None
 
 
 def abstract_state(params_shape, opt_shape, shardings: TrainState) -> TrainState:

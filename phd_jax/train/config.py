@@ -13,6 +13,7 @@ import difflib
 import json
 import math
 import os
+from typing import Literal, get_args
 
 import ml_collections
 
@@ -21,7 +22,7 @@ from phd_jax.axes import MESH_AXES
 from phd_jax.config import ModelConfig, has_window, is_chunked
 from phd_jax.data import check_vocab_size, default_data_config, make_tokenizer, padded_vocab_size
 from phd_jax.data.tokenizers import VOCAB_MULTIPLE
-from phd_jax.errors import ConfigError, ConfigTypeError, as_bool, as_float, as_int, one_of
+from phd_jax.errors import ConfigError, ConfigTypeError, as_bool, as_float, as_int, is_int, one_of
 
 # The `model` section has ModelConfig's fields (and its rules: `model_config` builds one). Its own
 # defaults, where they differ from ModelConfig's: the quick start's smaller model (1,033,344
@@ -37,6 +38,11 @@ RUN_MODEL_DEFAULTS = {
 }
 
 SCHEDULES = ("cosine", "linear", "constant")
+
+# What `init_from` brings into a new run: "params" the weights only (a new optimisation from
+# step 0), "full" the whole TrainState and the data position (phd_jax.train.continuation).
+InitState = Literal["params", "full"]
+INIT_STATES: tuple[InitState, ...] = get_args(InitState)
 
 # Logical axis -> mesh axes, as in MaxText. Parameters carry the names of
 # `phd_jax.param_logical_axes`; activations use the `activation_*` names (model.py).
@@ -62,9 +68,11 @@ DEFAULT_RULES = (
 def base_config() -> ml_collections.ConfigDict:
     """The defaults every config file starts from (each file changes only what differs)."""
     c = ml_collections.ConfigDict()
-    c.model = ml_collections.ConfigDict(
-        {f.name: RUN_MODEL_DEFAULTS.get(f.name, f.default) for f in dataclasses.fields(ModelConfig)}
-    )
+    model = {f.name: RUN_MODEL_DEFAULTS.get(f.name, f.default) for f in dataclasses.fields(ModelConfig)}
+    # qk_norm takes a name or, as in phd_jax <= 0.2, a bool (config files, `--config.model.qk_norm=True`):
+    # an untyped field, so ml_collections' type check lets both through to ModelConfig's.
+    model["qk_norm"] = ml_collections.FieldReference(model["qk_norm"], field_type=object)
+    c.model = ml_collections.ConfigDict(model)
 
     # Data: phd_jax.data validates this section.
     c.data = default_data_config()
@@ -100,7 +108,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.checkpoint_every = 100
     c.keep_checkpoints = 3
     c.async_checkpointing = True
-    c.init_from = ""  # a workdir / checkpoint step dir (weights only), or hf:PATH
+    c.init_from = ""  # a workdir / checkpoint step dir, or hf:PATH (weights only)
+    c.init_state = "params"  # what init_from brings: INIT_STATES ("full": continue that run)
+    # Steps to trace with jax.profiler into WORKDIR/profile: "START,END" or (START, END); None/"" = off.
+    c.profile_steps = ml_collections.config_dict.placeholder(object)
     c.log_every = 50
     c.eval_every = 100
     c.peak_tflops = 0.0  # per device, for MFU; 0 = measure a matmul (CPU) once
@@ -118,6 +129,7 @@ def paper_config(num_layers, d_model, mlp_dim, num_heads, num_kv_heads, head_dim
     m.num_layers, m.d_model, m.mlp_dim = num_layers, d_model, mlp_dim
     m.num_heads, m.num_kv_heads, m.head_dim = num_heads, num_kv_heads, head_dim
     m.vocab_size, m.tie_embeddings, m.max_seq_len = 100352, True, 4096
+    m.norm_position, m.qk_norm = "post", "projection"  # the OLMo2 block the paper builds on
     m.dtype, m.param_dtype, m.remat, m.block_q, m.block_kv = "bfloat16", "float32", "dots", 512, 512
     c.seq_len, c.batch_size = 2048, 512
     c.num_steps = tokens // (c.seq_len * c.batch_size)
@@ -272,6 +284,14 @@ def validate(config, num_devices: int, tokenizer=None, process_count: int = 1) -
     for key in ("init_from", "compilation_cache", "sample_prompt", "weight_decay_exclude"):
         if not isinstance(config[key], str):
             raise ConfigError(f"config.{key}={config[key]!r} is invalid: must be a string")
+    one_of("config.init_state", config.init_state, INIT_STATES, error=ConfigError)
+    if config.init_state == "full" and (not config.init_from or config.init_from.startswith("hf:")):
+        raise ConfigError(
+            f"config.init_state='full' is invalid with config.init_from={config.init_from!r}: it continues "
+            f"a phd_jax run, so init_from must name its WORKDIR or WORKDIR/checkpoints/STEP (a Hugging Face "
+            f"checkpoint has no optimizer state: use config.init_state='params')"
+        )
+    profile_steps(config)
     if config.seq_len > cfg.max_seq_len:
         raise ConfigError(
             f"config.seq_len={config.seq_len} is invalid: exceeds config.model.max_seq_len={cfg.max_seq_len}"
@@ -312,6 +332,34 @@ def validate(config, num_devices: int, tokenizer=None, process_count: int = 1) -
             )
     _check_rules(config.logical_axis_rules)
     return cfg
+
+
+def profile_steps(config) -> tuple[int, int] | None:
+    """`config.profile_steps` as (START, END), the first and last step traced, or None (off).
+    Accepts "START,END" (the command line's spelling), a tuple or list of two ints, None or ""."""
+    value = config.get("profile_steps")
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    parts = value.split(",") if isinstance(value, str) else value
+    try:
+        if len(parts) != 2:
+            raise ValueError
+        start, end = (_positive_int(p) for p in parts)
+    except (TypeError, ValueError):
+        raise ConfigError(
+            f"config.profile_steps={value!r} is invalid: must be START,END (steps >= 1, START <= END, "
+            f"e.g. --config.profile_steps=10,12), or empty for no profile"
+        ) from None
+    if start > end:
+        raise ConfigError(f"config.profile_steps={value!r} is invalid: START={start} is after END={end}")
+    return start, end
+
+
+def _positive_int(value) -> int:
+    value = int(value.strip()) if isinstance(value, str) else value
+    if not is_int(value) or int(value) < 1:
+        raise ValueError(value)
+    return int(value)
 
 
 def _check_rules(rules):

@@ -14,7 +14,6 @@ from __future__ import annotations
 import functools
 import os
 import shutil
-import signal
 import time
 
 import flax.linen as nn
@@ -29,11 +28,14 @@ from phd_jax.config import ModelConfig
 from phd_jax.errors import ConfigError
 from phd_jax.model import check_params, init_params, num_params, param_shapes
 from phd_jax.train import checkpoint as ckpt
-from phd_jax.train import restore
+from phd_jax.train import continuation, restore
 from phd_jax.train import sharding as shd
-from phd_jax.train.config import logical_rules, to_json, validate
+from phd_jax.train.config import logical_rules, profile_steps, to_json, validate
+from phd_jax.train.init_from import HF_PREFIX, apply_hf_architecture
 from phd_jax.train.loss import bits, loss_terms, perplexity
 from phd_jax.train.optimizer import learning_rate_schedule, make_optimizer
+from phd_jax.train.preemption import Preemption
+from phd_jax.train.profiling import StepProfiler
 from phd_jax.train.state import TrainState
 
 
@@ -128,44 +130,6 @@ def enable_compilation_cache(path: str):
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 
 
-class _Preemption:
-    """SIGTERM (preemption) or a first Ctrl-C sets a flag; the loop saves a checkpoint at the
-    current step and returns. A second Ctrl-C interrupts at once (the last checkpoint stays)."""
-
-    SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
-    def __init__(self):
-        self.requested = None  # the name of the signal that asked to stop
-        self._old = {}
-
-    def __enter__(self):
-        for sig in self.SIGNALS:
-            try:
-                if signal.getsignal(sig) is not signal.SIG_IGN:  # e.g. SIGINT in a background job
-                    self._old[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread (e.g. some notebooks): no handler
-                pass
-        return self
-
-    def _handle(self, signum, frame):
-        self.requested = signal.Signals(signum).name
-        if signum == signal.SIGINT:  # a second Ctrl-C behaves as usual
-            signal.signal(signal.SIGINT, self._old.get(signal.SIGINT, signal.default_int_handler))
-
-    def agreed(self) -> str | None:
-        """The signal's name if this or any other process was asked to stop (every process
-        then saves the same step: a save is collective). One process: no communication."""
-        if jax.process_count() > 1:
-            anywhere = max(restore.gather(int(self.requested is not None)))
-            if anywhere and self.requested is None:
-                self.requested = "a signal to another process"
-        return self.requested
-
-    def __exit__(self, *exc):
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
-
-
 def _global_batch(local: dict, sharding: NamedSharding, process_count: int) -> dict:
     out = {}
     for key, value in local.items():
@@ -180,10 +144,10 @@ def _init_params(config, cfg: ModelConfig, params_sh, log):
     source = config.init_from
     if not source:
         return jax.jit(lambda: init_params(cfg, int(config.seed)), out_shardings=params_sh)()
-    if source.startswith("hf:"):
-        from phd_jax.interop import load_hf_llama  # lazily: only this path needs transformers files
+    if source.startswith(HF_PREFIX):
+        from phd_jax.interop import load_hf  # lazily: only this path reads Hugging Face checkpoints
 
-        src_cfg, params = load_hf_llama(source[3:], param_dtype=cfg.param_dtype, scan_layers=cfg.scan_layers)
+        src_cfg, params = load_hf(source[len(HF_PREFIX) :], param_dtype=cfg.param_dtype, scan_layers=cfg.scan_layers)
     else:
         src_cfg, params, step = ckpt.restore_params(source)
         source = f"{source} (step {step})"
@@ -218,6 +182,20 @@ def create_train_state(config, cfg: ModelConfig, optimizer, state_sh: TrainState
         opt_state=opt_state,
         nonfinite=jax.device_put(np.int32(0), state_sh.nonfinite),
     )
+
+
+def first_state(config, cfg: ModelConfig, optimizer, state_sh: TrainState, mesh, log=print):
+    """A new run's first (state, None or (data iterator state, continuation info), config to record).
+    `init_state="full"` continues the run `init_from` names (phd_jax.train.continuation): its whole
+    TrainState and data position, and the config records the checkpoint's step directory; else
+    step 0 (params random or from `init_from`, a fresh optimizer state)."""
+    if config.get("init_state", "params") != "full":
+        return create_train_state(config, cfg, optimizer, state_sh, mesh, log), None, config
+    state, data_state, info = continuation.restore_full(config, abstract_train_state(cfg, optimizer, state_sh), log)
+    recorded = config.copy_and_resolve_references()
+    if os.path.basename(os.path.dirname(os.path.abspath(config.init_from))) != ckpt.CHECKPOINTS:
+        recorded.init_from = info["init_from"]  # a WORKDIR meant its latest checkpoint: record which one
+    return state, (data_state, info), recorded
 
 
 # ---- the loop -----------------------------------------------------------------------------------
@@ -258,24 +236,27 @@ def train_and_evaluate(config, workdir: str, progress: bool | None = None, devic
     """Train until `config.num_steps` (resuming from WORKDIR's latest checkpoint); return the
     last logged metrics (plus `preempted: True` if SIGTERM stopped the run). `devices`: the
     devices of the mesh (default: all). A new run that fails before its first step leaves
-    nothing in the workdir."""
+    nothing in the workdir. With `config.init_from=hf:PATH`, `config.model`'s architecture
+    fields (and `config.data.tokenizer`, if left at `byte`) are set from the checkpoint, in
+    `config` itself (`phd_jax.train.init_from`)."""
     workdir = os.path.abspath(os.path.expanduser(workdir))
     new_run = _NewRun(workdir)
     try:
-        with _Preemption() as stop:  # from the start: a signal during setup, restore or compilation
+        with Preemption() as stop:  # from the start: a signal during setup, restore or compilation
             return _train_and_evaluate(config, workdir, progress, devices, new_run, stop)
     except BaseException:
         new_run.undo()
         raise
 
 
-def _train_and_evaluate(config, workdir: str, progress, devices, new_run: _NewRun, stop: _Preemption) -> dict:
+def _train_and_evaluate(config, workdir: str, progress, devices, new_run: _NewRun, stop: Preemption) -> dict:
     from phd_jax.data import make_pipeline
     from phd_jax.flops import peak_flops, train_flops_per_sequence
     from phd_jax.train.metrics import MetricWriter, throughput
 
     pi, pc = jax.process_index(), jax.process_count()
     is_main = pi == 0
+    apply_hf_architecture(config, print if is_main else (lambda *a, **k: None))  # before the tokenizer is made
     pipe = make_pipeline(config, pi, pc)
     cfg = validate(config, len(devices or jax.devices()), pipe.tokenizer, pc)  # every check before any work
     mesh = shd.make_mesh(config, devices)
@@ -288,9 +269,9 @@ def _train_and_evaluate(config, workdir: str, progress, devices, new_run: _NewRu
 
     enable_compilation_cache(config.compilation_cache)
     log = print if is_main else (lambda *a, **k: None)
-    state = None
-    if saved is None:  # a new run: step 0 first, so that a bad init_from leaves the workdir as it was
-        state = create_train_state(config, cfg, optimizer, state_sh, mesh, log)
+    state = continued = None
+    if saved is None:  # a new run: its first state first, so that a bad init_from leaves the workdir as it was
+        state, continued, config = first_state(config, cfg, optimizer, state_sh, mesh, log)
     new_run.active = saved is None and is_main
     it = pipe.train_iterator()
     # A resume writes nothing (config.json included) until a checkpoint restored.
@@ -298,6 +279,8 @@ def _train_and_evaluate(config, workdir: str, progress, devices, new_run: _NewRu
     restored = ckpt.restore_newest(workdir, abstract, log) if saved is not None else None
     if is_main:
         ckpt.write_run_files(workdir, config, cfg)
+        if continued is not None:
+            continuation.write_info(workdir, continued[1])
 
     mgr = ckpt.manager(workdir, config)
     latest = None
@@ -312,7 +295,9 @@ def _train_and_evaluate(config, workdir: str, progress, devices, new_run: _NewRu
                 f"{config.num_steps}, so it continues from the new schedule's value at step {latest})"
             )
     elif state is None:  # a workdir whose run was set up but never checkpointed
-        state = create_train_state(config, cfg, optimizer, state_sh, mesh, log)
+        state, continued, _ = first_state(config, cfg, optimizer, state_sh, mesh, log)
+    if continued is not None and latest is None:  # a full-state continuation: the source's data position
+        it.set_state(continued[0])
     start = int(jax.device_get(state.step))
 
     spec = shd.batch_spec(rules)
@@ -368,6 +353,7 @@ def _train_and_evaluate(config, workdir: str, progress, devices, new_run: _NewRu
 
     tokens_per_step = int(config.batch_size) * int(config.seq_len)
     flops_per_step = int(config.batch_size) * train_flops_per_sequence(cfg, int(config.seq_len))
+    flops_offset = continuation.flops_offset(workdir, flops_per_step)  # a continuation's source steps
     peak = peak_flops(float(config.peak_tflops) or None, cfg.dtype) * mesh.size
     n_params = num_params(state.params)
     log(
@@ -387,6 +373,7 @@ def _train_and_evaluate(config, workdir: str, progress, devices, new_run: _NewRu
     )
     writer.write_text("config", "```\n" + to_json(config) + "\n```", start)
     preempted = False
+    profiler = StepProfiler(workdir, profile_steps(config), log)
     try:
         with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
             if start >= config.num_steps:
@@ -399,10 +386,13 @@ def _train_and_evaluate(config, workdir: str, progress, devices, new_run: _NewRu
                     preempted = True
                     log(f"{stop.requested}: stopped before step {step}; nothing new to save (resumes at step {start})")
                     break
-                t_data = time.perf_counter()
-                batch = _global_batch(next(it), batch_sh, pc)
-                data_time += time.perf_counter() - t_data
-                state, out = step_fn(state, batch)
+                profiler.begin(step)
+                with profiler.annotate(step):
+                    t_data = time.perf_counter()
+                    batch = _global_batch(next(it), batch_sh, pc)
+                    data_time += time.perf_counter() - t_data
+                    state, out = step_fn(state, batch)
+                profiler.end(step, state)
                 new_run.active = False  # it ran: keep what it wrote
                 if prev is not None and not bool(prev[1]["finite"]):  # one step behind: no stall
                     _nonfinite(config, prev[0], prev[1])
@@ -422,7 +412,7 @@ def _train_and_evaluate(config, workdir: str, progress, devices, new_run: _NewRu
                         "step_time": dt,
                         "data_time": data_time / (step - step_last),
                         "tokens": step * tokens_per_step,
-                        "flops": step * flops_per_step,
+                        "flops": step * flops_per_step + flops_offset,
                         **throughput(cfg, int(config.seq_len), int(config.batch_size), dt, peak),
                     }
                     if config.skip_nonfinite:
@@ -448,6 +438,7 @@ def _train_and_evaluate(config, workdir: str, progress, devices, new_run: _NewRu
         mgr.wait_until_finished()
         check_saved()
     finally:
+        profiler.close()  # a run stopped inside the range: the trace ends there
         mgr.wait_until_finished()
         mgr.close()
         writer.close()
