@@ -44,7 +44,7 @@ import os
 import time
 
 from experiments.continuations import continuation_step, missing_source, source_setting, sources_to_retrain
-from phd_jax import configs
+from phd_jax import configs, paths
 from phd_jax.errors import ConfigError, fail
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -300,13 +300,16 @@ def metrics_complete(workdir: str, num_steps: int) -> bool:
 
 def is_saved_result(path: str, num_steps: int) -> bool:
     """A results directory (no checkpoints/) whose metrics are complete (see `save_results`)."""
-    return not os.path.exists(os.path.join(path, "checkpoints")) and metrics_complete(path, num_steps)
+    return not paths.exists(os.path.join(path, "checkpoints")) and metrics_complete(path, num_steps)
 
 
 def is_finished(workdir: str, num_steps: int) -> bool:
     """Trained to `num_steps`: metrics.jsonl ends there with a validation loss, and its checkpoint
     is complete (orbax renames the temporary directory only once everything is written)."""
-    return metrics_complete(workdir, num_steps) and os.path.isdir(os.path.join(workdir, "checkpoints", str(num_steps)))
+    done = os.path.join(workdir, "checkpoints", str(num_steps))
+    if paths.is_remote(workdir):  # no rename on gs://: orbax marks a complete step with commit_success.txt
+        return metrics_complete(workdir, num_steps) and paths.isfile(os.path.join(done, "commit_success.txt"))
+    return metrics_complete(workdir, num_steps) and os.path.isdir(done)
 
 
 def run_state(run: Run) -> str:
@@ -323,8 +326,7 @@ def run_state(run: Run) -> str:
             return "saved"
     if not check_workdir(run.workdir, run.config):  # raises on a different model/data/optimiser
         return "new"
-    with open(os.path.join(run.workdir, "config.json")) as f:
-        saved = json.load(f).get("num_steps")
+    saved = json.loads(paths.read_text(os.path.join(run.workdir, "config.json"))).get("num_steps")
     if saved != run.config.num_steps:
         raise ConfigError(
             f"workdir={run.workdir!r} holds {run.label} trained with num_steps={saved}, but "
@@ -339,7 +341,8 @@ RESULT_FILES = ("metrics.jsonl", "config.json", "model_config.json", "version.js
 
 def save_results(run: Run) -> str | None:
     """Copy the finished run's `RESULT_FILES` (those present) to its results directory, whole or
-    not at all (written next to it, then renamed). Returns the directory, or None without one."""
+    not at all (written next to it, then renamed). Returns the directory, or None without one.
+    A gs:// workdir's metrics segments become one local metrics.jsonl (`read_metrics`' records)."""
     import shutil
 
     if not run.results_dir:
@@ -350,7 +353,15 @@ def save_results(run: Run) -> str | None:
     os.makedirs(tmp)
     for name in RESULT_FILES:
         src = os.path.join(run.workdir, name)
-        if os.path.isfile(src):
+        if name == "metrics.jsonl" and paths.is_remote(run.workdir):
+            from phd_jax.train.metrics import read_metrics
+
+            with open(os.path.join(tmp, name), "w", encoding="utf-8") as f:
+                f.writelines(json.dumps(r) + "\n" for r in read_metrics(run.workdir))
+        elif paths.is_remote(src) and paths.isfile(src):
+            with open(os.path.join(tmp, name), "wb") as f:
+                f.write(paths.read_bytes(src))
+        elif os.path.isfile(src):
             shutil.copy2(src, os.path.join(tmp, name))
     shutil.rmtree(dest, ignore_errors=True)
     os.replace(tmp, dest)

@@ -141,10 +141,8 @@ def _clear_gcs_clients():
     gcsfs.core.GCSFileSystem.clear_instance_cache()
 
 
-@pytest.fixture
-def gcs(gcs_emulator, request, monkeypatch):
-    """`gs://BUCKET/<test name>-<random>`, with this process's GCS clients pointed at the emulator
-    for the test's duration (environment, fsspec config and registry restored afterwards)."""
+def point_clients(gcs_emulator, monkeypatch):
+    """Point this process's GCS clients at the emulator until `monkeypatch` is undone."""
     import fsspec  # before FSSPEC_GS_TOKEN is set: fsspec reads it into its config on import, for good
 
     for k, v in gcs_emulator.env.items():
@@ -157,6 +155,13 @@ def gcs(gcs_emulator, request, monkeypatch):
         # gcsfs imported before the variable was set exports ExtendedGcsFileSystem: the 60 s probe.
         monkeypatch.setitem(registry._registry, proto, gcsfs.core.GCSFileSystem)
     _clear_gcs_clients()
+
+
+@pytest.fixture
+def gcs(gcs_emulator, request, monkeypatch):
+    """`gs://BUCKET/<test name>-<random>`, with this process's GCS clients pointed at the emulator
+    for the test's duration (environment, fsspec config and registry restored afterwards)."""
+    point_clients(gcs_emulator, monkeypatch)
     name = re.sub(r"[^A-Za-z0-9_.-]+", "-", request.node.name)[:60]
     yield f"gs://{gcs_emulator.bucket}/{name}-{uuid.uuid4().hex[:8]}"
     _clear_gcs_clients()

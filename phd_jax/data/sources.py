@@ -20,14 +20,15 @@ seed-independent permutation) is held out for validation, unless `data.eval_sour
 from __future__ import annotations
 
 import array
-import glob
 import gzip
 import hashlib
+import io
 import json
 import os
 
 import numpy as np
 
+from phd_jax import paths
 from phd_jax.errors import ConfigError, fail
 
 SOURCE_SPECS = "shakespeare, tfds:NAME[:VERSION], text:GLOB, jsonl:GLOB"
@@ -41,7 +42,7 @@ DEFAULT_DATA_DIR = os.path.join("~", ".cache", "phd_jax", "tensorflow_datasets")
 def data_dir(config) -> str:
     """`config.data.data_dir`, or the default under the user's cache."""
     d = config.data.data_dir or DEFAULT_DATA_DIR
-    return d if "://" in d else os.path.abspath(os.path.expanduser(d))  # gs://... stays as is
+    return paths.absolute(d)  # gs://... stays as is
 
 
 class Documents:
@@ -181,20 +182,21 @@ def shakespeare_documents(
 
 
 def _glob(spec: str, pattern: str, key: str) -> list[str]:
-    files = sorted(f for f in glob.glob(os.path.expanduser(pattern), recursive=True) if os.path.isfile(f))
+    files = paths.glob(pattern)  # local or gs://; `**` at any depth
     if not files:
+        where = "in the bucket" if paths.is_remote(pattern) else f"from {os.getcwd()}"
         fail(
             key,
             spec,
-            f"the glob {pattern!r} matches no files (from "
-            f"{os.getcwd()}); quote it on the command line, e.g. --config.data.source='text:docs/*.txt'",
+            f"the glob {pattern!r} matches no files ({where}); quote it on the command line, "
+            f"e.g. --config.data.source='text:docs/*.txt'",
             ConfigError,
         )
     return files
 
 
 def _files_fingerprint(kind: str, files: list[str], *extra) -> str:
-    stats = [(f, os.path.getsize(f), os.path.getmtime(f)) for f in files]
+    stats = [(f, *paths.size_and_mtime(f)) for f in files]
     return _hash(kind, stats, *extra)
 
 
@@ -231,14 +233,19 @@ def text_documents(
     files = _glob(spec, pattern, key)
 
     def get(i):
-        with open(files[i], "rb") as f:
-            data = f.read()
+        data = paths.read_bytes(files[i])
         return decode_text(data, files[i], key, spec, decode_errors)
 
     return Documents(spec, _files_fingerprint("text", files), len(files), get)
 
 
 def _open(path: str):
+    if paths.is_remote(path):
+        return (
+            gzip.GzipFile(fileobj=io.BytesIO(paths.read_bytes(path)))
+            if path.endswith(".gz")
+            else paths.open_file(path, "rb")
+        )
     return gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")
 
 

@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 
+from phd_jax import paths
 from phd_jax.errors import ConfigError, fail
 
 TOKENIZER_SPECS = "byte, sentencepiece:PATH (a .model file), hf:PATH (a tokenizer.json)"
@@ -163,10 +164,12 @@ def make_tokenizer(spec: str):
         return ByteTokenizer()
     kind, _, path = spec.partition(":")
     if kind in ("sentencepiece", "hf") and path:
-        path = os.path.expanduser(path)
-        if not os.path.exists(path):
+        path = path if paths.is_remote(path) else os.path.expanduser(path)
+        if not paths.exists(path):
             fail("config.data.tokenizer", spec, f"{path} does not exist (allowed: {TOKENIZER_SPECS})", ConfigError)
-        return SentencePieceTokenizer(path) if kind == "sentencepiece" else HFTokenizer(path)
+        # gs://: the libraries read local files; a staged copy, read whole before it is removed
+        with paths.staged(path, names=("tokenizer.json", "tokenizer_config.json")) as local:
+            return SentencePieceTokenizer(local) if kind == "sentencepiece" else HFTokenizer(local)
     fail("config.data.tokenizer", spec, f"allowed: {TOKENIZER_SPECS}", ConfigError)
 
 

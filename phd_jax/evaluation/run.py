@@ -22,6 +22,7 @@ import json
 import os
 import time
 
+from phd_jax import paths
 from phd_jax.config import canonical_field
 from phd_jax.errors import ConfigError, as_int, fail
 
@@ -42,14 +43,14 @@ class Run:
 def _locate(workdir: str | None, checkpoint: str | None, step: int | None):
     """(workdir, step or None) from --workdir [--step] or --checkpoint=WORKDIR/checkpoints/<step>."""
     if checkpoint:
-        path = os.path.abspath(checkpoint)
-        if not os.path.isdir(path):
+        path = paths.absolute(checkpoint)
+        if not paths.isdir(path):
             fail("checkpoint", checkpoint, "does not exist", FileNotFoundError)
         parent = os.path.dirname(path)
         if os.path.basename(parent) != "checkpoints" or not os.path.basename(path).isdigit():
             fail("checkpoint", checkpoint, "must be a WORKDIR/checkpoints/<step> directory written by train.py")
         found = os.path.dirname(parent)
-        if workdir and os.path.abspath(workdir) != found:
+        if workdir and paths.absolute(workdir) != found:
             fail("checkpoint", checkpoint, f"is not a checkpoint of workdir={workdir!r}")
         ckpt_step = int(os.path.basename(path))
         if step is not None and step != ckpt_step:
@@ -57,12 +58,12 @@ def _locate(workdir: str | None, checkpoint: str | None, step: int | None):
         return found, ckpt_step
     if not workdir:
         fail("workdir", workdir, "give --workdir=DIR (a train.py run) or --checkpoint=DIR/checkpoints/STEP")
-    if not os.path.isdir(workdir):
+    if not paths.isdir(workdir):
         fail("workdir", workdir, "does not exist", FileNotFoundError)
     for name in ("config.json", "model_config.json"):
-        if not os.path.isfile(os.path.join(workdir, name)):
+        if not paths.isfile(os.path.join(workdir, name)):
             fail("workdir", workdir, f"has no {name}: not a train.py run directory", ConfigError)
-    return os.path.abspath(workdir), step
+    return paths.absolute(workdir), step
 
 
 def resolve_run(workdir=None, checkpoint=None, step=None, overrides: dict | None = None, repeat=None) -> Run:
@@ -128,10 +129,10 @@ DEFAULT_NEW_TOKENS = 64  # generated per prompt unless max_new_tokens says other
 
 def _read_text(flag: str, path: str) -> str:
     """The UTF-8 text of the file a flag names; a clear error naming both otherwise."""
-    if not os.path.isfile(path):
+    if not paths.isfile(path):
         fail(flag, path, "does not exist", FileNotFoundError)
     try:
-        with open(path, encoding="utf-8") as f:
+        with paths.open_file(path, encoding="utf-8") as f:
             return f.read()
     except UnicodeDecodeError as e:
         fail(flag, path, f"is not UTF-8 text ({e.reason} at byte {e.start})", ConfigError)
@@ -295,12 +296,11 @@ def write_results(workdir: str, step: int, results: dict) -> str:
     Results at the trained K merge at the top level; results at another K' merge into
     `"repeats": {"<K'>": {...}}` (so no K' overwrites another, nor the trained K's)."""
     folder = os.path.join(workdir, "eval")
-    os.makedirs(folder, exist_ok=True)
+    paths.makedirs(folder)
     path = os.path.join(folder, f"{step}.json")
     merged = {}
-    if os.path.isfile(path):
-        with open(path) as f:
-            merged = json.load(f)
+    if paths.isfile(path):
+        merged = json.loads(paths.read_text(path))
     new = {k: v for k, v in results.items() if k != "file"}
     if new.get("repeat", new.get("trained_repeat")) != new.get("trained_repeat"):
         shared = {k: new.pop(k) for k in ("step", "workdir", "trained_repeat")}
@@ -309,10 +309,7 @@ def write_results(workdir: str, step: int, results: dict) -> str:
         merged.setdefault("repeats", {}).setdefault(str(new["repeat"]), {}).update(new)
     else:
         merged.update(new)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(merged, f, indent=2)
-    os.replace(tmp, path)
+    paths.write_atomic(path, json.dumps(merged, indent=2))  # one whole object on gs://
     return path
 
 

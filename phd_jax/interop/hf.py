@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 
+from phd_jax import paths
 from phd_jax.config import ModelConfig
 from phd_jax.interop.hf_config import (
     ARCH_FIELDS,
@@ -71,6 +72,11 @@ def load_hf(path: str, *, _allowed=None, **overrides):
     import jax.numpy as jnp
 
     path = os.fspath(path)
+    if paths.is_remote(path):  # gs://...: safetensors reads local files, so a staged copy
+        if not paths.isdir(path):
+            raise FileNotFoundError(f"Hugging Face checkpoint directory {path} does not exist")
+        with paths.staged(path, names=lambda name: name.endswith((".json", ".safetensors"))) as local:
+            return load_hf(local, _allowed=_allowed, **overrides)
     hf, file = read_config(path)
     cfg = config_from_hf(hf, file, allowed=_allowed, **overrides)
     params = read_params(weight_files(path), cfg, path)

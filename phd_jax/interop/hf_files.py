@@ -11,6 +11,7 @@ import re
 import shutil
 import tempfile
 
+from phd_jax import paths
 from phd_jax.errors import ConfigError, fail
 
 CONFIG_FILE, WEIGHTS_FILE, INDEX_FILE = "config.json", "model.safetensors", "model.safetensors.index.json"
@@ -27,16 +28,15 @@ TOKENIZER_FILES = (
 
 
 def is_dir(path: str) -> bool:
-    return os.path.isdir(path)
+    return paths.isdir(path)
 
 
 def read_json(path: str, what: str) -> dict:
     """A JSON object from `path`; FileNotFoundError / ConfigError naming the file otherwise."""
-    if not os.path.isfile(path):
+    if not paths.isfile(path):
         raise FileNotFoundError(f"{what}: {path} does not exist")
     try:
-        with open(path) as f:
-            out = json.load(f)
+        out = json.loads(paths.read_text(path))
     except json.JSONDecodeError as e:
         raise ConfigError(f"{what}: {path} is not valid JSON ({e})") from None
     if not isinstance(out, dict):
@@ -177,4 +177,4 @@ def write_checkpoint(
 
 def has_tokenizer(path: str) -> bool:
     """True when checkpoint directory `path` carries a `tokenizer.json`."""
-    return os.path.isfile(os.path.join(path, "tokenizer.json"))
+    return paths.isfile(os.path.join(path, "tokenizer.json"))

@@ -10,9 +10,13 @@
     WORKDIR/profile/             config.profile_steps' jax.profiler trace (TensorBoard's layout)
 
 A checkpoint is complete once orbax renames its temporary directory to `<step>`; a run
-killed while saving leaves only the temporary one, which restore ignores. A damaged newest
-checkpoint is skipped on resume and moved aside to `checkpoints/<step>.damaged`
-(`restore_newest`, phd_jax.train.restore).
+killed while saving leaves only the temporary one, which restore ignores. On an object store
+(gs://: no rename) orbax writes `<step>/` in place and marks it complete with
+`<step>/commit_success.txt`; a step without it is ignored the same way. Every path goes through
+phd_jax.paths, so a `gs://` workdir works like a local one; on gs:// `metrics.jsonl` is written as
+segments under `metrics.jsonl.d/` (phd_jax.train.metrics). A damaged newest checkpoint is
+skipped on resume and moved aside to `checkpoints/<step>.damaged` (`restore_newest`,
+phd_jax.train.restore).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import subprocess
 import jax
 import numpy as np
 
+from phd_jax import paths
 from phd_jax.config import ModelConfig, canonical_field
 from phd_jax.errors import ConfigError
 from phd_jax.model import check_params
@@ -41,6 +46,7 @@ OUR_FILES = (
     "version.json",
     CHECKPOINTS,
     "metrics.jsonl",
+    "metrics.jsonl.d",
     "tensorboard",
     "continuation.json",  # phd_jax.train.continuation.INFO_FILE
     "profile",  # PROFILE_DIR: config.profile_steps' trace
@@ -81,13 +87,8 @@ RESUMABLE_CHANGES = {
 
 def shown_path(path: str) -> str:
     """`path` as printed for the user: relative to the working directory when it lies under it
-    (`runs/default`), else absolute."""
-    path = os.path.abspath(os.path.expanduser(os.fspath(path)))
-    try:
-        rel = os.path.relpath(path)
-    except ValueError:  # another drive (Windows)
-        return path
-    return path if rel == ".." or rel.startswith(".." + os.sep) else rel
+    (`runs/default`), else absolute; a URL (gs://...) as is."""
+    return paths.shown(path)
 
 
 def _flatten(d, prefix=""):
@@ -134,12 +135,13 @@ def check_workdir(workdir: str, config):
     """Raise ConfigError if `workdir` holds something we did not write or another run.
     Returns the saved run config (a dict) when it holds a run of this config (to be resumed),
     else None. Writes nothing."""
-    if os.path.exists(workdir) and not os.path.isdir(workdir):
+    paths.refresh(workdir)
+    if paths.isfile(workdir) or (paths.exists(workdir) and not paths.isdir(workdir)):
         raise ConfigError(f"workdir={workdir!r} is invalid: it exists and is not a directory")
     cfg_path = os.path.join(workdir, "config.json")
-    if not os.path.exists(cfg_path):
+    if not paths.exists(cfg_path):
         for name in OUR_FILES:
-            if os.path.exists(os.path.join(workdir, name)):
+            if paths.exists(os.path.join(workdir, name)):
                 raise ConfigError(
                     f"workdir={workdir!r} is invalid: it holds {name!r} but no config.json, "
                     f"so it was not written by phd_jax training; choose another --workdir"
@@ -153,7 +155,7 @@ def check_workdir(workdir: str, config):
             f"workdir={workdir!r} is invalid: its config.json is not a phd_jax run config; choose another --workdir"
         ) from None
     ckpt = os.path.join(workdir, CHECKPOINTS)
-    if os.path.exists(ckpt) and not os.path.isdir(ckpt):
+    if paths.exists(ckpt) and not paths.isdir(ckpt):
         raise ConfigError(f"workdir={workdir!r} is invalid: {ckpt} is a file, not phd_jax's checkpoint directory")
     change = first_change(saved, config, RESUMABLE_CHANGES)
     if change is not None:
@@ -205,25 +207,22 @@ def version_info() -> dict:
 
 
 def write_run_files(workdir: str, config, cfg: ModelConfig):
-    """config.json, model_config.json, version.json (each written atomically)."""
-    os.makedirs(workdir, exist_ok=True)
+    """config.json, model_config.json, version.json (each written atomically: one whole object
+    each on an object store)."""
+    paths.makedirs(workdir)
     for name, text in (
         ("config.json", to_json(config)),
         ("model_config.json", json.dumps(dataclasses.asdict(cfg), indent=2)),
         ("version.json", json.dumps(version_info(), indent=2)),
     ):
-        tmp = os.path.join(workdir, f".{name}.tmp")
-        with open(tmp, "w") as f:
-            f.write(text + "\n")
-        os.replace(tmp, os.path.join(workdir, name))
+        paths.write_atomic(os.path.join(workdir, name), text + "\n")
 
 
 def load_model_config(workdir: str) -> ModelConfig:
     path = os.path.join(workdir, "model_config.json")
-    if not os.path.isfile(path):
+    if not paths.isfile(path):
         raise ConfigError(f"workdir={workdir!r} is invalid: no model_config.json (not a phd_jax training run)")
-    with open(path) as f:
-        return ModelConfig(**json.load(f))
+    return ModelConfig(**json.loads(paths.read_text(path)))
 
 
 def manager(workdir: str, config=None, read_only: bool = False):
@@ -234,7 +233,7 @@ def manager(workdir: str, config=None, read_only: bool = False):
         enable_async_checkpointing=bool(config is not None and config.async_checkpointing),
         create=not read_only,
     )
-    return ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, CHECKPOINTS)), options=options)
+    return ocp.CheckpointManager(paths.absolute(os.path.join(workdir, CHECKPOINTS)), options=options)
 
 
 def save(mgr, step: int, state: TrainState, data_state: dict, force: bool = True):
@@ -271,7 +270,7 @@ def restore_newest(workdir: str, abstract: TrainState, log=print):
     succeeded, moved aside to `checkpoints/<step>.damaged` (by process 0; the others wait).
     Raises RestoreError (nothing changed) if none restores or a transient error persists."""
     directory = os.path.join(workdir, CHECKPOINTS)
-    if not os.path.isdir(directory):
+    if not paths.isdir(directory):
         return None
     reader = manager(workdir, read_only=True)
     try:
@@ -292,13 +291,13 @@ def restore_newest(workdir: str, abstract: TrainState, log=print):
 
 
 def _locate(path: str, step: int | None) -> tuple[str, int | None]:
-    path = os.path.abspath(path)
-    if os.path.isfile(os.path.join(path, "config.json")):
+    path = paths.absolute(path)
+    if paths.isfile(os.path.join(path, "config.json")):
         return path, step
     parent = os.path.dirname(path)
     if os.path.basename(parent) == CHECKPOINTS and os.path.basename(path).isdigit():
         workdir = os.path.dirname(parent)
-        if os.path.isfile(os.path.join(workdir, "config.json")):
+        if paths.isfile(os.path.join(workdir, "config.json")):
             if step is not None and step != int(os.path.basename(path)):
                 raise ConfigError(f"step={step} is invalid: the path names checkpoint step {os.path.basename(path)}")
             return workdir, int(os.path.basename(path))

@@ -17,7 +17,7 @@ from typing import Literal, get_args
 
 import ml_collections
 
-from phd_jax import axes
+from phd_jax import axes, paths
 from phd_jax.axes import MESH_AXES
 from phd_jax.config import ModelConfig, has_window, is_chunked
 from phd_jax.data import check_vocab_size, default_data_config, make_tokenizer, padded_vocab_size
@@ -392,7 +392,6 @@ def to_json(config) -> str:
 def load_run_config(workdir: str) -> ml_collections.ConfigDict:
     """The full run config a workdir was trained with (`WORKDIR/config.json`)."""
     path = os.path.join(workdir, "config.json")
-    if not os.path.isfile(path):
+    if not paths.isfile(path):
         raise ConfigError(f"workdir={workdir!r} is invalid: no config.json (not a phd_jax training run)")
-    with open(path) as f:
-        return ml_collections.ConfigDict(json.load(f))
+    return ml_collections.ConfigDict(json.loads(paths.read_text(path)))

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 
+from phd_jax import paths
 from phd_jax.errors import ConfigError
 from phd_jax.train import checkpoint as ckpt
 from phd_jax.train.config import load_run_config
@@ -32,7 +33,7 @@ def source_checkpoint(init_from: str) -> tuple[str, int]:
     """(source workdir, step) of `init_from`: a `WORKDIR/checkpoints/STEP` directory, or a
     WORKDIR (its latest complete checkpoint). Raises ConfigError naming config.init_from."""
     try:
-        workdir, step = ckpt._locate(os.path.expanduser(init_from), None)
+        workdir, step = ckpt._locate(paths.absolute(init_from), None)
         mgr = ckpt.manager(workdir, read_only=True)
         try:
             steps = list(mgr.all_steps())
@@ -101,18 +102,14 @@ def restore_full(config, abstract, log=print):
 
 def write_info(workdir: str, info: dict):
     """`WORKDIR/continuation.json` (atomically)."""
-    tmp = os.path.join(workdir, f".{INFO_FILE}.tmp")
-    with open(tmp, "w") as f:
-        f.write(json.dumps(info, indent=2) + "\n")
-    os.replace(tmp, os.path.join(workdir, INFO_FILE))
+    paths.write_atomic(os.path.join(workdir, INFO_FILE), json.dumps(info, indent=2) + "\n")
 
 
 def flops_offset(workdir: str, flops_per_step: float) -> float:
     """What to add to `step * flops_per_step` for the FLOPs a run has spent by `step`: for a
     continuation, the source's FLOPs minus its steps counted at this run's cost; else 0."""
     path = os.path.join(workdir, INFO_FILE)
-    if not os.path.isfile(path):
+    if not paths.isfile(path):
         return 0.0
-    with open(path) as f:
-        info = json.load(f)
+    info = json.loads(paths.read_text(path))
     return float(info["flops"]) - int(info["step"]) * flops_per_step

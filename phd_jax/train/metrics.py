@@ -28,6 +28,17 @@ A resumed run (`start_step=S`) first drops the lines of `metrics.jsonl` after st
 tells TensorBoard to purge earlier files' events after S, so no step is ever duplicated
 (`start_step=0` in a used workdir: a run started over replaces the old records).
 `read_metrics(workdir)` and `series(...)` read the file back for plots and experiments.
+
+On an object store (`gs://` workdir) there is no append, and rewriting a growing object at each
+flush would upload it again and again. There the lines go to segments instead,
+`WORKDIR/metrics.jsonl.d/<lifetime>-<start step>-<part>.jsonl`: each one object written once
+(create-only: a second writer fails instead of overwriting), holding the lines since the last
+one, written at every checkpoint (`sync()`), every `SEGMENT_LINES` lines or `SEGMENT_SECONDS`
+seconds, and on close. A lifetime is one writer (one run of the process); `read_metrics` reads
+`metrics.jsonl` (if any) and then the segments in order, and a lifetime that resumed at step S
+hides the earlier lines after S: the same records a local `metrics.jsonl` holds. TensorBoard's
+event files on gs:// are uploaded whole at each flush (tensorboardX), so there they are flushed
+at `sync()`, on close and every `SEGMENT_SECONDS`, not after every line.
 """
 
 from __future__ import annotations
@@ -36,17 +47,23 @@ import json
 import math
 import numbers
 import os
+import re
 import sys
 import time
 
 import numpy as np
 
+from phd_jax import paths
 from phd_jax.config import ModelConfig
 from phd_jax.errors import as_int, fail
 from phd_jax.flops import train_flops_per_sequence
 
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
+SEGMENTS_DIR = "metrics.jsonl.d"  # metrics.jsonl as segments, on object stores
+SEGMENT_LINES = 1000  # a segment at least every this many lines...
+SEGMENT_SECONDS = 300.0  # ...or seconds (and at every checkpoint, and on close)
+_SEGMENT = re.compile(r"^(\d+)-(\d+)-(\d+)\.jsonl$")  # lifetime, start step, part
 
 
 class MetricWriter:
@@ -71,19 +88,28 @@ class MetricWriter:
         self.start_step = as_int("start_step", start_step, low=0)
         self._bar = self._tb = self._jsonl = None
         self.dropped = 0  # records of an earlier run removed on open (see truncate_metrics)
+        self.remote = paths.is_remote(self.workdir)
         if not self.is_main:
             return
-        os.makedirs(self.workdir, exist_ok=True)
+        paths.makedirs(self.workdir)
         self.path = os.path.join(self.workdir, METRICS_FILE)
-        self.dropped = truncate_metrics(self.path, self.start_step)
-        self._jsonl = open(self.path, "a", encoding="utf-8")
+        if self.remote:
+            self._segments = _Segments(self.workdir, self.start_step)
+            self.dropped = self._segments.dropped
+            self._jsonl = self._segments
+        else:
+            self.dropped = truncate_metrics(self.path, self.start_step)
+            self._jsonl = open(self.path, "a", encoding="utf-8")
         from tensorboardX import SummaryWriter
 
         tb_dir = os.path.join(self.workdir, TENSORBOARD_DIR)
-        earlier = os.path.isdir(tb_dir) and any(f.startswith("events.") for f in os.listdir(tb_dir))
+        earlier = paths.isdir(tb_dir) and any(f.startswith("events.") for f in paths.listdir(tb_dir))
         # purge_step: TensorBoard hides the events of earlier files from this step on.
         self._tb = SummaryWriter(
-            tb_dir, purge_step=self.start_step + 1 if earlier else None, flush_secs=30, filename_suffix=_event_suffix()
+            tb_dir,
+            purge_step=self.start_step + 1 if earlier else None,
+            flush_secs=int(SEGMENT_SECONDS) if self.remote else 30,
+            filename_suffix=_event_suffix(),
         )
         if progress is None:
             progress = sys.stdout.isatty()
@@ -118,7 +144,8 @@ class MetricWriter:
         for name, value in values.items():
             if name != "step" and isinstance(value, (int, float)):
                 self._tb.add_scalar(name, value, step)
-        self._tb.flush()
+        if not self.remote:
+            self._tb.flush()
         self.update(step)
         if self._bar is not None and "loss" in values:
             self._bar.set_postfix_str(f"loss {format_value('loss', values['loss'])}", refresh=False)
@@ -133,7 +160,17 @@ class MetricWriter:
         """A text entry in TensorBoard (e.g. the run's config), nothing on the console."""
         if self.is_main:
             self._tb.add_text(tag, text, step)
-            self._tb.flush()
+            if not self.remote:
+                self._tb.flush()
+
+    def sync(self):
+        """Make every line logged so far durable (the trainer calls it at each checkpoint): on
+        an object store, the pending lines become one segment and TensorBoard's file is uploaded."""
+        if self.is_main and self._jsonl is not None:
+            self._jsonl.flush()
+            if self.remote:
+                self._segments.sync()
+                self._tb.flush()
 
     def print(self, text: str):
         """A console line that does not break the progress bar (main process only)."""
@@ -155,12 +192,15 @@ class MetricWriter:
         if self._bar is not None:
             self._bar.close()
             self._bar = None
-        if self._tb is not None:
-            self._tb.close()
-            self._tb = None
         if self._jsonl is not None:
             self._jsonl.close()
             self._jsonl = None
+        if self._tb is not None:
+            writers = list((self._tb.all_writers or {}).values())
+            self._tb.close()
+            if self.remote:
+                _uploaded_for_good(writers)
+            self._tb = None
 
     def __enter__(self):
         return self
@@ -172,6 +212,18 @@ class MetricWriter:
         try:
             self.close()
         except Exception:
+            pass
+
+
+def _uploaded_for_good(file_writers) -> None:
+    """tensorboardX's gs:// writer (GCSRecordWriter) uploads its whole event file on close, and
+    again when it is garbage collected, which its atexit hook delays to interpreter exit: one
+    useless upload, retried for 120 s when the bucket is no longer reachable. Closed, it has
+    nothing more to upload."""
+    for fw in file_writers:
+        try:
+            fw.event_writer._ev_writer._py_recordio_writer._writer.flush = lambda: None
+        except AttributeError:  # another tensorboardX version: at worst the extra upload
             pass
 
 
@@ -236,20 +288,79 @@ def _si(value: float) -> str:
 def _read_lines(path: str) -> tuple[list[dict], int]:
     """Records of a metrics file and the number of unreadable lines (e.g. a line cut short
     when the process was killed mid-write)."""
+    records = []
+    with paths.open_file(path, "r", encoding="utf-8") as f:
+        bad = _parse(f, records, 0)
+    return records, bad
+
+
+class _Segments:
+    """`metrics.jsonl` on an object store: lines buffered, written as new objects (never appended
+    to, never rewritten) under `WORKDIR/metrics.jsonl.d/`."""
+
+    def __init__(self, workdir: str, start_step: int):
+        self.folder = os.path.join(workdir, SEGMENTS_DIR)
+        earlier = _segment_names(self.folder)
+        self.lifetime = 1 + max((int(_SEGMENT.match(n).group(1)) for n in earlier), default=0)
+        self.start_step, self.part, self.lines, self.since = start_step, 0, [], time.monotonic()
+        old = _read_records(workdir)[0] if earlier or paths.exists(os.path.join(workdir, METRICS_FILE)) else []
+        self.dropped = sum(r["step"] > start_step for r in old)
+
+    def write(self, line: str):
+        self.lines.append(line)
+
+    def flush(self):
+        if len(self.lines) >= SEGMENT_LINES or time.monotonic() - self.since >= SEGMENT_SECONDS:
+            self.sync()
+
+    def sync(self):
+        if self.lines:
+            name = f"{self.lifetime:06d}-{self.start_step:010d}-{self.part:06d}.jsonl"
+            paths.write_atomic(os.path.join(self.folder, name), "".join(self.lines), exclusive=True)
+            self.part, self.lines = self.part + 1, []
+        self.since = time.monotonic()
+
+    def close(self):
+        self.sync()
+
+
+def _segment_names(folder: str) -> list[str]:
+    """The segment objects of a `metrics.jsonl.d` folder, in writing order."""
+    if not paths.isdir(folder):
+        return []
+    return sorted((n for n in paths.listdir(folder) if _SEGMENT.match(n)), key=lambda n: _SEGMENT.match(n).groups())
+
+
+def _parse(lines, records: list, bad: int) -> int:
+    for line in lines:
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            bad += 1
+            continue
+        if isinstance(rec, dict) and "step" in rec:
+            records.append(rec)
+        else:
+            bad += 1
+    return bad
+
+
+def _read_records(workdir: str) -> tuple[list[dict], int]:
+    """A workdir's records in writing order, as one local metrics.jsonl holds them: the file (if
+    any), then each segment; a writer that started at step S drops the earlier records after S."""
     records, bad = [], 0
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                bad += 1
-                continue
-            if isinstance(rec, dict) and "step" in rec:
-                records.append(rec)
-            else:
-                bad += 1
+    file = os.path.join(workdir, METRICS_FILE)
+    if paths.isfile(file):
+        records, bad = _read_lines(file)
+    folder = os.path.join(workdir, SEGMENTS_DIR)
+    lifetime = None
+    for name in _segment_names(folder):
+        life, start, _ = (int(g) for g in _SEGMENT.match(name).groups())
+        if life != lifetime:
+            lifetime, records = life, [r for r in records if r["step"] <= start]
+        bad = _parse(paths.read_text(os.path.join(folder, name)).splitlines(), records, bad)
     return records, bad
 
 
@@ -273,13 +384,21 @@ def truncate_metrics(path: str, last_step: int) -> int:
 
 def read_metrics(workdir: str) -> list[dict]:
     """Every record of `WORKDIR/metrics.jsonl` (or a path to the file itself), in step
-    order. Raises FileNotFoundError naming the file if there is none."""
+    order; on an object store also its segments (`metrics.jsonl.d/`, see above), with a resumed
+    run's lines replacing the earlier ones after its first step. Raises FileNotFoundError naming
+    the file if there is none."""
     path = os.fspath(workdir)
-    if not path.endswith(".jsonl"):
-        path = os.path.join(path, METRICS_FILE)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"no metrics at {path} (train first: python train.py --workdir=...)")
-    return sorted(_read_lines(path)[0], key=lambda r: r["step"])
+    if path.endswith(".jsonl") and not paths.isdir(path + ".d"):
+        if not paths.exists(path):
+            raise FileNotFoundError(f"no metrics at {path} (train first: python train.py --workdir=...)")
+        return sorted(_read_lines(path)[0], key=lambda r: r["step"])
+    if path.endswith(METRICS_FILE):
+        path = os.path.dirname(path)
+    paths.refresh(path)
+    if not paths.exists(os.path.join(path, METRICS_FILE)) and not _segment_names(os.path.join(path, SEGMENTS_DIR)):
+        where = os.path.join(path, METRICS_FILE)
+        raise FileNotFoundError(f"no metrics at {where} (train first: python train.py --workdir=...)")
+    return sorted(_read_records(path)[0], key=lambda r: r["step"])
 
 
 def series(records: list[dict], key: str, x: str = "step") -> tuple[np.ndarray, np.ndarray]:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import functools
 import os
-import shutil
 import time
 
 import flax.linen as nn
@@ -24,6 +23,7 @@ import optax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from phd_jax import paths
 from phd_jax.config import ModelConfig
 from phd_jax.errors import ConfigError
 from phd_jax.model import check_params, init_params, num_params, param_shapes
@@ -193,7 +193,7 @@ def first_state(config, cfg: ModelConfig, optimizer, state_sh: TrainState, mesh,
         return create_train_state(config, cfg, optimizer, state_sh, mesh, log), None, config
     state, data_state, info = continuation.restore_full(config, abstract_train_state(cfg, optimizer, state_sh), log)
     recorded = config.copy_and_resolve_references()
-    if os.path.basename(os.path.dirname(os.path.abspath(config.init_from))) != ckpt.CHECKPOINTS:
+    if os.path.basename(os.path.dirname(paths.absolute(config.init_from))) != ckpt.CHECKPOINTS:
         recorded.init_from = info["init_from"]  # a WORKDIR meant its latest checkpoint: record which one
     return state, (data_state, info), recorded
 
@@ -208,20 +208,22 @@ class _NewRun:
     def __init__(self, workdir: str):
         self.workdir, self.created, self.active = workdir, None, False
         path = workdir
-        while not os.path.lexists(path) and os.path.dirname(path) != path:
+        while not paths.is_remote(path) and not os.path.lexists(path) and os.path.dirname(path) != path:
             self.created, path = path, os.path.dirname(path)  # the topmost directory the run creates
-        self.before = set(os.listdir(workdir)) if os.path.isdir(workdir) else set()
+        paths.refresh(workdir)
+        self.before = set(paths.listdir(workdir)) if paths.isdir(workdir) else set()  # no directories on gs://
 
     def undo(self):
         if not self.active:
             return
         self.active = False
         try:
-            if os.path.isdir(self.workdir):
-                for name in set(os.listdir(self.workdir)) - self.before:
+            paths.refresh(self.workdir)
+            if paths.isdir(self.workdir):
+                for name in set(paths.listdir(self.workdir)) - self.before:
                     if name in ckpt.OUR_FILES or (name.startswith(".") and name.endswith(".tmp")):
                         path = os.path.join(self.workdir, name)
-                        shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+                        paths.rmtree(path) if paths.isdir(path) else paths.remove(path)
             path = self.workdir
             while self.created and os.path.isdir(path) and not os.listdir(path):
                 os.rmdir(path)
@@ -239,7 +241,7 @@ def train_and_evaluate(config, workdir: str, progress: bool | None = None, devic
     nothing in the workdir. With `config.init_from=hf:PATH`, `config.model`'s architecture
     fields (and `config.data.tokenizer`, if left at `byte`) are set from the checkpoint, in
     `config` itself (`phd_jax.train.init_from`)."""
-    workdir = os.path.abspath(os.path.expanduser(workdir))
+    workdir = paths.absolute(workdir)  # a gs:// URL stays as is
     new_run = _NewRun(workdir)
     try:
         with Preemption() as stop:  # from the start: a signal during setup, restore or compilation
@@ -348,6 +350,7 @@ def _train_and_evaluate(config, workdir: str, progress, devices, new_run: _NewRu
                 f"(the last complete one is step {mgr.latest_step()})"
             )
         check_saved()
+        writer.sync()  # the metrics lines up to the checkpoint are durable first (a segment on gs://)
         ckpt.save(mgr, step, state, it.get_state())
         saved_steps.append(step)
 
@@ -364,7 +367,8 @@ def _train_and_evaluate(config, workdir: str, progress, devices, new_run: _NewRu
     )
     log(
         f"workdir {ckpt.shown_path(workdir)}: checkpoints in {ckpt.CHECKPOINTS}/ every "
-        f"{config.checkpoint_every} steps, metrics in metrics.jsonl and tensorboard/"
+        f"{config.checkpoint_every} steps, metrics in "
+        f"{'metrics.jsonl.d/ (segments)' if paths.is_remote(workdir) else 'metrics.jsonl'} and tensorboard/"
     )
 
     metrics: dict = {}
