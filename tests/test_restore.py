@@ -181,3 +181,28 @@ def test_eval_refuses_a_damaged_latest_checkpoint(base, tmp_path):
     assert len(lines) == 1, out.stderr[-3000:]
     assert f"checkpoints/{STEPS} (the latest) is damaged" in lines[0] and "--step (steps: 4)" in lines[0], lines
     assert file_snapshot(wd) == before
+
+
+@pytest.fixture(params=["local", "gs"])
+def store(request, tmp_path):
+    """A local folder, or a gs:// prefix on the local GCS emulator."""
+    return str(tmp_path / "root") if request.param == "local" else request.getfixturevalue("gcs")
+
+
+def test_move_aside_keeps_every_file_locally_and_on_gs(store):
+    """A damaged step moves to <step>.damaged (renamed locally; copied, then removed, on an object
+    store), beside an earlier one: every file arrives unchanged, nothing stays under <step>."""
+    from phd_jax import paths
+
+    ck = f"{store}/checkpoints"
+    files = {"_CHECKPOINT_METADATA": "{}", "state/d/abc": "data \x00 bytes", "data/metadata": "{}"}
+    for rel, text in files.items():
+        paths.makedirs(os.path.dirname(f"{ck}/8/{rel}"))
+        paths.write_atomic(f"{ck}/8/{rel}", text)
+    paths.makedirs(f"{ck}/8.damaged")
+    paths.write_atomic(f"{ck}/8.damaged/earlier", "first")  # an earlier damaged step 8 stays
+    moved = str(restore_lib.move_aside(ck, 8))
+    assert moved == f"{ck}/8.damaged-2"
+    assert not paths.exists(f"{ck}/8") and paths.read_text(f"{ck}/8.damaged/earlier") == "first"
+    for rel, text in files.items():
+        assert paths.read_text(f"{moved}/{rel}") == text
