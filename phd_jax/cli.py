@@ -14,11 +14,13 @@ from __future__ import annotations
 import errno
 import io
 import os
+import re
 import sys
 
 _HELP_FLAGS = ("--help", "-?", "--helpshort", "--helpfull")
 # A write that fails for want of room: the disk, a quota, or a file-size limit (`ulimit -f`).
-_NO_SPACE = {errno.ENOSPC, errno.EFBIG, getattr(errno, "EDQUOT", errno.ENOSPC)}
+_EDQUOT = getattr(errno, "EDQUOT", errno.ENOSPC)
+_NO_SPACE = {errno.ENOSPC, errno.EFBIG, _EDQUOT}
 DEBUG_ENV = "PHD_JAX_DEBUG"  # PHD_JAX_DEBUG=1: a failing command shows its traceback (as --debug)
 
 
@@ -88,6 +90,80 @@ def os_error_message(e: BaseException, argv=()) -> str:
     return ": ".join(parts)
 
 
+# How TensorStore (orbax's array writer) and cloud clients spell an operating-system error.
+_WRAPPED_ERRNO = re.compile(r"os_error_code='?(\d+)'?")
+_WRAPPED_FILE = re.compile(r'(?:Failed writing|Error opening|Failed to open|file)[:\s]+"([^"]+)"')
+_WRAPPED_TEXT = {"No space left on device": errno.ENOSPC, "File too large": errno.EFBIG, "Disk quota exceeded": _EDQUOT}
+
+
+def os_error_cause(e: BaseException) -> OSError | None:
+    """The operating-system error inside `e`, however wrapped: an `OSError` in its chain of
+    causes, or one that a library spelled into its message (orbax's writes raise TensorStore's
+    `ValueError('... Failed writing: "FILE": ... [os_error_code=\'27\']')`). None if there is none."""
+    seen, todo, wrapped = set(), [e], None
+    while todo:
+        x = todo.pop(0)
+        if x is None or id(x) in seen:
+            continue
+        seen.add(id(x))
+        if isinstance(x, OSError) and x.errno is not None:
+            return x
+        text = str(x)
+        m = _WRAPPED_ERRNO.search(text)
+        code = int(m.group(1)) if m else next((c for t, c in _WRAPPED_TEXT.items() if t in text), None)
+        if wrapped is None and code:
+            f = _WRAPPED_FILE.findall(text)
+            wrapped = OSError(code, os.strerror(code), f[-1] if f else None)
+        todo += [x.__cause__, x.__context__, *getattr(x, "exceptions", ())]
+        todo += [a for a in getattr(x, "args", ()) if isinstance(a, BaseException)]
+    return wrapped
+
+
+class _LibraryErrorLogs:
+    """A logging filter: drop the error logs of orbax and asyncio. An orbax background write that
+    fails logs its traceback, then re-raises the error in the main thread, where the command
+    line reports it in one line; --debug / PHD_JAX_DEBUG=1 keep the logs."""
+
+    @staticmethod
+    def filter(record) -> bool:
+        import logging
+
+        return not (record.levelno >= logging.ERROR and ("/orbax/" in record.pathname or record.name == "asyncio"))
+
+
+def _filter_library_logs():
+    import logging
+
+    for name in ("absl", "asyncio"):
+        logging.getLogger(name).addFilter(_LibraryErrorLogs)
+    # TensorStore completes the writes of a failed orbax save after orbax closed their event
+    # loop, and reports each callback's "Event loop is closed" as an unraisable exception.
+    hook = sys.unraisablehook
+
+    def unraisablehook(unraisable):
+        value = unraisable.exc_value
+        if not (isinstance(value, RuntimeError) and str(value) == "Event loop is closed"):
+            hook(unraisable)
+
+    sys.unraisablehook = unraisablehook
+
+
+def quiet_libraries():
+    """Keep libraries' own error logs and shutdown noise out of a one-line failure (orbax logs
+    the traceback of a failed background write before it re-raises it; its event loops complain
+    while the interpreter exits). --debug / PHD_JAX_DEBUG=1 keep them."""
+    import logging
+    import threading
+
+    from absl import logging as absl_logging
+
+    absl_logging.set_verbosity(absl_logging.FATAL)
+    logging.getLogger().setLevel(logging.CRITICAL)
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+    sys.unraisablehook = lambda unraisable: None
+    threading.excepthook = lambda args: None
+
+
 def _run(program, argv=None):
     """`app.run(program.main)` with the program's usage text (a console script's `__main__` has
     no docstring) and exit status 0 for --help (absl exits 1)."""
@@ -111,6 +187,8 @@ def _run(program, argv=None):
             for flag in module_flags:
                 flags.FLAGS.register_key_flag_for_module(argv[0], flag)
     parser = getattr(program, "parse_flags", None)
+    if not debug_requested(argv):
+        _filter_library_logs()
     try:
         app.run(program.main, argv=argv, **({"flags_parser": parser} if parser is not None else {}))
     except SystemExit as e:
@@ -119,13 +197,19 @@ def _run(program, argv=None):
         raise
     except (OSError, UnicodeDecodeError) as e:  # a workdir below a file, permissions, a full disk
         _os_error(e, argv)
+    except Exception as e:  # an OS error a library wrapped (a full disk under an orbax save)
+        cause = os_error_cause(e)
+        if cause is None:
+            raise
+        _os_error(cause, argv, e)
 
 
-def _os_error(e: BaseException, argv):
+def _os_error(e: BaseException, argv, raised: BaseException | None = None):
     """One line on stderr and exit status 2 (as every other command-line error); --debug or
-    PHD_JAX_DEBUG=1: the traceback."""
+    PHD_JAX_DEBUG=1: the traceback (of `raised`, the error that wrapped `e`, if any)."""
     if debug_requested(argv):
-        raise e
+        raise raised or e
+    quiet_libraries()
     print(f"error: {os_error_message(e, argv)}", file=sys.stderr)
     raise SystemExit(2) from None
 

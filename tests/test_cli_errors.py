@@ -141,6 +141,51 @@ def test_full_disk_is_one_line_and_a_failing_first_run_leaves_nothing(tmp_path):
     assert not os.path.exists(wd)
 
 
+def test_full_disk_under_an_orbax_save_is_one_line(tmp_path):
+    """EFBIG inside orbax's asynchronous checkpoint write (TensorStore wraps it in a ValueError and
+    orbax logs its tracebacks from background threads): still one line naming the flag, the
+    cause and the file."""
+    corpus = write_text_corpus(tmp_path / "txt", random_documents(12, seed=3, max_len=60))
+    wd = str(tmp_path / "run")
+    out = _train(
+        f"--workdir={wd}",
+        f"--config.data.source=text:{corpus}",
+        f"--config.data.cache_dir={tmp_path / 'cache'}",
+        "--config.num_steps=2",
+        "--config.checkpoint_every=2",
+        "--config.eval_every=2",
+        "--config.eval_batches=1",  # the small corpus holds one validation batch
+        "--config.sample_tokens=0",
+        "--config.compilation_cache=",
+        env={"JAX_ENABLE_COMPILATION_CACHE": "false"},  # no cache entry cut short by the limit
+        file_size_limit=60_000,  # the run files fit, the checkpoint's array data does not
+    )
+    line = _one_line_error(out)
+    cause = "no space left on device or file size limit (File too large)"
+    assert line.startswith(f"error: --workdir={wd}: {cause}: {wd}/checkpoints/2.orbax-checkpoint-tmp/"), line
+
+
+def test_wrapped_no_space_error_is_found_and_named(tmp_path):
+    """ENOSPC spelled into a library's message (as TensorStore does), under two layers of wrapping."""
+    from phd_jax.cli import os_error_cause
+
+    wd = str(tmp_path / "run")
+    data = f"{wd}/checkpoints/4.orbax-checkpoint-tmp/state/d/abc"
+    inner = ValueError(
+        f'OUT_OF_RANGE: Error writing "params.x/0" in OCDBT database: Failed writing: "{data}": '
+        f"Failed to write 1000 bytes to file 16: No space left on device [os_error_code='28']"
+    )
+    outer = RuntimeError("Failed to run 4 Handler Commit operations")
+    outer.__cause__ = inner
+    found = os_error_cause(outer)
+    assert (found.errno, found.filename) == (errno.ENOSPC, data)
+    argv = ["train.py", f"--workdir={wd}"]
+    assert os_error_message(found, argv) == (
+        f"--workdir={wd}: no space left on device or file size limit (No space left on device): {data}"
+    )
+    assert os_error_cause(ValueError("OUT_OF_RANGE: Error reading OCDBT manifest")) is None
+
+
 def test_backend_checks_run_before_the_workdir_is_touched(tmp_path):
     """attention=splash with the tiny config's 16-token tiles: refused by ModelConfig before anything
     is written (it used to fail inside splash after writing config.json)."""

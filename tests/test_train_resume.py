@@ -1,7 +1,7 @@
 """`train.py` as a subprocess on the tiny config: it learns and writes checkpoints, TensorBoard
 events and metrics.jsonl; runs killed (SIGKILL after a checkpoint, SIGKILL inside an async
 save) or preempted (SIGTERM) resume bit-for-bit; two processes with jax.distributed agree
-with one."""
+with one and both exit."""
 
 import glob
 import json
@@ -220,8 +220,12 @@ def test_config_file_with_model_name_reaches_validation(tmp_path):
     assert not (tmp_path / "w").exists()
 
 
+MULTI_PROCESS_EXIT_S = 300  # both processes train 20 steps, sample and exit well within this
+
+
 def test_two_processes_agree_with_one(reference, tmp_path):
-    """jax.distributed on localhost (gloo CPU collectives), 2 processes x 4 devices = one mesh of 8."""
+    """jax.distributed on localhost (gloo CPU collectives), 2 processes x 4 devices = one mesh of 8,
+    with the default settings (the sample after training included): every process exits 0 in time."""
     import socket
 
     with socket.socket() as s:
@@ -236,7 +240,6 @@ def test_two_processes_agree_with_one(reference, tmp_path):
                 "train.py",
                 f"--workdir={wd}",
                 *ARGS,
-                "--config.sample_tokens=0",
                 f"--coordinator_address=localhost:{port}",
                 "--num_processes=2",
                 f"--process_id={i}",
@@ -249,12 +252,21 @@ def test_two_processes_agree_with_one(reference, tmp_path):
         )
         for i in range(2)
     ]
-    outs = [p.communicate(timeout=600) for p in procs]
+    try:
+        outs = [p.communicate(timeout=MULTI_PROCESS_EXIT_S) for p in procs]
+    except subprocess.TimeoutExpired:
+        for p in procs:
+            p.kill()
+        pytest.fail(
+            f"the two processes did not both exit within {MULTI_PROCESS_EXIT_S} s: "
+            + repr([p.communicate()[0][-1500:] for p in procs])
+        )
     for p, (_, e) in zip(procs, outs):
         assert p.returncode == 0, e[-3000:]
     assert "2 process(es)" in outs[0][0] and "over 8 cpu device(s)" in outs[0][0]
     # only process 0 logs (process 1 prints only gloo's own C++ lines, which may interleave mid-line)
     assert "step 1/" in outs[0][0]
+    assert "--- sample from PHD-2 (step 20) ---" in outs[0][0]
     assert not [
         line for line in outs[1][0].splitlines() if re.match(r"(model |workdir |step \d|resuming|--- sample)", line)
     ], outs[1][0]
@@ -264,3 +276,98 @@ def test_two_processes_agree_with_one(reference, tmp_path):
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-5), a["step"]
     assert got[-1]["val_loss"] == pytest.approx(ref[-1]["val_loss"], rel=1e-5)
     assert re.search(r"\b20\b", " ".join(os.listdir(os.path.join(wd, "checkpoints"))))
+
+
+# ---- random kills: every logged loss and the final parameters as in the uninterrupted run ----------
+
+KILLS_DEFAULT_SEED = 0
+KILLS_LONG = 20  # the opt-in `-m kills` version (docs/testing.md)
+
+
+def _run_until(wd, cache, moment, rng, timeout=300):
+    """Start train.py and interrupt it at a random (seeded) moment of kind `moment`:
+    `compile` SIGKILL 0-4 s after the run printed its model line (compiling the step);
+    `setup`   SIGTERM or SIGINT 0-1 s after `resuming from step` or the model line (compilation);
+    `save`    SIGKILL 0-0.3 s after the line of a checkpoint step (the async save runs);
+    `between` SIGKILL 0-0.3 s after the line of a step between checkpoints.
+    Returns (signal sent or None if the run ended first, return code, output)."""
+    import random
+    import threading
+    import time
+
+    cmd = [sys.executable, "train.py", f"--workdir={wd}", *ARGS, "--config.sample_tokens=0"]
+    env = dict(os.environ, PYTHONUNBUFFERED="1", JAX_COMPILATION_CACHE_DIR=cache)
+    p = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(p.stdout.readline, "")), daemon=True)
+    reader.start()
+    assert isinstance(rng, random.Random)
+    every = int(next(a for a in ARGS if a.startswith("--config.checkpoint_every=")).split("=")[1])
+    target = None  # (regex that arms the signal, signal, delay)
+    if moment == "compile":
+        target = (r"^model ", signal.SIGKILL, rng.uniform(0, 4))
+    elif moment == "setup":
+        target = (r"^(resuming from step|model )", rng.choice([signal.SIGTERM, signal.SIGINT]), rng.uniform(0, 1))
+    else:
+        done = max([0] + [int(m.group(1)) for m in map(re.compile(r"^(\d+)$").match, _ckpts(wd)) if m])
+        steps = [s for s in range(done + 1, STEPS) if (s % every == 0) == (moment == "save")]
+        steps = steps or list(range(done + 1, STEPS)) or [STEPS]  # near the end: any step left
+        target = (rf"^step {rng.choice(steps)}/", signal.SIGKILL, rng.uniform(0, 0.3))
+    deadline, armed, sent = time.time() + timeout, None, None
+    while p.poll() is None and time.time() < deadline:
+        if armed is None and any(re.match(target[0], line) for line in list(lines)):
+            armed = time.time() + target[2]
+        if armed is not None and time.time() >= armed:
+            p.send_signal(target[1])
+            sent = target[1]
+            break
+        time.sleep(0.005)
+    p.wait(timeout=timeout)
+    reader.join(timeout=10)
+    return sent, p.returncode, "".join(lines)
+
+
+def _ckpts(wd):
+    path = os.path.join(wd, "checkpoints")
+    return os.listdir(path) if os.path.isdir(path) else []
+
+
+def _random_kills(reference, tmp_path, moments, seed, every_one_sent=False):
+    import random
+
+    rng = random.Random(seed)
+    wd, cache = str(tmp_path / "run"), str(tmp_path / "jax_cache")  # its own cache: a kill may hit a write
+    for i, moment in enumerate(moments):
+        sent, rc, out = _run_until(wd, cache, moment, rng)
+        where = f"seed {seed}, interruption {i} ({moment}, {sent and sent.name})"
+        assert sent is not None or not every_one_sent, f"{where}: the run ended first: {out[-2000:]}"
+        if sent in (signal.SIGTERM, signal.SIGINT):  # a clean stop: exit 0, a consistent workdir
+            assert rc == 0, f"{where}: {out[-3000:]}"
+            assert re.search(rf"{sent.name}: (saved a checkpoint at step|stopped before step)", out), where
+        elif sent is not None:
+            assert rc == -signal.SIGKILL, f"{where}: {out[-3000:]}"
+        else:
+            assert rc == 0, f"{where}: {out[-3000:]}"
+    out = train(wd, "--config.sample_tokens=0", env={"JAX_COMPILATION_CACHE_DIR": cache})
+    assert out.returncode == 0, out.stderr[-3000:]
+    ref, got = metrics(reference[0]), metrics(wd)
+    assert [r["step"] for r in got] == list(range(1, STEPS + 1))  # no step lost or logged twice
+    for a, b in zip(ref, got):
+        assert (a["loss"], a["grad_norm"]) == (b["loss"], b["grad_norm"]), (seed, a["step"])
+    import jax
+
+    for x, y in zip(jax.tree.leaves(final_params(reference[0])[1]), jax.tree.leaves(final_params(wd)[1])):
+        assert np.array_equal(np.asarray(x), np.asarray(y)), seed
+
+
+def test_random_kills_lose_nothing(reference, tmp_path):
+    """SIGKILL while compiling, a SIGTERM or Ctrl-C during restore/compilation, SIGKILL during an
+    async save: each restart continues, and the end is bitwise the uninterrupted run's."""
+    _random_kills(reference, tmp_path, ["compile", "setup", "save"], KILLS_DEFAULT_SEED, every_one_sent=True)
+
+
+@pytest.mark.kills
+@pytest.mark.parametrize("seed", [1])
+def test_many_random_kills_lose_nothing(reference, tmp_path, seed):
+    moments = ["compile"] + ["setup", "save", "between", "save"] * ((KILLS_LONG - 1) // 4) + ["between"] * 3
+    _random_kills(reference, tmp_path, moments[:KILLS_LONG], seed)

@@ -86,6 +86,7 @@ def main(argv):
     from phd_jax.errors import ConfigError
     from phd_jax.evaluation.run import evaluate_checkpoint, format_results
     from phd_jax.train.checkpoint import shown_path
+    from phd_jax.train.restore import RestoreError
 
     try:
         overrides = config_flags.get_override_values(FLAGS["config"])
@@ -112,7 +113,7 @@ def main(argv):
             report_lengths=[int(x) for x in FLAGS.report_lengths],
             batch_size=FLAGS.batch_size,
         )
-    except (ConfigError, ValueError, TypeError, FileNotFoundError) as e:
+    except (ConfigError, RestoreError, ValueError, TypeError, FileNotFoundError) as e:
         _fail(e)
     print(format_results(results))
     print(f"\nwritten: {shown_path(results['file'])}")

@@ -8,6 +8,7 @@ Public:
     base_config(), validate(config, num_devices, tokenizer), model_config(config, tokenizer=None)
     load_run_config(workdir), restore_params(path, step=None) -> (ModelConfig, params, step)
     make_optimizer(config), make_mesh(config), MetricWriter
+    RestoreError                                              (no checkpoint restores: phd_jax.train.restore)
 """
 
 from phd_jax.errors import ConfigError
@@ -16,6 +17,7 @@ from phd_jax.train.config import base_config, load_run_config, model_config, val
 from phd_jax.train.loss import cross_entropy, loss_terms, perplexity
 from phd_jax.train.metrics import MetricWriter
 from phd_jax.train.optimizer import make_optimizer
+from phd_jax.train.restore import RestoreError
 from phd_jax.train.sharding import make_mesh
 from phd_jax.train.state import TrainState
 from phd_jax.train.trainer import TrainingError, eval_step, train_and_evaluate, train_step
@@ -23,6 +25,7 @@ from phd_jax.train.trainer import TrainingError, eval_step, train_and_evaluate, 
 __all__ = [
     "ConfigError",
     "MetricWriter",
+    "RestoreError",
     "TrainState",
     "TrainingError",
     "base_config",

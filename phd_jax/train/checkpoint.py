@@ -14,7 +14,9 @@ killed while saving leaves only the temporary one, which restore ignores. On an 
 (gs://: no rename) orbax writes `<step>/` in place and marks it complete with
 `<step>/commit_success.txt`; a step without it is ignored the same way. Every path goes through
 phd_jax.paths, so a `gs://` workdir works like a local one; on gs:// `metrics.jsonl` is written as
-segments under `metrics.jsonl.d/` (phd_jax.train.metrics).
+segments under `metrics.jsonl.d/` (phd_jax.train.metrics). A damaged newest checkpoint is
+skipped on resume and moved aside to `checkpoints/<step>.damaged` (`restore_newest`,
+phd_jax.train.restore).
 """
 
 from __future__ import annotations
@@ -31,7 +33,9 @@ from phd_jax import paths
 from phd_jax.config import ModelConfig, canonical_field
 from phd_jax.errors import ConfigError
 from phd_jax.model import check_params
+from phd_jax.train import restore as restore_lib
 from phd_jax.train.config import load_run_config, to_json
+from phd_jax.train.restore import RestoreError, describe, incomplete_reason, is_transient
 from phd_jax.train.state import TrainState
 from phd_jax.tree import path_name
 
@@ -260,6 +264,32 @@ def restore(mgr, step: int, abstract: TrainState) -> tuple[TrainState, dict]:
     return TrainState.from_tree(out["state"]), out["data"]
 
 
+def restore_newest(workdir: str, abstract: TrainState, log=print):
+    """(step, (state, data state)) from the newest checkpoint that restores, None if there is
+    none yet. A damaged newer one is skipped with a one-line notice and, once the restore
+    succeeded, moved aside to `checkpoints/<step>.damaged` (by process 0; the others wait).
+    Raises RestoreError (nothing changed) if none restores or a transient error persists."""
+    directory = os.path.join(workdir, CHECKPOINTS)
+    if not paths.isdir(directory):
+        return None
+    reader = manager(workdir, read_only=True)
+    try:
+        found = restore_lib.restore_newest(
+            directory, reader.all_steps(), lambda step: restore(reader, step, abstract), log, shown_path(workdir)
+        )
+    finally:
+        reader.close()
+    if found is None:
+        return None
+    step, value, skipped = found
+    if jax.process_index() == 0:
+        for bad, _ in skipped:
+            moved = restore_lib.move_aside(directory, bad)
+            log(f"moved damaged checkpoint {bad} aside to {shown_path(os.fspath(moved))}")
+    restore_lib.sync_processes("phd_jax_damaged_moved_aside")
+    return step, value
+
+
 def _locate(path: str, step: int | None) -> tuple[str, int | None]:
     path = paths.absolute(path)
     if paths.isfile(os.path.join(path, "config.json")):
@@ -293,10 +323,17 @@ def restore_params(path: str, step: int | None = None, sharding=None):
         steps = mgr.all_steps()
         if not steps:
             raise ConfigError(f"workdir={workdir!r} has no complete checkpoint yet")
+        latest = step is None
         if step is None:
             step = max(steps)
         elif step not in steps:
             raise ConfigError(f"step={step} is invalid: checkpoints in {workdir} are at steps {sorted(steps)}")
+        where = f"{workdir}/{CHECKPOINTS}/{step}" + (" (the latest)" if latest else "")
+        others = sorted(s for s in steps if s != step)
+        hint = f"; pick another with --step (steps: {', '.join(map(str, others))})" if latest and others else ""
+        reason = incomplete_reason(os.path.join(workdir, CHECKPOINTS, str(step)))
+        if reason:
+            raise ConfigError(f"checkpoint {where} is damaged: {reason}{hint}")
         _check_saved_params(workdir, step, cfg)
         sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
         shapes = param_shapes(cfg)
@@ -310,9 +347,13 @@ def restore_params(path: str, step: int | None = None, sharding=None):
                 ),
             )
         except Exception as e:  # orbax raises many types for truncated or mismatched files
+            if is_transient(e):
+                raise RestoreError(
+                    f"cannot read checkpoint {where}: {describe(e)}; this looks transient (I/O, "
+                    f"permissions, memory): fix the cause and try again"
+                ) from None
             raise ConfigError(
-                f"checkpoint {workdir}/{CHECKPOINTS}/{step} is unreadable or does not match "
-                f"model {cfg.name} ({type(e).__name__}: {str(e)[:300]})"
+                f"checkpoint {where} is damaged or does not match model {cfg.name} ({describe(e)}){hint}"
             ) from None
     finally:
         mgr.close()

@@ -94,7 +94,7 @@ def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)  # keep orbax's INFO lines out of the way
     from phd_jax.errors import ConfigError
-    from phd_jax.train import TrainingError, train_and_evaluate
+    from phd_jax.train import RestoreError, TrainingError, train_and_evaluate
     from phd_jax.train.launch import initialize_distributed, sample_after_training
 
     filename = config_flags.get_config_filename(FLAGS["config"]).partition(":")[0]  # FILE[:NAME]
@@ -114,7 +114,7 @@ def main(argv):
         metrics = train_and_evaluate(config, workdir, progress=FLAGS.progress)
         if not metrics.get("preempted"):
             sample_after_training(config, workdir)
-    except (ConfigError, TrainingError) as e:
+    except (ConfigError, TrainingError, RestoreError) as e:
         if _debug():
             raise
         fail(e)

@@ -72,8 +72,12 @@ def flag_error_message(e: BaseException) -> str:
 
 
 def sample_after_training(config, workdir: str):
-    """Print a sample of `config.sample_tokens` tokens from the workdir's latest checkpoint."""
-    if jax.process_index() != 0 or not config.sample_tokens:
+    """Print a sample of `config.sample_tokens` tokens from the workdir's latest checkpoint.
+
+    Every process runs it (orbax's checkpoint manager synchronises all processes: one that
+    skipped it would leave the others waiting forever); each samples on its own first local
+    device, without collectives, and only process 0 prints."""
+    if not config.sample_tokens:
         return
     import numpy as np
 
@@ -94,4 +98,5 @@ def sample_after_training(config, workdir: str):
         top_k=SAMPLE_TOP_K,
         max_len=prompt.shape[1] + int(config.sample_tokens),
     )
-    print(f"\n--- sample from {cfg.name} (step {step}) ---\n{config.sample_prompt}{tok.decode(out[0])}")
+    if jax.process_index() == 0:
+        print(f"\n--- sample from {cfg.name} (step {step}) ---\n{config.sample_prompt}{tok.decode(out[0])}")

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import functools
 import os
-import signal
 import time
 
 import flax.linen as nn
@@ -29,12 +28,13 @@ from phd_jax.config import ModelConfig
 from phd_jax.errors import ConfigError
 from phd_jax.model import check_params, init_params, num_params, param_shapes
 from phd_jax.train import checkpoint as ckpt
-from phd_jax.train import continuation
+from phd_jax.train import continuation, restore
 from phd_jax.train import sharding as shd
 from phd_jax.train.config import logical_rules, profile_steps, to_json, validate
 from phd_jax.train.init_from import HF_PREFIX, apply_hf_architecture
 from phd_jax.train.loss import bits, loss_terms, perplexity
 from phd_jax.train.optimizer import learning_rate_schedule, make_optimizer
+from phd_jax.train.preemption import Preemption
 from phd_jax.train.profiling import StepProfiler
 from phd_jax.train.state import TrainState
 
@@ -128,35 +128,6 @@ def enable_compilation_cache(path: str):
         return
     jax.config.update("jax_compilation_cache_dir", path)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
-
-
-class _Preemption:
-    """SIGTERM (preemption) or a first Ctrl-C sets a flag; the loop saves a checkpoint at the
-    current step and returns. A second Ctrl-C interrupts at once (the last checkpoint stays)."""
-
-    SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
-    def __init__(self):
-        self.requested = None  # the name of the signal that asked to stop
-        self._old = {}
-
-    def __enter__(self):
-        for sig in self.SIGNALS:
-            try:
-                if signal.getsignal(sig) is not signal.SIG_IGN:  # e.g. SIGINT in a background job
-                    self._old[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread (e.g. some notebooks): no handler
-                pass
-        return self
-
-    def _handle(self, signum, frame):
-        self.requested = signal.Signals(signum).name
-        if signum == signal.SIGINT:  # a second Ctrl-C behaves as usual
-            signal.signal(signal.SIGINT, self._old.get(signal.SIGINT, signal.default_int_handler))
-
-    def __exit__(self, *exc):
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
 
 
 def _global_batch(local: dict, sharding: NamedSharding, process_count: int) -> dict:
@@ -273,13 +244,14 @@ def train_and_evaluate(config, workdir: str, progress: bool | None = None, devic
     workdir = paths.absolute(workdir)  # a gs:// URL stays as is
     new_run = _NewRun(workdir)
     try:
-        return _train_and_evaluate(config, workdir, progress, devices, new_run)
+        with Preemption() as stop:  # from the start: a signal during setup, restore or compilation
+            return _train_and_evaluate(config, workdir, progress, devices, new_run, stop)
     except BaseException:
         new_run.undo()
         raise
 
 
-def _train_and_evaluate(config, workdir: str, progress, devices, new_run: _NewRun) -> dict:
+def _train_and_evaluate(config, workdir: str, progress, devices, new_run: _NewRun, stop: Preemption) -> dict:
     from phd_jax.data import make_pipeline
     from phd_jax.flops import peak_flops, train_flops_per_sequence
     from phd_jax.train.metrics import MetricWriter, throughput
@@ -303,16 +275,19 @@ def _train_and_evaluate(config, workdir: str, progress, devices, new_run: _NewRu
     if saved is None:  # a new run: its first state first, so that a bad init_from leaves the workdir as it was
         state, continued, config = first_state(config, cfg, optimizer, state_sh, mesh, log)
     new_run.active = saved is None and is_main
+    it = pipe.train_iterator()
+    # A resume writes nothing (config.json included) until a checkpoint restored.
+    abstract = abstract_train_state(cfg, optimizer, state_sh)
+    restored = ckpt.restore_newest(workdir, abstract, log) if saved is not None else None
     if is_main:
         ckpt.write_run_files(workdir, config, cfg)
         if continued is not None:
             continuation.write_info(workdir, continued[1])
 
     mgr = ckpt.manager(workdir, config)
-    it = pipe.train_iterator()
-    latest = mgr.latest_step() if saved is not None else None
-    if latest is not None:
-        state, data_state = ckpt.restore(mgr, latest, abstract_train_state(cfg, optimizer, state_sh))
+    latest = None
+    if restored is not None:
+        latest, (state, data_state) = restored
         it.set_state(data_state)
         log(f"resuming from step {latest} ({os.path.join(ckpt.shown_path(workdir), ckpt.CHECKPOINTS, str(latest))})")
         if saved.get("num_steps") != config.num_steps:
@@ -361,14 +336,23 @@ def _train_and_evaluate(config, workdir: str, progress, devices, new_run: _NewRu
         unit = "byte" if getattr(pipe.tokenizer, "name", "") == "byte" else "token"
         return {"val_loss": loss, f"val_bits_per_{unit}": bits(loss)}
 
+    saved_steps = []  # this run's saves; the newest is checked once orbax finished it
+
+    def check_saved():
+        if saved_steps:
+            mgr.wait_until_finished()  # orbax waits for it before the next save anyway
+            _check_finalized(workdir, saved_steps.pop())
+
     def save(step):
         if not bool(jax.device_get(all_finite(state.params))):
             raise TrainingError(
                 f"parameters at step {step} are not finite: no checkpoint written "
                 f"(the last complete one is step {mgr.latest_step()})"
             )
+        check_saved()
         writer.sync()  # the metrics lines up to the checkpoint are durable first (a segment on gs://)
         ckpt.save(mgr, step, state, it.get_state())
+        saved_steps.append(step)
 
     tokens_per_step = int(config.batch_size) * int(config.seq_len)
     flops_per_step = int(config.batch_size) * train_flops_per_sequence(cfg, int(config.seq_len))
@@ -395,13 +379,17 @@ def _train_and_evaluate(config, workdir: str, progress, devices, new_run: _NewRu
     preempted = False
     profiler = StepProfiler(workdir, profile_steps(config), log)
     try:
-        with jax.set_mesh(mesh), nn.logical_axis_rules(rules), _Preemption() as stop:
+        with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
             if start >= config.num_steps:
                 log(f"already trained to step {start} (config.num_steps={config.num_steps})")
                 metrics = {"step": start, **evaluate(state.params)}
             t_last, step_last, prev = time.perf_counter(), start, None
             data_time = 0.0
             for step in range(start + 1, int(config.num_steps) + 1):
+                if step == start + 1 and stop.agreed():  # a signal during setup or restore
+                    preempted = True
+                    log(f"{stop.requested}: stopped before step {step}; nothing new to save (resumes at step {start})")
+                    break
                 profiler.begin(step)
                 with profiler.annotate(step):
                     t_data = time.perf_counter()
@@ -440,7 +428,7 @@ def _train_and_evaluate(config, workdir: str, progress, devices, new_run: _NewRu
                     t_last, step_last, data_time = time.perf_counter(), step, 0.0
                 else:
                     writer.update(step)
-                if stop.requested:
+                if stop.agreed():
                     save(step)
                     preempted = True
                     log(
@@ -451,6 +439,8 @@ def _train_and_evaluate(config, workdir: str, progress, devices, new_run: _NewRu
                     break
                 if step % config.checkpoint_every == 0 or step == config.num_steps:
                     save(step)
+        mgr.wait_until_finished()
+        check_saved()
     finally:
         profiler.close()  # a run stopped inside the range: the trace ends there
         mgr.wait_until_finished()
@@ -459,6 +449,16 @@ def _train_and_evaluate(config, workdir: str, progress, devices, new_run: _NewRu
     if preempted:
         metrics["preempted"] = True
     return metrics
+
+
+def _check_finalized(workdir: str, step: int):
+    """A cheap look (no array data) that orbax finished every item of checkpoint `step`."""
+    reason = restore.incomplete_reason(os.path.join(workdir, ckpt.CHECKPOINTS, str(step)))
+    if reason:
+        raise TrainingError(
+            f"checkpoint {step} in {os.path.join(ckpt.shown_path(workdir), ckpt.CHECKPOINTS)} was not "
+            f"written completely ({reason}): the next resume skips it"
+        )
 
 
 def _nonfinite(config, step: int, out):
