@@ -284,13 +284,7 @@ def validate(config, num_devices: int, tokenizer=None, process_count: int = 1) -
     for key in ("init_from", "compilation_cache", "sample_prompt", "weight_decay_exclude"):
         if not isinstance(config[key], str):
             raise ConfigError(f"config.{key}={config[key]!r} is invalid: must be a string")
-    one_of("config.init_state", config.init_state, INIT_STATES, error=ConfigError)
-    if config.init_state == "full" and (not config.init_from or config.init_from.startswith("hf:")):
-        raise ConfigError(
-            f"config.init_state='full' is invalid with config.init_from={config.init_from!r}: it continues "
-            f"a phd_jax run, so init_from must name its WORKDIR or WORKDIR/checkpoints/STEP (a Hugging Face "
-            f"checkpoint has no optimizer state: use config.init_state='params')"
-        )
+    check_init(config)
     profile_steps(config)
     if config.seq_len > cfg.max_seq_len:
         raise ConfigError(
@@ -332,6 +326,19 @@ def validate(config, num_devices: int, tokenizer=None, process_count: int = 1) -
             )
     _check_rules(config.logical_axis_rules)
     return cfg
+
+
+def check_init(config) -> None:
+    """`init_from` and `init_state` agree (run before anything reads the source)."""
+    one_of("config.init_state", config.get("init_state", "params"), INIT_STATES, error=ConfigError)
+    if config.get("init_state", "params") == "full" and (
+        not config.init_from or str(config.init_from).startswith("hf:")
+    ):
+        raise ConfigError(
+            f"config.init_state='full' is invalid with config.init_from={config.init_from!r}: it continues "
+            f"a phd_jax run, so init_from must name its WORKDIR or WORKDIR/checkpoints/STEP (a Hugging Face "
+            f"checkpoint has no optimizer state: use config.init_state='params')"
+        )
 
 
 def profile_steps(config) -> tuple[int, int] | None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from phd_jax.config import ARCHITECTURE_FIELDS, canonical_field
 from phd_jax.errors import ConfigError
+from phd_jax.train.config import check_init
 
 HF_PREFIX = "hf:"
 DEFAULT_TOKENIZER = "byte"  # config.data.tokenizer's default: "not given"
@@ -30,6 +31,7 @@ def hf_path(config) -> str | None:
 def apply_hf_architecture(config, log=print) -> list[str]:
     """Set `config.model`'s architecture fields (and `config.data.tokenizer`, if not given) from
     the checkpoint of `config.init_from=hf:PATH`, in `config` itself; return the changes."""
+    check_init(config)  # init_state=full with hf: is refused before the checkpoint is read
     path = hf_path(config)
     if path is None:
         return []
