@@ -30,3 +30,14 @@ def _release_executables():
     yield
     jax.clear_caches()
     gc.collect()
+
+
+@pytest.fixture(scope="session")
+def reference(tmp_path_factory):
+    """A tiny train.py run (tests/train_runs.py), shared by test_train_resume and test_gcs."""
+    from train_runs import train
+
+    wd = str(tmp_path_factory.mktemp("reference") / "run")
+    out = train(wd, "--config.sample_tokens=16")
+    assert out.returncode == 0, out.stderr[-3000:]
+    return wd, out.stdout

@@ -128,8 +128,8 @@ def _objects(prefix) -> dict:
 
 # ---- train.py and eval.py with a gs:// workdir ------------------------------------------------
 
-from test_train_resume import ARGS, FAULTY, ROOT, STEPS, reference  # noqa: E402, F401  (reference: a local run)
-from test_train_resume import metrics as local_metrics  # noqa: E402
+from train_runs import ARGS, FAULTY, ROOT, STEPS  # noqa: E402, F401
+from train_runs import metrics as local_metrics  # noqa: E402
 
 TRAIN, EVAL = os.path.join(ROOT, "train.py"), os.path.join(ROOT, "eval.py")
 GS_ARGS = [a.replace("configs/tiny.py", os.path.join(ROOT, "configs", "tiny.py")) for a in ARGS]
@@ -184,7 +184,7 @@ def test_train_py_on_gs_writes_every_workdir_file_to_the_bucket(gs_run):
     assert os.listdir(gs_run.cwd) == [] and not os.path.exists(os.path.join(ROOT, "gs:"))
 
 
-def test_sigterm_on_gs_resumes_bitwise_as_on_local_disk(gs_run, reference):  # noqa: F811
+def test_sigterm_on_gs_resumes_bitwise_as_on_local_disk(gs_run, reference):
     import jax
 
     from phd_jax.train import restore_params
@@ -204,7 +204,7 @@ def test_sigterm_on_gs_resumes_bitwise_as_on_local_disk(gs_run, reference):  # n
         assert np.array_equal(np.asarray(x), np.asarray(y))
 
 
-def test_eval_py_reads_gs_and_writes_its_results_there(gs_run, reference):  # noqa: F811
+def test_eval_py_reads_gs_and_writes_its_results_there(gs_run, reference):
     out = run(EVAL, f"--workdir={gs_run.workdir}", "--loss", env=gs_run.env, cwd=gs_run.cwd)
     assert out.returncode == 0, out.stderr[-3000:]
     got = json.loads(paths.read_text(f"{gs_run.workdir}/eval/{STEPS}.json"))
