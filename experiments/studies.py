@@ -232,9 +232,8 @@ PILOT = Study(
 # ---- the main study: when does PHD pay? (issue 20) ----------------------------------------------
 
 # The pilot's choice (docs/pilot.md): its d_model-256 model for 600 steps, at 0.25x configs/repro.py's
-# learning rate (7.5e-4), the best of five for both models at seed 0 (vanilla at 0.125x, 0.25x,
-# 0.5x, 1x, 2x: 1.746, 1.715, 1.776, 1.843, 2.070; PHD-2 at 0.25x, 0.5x, 1x, 2x: 1.705, 1.763,
-# 1.809, 2.005, and at 0.125x level with vanilla's 0.125x run half-way).
+# learning rate (7.5e-4), the best of five for both models at seed 0 (at 0.125x, 0.25x, 0.5x, 1x,
+# 2x: vanilla 1.746, 1.715, 1.776, 1.843, 2.070; PHD-2 1.750, 1.705, 1.763, 1.809, 2.005).
 MAIN_LR = PILOT_LR * 0.25
 
 
