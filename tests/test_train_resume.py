@@ -91,6 +91,17 @@ def test_sigterm_saves_exits_0_and_resumes_bitwise(reference, tmp_path, fault, n
     _check_resumed(reference[0], wd, 13, out.stdout)
 
 
+def test_sigterm_during_the_final_sample_exits_0_with_the_run_saved(tmp_path):
+    """Training is saved before the sample: a signal there skips it with one line, exit 0."""
+    wd = str(tmp_path / "run")
+    short = ["--config.num_steps=2", "--config.checkpoint_every=2", "--config.eval_every=2"]
+    out = train(wd, "--config.sample_tokens=8", *short, fault=("term_in_sample", 0))
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "SIGTERM: skipped the sample after training (training is complete and saved)" in out.stdout
+    assert "--- sample" not in out.stdout and "Traceback" not in out.stderr
+    assert "2" in os.listdir(os.path.join(wd, "checkpoints")) and [r["step"] for r in metrics(wd)] == [1, 2]
+
+
 def test_killed_during_async_save_restores_last_complete(reference, tmp_path):
     wd = str(tmp_path / "run")
     out = train(wd, "--config.sample_tokens=0", fault=("kill_during_save", 15))

@@ -40,6 +40,13 @@ elif fault == "kill_during_save":    # SIGKILL inside the async save of step `at
             die(signal.SIGKILL)
         return await orig_finalize(self, *a, **k)
     atomicity.AtomicRenameTemporaryPath.finalize = finalize
+elif fault == "term_in_sample":     # SIGTERM while the sample after training is generated
+    import phd_jax.sampling as S
+    orig_generate = S.generate
+    def generate(*a, **k):
+        die(signal.SIGTERM)
+        return orig_generate(*a, **k)
+    S.generate = generate
 elif fault in ("term", "int"):       # SIGTERM (preemption) or Ctrl-C right after step `at`
     sig = signal.SIGTERM if fault == "term" else signal.SIGINT
     signal.signal(signal.SIGINT, signal.default_int_handler)   # as in a terminal, even if started in the background

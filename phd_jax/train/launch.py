@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import sys
 
 import jax
@@ -71,14 +72,41 @@ def flag_error_message(e: BaseException) -> str:
     return f"{type(e).__name__}: {text}"
 
 
+class _SampleStopped(Exception):
+    pass
+
+
+def _stop_sample(signum, frame):
+    raise _SampleStopped(signal.Signals(signum).name)
+
+
 def sample_after_training(config, workdir: str):
     """Print a sample of `config.sample_tokens` tokens from the workdir's latest checkpoint.
 
     Every process runs it (orbax's checkpoint manager synchronises all processes: one that
     skipped it would leave the others waiting forever); each samples on its own first local
-    device, without collectives, and only process 0 prints."""
+    device, without collectives, and only process 0 prints. Training is saved by then, so a
+    SIGTERM or Ctrl-C here skips the sample with one line and the run still exits 0."""
     if not config.sample_tokens:
         return
+    old = {}
+    try:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                if signal.getsignal(sig) is not signal.SIG_IGN:
+                    old[sig] = signal.signal(sig, _stop_sample)
+            except ValueError:  # not the main thread: no handler
+                pass
+        _sample(config, workdir)
+    except _SampleStopped as e:
+        if jax.process_index() == 0:
+            print(f"{e}: skipped the sample after training (training is complete and saved)")
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+
+
+def _sample(config, workdir: str):
     import numpy as np
 
     from phd_jax.data import make_pipeline
