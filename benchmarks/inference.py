@@ -59,25 +59,34 @@ def prefill_time(cfg, params, t, reps):
     return time_fn(lambda: prefill_unchecked(params, cfg, tokens, lengths, t, False), repeats=reps)
 
 
-def decode_latency(cfg, params, prompt_len, steps, reps):
+def greedy_decode_fn(cfg, params, prompt_len, steps):
+    """A function that decodes `steps` tokens greedily (batch 1) after a `prompt_len`-token prefill
+    (done here, once): what decode_latency and experiments/kprime.py time."""
     tokens = jax.random.randint(jax.random.key(0), (1, prompt_len), 0, cfg.vocab_size)
     logits, state = phd_jax.prefill(params, cfg, tokens, max_len=prompt_len + steps + 1)
-    run = lambda: decode_loop(
-        params,
-        cfg,
-        logits,
-        state,
-        jax.random.key(0),
-        0.0,
-        1.0,  # noqa: E731
-        max_new_tokens=steps + 1,
-        greedy=True,
-        top_k=0,
-        use_top_p=False,
-        eos_id=None,
-        pad_id=0,
-    )
-    return time_fn(run, repeats=reps) / steps
+
+    def run():
+        return decode_loop(
+            params,
+            cfg,
+            logits,
+            state,
+            jax.random.key(0),
+            0.0,
+            1.0,
+            max_new_tokens=steps + 1,
+            greedy=True,
+            top_k=0,
+            use_top_p=False,
+            eos_id=None,
+            pad_id=0,
+        )
+
+    return run
+
+
+def decode_latency(cfg, params, prompt_len, steps, reps):
+    return time_fn(greedy_decode_fn(cfg, params, prompt_len, steps), repeats=reps) / steps
 
 
 def plot(path, title, xlabel, ylabel, series, logx=True, logy=True):

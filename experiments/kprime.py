@@ -55,37 +55,15 @@ def can_change_k(model: dict) -> bool:
 
 def decode_runs(params, cfgs: dict, prompt: int, new_tokens: int):
     """{K': a function that decodes `new_tokens` greedily (batch 1) after a `prompt`-token prefill},
-    each compiled (run once): benchmarks/inference.py's `decode_latency`, split so that the K' can
-    be timed in turns."""
+    each compiled (run once): benchmarks/inference.py's `greedy_decode_fn`, timed here in turns."""
     import jax
 
-    import phd_jax
-    from phd_jax.sampling import decode_loop
+    from benchmarks.inference import greedy_decode_fn
 
     runs = {}
     for k, cfg in cfgs.items():
-        tokens = jax.random.randint(jax.random.key(0), (1, prompt), 0, cfg.vocab_size)
-        logits, state = phd_jax.prefill(params, cfg, tokens, max_len=prompt + new_tokens + 1)
-
-        def run(cfg=cfg, logits=logits, state=state):
-            return decode_loop(
-                params,
-                cfg,
-                logits,
-                state,
-                jax.random.key(0),
-                0.0,
-                1.0,
-                max_new_tokens=new_tokens + 1,
-                greedy=True,
-                top_k=0,
-                use_top_p=False,
-                eos_id=None,
-                pad_id=0,
-            )
-
-        jax.block_until_ready(run())  # compile
-        runs[k] = run
+        runs[k] = greedy_decode_fn(cfg, params, prompt, new_tokens)
+        jax.block_until_ready(runs[k]())  # compile
     return runs
 
 
