@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
-__version__ = "0.3.0"  # the one place: pyproject.toml reads it
+__version__ = "0.3.1"  # the one place: pyproject.toml reads it
 
 # public name -> the module that defines it
 _PUBLIC = {

@@ -144,6 +144,31 @@ def test_grad_accumulation_equals_full_batch():
     assert float(m4["grad_norm"]) == pytest.approx(float(optax.tree.norm(g1)), rel=1e-5)
 
 
+def test_weight_decay_reaches_kernels_only():
+    """With zero gradients an AdamW step only decays: every kernel shrinks, while norm scales,
+    the embedding and the Qwen2-style q/k/v biases are left exactly as they were."""
+    config = run_config("blocksparse", (1, 1, 1))
+    with config.ignore_type():
+        config.model.qkv_bias = True
+        config.model.qk_norm = "head"
+        config.warmup_steps = 0
+    cfg = validate(config, 1)
+    params = __import__("phd_jax").init_params(cfg, 0)
+    params = jax.tree.map(lambda x: x + 0.5, params)  # biases start at zero: make them visible
+    opt = make_optimizer(config)
+    updates, _ = opt.update(jax.tree.map(jnp.zeros_like, params), opt.init(params), params)
+    new = optax.apply_updates(params, updates)
+    changed = {}
+    for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(params), jax.tree.leaves(new)):
+        changed["/".join(str(getattr(k, "key", k)) for k in path)] = not np.array_equal(np.asarray(a), np.asarray(b))
+    names = set(changed)
+    assert any(n.endswith("bias") for n in names) and any("norm" in n for n in names)
+    for name, did in changed.items():
+        last = name.split("/")
+        frozen = last[-1] == "bias" or any(p == "embed" or p.endswith("norm") for p in last)
+        assert did == (not frozen), name
+
+
 def _snapshot(workdir):
     out = {}
     for root, _, files in os.walk(workdir):
@@ -261,6 +286,7 @@ def test_which_changes_may_resume(tmp_path):
     saved = run_config()
     old = json.loads(to_json(saved))
     del old["data"]["cache_dir"]  # written by a version without this key
+    old["weight_decay_exclude"] = "embed,*norm"  # <= 0.3.0's default: the same mask without biases
     with open(os.path.join(wd, "config.json"), "w") as f:
         json.dump(old, f)
     c = run_config(mesh=(2, 2, 2), num_steps=40)
@@ -271,6 +297,14 @@ def test_which_changes_may_resume(tmp_path):
         _set(c, key, value)
         with pytest.raises(ConfigError, match=f"config.{key}=.* does not match the run in workdir"):
             ckpt.check_workdir(wd, c)
+    # with q/k/v biases the old patterns decayed them: the new default changes the run
+    old["model"]["qkv_bias"] = True
+    with open(os.path.join(wd, "config.json"), "w") as f:
+        json.dump(old, f)
+    c = run_config()
+    c.model.qkv_bias = True
+    with pytest.raises(ConfigError, match="config.weight_decay_exclude=.* does not match the run in workdir"):
+        ckpt.check_workdir(wd, c)
 
 
 def test_profile_of_two_steps_writes_a_trace_of_those_steps(tmp_path, capsys):

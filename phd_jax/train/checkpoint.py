@@ -106,8 +106,17 @@ def _norm(v):
 
 
 def _canonical(flat: dict) -> dict:
-    """Model fields in today's spelling (`model.qk_norm: false` of a phd_jax <= 0.2 run is "none")."""
-    return {k: canonical_field(k[len("model.") :], v) if k.startswith("model.") else v for k, v in flat.items()}
+    """Model fields in today's spelling (`model.qk_norm: false` of a phd_jax <= 0.2 run is "none"),
+    and `weight_decay_exclude` as its set of patterns, less "bias" on a model without biases (a
+    run saved before 0.3.1, whose default lacked it, decays exactly the same parameters)."""
+    out = {k: canonical_field(k[len("model.") :], v) if k.startswith("model.") else v for k, v in flat.items()}
+    pats = out.get("weight_decay_exclude")
+    if isinstance(pats, str):
+        keep = {p.strip() for p in pats.split(",") if p.strip()}
+        if not out.get("model.qkv_bias", False):
+            keep.discard("bias")
+        out["weight_decay_exclude"] = ",".join(sorted(keep))
+    return out
 
 
 def first_change(saved: dict, config, may_change) -> tuple[str, object, object] | None:

@@ -92,7 +92,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.adam_b2 = 0.95
     c.adam_eps = 1e-8
     c.weight_decay = 0.1
-    c.weight_decay_exclude = "*norm,embed"  # fnmatch patterns on parameter path parts
+    c.weight_decay_exclude = "*norm,embed,bias"  # fnmatch patterns on parameter path parts: no decay
     c.grad_clip = 1.0  # global norm; 0 = off
     c.grad_accum_steps = 1
     c.skip_nonfinite = False  # True: skip a non-finite update instead of stopping
