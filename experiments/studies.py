@@ -321,6 +321,7 @@ CURVES = {
         (f"PHD-SWA-2-{WINDOW}-inf", "vanilla", "tokens"),
         (f"PHD-CSWA-2-{WINDOW}-{CHUNK}", "vanilla", "tokens"),
         ("naive-2", "vanilla", "tokens"),
+        ("vanilla-then-PHD-2", "vanilla", "tokens"),  # from the midpoint on: what switching to PHD-2 costs or gains
         ("PHD-2", "vanilla-x2tokens", "flops"),
         ("PHD-3", "vanilla-x2tokens", "flops"),
         ("PHD-2", "vanilla-depth-PHD-2", "flops"),
