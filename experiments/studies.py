@@ -273,6 +273,7 @@ WHEN_PAYS = Study(
         Claim("lower", "PHD-3", "vanilla", "PHD-3 beats vanilla at matched tokens"),
         Claim("lower", f"PHD-SWA-2-{WINDOW}-inf", "vanilla", "PHD-SWA-2-16 beats vanilla (Table 2)"),
         Claim("lower", f"PHD-CSWA-2-{WINDOW}-{CHUNK}", "vanilla", "PHD-CSWA-2-16-32 beats vanilla (Table 1)"),
+        Claim("lower", f"PHD-SWA-2-{WINDOW}-inf", "PHD-2", "a window of W=16 hidden tokens helps over none"),
         Claim(
             "same",
             f"PHD-CSWA-2-{WINDOW}-{CHUNK}",
