@@ -164,8 +164,8 @@ def test_weight_decay_reaches_kernels_only():
     names = set(changed)
     assert any(n.endswith("bias") for n in names) and any("norm" in n for n in names)
     for name, did in changed.items():
-        last = name.split("/")
-        frozen = last[-1] == "bias" or any(p == "embed" or p.endswith("norm") for p in last)
+        parts = name.split("/")
+        frozen = parts[-1] == "bias" or any(p == "embed" or p.endswith("norm") for p in parts)
         assert did == (not frozen), name
 
 
