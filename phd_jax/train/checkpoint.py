@@ -35,6 +35,7 @@ from phd_jax.errors import ConfigError
 from phd_jax.model import check_params
 from phd_jax.train import restore as restore_lib
 from phd_jax.train.config import load_run_config, to_json
+from phd_jax.train.optimizer import decay_patterns
 from phd_jax.train.restore import RestoreError, describe, incomplete_reason, is_transient
 from phd_jax.train.state import TrainState
 from phd_jax.tree import path_name
@@ -112,7 +113,7 @@ def _canonical(flat: dict) -> dict:
     out = {k: canonical_field(k[len("model.") :], v) if k.startswith("model.") else v for k, v in flat.items()}
     pats = out.get("weight_decay_exclude")
     if isinstance(pats, str):
-        keep = {p.strip() for p in pats.split(",") if p.strip()}
+        keep = set(decay_patterns(pats))
         if not out.get("model.qkv_bias", False):
             keep.discard("bias")
         out["weight_decay_exclude"] = ",".join(sorted(keep))

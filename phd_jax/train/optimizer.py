@@ -29,9 +29,14 @@ def learning_rate_schedule(config) -> optax.Schedule:
     return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), decay], [warmup])
 
 
+def decay_patterns(patterns: str) -> list[str]:
+    """`config.weight_decay_exclude` ("*norm,embed,bias") as its fnmatch patterns."""
+    return [p.strip() for p in patterns.split(",") if p.strip()]
+
+
 def decay_mask(params, patterns: str):
     """True for parameters that get weight decay: those with no path part matching a pattern."""
-    pats = [p.strip() for p in patterns.split(",") if p.strip()]
+    pats = decay_patterns(patterns)
 
     def keep(path, _):
         return not any(fnmatch.fnmatchcase(part, pat) for part in path_parts(path) for pat in pats)
